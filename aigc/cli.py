@@ -1,0 +1,81 @@
+"""The `aigc` command: a table from subcommand names to the stages' typed entry points."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, add-arguments function, run function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "train": ("training.commands", "add_arguments", "run", "train a DCGAN, VAE or GPT-2 checkpoint"),
+    "export": ("export.commands", "add_arguments", "run", "export a checkpoint to validated ONNX variants"),
+    "build": ("serving.commands", "add_build_arguments", "run_build", "build the Triton model repository"),
+    "serve": ("serving.commands", "add_serve_arguments", "run_serve", "run the embedded Triton server"),
+    "rollback": (
+        "serving.commands",
+        "add_rollback_arguments",
+        "run_rollback",
+        "serve a model's previous version",
+    ),
+    "generate": (
+        "serving.commands",
+        "add_generate_arguments",
+        "run_generate",
+        "generate images or text via gRPC",
+    ),
+    "bench": ("benchmarks.commands", "add_arguments", "run", "benchmark served models against the baselines"),
+    "create-gpt2": (
+        "training.commands",
+        "add_random_arguments",
+        "run_random",
+        "save a random-weight GPT-2 (124M)",
+    ),
+    "demo": (
+        "aigc.demo",
+        "add_arguments",
+        "run",
+        "run everything: train, export, build, serve, generate, bench",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aigc",
+        description="Export generative models to quantized ONNX and serve them on Triton Inference Server.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, add, _run, help_text) in COMMANDS.items():
+        try:
+            add_fn = getattr(importlib.import_module(module), add)
+        except (ImportError, AttributeError):
+            continue  # a stage that is not installed does not offer its command
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_fn(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from aigc.errors import AigcError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s",
+    )
+    module, _add, run, _help = COMMANDS[args.command]
+    try:
+        return int(getattr(importlib.import_module(module), run)(args) or 0)
+    except AigcError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The export stage: a checkpoint in, a folder of validated ONNX variants and a report out."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from aigc.errors import AigcError, ConfigError, ExportError
+from export.report import variant_entry
+from export.spec import VARIANTS, ExportSpec, get_spec
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "export_report.json"
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `out` that replaces `out` only if the block succeeds.
+
+    A failed export leaves neither a partial folder nor a damaged previous export behind.
+    """
+    out = Path(out).absolute()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
+    if out.exists() and not out.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def parse_variants(text: str | Sequence[str] | None, spec: ExportSpec) -> tuple[str, ...]:
+    """`None` means every variant that applies to the model; fp32 is always exported first."""
+    if text is None:
+        return spec.variants
+    names = [v.strip() for v in (text.split(",") if isinstance(text, str) else text) if v.strip()]
+    for v in names:
+        if v not in VARIANTS:
+            raise ConfigError(f"--variants: unknown variant {v!r}; allowed: {', '.join(VARIANTS)}")
+        if v not in spec.variants:
+            raise ConfigError(
+                f"--variants: {v} does not apply to {spec.model}; allowed: {', '.join(spec.variants)}"
+            )
+    return tuple(["fp32"] + [v for v in dict.fromkeys(names) if v != "fp32"])
+
+
+def export_model(
+    model: str,
+    checkpoint: Path,
+    out: Path,
+    variants: str | Sequence[str] | None = None,
+    seed: int | None = None,
+    quant=None,
+) -> dict:
+    """Export `checkpoint` (a `model` checkpoint) into `out`; returns the report.
+
+    Every variant is run by ONNX Runtime against the PyTorch model on fresh random inputs
+    (drawn from `seed`, or from fresh entropy when None). The fp32 variant must pass its
+    parity check or the export fails; `quant` (`export.quantize.QuantOptions`) tunes the
+    GPT-2 quantizers. Other variants that fail their gate are reported
+    with the reason and not offered to the repository builder.
+    """
+    spec = get_spec(model)
+    if quant is not None:
+        quant.validate()
+    chosen = parse_variants(variants, spec)
+    checkpoint = Path(checkpoint).absolute()
+    rng = np.random.default_rng(seed)
+    with atomic_output_dir(out) as tmp:
+        if model == "gpt2":
+            report = _export_gpt2(spec, checkpoint, tmp, chosen, rng, quant)
+        else:
+            report = _export_images(spec, checkpoint, tmp, chosen, rng)
+        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    logger.info("export of %s written to %s", model, out)
+    return report
+
+
+def _base_report(spec: ExportSpec, checkpoint: Path) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": spec.model,
+        "checkpoint": str(checkpoint),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "opset": spec.opset,
+        "components": list(spec.component_names),
+        "variants": {},
+    }
+
+
+def _export_images(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng) -> dict:
+    from training.checkpoint import load_image_checkpoint
+
+    from export import images
+    from export.ortutil import make_session, median_ms
+
+    module, meta = load_image_checkpoint(checkpoint, expected=spec.model)
+    wrapped = images.wrap_components(spec.model, module)
+    report = _base_report(spec, checkpoint)
+    report["model_info"] = {"data": meta["data"], "config": meta["config"]}
+    files, fidelity, latency = {}, {}, {}
+    for comp in spec.components:
+        path = out / "fp32" / f"{comp.name}.onnx"
+        images.export_component(wrapped[comp.name], comp, spec, meta, path)
+        fidelity[comp.name] = images.validate_component(wrapped[comp.name], comp, spec, meta, path, rng)
+        session = make_session(path, threads=2)
+        feeds = images.example_inputs(comp, meta, 1, rng)
+        latency[comp.name] = round(median_ms(lambda s=session, f=feeds: s.run(None, f)), 4)
+        files[comp.name] = path.relative_to(out).as_posix()
+    report["variants"]["fp32"] = variant_entry("cpu", files, out, fidelity, latency)
+    if len(variants) > 1:
+        from export import quantize
+
+        report["variants"].update(
+            quantize.image_variants(spec, meta, wrapped, out, variants[1:], rng, report["variants"]["fp32"])
+        )
+    return report
+
+
+def _export_gpt2(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, quant=None) -> dict:
+    from export import gpt2
+    from export.gpt2_eval import step_latency_ms
+
+    hf_model = gpt2.load_gpt2_checkpoint(checkpoint)
+    path = out / "fp32" / "gpt2.onnx"
+    info = gpt2.export_gpt2_fp32(checkpoint, path, hf_model=hf_model)
+    gpt2.write_gpt2_assets(checkpoint, out / "assets")
+    fidelity = gpt2.validate_gpt2(path, hf_model, rng)
+    latency = step_latency_ms(path)
+    report = _base_report(spec, checkpoint)
+    report["model_info"] = info
+    files = {"gpt2": path.relative_to(out).as_posix()}
+    report["variants"]["fp32"] = variant_entry("cpu", files, out, {"gpt2": fidelity}, {"gpt2": latency})
+    if len(variants) > 1:
+        from export import quantize
+
+        report["variants"].update(
+            quantize.gpt2_variants(
+                checkpoint, hf_model, info, out, variants[1:], rng, report["variants"]["fp32"]
+            )
+        )
+    return report
+
+
+def read_report(export_dir: Path) -> dict:
+    """Read and check an export folder's report (used by the repository builder)."""
+    path = Path(export_dir) / REPORT_NAME
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{path}: missing; is {export_dir} an export folder from `aigc export`?") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path}: unreadable report ({exc})") from exc
+    if report.get("format_version") != FORMAT_VERSION or "variants" not in report:
+        raise ExportError(f"{path}: not an aigc export report (format_version {FORMAT_VERSION})")
+    return report
+
+
+__all__ = ["AigcError", "atomic_output_dir", "export_model", "parse_variants", "read_report"]

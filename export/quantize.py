@@ -1,0 +1,366 @@
+"""Quantized and half-precision variants with their fidelity gates.
+
+Each variant is derived from the validated fp32 ONNX file, then measured against it (and
+through it against PyTorch) on fresh inputs. A variant that fails its gate is kept in the
+report with the reason, marked `passed: false`, and never offered to the repository builder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from aigc.errors import ExportError
+from export.ortutil import cpu_can_run, make_session, max_abs_diff, median_ms
+from export.report import variant_entry
+from export.spec import ExportSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Default fidelity gates (README, "Fidelity gates")."""
+
+    image_psnr_db: float = 30.0
+    gpt2_ppl_increase: dict | None = None
+
+    def ppl_bound(self, variant: str) -> float:
+        bounds = self.gpt2_ppl_increase or {"fp16": 0.005, "int8": 0.02, "int4": 0.05}
+        return bounds[variant]
+
+
+GATES = Gates()
+
+
+def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    mse = float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def to_fp16(src: Path, dst: Path, keep_io_types: bool | list[str] = True) -> None:
+    """fp16 weights and compute (for GPUs); inputs and outputs keep their types by default."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=keep_io_types)
+    onnx.save(model, str(dst))
+
+
+# -- image models -------------------------------------------------------------------------
+
+
+class _Calibration:
+    """Calibration feeds: latents from N(0, I) for generators, training images for encoders."""
+
+    def __init__(self, feeds: list[dict]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - required by some ORT versions' interface
+        pass
+
+
+def _calibration_feeds(component, meta, rng, batches: int = 16, batch: int = 16) -> list[dict]:
+    from export.images import example_inputs
+
+    if component.inputs[0].name == "image":
+        from training.data import load_digits_images
+
+        data = meta["data"]
+        if data.get("source", "sklearn-digits") == "sklearn-digits":
+            x = load_digits_images(int(data["image_size"]), int(data["channels"]))
+            x = ((np.clip(x, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
+            idx = rng.choice(len(x), size=min(len(x), batches * batch), replace=False)
+            return [{"image": x[idx[i : i + batch]]} for i in range(0, len(idx), batch)]
+        logger.warning("calibrating %s on random images: the training folder is not recorded", component.name)
+    return [example_inputs(component, meta, batch, rng) for _ in range(batches)]
+
+
+def to_int8_static(src: Path, dst: Path, feeds: list[dict]) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst.with_name(dst.stem + ".pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    try:
+        quantize_static(
+            str(pre),
+            str(dst),
+            _Calibration(feeds),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+def image_variants(spec: ExportSpec, meta: dict, wrapped: dict, out: Path, variants, rng, fp32: dict) -> dict:
+    """Derive fp16 / int8 variants of every component and gate them by PSNR vs fp32."""
+    from export.images import example_inputs
+
+    result = {}
+    for variant in variants:
+        files, fidelity, latency = {}, {}, {}
+        reasons, target, validated = [], ("gpu" if variant == "fp16" else "cpu"), True
+        for comp in spec.components:
+            src = out / fp32["files"][comp.name]
+            dst = out / variant / f"{comp.name}.onnx"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if variant == "fp16":
+                    to_fp16(src, dst)
+                elif variant == "int8":
+                    to_int8_static(src, dst, _calibration_feeds(comp, meta, rng))
+                else:
+                    raise ExportError(f"variant {variant} does not apply to {spec.model}")
+            except ExportError:
+                raise
+            except Exception as exc:  # quantizer failures of any type: report, do not ship
+                reasons.append(f"{comp.name}: {variant} conversion failed: {exc}")
+                continue
+            files[comp.name] = dst.relative_to(out).as_posix()
+            if not cpu_can_run(dst):
+                validated = False
+                continue
+            ref, got = make_session(src), make_session(dst, threads=2)
+            feeds = example_inputs(comp, meta, 64, rng)
+            names = [t.name for t in comp.outputs]
+            r_out, g_out = ref.run(names, feeds), got.run(names, feeds)
+            fid = {}
+            for t, r, g in zip(comp.outputs, r_out, g_out, strict=True):
+                if t.dtype == "uint8":
+                    fid["psnr_db"] = round(psnr_db(r, g), 2)
+                    fid["max_abs_diff"] = max_abs_diff(r, g)
+                    if fid["psnr_db"] < GATES.image_psnr_db:
+                        reasons.append(
+                            f"{comp.name}: PSNR {fid['psnr_db']:.1f} dB < {GATES.image_psnr_db:.0f} dB vs fp32"
+                        )
+                else:
+                    fid[f"{t.name}_max_abs_diff"] = max_abs_diff(r, g)
+            if comp.inputs[0].name == "image":
+                # Encoders: gate on the decoded images of their mu, via the fp32 decoder.
+                fid.update(_encoder_gate(out, fp32, r_out[0], g_out[0], reasons))
+            fidelity[comp.name] = fid
+            one = example_inputs(comp, meta, 1, rng)
+            latency[comp.name] = round(median_ms(lambda s=got, f=one: s.run(None, f)), 4)
+        passed = not reasons and validated and len(files) == len(spec.components)
+        reason = "; ".join(reasons) or (
+            None if validated else f"not validated: CPU ONNX Runtime cannot run {variant}"
+        )
+        result[variant] = variant_entry(
+            target,
+            files,
+            out,
+            fidelity,
+            latency,
+            passed=passed if validated else None,
+            reason=reason,
+            validated_on="cpu" if validated else None,
+        )
+        logger.info("%s %s: %s", spec.model, variant, "passed" if passed else reason)
+    return result
+
+
+def _encoder_gate(out: Path, fp32: dict, mu_ref: np.ndarray, mu_got: np.ndarray, reasons: list) -> dict:
+    decoder = fp32["files"].get("vae_decoder")
+    if decoder is None:
+        return {}
+    dec = make_session(out / decoder)
+    a = dec.run(["image"], {"z": mu_ref.astype(np.float32)})[0]
+    b = dec.run(["image"], {"z": mu_got.astype(np.float32)})[0]
+    value = round(psnr_db(a, b), 2)
+    if value < GATES.image_psnr_db:
+        reasons.append(f"vae_encoder: PSNR of decoded mu {value:.1f} dB < {GATES.image_psnr_db:.0f} dB")
+    return {"decoded_psnr_db": value}
+
+
+# -- GPT-2 ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """Knobs of the GPT-2 weight quantizers (`aigc export --int4-block-size ...`)."""
+
+    int4_block_size: int = 32
+    int4_accuracy_level: int = 4  # 4 = int8 compute of the int4 weights: the fast CPU path
+    eval_windows: int = 8
+    eval_window_tokens: int = 128
+    greedy_prompts: int = 4
+    greedy_tokens: int = 16
+
+    def validate(self) -> None:
+        from aigc.errors import ConfigError
+
+        if self.int4_block_size not in (16, 32, 64, 128, 256):
+            raise ConfigError(
+                f"--int4-block-size must be one of 16, 32, 64, 128, 256, got {self.int4_block_size}"
+            )
+        if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
+            raise ConfigError(f"--int4-accuracy-level must be in 0..4, got {self.int4_accuracy_level}")
+
+
+def to_int8_dynamic(src: Path, dst: Path, op_types=("MatMul", "Gemm", "Attention")) -> None:
+    """Dynamic int8: weights int8 per tensor, activations quantized at run time.
+
+    Fused Attention becomes QAttention, MatMul becomes DynamicQuantizeMatMul after ORT's
+    graph optimizer. `DefaultTensorType` gets the quantizer past tensors whose type its
+    shape inference cannot derive (contrib-op outputs).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=list(op_types),
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
+    )
+
+
+def to_int4(src: Path, dst: Path, block_size: int, accuracy_level: int) -> None:
+    """Weight-only int4 (MatMulNBits) for MatMul; the fused QKV weights inside Attention,
+    which that quantizer skips, get dynamic int8 (QAttention)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(
+        onnx.load(str(src)), block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level
+    )
+    q.process()
+    tmp = dst.with_name(dst.stem + ".nbits.onnx")
+    q.model.save_model_to_file(str(tmp), use_external_data_format=False)
+    try:
+        to_int8_dynamic(tmp, dst, op_types=("Attention",))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _heldout_text(checkpoint: Path) -> str:
+    path = checkpoint / "heldout.txt"
+    if path.is_file():
+        return path.read_text(encoding="utf-8", errors="replace")
+    from training.data import load_text_corpus
+
+    return load_text_corpus(None)[1]
+
+
+def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: dict, options=None) -> dict:
+    """Derive fp16 / int8 / int4 GPT-2 variants and gate them on held-out perplexity."""
+    from tokenizers import Tokenizer
+
+    from export import gpt2_eval as ev
+
+    options = options or QuantOptions()
+    tok = Tokenizer.from_file(str(out / "assets" / "tokenizer.json"))
+    window = min(options.eval_window_tokens, int(info["n_positions"]))
+    windows = ev.token_windows(tok.encode(_heldout_text(checkpoint)).ids, window, options.eval_windows)
+    if len(windows) == 0:
+        raise ExportError(f"held-out text of {checkpoint} is shorter than one {window}-token window")
+    # Fixed prompt set: the opening tokens of held-out windows (same for every variant).
+    prompts = [w[:8].tolist() for w in windows[: options.greedy_prompts]]
+    src = out / fp32["files"]["gpt2"]
+    ref = make_session(src, threads=2)
+    ref_logits = ev.window_logits(ref, windows)
+    ppl_ref = ev.perplexity(ref_logits, windows)
+    ref_greedy = [ev.greedy(ref, p, options.greedy_tokens) for p in prompts]
+    fp32["fidelity"]["gpt2"]["perplexity"] = round(ppl_ref, 4)
+    fp32["fidelity"]["gpt2"]["eval_tokens"] = int(windows.size)
+
+    result = {}
+    for variant in variants:
+        dst = out / variant / "gpt2.onnx"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        target = "gpu" if variant == "fp16" else "cpu"
+        files = {"gpt2": dst.relative_to(out).as_posix()}
+        if variant == "int8":
+            to_int8_dynamic(src, dst)
+        elif variant == "int4":
+            to_int4(src, dst, options.int4_block_size, options.int4_accuracy_level)
+        elif variant == "fp16":
+            to_fp16(src, dst, keep_io_types=["logits"])
+        else:
+            raise ExportError(f"variant {variant} does not apply to gpt2")
+        extra = {"quantization": _describe(variant, options)}
+        if not cpu_can_run(dst):
+            result[variant] = variant_entry(
+                target,
+                files,
+                out,
+                {},
+                {},
+                passed=None,
+                reason=f"not validated: CPU ONNX Runtime cannot run {variant}; validate on its target",
+                validated_on=None,
+                **extra,
+            )
+            continue
+        sess = make_session(dst, threads=2)
+        logits = ev.window_logits(sess, windows)
+        ppl = ev.perplexity(logits, windows)
+        increase = ppl / ppl_ref - 1.0
+        top1 = float(
+            np.mean([np.mean(a.argmax(-1) == b.argmax(-1)) for a, b in zip(ref_logits, logits, strict=True)])
+        )
+        greedy = [ev.greedy(sess, p, options.greedy_tokens) for p in prompts]
+        agree = float(
+            np.mean(
+                [np.mean(np.asarray(a) == np.asarray(b)) for a, b in zip(ref_greedy, greedy, strict=True)]
+            )
+        )
+        fid = {
+            "perplexity": round(ppl, 4),
+            "perplexity_fp32": round(ppl_ref, 4),
+            "perplexity_increase": round(increase, 5),
+            "perplexity_bound": GATES.ppl_bound(variant),
+            "top1_agreement": round(top1, 4),
+            "greedy_agreement": round(agree, 4),
+            "max_logit_diff": max(max_abs_diff(a, b) for a, b in zip(ref_logits, logits, strict=True)),
+            "eval_tokens": int(windows.size),
+        }
+        passed = increase <= GATES.ppl_bound(variant)
+        reason = (
+            None
+            if passed
+            else (
+                f"perplexity {ppl:.3f} is {increase:+.2%} vs fp32 {ppl_ref:.3f} (bound +{GATES.ppl_bound(variant):.1%})"
+            )
+        )
+        result[variant] = variant_entry(
+            target,
+            files,
+            out,
+            {"gpt2": fid},
+            {"gpt2": ev.step_latency_ms(dst)},
+            passed=passed,
+            reason=reason,
+            validated_on="cpu",
+            **extra,
+        )
+        logger.info(
+            "gpt2 %s: ppl %.3f (%+.2f%%), %s", variant, ppl, 100 * increase, "passed" if passed else reason
+        )
+    return result
+
+
+def _describe(variant: str, options: QuantOptions) -> dict:
+    if variant == "int8":
+        return {"method": "dynamic", "weights": "int8 per-tensor", "ops": ["MatMul", "Gemm", "Attention"]}
+    if variant == "int4":
+        return {
+            "method": "weight-only MatMulNBits + dynamic int8 Attention",
+            "block_size": options.int4_block_size,
+            "accuracy_level": options.int4_accuracy_level,
+        }
+    return {"method": "fp16 weights and compute", "io": "logits kept fp32"}

@@ -1,0 +1,31 @@
+"""The export report: one entry per variant with its files, size, fidelity and latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def files_size(files: dict[str, str], root: Path) -> int:
+    total = 0
+    for rel in files.values():
+        p = root / rel
+        total += p.stat().st_size
+        data = p.with_name(p.name + ".data")
+        if data.exists():
+            total += data.stat().st_size
+    return total
+
+
+def variant_entry(
+    target: str, files: dict, root: Path, fidelity: dict, latency: dict, passed=True, reason=None, **extra
+) -> dict:
+    return {
+        "target": target,
+        "passed": passed,
+        "reason": reason,
+        "files": files,
+        "size_bytes": files_size(files, root),
+        "fidelity": fidelity,
+        "latency_ms": latency,
+        **extra,
+    }
