@@ -113,10 +113,9 @@ def _base_report(spec: ExportSpec, checkpoint: Path) -> dict:
 
 
 def _export_images(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng) -> dict:
-    from training.checkpoint import load_image_checkpoint
-
     from export import images
     from export.ortutil import make_session, median_ms
+    from training.checkpoint import load_image_checkpoint
 
     module, meta = load_image_checkpoint(checkpoint, expected=spec.model)
     wrapped = images.wrap_components(spec.model, module)
