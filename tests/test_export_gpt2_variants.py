@@ -1,0 +1,125 @@
+"""GPT-2 through `export_model`: fp32 parity, quantized variants really quantized, gates."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from aigc.errors import CheckpointError
+from export import quantize
+from export.api import export_model
+from export.gpt2_eval import forward
+from export.ortutil import make_session
+
+
+def _tiny_gpt2(folder, seed=0):
+    from pydoc_data.topics import topics
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    text = "\n".join(topics[k] for k in sorted(topics))
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        [text[:200_000]], vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=64,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "heldout.txt").write_text(text[-20_000:])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpt2")
+    ckpt = _tiny_gpt2(root / "ckpt")
+    out = root / "export"
+    return ckpt, out, export_model("gpt2", ckpt, out, variants="fp32,int8,int4,fp16")
+
+
+def test_gpt2_fp32_matches_pytorch(gpt2_export):
+    from transformers import GPT2LMHeadModel
+
+    ckpt, out, report = gpt2_export
+    assert report["variants"]["fp32"]["passed"] is True
+    hf = GPT2LMHeadModel.from_pretrained(ckpt).eval()
+    ids = np.random.default_rng().integers(0, hf.config.vocab_size, size=(2, 11))
+    logits, _ = forward(make_session(out / "fp32" / "gpt2.onnx"), ids)
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(logits - ref).max() < 1e-3
+
+
+def test_quantized_gpt2_variants_hold_quantized_operators(gpt2_export):
+    _, out, report = gpt2_export
+    ops = {
+        v: {n.op_type for n in onnx.load(str(out / report["variants"][v]["files"]["gpt2"])).graph.node}
+        for v in ("fp32", "int8", "int4")
+    }
+    assert "Attention" in ops["fp32"]
+    assert "QAttention" in ops["int8"] and ops["int8"] & {"DynamicQuantizeMatMul", "MatMulInteger"}
+    assert "MatMulNBits" in ops["int4"] and "QAttention" in ops["int4"]
+    sizes = {v: report["variants"][v]["size_bytes"] for v in ("fp32", "int8", "int4")}
+    assert sizes["int4"] < sizes["fp32"] and sizes["int8"] < sizes["fp32"]
+
+
+def test_gpt2_report_has_fidelity_figures(gpt2_export):
+    _, _, report = gpt2_export
+    for v in ("int8", "int4"):
+        fid = report["variants"][v]["fidelity"]["gpt2"]
+        assert fid["perplexity_fp32"] == report["variants"]["fp32"]["fidelity"]["gpt2"]["perplexity"]
+        assert 0.0 <= fid["top1_agreement"] <= 1.0 and 0.0 <= fid["greedy_agreement"] <= 1.0
+        bound = quantize.GATES.ppl_bound(v)
+        assert report["variants"][v]["passed"] is (fid["perplexity_increase"] <= bound)
+    fp16 = report["variants"]["fp16"]
+    assert fp16["target"] == "gpu"
+    assert fp16["passed"] in (True, False, None)  # None: CPU ONNX Runtime cannot run it here
+
+
+def test_gpt2_gate_rejects_damaged_int8(gpt2_export, tmp_path, monkeypatch):
+    ckpt, _, _ = gpt2_export
+    real = quantize.to_int8_dynamic
+
+    def damaged(src, dst, op_types=("MatMul", "Gemm", "Attention")):
+        model = onnx.load(str(src))
+        rng = np.random.default_rng(2)
+        for init in model.graph.initializer:
+            arr = onnx.numpy_helper.to_array(init)
+            if arr.dtype == np.float32 and arr.ndim == 2:
+                init.CopyFrom(
+                    onnx.numpy_helper.from_array(
+                        arr + rng.normal(0, 0.2, arr.shape).astype(np.float32), init.name
+                    )
+                )
+        damaged_fp32 = dst.with_name("damaged.onnx")
+        onnx.save(model, str(damaged_fp32))
+        real(damaged_fp32, dst, op_types)
+        damaged_fp32.unlink()
+
+    monkeypatch.setattr(quantize, "to_int8_dynamic", damaged)
+    report = export_model("gpt2", ckpt, tmp_path / "out", variants="fp32,int8")
+    assert report["variants"]["int8"]["passed"] is False
+    assert "perplexity" in report["variants"]["int8"]["reason"]
+
+
+def test_dcgan_checkpoint_is_not_gpt2(tmp_path):
+    from training.api import TrainOptions, train
+
+    ckpt = train(TrainOptions(model="dcgan", out=tmp_path / "dcgan", steps=1, progress=False))
+    with pytest.raises(CheckpointError, match="dcgan"):
+        export_model("gpt2", ckpt, tmp_path / "out", variants="fp32")
+    assert not (tmp_path / "out").exists()
