@@ -41,6 +41,9 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     ),
 }
 
+# Third-party loggers that narrate their internals at INFO/WARNING (shown with --verbose).
+NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._export", "onnxruntime", "root.quantize")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        for noisy in NOISY_LOGGERS:
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     module, _add, run, _help = COMMANDS[args.command]
     try:
         return int(getattr(importlib.import_module(module), run)(args) or 0)
