@@ -1,0 +1,141 @@
+"""Self-describing checkpoints: safetensors weights + the constructor arguments in JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from aigc.errors import CheckpointError, ConfigError
+
+FORMAT = "aigc-checkpoint"
+FORMAT_VERSION = 1
+IMAGE_KINDS = ("dcgan", "vae")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, flag: str = "--out") -> Iterator[Path]:
+    """A temporary folder beside `out` that replaces it only when the block succeeds."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out}: exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise ConfigError(f"{flag} {out}: cannot write there ({exc.strerror or exc})") from exc
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_image_checkpoint(
+    out_dir: Path,
+    kind: str,
+    module,
+    config,
+    data_meta: dict,
+    step: int,
+    seed: int,
+    extra_modules: dict | None = None,
+    files: dict | None = None,
+) -> None:
+    """Write weights + config.json (+ `files`: name -> bytes) into `out_dir` (already a temp dir)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(out_dir / "model.safetensors"))
+    for name, extra in (extra_modules or {}).items():
+        save_file(
+            {k: v.contiguous() for k, v in extra.state_dict().items()}, str(out_dir / f"{name}.safetensors")
+        )
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": kind,
+        "config": dataclasses.asdict(config),
+        "data": data_meta,
+        "step": step,
+        "seed": seed,
+    }
+    (out_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for name, payload in (files or {}).items():
+        (out_dir / name).write_bytes(payload)
+
+
+def detect_checkpoint_kind(path: Path) -> str:
+    """'dcgan' | 'vae' (our format) or 'gpt2' (a Hugging Face GPT-2 folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: no such folder")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: not a folder")
+    cfg = path / "config.json"
+    try:
+        meta = json.loads(cfg.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: config.json missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {cfg}: unreadable JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {cfg}: not a checkpoint config")
+    if meta.get("format") == FORMAT and meta.get("model") in IMAGE_KINDS:
+        return meta["model"]
+    if meta.get("model_type") == "gpt2":
+        return "gpt2"
+    raise CheckpointError(f"checkpoint {cfg}: neither an aigc checkpoint nor a Hugging Face GPT-2 config")
+
+
+def load_image_checkpoint(path: Path, expected: str | None = None):
+    """Rebuild the model from the checkpoint alone; returns (module in eval mode, meta)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    kind = detect_checkpoint_kind(path)
+    if expected is not None and kind != expected:
+        raise CheckpointError(f"checkpoint at {path} is a {kind!r} checkpoint, expected {expected!r}")
+    if kind not in IMAGE_KINDS:
+        raise CheckpointError(f"checkpoint at {path} is a {kind!r} checkpoint, not an image model")
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path}: format_version {meta.get('format_version')} is not supported"
+        )
+    if kind == "dcgan":
+        from training.dcgan import DCGANConfig as Config
+        from training.dcgan import Generator as Model
+    else:
+        from training.vae import VAE as Model
+        from training.vae import VAEConfig as Config
+    try:
+        config = Config(**meta["config"])
+        config.validate()
+    except (TypeError, KeyError, ConfigError) as exc:
+        raise CheckpointError(f"checkpoint {path / 'config.json'}: bad model config ({exc})") from exc
+    weights = path / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: model.safetensors missing") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {weights}: corrupt model.safetensors ({exc})") from exc
+    module = Model(config)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {weights}: weights do not match config.json ({exc})") from exc
+    return module.eval(), meta
