@@ -147,7 +147,7 @@ def _export_gpt2(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, q
     hf_model = gpt2.load_gpt2_checkpoint(checkpoint)
     path = out / "fp32" / "gpt2.onnx"
     info = gpt2.export_gpt2_fp32(checkpoint, path, hf_model=hf_model)
-    gpt2.write_gpt2_assets(checkpoint, out / "assets")
+    info = gpt2.write_gpt2_assets(checkpoint, out / "assets", info)
     fidelity = gpt2.validate_gpt2(path, hf_model, rng)
     latency = step_latency_ms(path)
     report = _base_report(spec, checkpoint)
@@ -159,7 +159,7 @@ def _export_gpt2(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, q
 
         report["variants"].update(
             quantize.gpt2_variants(
-                checkpoint, hf_model, info, out, variants[1:], rng, report["variants"]["fp32"]
+                checkpoint, info, out, variants[1:], rng, report["variants"]["fp32"], quant
             )
         )
     return report

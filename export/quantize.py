@@ -7,6 +7,7 @@ report with the reason, marked `passed: false`, and never offered to the reposit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -37,6 +38,19 @@ class Gates:
 
 
 GATES = Gates()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """ONNX Runtime's quantizers log per-tensor notes on the root logger; keep them at --verbose."""
+    root = logging.getLogger()
+    level = root.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -86,6 +100,7 @@ def _calibration_feeds(component, meta, rng, batches: int = 16, batch: int = 16)
     return [example_inputs(component, meta, batch, rng) for _ in range(batches)]
 
 
+@_quiet_quantizer()
 def to_int8_static(src: Path, dst: Path, feeds: list[dict]) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -211,6 +226,7 @@ class QuantOptions:
             raise ConfigError(f"--int4-accuracy-level must be in 0..4, got {self.int4_accuracy_level}")
 
 
+@_quiet_quantizer()
 def to_int8_dynamic(src: Path, dst: Path, op_types=("MatMul", "Gemm", "Attention")) -> None:
     """Dynamic int8: weights int8 per tensor, activations quantized at run time.
 
@@ -230,6 +246,7 @@ def to_int8_dynamic(src: Path, dst: Path, op_types=("MatMul", "Gemm", "Attention
     )
 
 
+@_quiet_quantizer()
 def to_int4(src: Path, dst: Path, block_size: int, accuracy_level: int) -> None:
     """Weight-only int4 (MatMulNBits) for MatMul; the fused QKV weights inside Attention,
     which that quantizer skips, get dynamic int8 (QAttention)."""

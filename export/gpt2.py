@@ -1,0 +1,282 @@
+"""GPT-2 to one fused ONNX graph with its KV cache, built from the Hugging Face weights.
+
+Per layer: `SkipLayerNormalization` (residual add + LayerNorm + bias), the contrib
+`Attention` op with `past`/`present` (causal, raw attention mask, so left padding works
+for batched decoding), `FastGelu` (GPT-2's tanh `gelu_new`) and plain MatMul. This is the
+layout ONNX Runtime's dynamic quantizer turns into QAttention + DynamicQuantizeMatMul, the
+fastest CPU path measured (see PERF-NOTES). Parity with `transformers` is checked on fresh
+inputs after every export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from aigc.errors import CheckpointError, ExportError, ToleranceError
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+def load_gpt2_checkpoint(path: Path):
+    """The `GPT2LMHeadModel` of a Hugging Face folder (safetensors only), in eval mode."""
+    from training.checkpoint import detect_checkpoint_kind
+
+    path = Path(path)
+    kind = detect_checkpoint_kind(path)
+    if kind != "gpt2":
+        raise CheckpointError(
+            f"checkpoint at {path} is a {kind!r} checkpoint, expected a Hugging Face GPT-2 folder"
+        )
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"checkpoint {path}: model.safetensors missing (only safetensors weights are loaded)"
+        )
+    if not (path / "tokenizer.json").is_file():
+        raise CheckpointError(
+            f"checkpoint {path}: tokenizer.json missing (save the tokenizer with save_pretrained)"
+        )
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    try:
+        model = GPT2LMHeadModel.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+    except Exception as exc:  # transformers raises OSError, ValueError, SafetensorError...
+        raise CheckpointError(f"checkpoint {path}: cannot load the GPT-2 weights ({exc})") from exc
+    check_supported(model.config)
+    return model.eval()
+
+
+def check_supported(cfg) -> None:
+    if cfg.activation_function not in SUPPORTED_ACTIVATIONS:
+        raise ExportError(
+            f"config.activation_function {cfg.activation_function!r} is not supported "
+            f"(allowed: {', '.join(SUPPORTED_ACTIVATIONS)})"
+        )
+    for field in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
+        if getattr(cfg, field, False):
+            raise ExportError(f"config.{field}=true is not supported")
+
+
+def model_info(cfg, eos_token_id: int | None = None) -> dict:
+    return {
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "head_size": cfg.n_embd // cfg.n_head,
+        "n_embd": cfg.n_embd,
+        "n_positions": cfg.n_positions,
+        "vocab_size": cfg.vocab_size,
+        "eos_token_id": cfg.eos_token_id if eos_token_id is None else eos_token_id,
+        "bos_token_id": cfg.bos_token_id,
+    }
+
+
+def build_graph(model) -> onnx.ModelProto:
+    cfg = model.config
+    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    L, nh, E, V = cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size
+    hs, eps = E // nh, float(cfg.layer_norm_epsilon)
+    inits: list[TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def w(name: str, arr: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def node(op, inputs, outputs, domain="", **attrs):
+        nodes.append(helper.make_node(op, inputs, outputs, name=f"{op}_{len(nodes)}", domain=domain, **attrs))
+        return outputs
+
+    tok = node("Gather", [w("wte", sd["transformer.wte.weight"]), "input_ids"], ["tok_emb"])[0]
+    pos = node("Gather", [w("wpe", sd["transformer.wpe.weight"]), "position_ids"], ["pos_emb"])[0]
+    residual = node("Add", [tok, pos], ["h_0"])[0]  # (B, T, E)
+    x = node(
+        "LayerNormalization",
+        [
+            residual,
+            w("ln_1_w_0", sd["transformer.h.0.ln_1.weight"]),
+            w("ln_1_b_0", sd["transformer.h.0.ln_1.bias"]),
+        ],
+        ["ln1_0"],
+        axis=-1,
+        epsilon=eps,
+    )[0]
+    scale = {} if getattr(cfg, "scale_attn_weights", True) else {"scale": 1.0}
+    for i in range(L):
+        p = f"transformer.h.{i}."
+        attn, _ = node(
+            "Attention",
+            [
+                x,
+                w(f"qkv_w_{i}", sd[p + "attn.c_attn.weight"]),
+                w(f"qkv_b_{i}", sd[p + "attn.c_attn.bias"]),
+                "attention_mask",
+                f"past_{i}",
+            ],
+            [f"attn_{i}", f"present_{i}"],
+            domain="com.microsoft",
+            num_heads=nh,
+            unidirectional=1,
+            **scale,
+        )
+        proj = node(
+            "MatMul", [attn, w(f"attn_proj_w_{i}", sd[p + "attn.c_proj.weight"])], [f"attn_proj_{i}"]
+        )[0]
+        x, _, _, residual = node(
+            "SkipLayerNormalization",
+            [
+                proj,
+                residual,
+                w(f"ln_2_w_{i}", sd[p + "ln_2.weight"]),
+                w(f"ln_2_b_{i}", sd[p + "ln_2.bias"]),
+                w(f"attn_proj_b_{i}", sd[p + "attn.c_proj.bias"]),
+            ],
+            [f"ln2_{i}", "", "", f"res_attn_{i}"],
+            domain="com.microsoft",
+            epsilon=eps,
+        )
+        fc = node("MatMul", [x, w(f"fc_w_{i}", sd[p + "mlp.c_fc.weight"])], [f"fc_{i}"])[0]
+        act = node(
+            "FastGelu", [fc, w(f"fc_b_{i}", sd[p + "mlp.c_fc.bias"])], [f"gelu_{i}"], domain="com.microsoft"
+        )[0]
+        mlp = node("MatMul", [act, w(f"mlp_proj_w_{i}", sd[p + "mlp.c_proj.weight"])], [f"mlp_proj_{i}"])[0]
+        last = i == L - 1
+        g = sd["transformer.ln_f.weight"] if last else sd[f"transformer.h.{i + 1}.ln_1.weight"]
+        b = sd["transformer.ln_f.bias"] if last else sd[f"transformer.h.{i + 1}.ln_1.bias"]
+        x, _, _, residual = node(
+            "SkipLayerNormalization",
+            [
+                mlp,
+                residual,
+                w(f"ln_next_w_{i}", g),
+                w(f"ln_next_b_{i}", b),
+                w(f"mlp_proj_b_{i}", sd[p + "mlp.c_proj.bias"]),
+            ],
+            [f"ln_next_{i}", "", "", f"res_mlp_{i}"],
+            domain="com.microsoft",
+            epsilon=eps,
+        )
+    lm_head = sd.get("lm_head.weight", sd["transformer.wte.weight"])  # tied: (V, E)
+    node("MatMul", [x, w("lm_head_t", lm_head.T)], ["logits"])
+
+    past_shape = [2, "batch", nh, "past_seq", hs]
+    present_shape = [2, "batch", nh, "total_seq", hs]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "total_seq"]),
+    ] + [helper.make_tensor_value_info(f"past_{i}", TensorProto.FLOAT, past_shape) for i in range(L)]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V])] + [
+        helper.make_tensor_value_info(f"present_{i}", TensorProto.FLOAT, present_shape) for i in range(L)
+    ]
+    graph = helper.make_graph(nodes, "gpt2_with_past", inputs, outputs, inits)
+    model_proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="aigc-serve",
+    )
+    model_proto.ir_version = 8
+    return model_proto
+
+
+def export_gpt2_fp32(checkpoint: Path, out_file: Path, hf_model=None) -> dict:
+    """Write the fused fp32 graph; returns `model_info` (CONTRACTS.md)."""
+    model = hf_model if hf_model is not None else load_gpt2_checkpoint(checkpoint)
+    proto = build_graph(model)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(out_file))
+    logger.info("exported gpt2 (%d layers) -> %s", model.config.n_layer, out_file)
+    return model_info(model.config)
+
+
+def write_gpt2_assets(checkpoint: Path, assets_dir: Path, info: dict) -> dict:
+    """tokenizer.json and model_info.json: what the server needs beside the graph.
+
+    Returns `info` with the EOS id the tokenizer really uses."""
+    from tokenizers import Tokenizer
+
+    assets_dir.mkdir(parents=True, exist_ok=True)
+    src = Path(checkpoint) / "tokenizer.json"
+    try:
+        tok = Tokenizer.from_file(str(src))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad files
+        raise CheckpointError(f"checkpoint {src}: unreadable tokenizer ({exc})") from exc
+    shutil.copyfile(src, assets_dir / "tokenizer.json")
+    eos = tok.token_to_id("<|endoftext|>")
+    info = dict(info, eos_token_id=info["eos_token_id"] if eos is None else eos)
+    (assets_dir / "model_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def validate_gpt2(
+    onnx_path: Path, hf_model, rng: np.random.Generator, atol: float = 1e-3, rtol: float = 1e-4
+) -> dict:
+    """ONNX Runtime vs transformers on fresh random tokens: prefill, a decode step on the
+    returned cache, and a left-padded batch of two. Allowed: atol + rtol * max|logits|."""
+    import torch
+
+    from export.gpt2_eval import empty_past
+    from export.ortutil import make_session
+
+    sess = make_session(onnx_path)
+    vocab, n_pos = hf_model.config.vocab_size, hf_model.config.n_positions
+    worst = {"max_abs_diff": 0.0, "max_abs_logit": 0.0}
+
+    def ref_logits(ids: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return hf_model(torch.from_numpy(ids[None])).logits[0].numpy()
+
+    def check(name: str, got: np.ndarray, ref: np.ndarray) -> None:
+        if got.shape != ref.shape:
+            raise ToleranceError(f"gpt2 {name}: ONNX logits {list(got.shape)} vs PyTorch {list(ref.shape)}")
+        diff, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
+        worst["max_abs_diff"] = max(worst["max_abs_diff"], diff)
+        worst["max_abs_logit"] = max(worst["max_abs_logit"], scale)
+        if diff > atol + rtol * scale:
+            raise ToleranceError(
+                f"gpt2 {name}: max abs logit diff {diff:.3g} > {atol + rtol * scale:.3g} "
+                f"(atol {atol} + rtol {rtol} x max|logit| {scale:.3g})"
+            )
+
+    def run(ids, pos, mask, past):
+        feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": mask, **past}
+        outs = sess.run(None, feeds)
+        names = [o.name for o in sess.get_outputs()]
+        presents = {
+            n.replace("present_", "past_"): v for n, v in zip(names, outs, strict=True) if n != "logits"
+        }
+        return outs[names.index("logits")], presents
+
+    n = int(rng.integers(4, min(12, n_pos - 2)))
+    seq = rng.integers(0, vocab, size=n + 1)
+    full = ref_logits(seq)
+    logits, past = run(seq[None, :n], np.arange(n)[None], np.ones((1, n), np.int32), empty_past(sess, 1))
+    check("prefill", logits[0], full[:n])
+    logits, _ = run(seq[None, n:], np.array([[n]]), np.ones((1, n + 1), np.int32), past)
+    check("decode step with past", logits[0], full[n:])
+    # Batch of two with left padding: B's real tokens sit right-aligned, masked pads before.
+    a, b = rng.integers(0, vocab, size=n), rng.integers(0, vocab, size=max(1, n // 2))
+    pad = n - len(b)
+    ids = np.stack([a, np.concatenate([np.zeros(pad, np.int64), b])])
+    pos = np.stack([np.arange(n), np.concatenate([np.zeros(pad, np.int64), np.arange(len(b))])])
+    mask = np.stack(
+        [np.ones(n, np.int32), np.concatenate([np.zeros(pad, np.int32), np.ones(len(b), np.int32)])]
+    )
+    logits, _ = run(ids, pos, mask, empty_past(sess, 2))
+    check("batch row 0", logits[0], ref_logits(a))
+    check("left-padded batch row 1", logits[1, pad:], ref_logits(b))
+    return {
+        "max_abs_diff": worst["max_abs_diff"],
+        "max_abs_logit": worst["max_abs_logit"],
+        "tolerance": f"{atol} + {rtol} x max|logit|",
+        "checks": ["prefill", "decode", "left-padded batch"],
+    }
