@@ -1,0 +1,263 @@
+"""The Triton model repository builder.
+
+Writes `<repository>/<model>/config.pbtxt` through Triton's `ModelConfig` protobuf and the
+next numbered version folder. A version is assembled in `<repository>.staging/` and moved
+into place with one rename when complete, so Triton never sees half a version and a failed
+build leaves what is being served untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from aigc.errors import BuildError, ConfigError, ExportError
+
+logger = logging.getLogger(__name__)
+
+TRITON_MODELS = Path(__file__).parent / "triton_models"
+IMAGE_COMPONENTS = ("dcgan", "vae_encoder", "vae_decoder")
+FLAVOURS = ("python", "onnxruntime")
+_ONNX_TO_TRITON = {
+    onnx.TensorProto.FLOAT: mc.TYPE_FP32,
+    onnx.TensorProto.FLOAT16: mc.TYPE_FP16,
+    onnx.TensorProto.UINT8: mc.TYPE_UINT8,
+    onnx.TensorProto.INT8: mc.TYPE_INT8,
+    onnx.TensorProto.INT32: mc.TYPE_INT32,
+    onnx.TensorProto.INT64: mc.TYPE_INT64,
+}
+
+
+@dataclass
+class BuildOptions:
+    flavour: str = "python"
+    variant: str = "auto"
+    target: str = "cpu"  # what `auto` optimises for: cpu or gpu
+    instance_count: int = 1
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 500
+    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
+    max_tokens_limit: int = 512
+    max_active_sequences: int = 16
+
+    def validate(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ConfigError(f"--flavour must be one of {', '.join(FLAVOURS)}, got {self.flavour!r}")
+        if self.target not in ("cpu", "gpu"):
+            raise ConfigError(f"--target must be cpu or gpu, got {self.target!r}")
+        if not 1 <= self.instance_count <= 64:
+            raise ConfigError(f"--instances must be in 1..64, got {self.instance_count}")
+        if not 1 <= self.max_batch_size <= 4096:
+            raise ConfigError(f"--max-batch-size must be in 1..4096, got {self.max_batch_size}")
+        if not 1 <= self.max_tokens_limit <= 100_000:
+            raise ConfigError(f"--max-tokens-limit must be in 1..100000, got {self.max_tokens_limit}")
+
+
+@dataclass
+class BuiltModel:
+    name: str
+    version: int
+    variant: str
+    path: Path
+
+    def __str__(self) -> str:
+        return f"{self.name} version {self.version} ({self.variant}) -> {self.path}"
+
+
+def choose_variant(report: dict, component: str, variant: str, target: str) -> str:
+    """`auto`: the fastest variant (by the report's latency) that passed its gate on this
+    target; a named variant must exist and have passed, else BuildError says why."""
+    variants = report["variants"]
+    if variant != "auto":
+        v = variants.get(variant)
+        if v is None:
+            raise BuildError(
+                f"--variant {variant}: not in the export of {report['model']} (has {', '.join(variants)})"
+            )
+        if v["passed"] is not True:
+            raise BuildError(f"--variant {variant} of {report['model']} did not pass its gate: {v['reason']}")
+        return variant
+    passing = [
+        (v["latency_ms"].get(component, float("inf")), name)
+        for name, v in variants.items()
+        if v["passed"] is True
+        and v["target"] in (target, "cpu" if target == "gpu" else target)
+        and component in v["files"]
+    ]
+    if target == "cpu":
+        passing = [p for p in passing if variants[p[1]]["target"] == "cpu"]
+    if not passing:
+        raise BuildError(f"no variant of {report['model']} passed its gate for {component}")
+    return min(passing)[1]
+
+
+def _dims_from_onnx(onnx_file: Path) -> dict[str, tuple[int, list[int]]]:
+    """name -> (Triton dtype, dims without the batch axis) for every graph input/output."""
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    out = {}
+    for vi in list(graph.input) + list(graph.output):
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim][1:]
+        if t.elem_type not in _ONNX_TO_TRITON:
+            raise BuildError(f"{onnx_file}: tensor {vi.name} has an ONNX type with no Triton type")
+        out[vi.name] = (_ONNX_TO_TRITON[t.elem_type], dims)
+    return out
+
+
+def image_config(name: str, onnx_file: Path, opts: BuildOptions) -> mc.ModelConfig:
+    """Python-backend config of an image component, tensors read from its ONNX file."""
+    tensors = _dims_from_onnx(onnx_file)
+    inputs = [i.name for i in onnx.load(str(onnx_file), load_external_data=False).graph.input]
+    cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=opts.max_batch_size)
+    for n in inputs:
+        dtype, dims = tensors[n]
+        if any(d < 0 for d in dims):
+            raise BuildError(f"{onnx_file}: input {n} has a dynamic non-batch axis {dims}")
+        cfg.input.add(name=n, data_type=dtype, dims=dims)
+    for n, (dtype, dims) in tensors.items():
+        if n not in inputs:
+            cfg.output.add(name=n, data_type=dtype, dims=dims)
+    cfg.dynamic_batching.preferred_batch_size.extend([b for b in (4, 8, 16, 32) if b <= opts.max_batch_size])
+    cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.instance_count)
+    warm = cfg.model_warmup.add(name="zeros", batch_size=1)
+    for inp in cfg.input:
+        warm.inputs[inp.name].data_type = inp.data_type
+        warm.inputs[inp.name].dims.extend(inp.dims)
+        warm.inputs[inp.name].zero_data = True
+    cfg.parameters["max_request_batch"].string_value = str(opts.max_batch_size)
+    cfg.parameters["intra_op_threads"].string_value = str(opts.intra_op_threads)
+    return cfg
+
+
+def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
+    """The decoupled text-generation interface of Triton's LLM backends."""
+    cfg = mc.ModelConfig(name="gpt2", backend="python", max_batch_size=0)
+    cfg.model_transaction_policy.decoupled = True
+    cfg.input.add(name="text_input", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.input.add(name="stream", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
+    cfg.input.add(name="sampling_parameters", data_type=mc.TYPE_STRING, dims=[1], optional=True)
+    cfg.input.add(name="exclude_input_in_output", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
+    cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[-1])
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    limit = min(opts.max_tokens_limit, int(model_info["n_positions"]) - 1)
+    cfg.parameters["max_tokens_limit"].string_value = str(limit)
+    cfg.parameters["max_prompt_tokens"].string_value = str(int(model_info["n_positions"]) - 1)
+    cfg.parameters["max_active_sequences"].string_value = str(opts.max_active_sequences)
+    cfg.parameters["intra_op_threads"].string_value = str(opts.intra_op_threads)
+    return cfg
+
+
+def write_config(model_dir: Path, cfg: mc.ModelConfig) -> None:
+    """config.pbtxt through the protobuf text format, replaced atomically."""
+    text = text_format.MessageToString(cfg)
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".pbtxt", dir=model_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, model_dir / "config.pbtxt")
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    return text_format.Parse((Path(model_dir) / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _stage_version(name, files: dict[str, Path], meta: dict, staging: Path) -> Path:
+    stage = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=staging))
+    try:
+        for dst, src in files.items():
+            if not Path(src).is_file():
+                raise BuildError(f"{name}: {src} is missing (re-run `aigc export`)")
+            shutil.copyfile(src, stage / dst)
+        (stage / "aigc_version.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return stage
+
+
+def build_repository(
+    exports: list[Path], repository: Path, options: BuildOptions | None = None
+) -> list[BuiltModel]:
+    """Add a version of every component of every export folder to `repository`."""
+    from export.api import read_report
+
+    opts = options or BuildOptions()
+    opts.validate()
+    repository = Path(repository).absolute()
+    staging = repository.parent / f"{repository.name}.staging"
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--repository {repository}: cannot write there ({exc.strerror or exc})") from exc
+    # Stage every version first: nothing becomes visible unless all of them could be built.
+    plans = []
+    try:
+        for export_dir in exports:
+            export_dir = Path(export_dir).absolute()
+            try:
+                report = read_report(export_dir)
+            except ExportError as exc:
+                raise BuildError(str(exc)) from None
+            for comp in report["components"]:
+                variant = choose_variant(report, comp, opts.variant, opts.target)
+                onnx_file = export_dir / report["variants"][variant]["files"][comp]
+                if not onnx_file.is_file():
+                    raise BuildError(f"{comp}: {onnx_file} is missing (re-run `aigc export`)")
+                files: dict[str, Path] = {"model.onnx": onnx_file}
+                if comp == "gpt2":
+                    cfg = gpt2_config(report["model_info"], opts)
+                    files["model.py"] = TRITON_MODELS / "gpt2_model.py"
+                    files["gpt2_engine.py"] = TRITON_MODELS / "gpt2_engine.py"
+                    for asset in ("tokenizer.json", "model_info.json"):
+                        files[asset] = export_dir / "assets" / asset
+                elif opts.flavour == "onnxruntime":
+                    from serving.native import native_model_config
+
+                    cfg = native_model_config(
+                        comp,
+                        onnx_file,
+                        max_batch_size=opts.max_batch_size,
+                        instance_count=opts.instance_count,
+                    )
+                else:
+                    cfg = image_config(comp, onnx_file, opts)
+                    files["model.py"] = TRITON_MODELS / "image_model.py"
+                meta = {
+                    "model": comp,
+                    "variant": variant,
+                    "export": str(export_dir),
+                    "flavour": opts.flavour,
+                    "fidelity": report["variants"][variant].get("fidelity", {}).get(comp),
+                    "export_created": report.get("created"),
+                }
+                plans.append((comp, variant, cfg, _stage_version(comp, files, meta, staging)))
+        built = []
+        for comp, variant, cfg, stage in plans:
+            model_dir = repository / comp
+            model_dir.mkdir(exist_ok=True)
+            version = (versions(model_dir) or [0])[-1] + 1
+            write_config(model_dir, cfg)
+            os.rename(stage, model_dir / str(version))
+            built.append(BuiltModel(comp, version, variant, model_dir / str(version)))
+            logger.info("built %s version %d from %s", comp, version, variant)
+        return built
+    finally:
+        for *_, stage in plans:
+            shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)

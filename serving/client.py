@@ -1,0 +1,272 @@
+"""A small client over `tritonclient.grpc` for the served models.
+
+with AigcClient("127.0.0.1:8001") as client:
+    images = client.generate_images("dcgan", n=16, seed=0)     # uint8 (N, H, W, C)
+    for delta in client.generate_text("Once", max_tokens=32):  # streamed text
+        print(delta, end="")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from aigc.errors import ClientError
+
+_RETRYABLE = ("StatusCode.UNAVAILABLE",)
+
+
+class AigcClient:
+    def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 60.0, retry_deadline_s: float = 10.0):
+        if timeout_s <= 0:
+            raise ClientError(f"timeout_s must be > 0, got {timeout_s}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.retry_deadline_s = retry_deadline_s
+        try:
+            self._client = grpcclient.InferenceServerClient(url=url)
+        except Exception as exc:  # bad URL syntax
+            raise ClientError(f"url {url!r}: {exc}") from exc
+        self._meta: dict[str, dict] = {}
+
+    # -- lifecycle and health -----------------------------------------------------------
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> AigcClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def is_live(self) -> bool:
+        try:
+            return self._client.is_server_live(client_timeout=self.timeout_s)
+        except InferenceServerException:
+            return False
+
+    def is_ready(self, model: str | None = None) -> bool:
+        try:
+            if model is None:
+                return self._client.is_server_ready(client_timeout=self.timeout_s)
+            return self._client.is_model_ready(model, client_timeout=self.timeout_s)
+        except InferenceServerException:
+            return False
+
+    def wait_ready(self, timeout_s: float = 60.0, model: str | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.is_ready(model):
+                return
+            time.sleep(0.2)
+        raise ClientError(
+            f"server at {self.url} not ready{f' for {model}' if model else ''} after {timeout_s:.0f} s"
+        )
+
+    def _call(self, fn, *args, **kwargs):
+        """Retry UNAVAILABLE (server restarting) with backoff inside the retry deadline."""
+        deadline, delay = time.monotonic() + self.retry_deadline_s, 0.1
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except InferenceServerException as exc:
+                if exc.status() in _RETRYABLE and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise ClientError(_message(exc)) from None
+
+    def input_shape(self, model: str) -> tuple[str, list[int]]:
+        """(input name, dims without batch) from the model's metadata (cached)."""
+        if model not in self._meta:
+            meta = self._call(
+                self._client.get_model_metadata, model, as_json=True, client_timeout=self.timeout_s
+            )
+            self._meta[model] = meta
+        inp = self._meta[model]["inputs"][0]
+        return inp["name"], [int(d) for d in inp["shape"][1:]]
+
+    # -- images -------------------------------------------------------------------------
+    def _infer(self, model: str, name: str, array: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        dtype = {np.float32: "FP32", np.uint8: "UINT8"}[array.dtype.type]
+        inp = grpcclient.InferInput(name, list(array.shape), dtype)
+        inp.set_data_from_numpy(array)
+        req = [grpcclient.InferRequestedOutput(o) for o in outputs]
+        result = self._call(self._client.infer, model, [inp], outputs=req, client_timeout=self.timeout_s)
+        return [result.as_numpy(o) for o in outputs]
+
+    def latents(self, model: str, n: int, seed: int | None = None) -> np.ndarray:
+        _check_count(n)
+        _, dims = self.input_shape(model)
+        return np.random.default_rng(seed).standard_normal((n, *dims)).astype(np.float32)
+
+    def generate_images(
+        self, model: str = "dcgan", n: int = 1, seed: int | None = None, z: np.ndarray | None = None
+    ) -> np.ndarray:
+        """uint8 images (N, H, W, C) from latents `z` (drawn from N(0, I) with `seed` if None)."""
+        if z is None:
+            z = self.latents(model, n, seed)
+        return self.decode(z, model=model)
+
+    def decode(self, z: np.ndarray, model: str = "vae_decoder") -> np.ndarray:
+        z = np.asarray(z)
+        name, dims = self.input_shape(model)
+        if z.dtype != np.float32:
+            raise ClientError(f"z: dtype {z.dtype} not allowed; expected float32")
+        if z.ndim != 2 or list(z.shape[1:]) != dims:
+            raise ClientError(
+                f"z: shape {list(z.shape)} not allowed; expected [N, {', '.join(map(str, dims))}]"
+            )
+        if not np.all(np.isfinite(z)):
+            raise ClientError("z: contains NaN or infinite values")
+        return self._infer(model, name, z, ["image"])[0]
+
+    def sample(self, n: int = 1, seed: int | None = None) -> np.ndarray:
+        """Images from the VAE decoder for latents drawn from N(0, I)."""
+        return self.generate_images("vae_decoder", n=n, seed=seed)
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, logvar) of uint8 images (N, H, W, C) from the VAE encoder."""
+        images = np.asarray(images)
+        name, dims = self.input_shape("vae_encoder")
+        if images.dtype != np.uint8:
+            raise ClientError(f"image: dtype {images.dtype} not allowed; expected uint8")
+        if images.ndim != 4 or list(images.shape[1:]) != dims:
+            raise ClientError(
+                f"image: shape {list(images.shape)} not allowed; expected [N, {', '.join(map(str, dims))}]"
+            )
+        mu, logvar = self._infer("vae_encoder", name, images, ["mu", "logvar"])
+        return mu, logvar
+
+    # -- text ---------------------------------------------------------------------------
+    def generate_text(
+        self,
+        prompt: str,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        ignore_eos: bool = False,
+        stream: bool = True,
+        exclude_input_in_output: bool = True,
+        timeout_s: float | None = None,
+        model: str = "gpt2",
+    ) -> Iterator[str] | str:
+        """Text from the served GPT-2: an iterator of deltas (stream=True) or the whole string."""
+        params = sampling_parameters(max_tokens, temperature, top_k, top_p, seed, stop, ignore_eos)
+        if not isinstance(prompt, str) or not prompt:
+            raise ClientError("prompt (text_input) must be a non-empty string")
+        deltas = self._stream(
+            model, prompt, params, stream, exclude_input_in_output, timeout_s or self.timeout_s
+        )
+        return deltas if stream else "".join(deltas)
+
+    def _stream(self, model, prompt, params, stream, exclude, timeout_s) -> Iterator[str]:
+        inputs = [
+            _bytes_input("text_input", prompt),
+            _bytes_input("sampling_parameters", json.dumps(params)),
+            _bool_input("stream", stream),
+            _bool_input("exclude_input_in_output", exclude),
+        ]
+        responses: queue.Queue = queue.Queue()
+        self._client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        try:
+            self._client.async_stream_infer(
+                model, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True
+            )
+            while True:
+                try:
+                    result, error = responses.get(timeout=timeout_s)
+                except queue.Empty:
+                    raise ClientError(f"no response from {model} within {timeout_s:.0f} s") from None
+                if error is not None:
+                    raise ClientError(_message(error))
+                out = result.as_numpy("text_output")
+                if out is not None and out.size:
+                    text = b"".join(x if isinstance(x, bytes) else str(x).encode() for x in out.reshape(-1))
+                    if text:
+                        yield text.decode("utf-8")
+                final = result.get_response().parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    return
+        finally:
+            self._client.stop_stream(cancel_requests=True)
+
+
+def sampling_parameters(
+    max_tokens=64, temperature=0.0, top_k=0, top_p=1.0, seed=None, stop=None, ignore_eos=False
+) -> dict:
+    """Check sampling arguments client-side; the JSON the server's `sampling_parameters` takes."""
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ClientError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ClientError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ClientError(f"top_k must be an integer >= 0, got {top_k!r}")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ClientError(f"top_p must be in (0, 1], got {top_p!r}")
+    params = {"max_tokens": max_tokens, "temperature": float(temperature)}
+    if top_k:
+        params["top_k"] = top_k
+    if top_p != 1.0:
+        params["top_p"] = float(top_p)
+    if seed is not None:
+        if not isinstance(seed, int) or seed < 0:
+            raise ClientError(f"seed must be an integer >= 0, got {seed!r}")
+        params["seed"] = seed
+    if stop:
+        params["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    if ignore_eos:
+        params["ignore_eos"] = True
+    return params
+
+
+def save_image_grid(images: np.ndarray, path: Path, ncol: int = 8) -> Path:
+    """Write uint8 (N, H, W, C) images as one PNG grid."""
+    from PIL import Image
+
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    ncol = min(ncol, n)
+    rows = (n + ncol - 1) // ncol
+    grid = np.zeros((rows * h, ncol * w, c), np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = images[i]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    return path
+
+
+def _check_count(n) -> None:
+    if not isinstance(n, int) or not 1 <= n <= 4096:
+        raise ClientError(f"n must be an integer in 1..4096, got {n!r}")
+
+
+def _bytes_input(name: str, text: str) -> grpcclient.InferInput:
+    inp = grpcclient.InferInput(name, [1], "BYTES")
+    inp.set_data_from_numpy(np.array([text.encode("utf-8")], dtype=np.object_))
+    return inp
+
+
+def _bool_input(name: str, value: bool) -> grpcclient.InferInput:
+    inp = grpcclient.InferInput(name, [1], "BOOL")
+    inp.set_data_from_numpy(np.array([value], dtype=bool))
+    return inp
+
+
+def _message(exc) -> str:
+    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return text or str(exc)

@@ -1,0 +1,147 @@
+"""`aigc build`, `aigc serve`, `aigc generate`: argument parsing mapped onto the serving API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from aigc.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--exports", type=Path, nargs="+", required=True, help="export folders from `aigc export`"
+    )
+    parser.add_argument(
+        "--repository", type=Path, default=Path("model_repository"), help="Triton model repository"
+    )
+    parser.add_argument(
+        "--flavour",
+        choices=("python", "onnxruntime"),
+        default="python",
+        help="python: Python-backend models (runs everywhere); onnxruntime: Triton's native backend",
+    )
+    parser.add_argument(
+        "--variant", default="auto", help="auto (fastest variant that passed its gate) or a name"
+    )
+    parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu", help="what `auto` optimises for")
+    parser.add_argument("--instances", type=int, default=1, help="model instances per image model")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=64, help="largest batch an image request may carry"
+    )
+    parser.add_argument(
+        "--max-tokens-limit", type=int, default=512, help="largest max_tokens a GPT-2 request may ask"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)"
+    )
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from serving.builder import BuildOptions, build_repository
+
+    opts = BuildOptions(
+        flavour=args.flavour,
+        variant=args.variant,
+        target=args.target,
+        instance_count=args.instances,
+        max_batch_size=args.max_batch_size,
+        max_tokens_limit=args.max_tokens_limit,
+        intra_op_threads=args.threads,
+    )
+    for built in build_repository(args.exports, args.repository, opts):
+        logger.info("%s", built)
+    return 0
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repository", type=Path, default=Path("model_repository"), help="Triton model repository"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = any free port)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (0 = any free port)")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="metrics port (0 = any free port)")
+    parser.add_argument(
+        "--log-file", type=Path, help="Triton's log (default runs/triton.log beside the repository)"
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from serving.server import EmbeddedTritonServer
+
+    for flag in ("grpc_port", "http_port", "metrics_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be in 0..65535, got {getattr(args, flag)}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedTritonServer(
+        args.repository,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        log_file=args.log_file,
+    ) as server:
+        logger.info(
+            "serving %s — gRPC %s, HTTP %s; Ctrl-C stops", args.repository, server.grpc_url, server.http_url
+        )
+        while not stop.wait(0.5):
+            if server.process.poll() is not None:
+                logger.error("Triton exited: %s", server.failure_reason())
+                return 1
+        logger.info("stopping Triton")
+    return 0
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+    image = sub.add_parser("image", help="a PNG grid of generated images")
+    image.add_argument("--model", choices=("dcgan", "vae_decoder"), default="dcgan", help="image model")
+    image.add_argument("--n", type=int, default=16, help="number of images (1..4096)")
+    image.add_argument("--seed", type=int, default=None, help="seed of the latents")
+    image.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    text = sub.add_parser("text", help="stream a GPT-2 completion to stdout")
+    text.add_argument("prompt", help="the prompt")
+    text.add_argument("--max-tokens", type=int, default=64, help="new tokens at most")
+    text.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    text.add_argument("--top-k", type=int, default=0, help="sample from the k most likely (0 = off)")
+    text.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
+    text.add_argument("--seed", type=int, default=None, help="seed of the sampler")
+    text.add_argument("--stop", action="append", help="stop string (repeatable)")
+    text.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
+    for p in (image, text):
+        p.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address (default 127.0.0.1:8001)")
+        p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a response")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from serving.client import AigcClient, save_image_grid
+
+    with AigcClient(args.url, timeout_s=args.timeout) as client:
+        if args.kind == "image":
+            path = save_image_grid(client.generate_images(args.model, n=args.n, seed=args.seed), args.out)
+            logger.info("%d images from %s -> %s", args.n, args.model, path)
+            return 0
+        result = client.generate_text(
+            args.prompt,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=args.stop,
+            stream=not args.no_stream,
+        )
+        for delta in [result] if args.no_stream else result:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0

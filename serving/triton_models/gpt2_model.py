@@ -1,0 +1,198 @@
+"""Triton Python-backend model `gpt2`: decoupled streaming text generation.
+
+The interface of Triton's LLM backends (vLLM, TensorRT-LLM): in `text_input` BYTES,
+optional `stream` BOOL, `sampling_parameters` BYTES (JSON), `exclude_input_in_output`
+BOOL; out `text_output` BYTES. `execute` only checks each request and queues it; one
+background thread runs the generation loop with in-flight batching (every active request
+advances by one token per batched decode step; a request joins at the next step and
+leaves when it finishes) and sends each request's responses through its own sender.
+"""
+
+import json
+import os
+import queue
+import sys
+import threading
+import traceback
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpt2_engine import SAMPLING_KEYS, Gpt2Engine, RequestError, parse_sampling_parameters  # noqa: E402
+
+
+def _param(config, key, default):
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    return default if value in (None, "") else type(default)(value)
+
+
+def _optional_scalar(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    arr = tensor.as_numpy()
+    if arr.size != 1:
+        raise RequestError(f"{name} must hold exactly one value, got shape {list(arr.shape)}")
+    return arr.reshape(-1)[0]
+
+
+class _Job:
+    __slots__ = ("sender", "request", "seq", "stream", "prefix", "text")
+
+    def __init__(self, sender, request, seq, stream, prefix):
+        self.sender, self.request, self.seq = sender, request, seq
+        self.stream, self.prefix, self.text = stream, prefix, []
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.model_config = config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise pb_utils.TritonModelException(
+                "gpt2 must be configured decoupled (model_transaction_policy)"
+            )
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        self.max_tokens_limit = _param(config, "max_tokens_limit", 512)
+        self.max_prompt_tokens = _param(config, "max_prompt_tokens", 0)
+        self.max_batch = _param(config, "max_active_sequences", 16)
+        threads = _param(config, "intra_op_threads", 0)
+        providers = None
+        if args.get("model_instance_kind") == "GPU":
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.engine = Gpt2Engine(version_dir, intra_op_threads=threads, providers=providers)
+        self.queue = queue.Queue()
+        self.running = True
+        self.thread = threading.Thread(target=self._loop, name="gpt2-generation", daemon=True)
+        self.thread.start()
+        pb_utils.Logger.log_info(
+            f"gpt2 ready: {self.engine.n_layer} layers, context {self.engine.n_positions}, "
+            f"past {self.engine.past_dtype.__name__}, providers {self.engine.session.get_providers()}"
+        )
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self.queue.put(self._parse(request, sender))
+            except RequestError as exc:
+                self._fail(sender, str(exc))
+            except Exception as exc:  # never let one bad request take the model down
+                self._fail(sender, f"internal error: {exc}")
+        return None
+
+    def _parse(self, request, sender):
+        raw = _optional_scalar(request, "text_input")
+        if raw is None:
+            raise RequestError("text_input is required")
+        try:
+            prompt = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:
+            raise RequestError("text_input must be UTF-8 text") from None
+        sp = _optional_scalar(request, "sampling_parameters")
+        sp = sp if sp is not None else _request_parameters(request)
+        params = parse_sampling_parameters(sp, self.max_tokens_limit)
+        stream = _optional_scalar(request, "stream")
+        exclude = _optional_scalar(request, "exclude_input_in_output")
+        ids = self.engine.encode_prompt(prompt, params, self.max_prompt_tokens or None)
+        seq = self.engine.new_sequence(request.request_id(), ids, params)
+        prefix = "" if exclude is None or bool(exclude) else prompt
+        return _Job(sender, request, seq, bool(stream) if stream is not None else False, prefix)
+
+    # -- the generation loop (background thread) ---------------------------------------
+    def _loop(self):
+        jobs = {}
+        while self.running:
+            try:
+                self._admit(jobs)
+                if not jobs:
+                    continue
+                finished = []
+                for seq, token in self.engine.step():
+                    self._emit(jobs[id(seq)], token)
+                    if seq.finished or jobs[id(seq)].sender.is_cancelled():
+                        finished.append(seq)
+                self._retire(jobs, finished)
+            except Exception as exc:  # fail the active requests, keep serving new ones
+                pb_utils.Logger.log_error(f"gpt2 generation loop: {exc}\n{traceback.format_exc()}")
+                for job in jobs.values():
+                    self._fail(job.sender, f"internal error during generation: {exc}")
+                self.engine.remove([j.seq for j in jobs.values()])
+                jobs.clear()
+
+    def _admit(self, jobs):
+        """New requests join the batch (blocking only when nothing is being generated)."""
+        while len(jobs) < self.max_batch:
+            try:
+                job = self.queue.get_nowait() if jobs else self.queue.get(timeout=0.1)
+            except queue.Empty:
+                return
+            if job is None:
+                return
+            if job.sender.is_cancelled():
+                continue
+            try:
+                token = self.engine.add(job.seq)
+            except Exception as exc:
+                self._fail(job.sender, f"internal error in prefill: {exc}")
+                continue
+            if job.prefix and job.stream:
+                self._send(job.sender, job.prefix)
+            self._emit(job, token)
+            if job.seq.finished:
+                self._finish(job)
+            else:
+                jobs[id(job.seq)] = job
+
+    def _emit(self, job, token):
+        delta = self.engine.text_delta(job.seq, token)
+        if not delta:
+            return
+        if job.stream:
+            self._send(job.sender, delta)
+        else:
+            job.text.append(delta)
+
+    def _retire(self, jobs, finished):
+        for seq in finished:
+            self._finish(jobs.pop(id(seq)))
+        self.engine.remove(finished)
+
+    def _finish(self, job):
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if job.stream:
+            job.sender.send(flags=final)
+        else:
+            text = job.prefix + "".join(job.text)
+            job.sender.send(_text_response(text), flags=final)
+
+    @staticmethod
+    def _send(sender, text):
+        sender.send(_text_response(text))
+
+    @staticmethod
+    def _fail(sender, message):
+        sender.send(
+            pb_utils.InferenceResponse(error=pb_utils.TritonError(message)),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        )
+
+    def finalize(self):
+        self.running = False
+        self.queue.put(None)
+        self.thread.join(timeout=5)
+
+
+def _text_response(text):
+    out = pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))
+    return pb_utils.InferenceResponse(output_tensors=[out])
+
+
+def _request_parameters(request):
+    """Sampling fields given as request parameters (Triton's HTTP generate `parameters`)."""
+    try:
+        params = json.loads(request.parameters() or "{}")
+    except ValueError:
+        return None
+    picked = {k: v for k, v in params.items() if k in SAMPLING_KEYS}
+    return picked or None
