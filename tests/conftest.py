@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny trained checkpoints, their exports, and the real Triton server.
+
+Everything is built once per test session in a temporary folder; the server is the real
+`tritonserver` binary from the nvidia-pytriton wheel on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from export.api import export_model
+from serving.builder import BuildOptions, build_repository
+from serving.server import EmbeddedTritonServer
+from training.api import TrainOptions, train
+
+TINY_STEPS = {"dcgan": 30, "vae": 30, "gpt2": 200}
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        m: train(TrainOptions(model=m, out=root / m, steps=steps, progress=False))
+        for m, steps in TINY_STEPS.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def exports(checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    for m, ckpt in checkpoints.items():
+        export_model(m, ckpt, root / m, variants="fp32,int8")
+    return {m: root / m for m in checkpoints}
+
+
+def start_server(repository, **kwargs) -> EmbeddedTritonServer:
+    return EmbeddedTritonServer(
+        repository,
+        grpc_port=0,
+        http_port=0,
+        metrics_port=0,
+        log_file=repository.parent / "triton.log",
+        **kwargs,
+    ).start()
+
+
+@pytest.fixture(scope="session")
+def fp32_repository(exports, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("served") / "model_repository"
+    build_repository(list(exports.values()), repo, BuildOptions(variant="fp32", intra_op_threads=1))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(fp32_repository):
+    srv = start_server(fp32_repository)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def client(server):
+    from serving.client import AigcClient
+
+    with AigcClient(server.grpc_url, timeout_s=60) as c:
+        yield c

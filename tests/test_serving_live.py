@@ -1,0 +1,232 @@
+"""The served models through the real Triton server and the real gRPC client."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import model_config_pb2 as mc
+
+from aigc.errors import ClientError
+from export.ortutil import make_session
+from serving.builder import read_config
+
+pytestmark = pytest.mark.server
+
+PROMPTS = ["The class", "def ", "Python is", "x = 1"]
+
+
+def _hf_greedy_text(checkpoint, prompt: str, n: int) -> str:
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    model = GPT2LMHeadModel.from_pretrained(checkpoint).eval()
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            **ids, do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=tok.eos_token_id
+        )
+    return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_server_is_ready_with_every_model(client):
+    assert client.is_live() and client.is_ready()
+    for model in ("dcgan", "vae_encoder", "vae_decoder", "gpt2"):
+        assert client.is_ready(model), model
+
+
+def test_config_files_parse_back_with_the_public_tensors(fp32_repository):
+    cfg = {m: read_config(fp32_repository / m) for m in ("dcgan", "vae_encoder", "vae_decoder", "gpt2")}
+    assert [i.name for i in cfg["dcgan"].input] == ["z"] and list(cfg["dcgan"].input[0].dims) == [100]
+    assert cfg["dcgan"].output[0].name == "image" and cfg["dcgan"].output[0].data_type == mc.TYPE_UINT8
+    assert [o.name for o in cfg["vae_encoder"].output] == ["mu", "logvar"]
+    assert cfg["vae_encoder"].input[0].data_type == mc.TYPE_UINT8
+    g = cfg["gpt2"]
+    assert g.model_transaction_policy.decoupled
+    assert {i.name: i.data_type for i in g.input} == {
+        "text_input": mc.TYPE_STRING,
+        "stream": mc.TYPE_BOOL,
+        "sampling_parameters": mc.TYPE_STRING,
+        "exclude_input_in_output": mc.TYPE_BOOL,
+    }
+    assert [o.name for o in g.output] == ["text_output"]
+    for m in cfg.values():
+        assert m.backend == "python"
+
+
+def test_dcgan_images_equal_onnx_runtime(client, exports):
+    z = np.random.default_rng().standard_normal((5, 100)).astype(np.float32)
+    served = client.generate_images("dcgan", z=z)
+    ref = make_session(exports["dcgan"] / "fp32" / "dcgan.onnx").run(["image"], {"z": z})[0]
+    assert served.dtype == np.uint8 and served.shape == ref.shape
+    np.testing.assert_array_equal(served, ref)
+
+
+def test_vae_decode_and_encode_equal_onnx_runtime(client, exports):
+    rng = np.random.default_rng()
+    latent = client.input_shape("vae_decoder")[1][0]
+    z = rng.standard_normal((3, latent)).astype(np.float32)
+    np.testing.assert_array_equal(
+        client.decode(z),
+        make_session(exports["vae"] / "fp32" / "vae_decoder.onnx").run(["image"], {"z": z})[0],
+    )
+    images = rng.integers(0, 256, size=(2, 32, 32, 1), dtype=np.uint8)
+    mu, logvar = client.encode(images)
+    ref_mu, ref_logvar = make_session(exports["vae"] / "fp32" / "vae_encoder.onnx").run(
+        None, {"image": images}
+    )
+    np.testing.assert_allclose(mu, ref_mu, atol=1e-6)
+    np.testing.assert_allclose(logvar, ref_logvar, atol=1e-6)
+
+
+def test_seeded_latents_repeat(client):
+    a = client.generate_images("dcgan", n=3, seed=7)
+    b = client.generate_images("dcgan", n=3, seed=7)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:2])
+def test_greedy_text_equals_transformers_streamed_and_not(client, checkpoints, prompt):
+    ref = _hf_greedy_text(checkpoints["gpt2"], prompt, 24)
+    deltas = list(client.generate_text(prompt, max_tokens=24, ignore_eos=True, stream=True))
+    assert "".join(deltas) == ref
+    assert len(deltas) > 1  # really streamed
+    assert client.generate_text(prompt, max_tokens=24, ignore_eos=True, stream=False) == ref
+
+
+def test_exclude_input_in_output_false_prepends_prompt(client):
+    text = client.generate_text("The class", max_tokens=5, ignore_eos=True, stream=False)
+    full = client.generate_text(
+        "The class", max_tokens=5, ignore_eos=True, stream=False, exclude_input_in_output=False
+    )
+    assert full == "The class" + text
+
+
+def test_seeded_sampling_repeats_and_seeds_differ(client):
+    kw = dict(max_tokens=24, temperature=1.0, top_p=0.95, ignore_eos=True, stream=False)
+    a = client.generate_text("The class", seed=11, **kw)
+    assert a == client.generate_text("The class", seed=11, **kw)
+    others = {client.generate_text("The class", seed=s, **kw) for s in (12, 13, 14)}
+    assert others != {a}
+
+
+def test_concurrent_streams_each_equal_their_solo_output(server, checkpoints):
+    """In-flight batching: concurrent requests of different lengths, joining at different
+    times, each get exactly the greedy tokens they get alone."""
+    from serving.client import AigcClient
+
+    lengths = [30, 12, 20, 8]
+    with AigcClient(server.grpc_url) as c:
+        solo = [
+            c.generate_text(p, max_tokens=n, ignore_eos=True, stream=False) for p, n in zip(PROMPTS, lengths)
+        ]
+    results = [None] * 4
+
+    def worker(i):
+        with AigcClient(server.grpc_url) as c:
+            results[i] = "".join(c.generate_text(PROMPTS[i], max_tokens=lengths[i], ignore_eos=True))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == solo
+
+
+def test_http_generate_endpoint(server):
+    body = json.dumps(
+        {"text_input": "The class", "sampling_parameters": json.dumps({"max_tokens": 6, "ignore_eos": True})}
+    )
+    req = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/gpt2/generate", data=body.encode(), method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        out = json.loads(r.read())
+    assert out["model_name"] == "gpt2" and isinstance(out["text_output"], str) and out["text_output"]
+
+
+def _raw_infer(server, model, name, array, dtype):
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+        inp = grpcclient.InferInput(name, list(array.shape), dtype)
+        inp.set_data_from_numpy(array)
+        return raw.infer(model, [inp])
+
+
+@pytest.mark.parametrize(
+    "array, dtype, expect",
+    [
+        (np.zeros((1, 100), np.float64), "FP64", "z"),
+        (np.zeros((1, 7), np.float32), "FP32", "z"),
+        (np.full((2, 100), np.nan, np.float32), "FP32", "NaN"),
+        (np.zeros((65, 100), np.float32), "FP32", "batch"),
+    ],
+    ids=["wrong-dtype", "wrong-shape", "nan", "oversize-batch"],
+)
+def test_bad_image_requests_get_named_errors_and_server_keeps_serving(server, client, array, dtype, expect):
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as err:
+        _raw_infer(server, "dcgan", "z", array, dtype)
+    assert expect.lower() in str(err.value).lower()
+    assert client.generate_images("dcgan", n=1, seed=0).shape[0] == 1
+
+
+def _raw_text(server, prompt: str, sampling: str) -> str:
+    """The error message of a raw streaming request (bypassing client-side checks)."""
+    import queue
+
+    out: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+        raw.start_stream(callback=lambda result, error: out.put((result, error)))
+        t = grpcclient.InferInput("text_input", [1], "BYTES")
+        t.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+        s = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
+        s.set_data_from_numpy(np.array([sampling.encode()], dtype=np.object_))
+        raw.async_stream_infer("gpt2", [t, s])
+        _, error = out.get(timeout=30)
+        raw.stop_stream()
+    assert error is not None
+    return str(error)
+
+
+@pytest.mark.parametrize(
+    "prompt, sampling, field",
+    [
+        ("", "{}", "text_input"),
+        ("word " * 400, "{}", "text_input"),
+        ("hi", "{not json", "sampling_parameters"),
+        ("hi", '{"beam_width": 2}', "beam_width"),
+        ("hi", '{"max_tokens": 0}', "max_tokens"),
+        ("hi", '{"max_tokens": 100000}', "max_tokens"),
+        ("hi", '{"temperature": -1}', "temperature"),
+        ("hi", '{"top_p": 1.5}', "top_p"),
+    ],
+    ids=[
+        "empty",
+        "too-long",
+        "bad-json",
+        "unknown-key",
+        "max-tokens-0",
+        "max-tokens-big",
+        "temperature",
+        "top-p",
+    ],
+)
+def test_bad_text_requests_name_the_field_and_server_keeps_serving(server, client, prompt, sampling, field):
+    assert field in _raw_text(server, prompt, sampling)
+    assert client.generate_text("The class", max_tokens=3, ignore_eos=True, stream=False)
+
+
+def test_client_checks_arguments_before_sending(client):
+    with pytest.raises(ClientError, match="max_tokens"):
+        client.generate_text("hi", max_tokens=0)
+    with pytest.raises(ClientError, match="z"):
+        client.generate_images("dcgan", z=np.full((1, 100), np.inf, np.float32))
+    with pytest.raises(ClientError, match="n must"):
+        client.generate_images("dcgan", n=0)
