@@ -1,0 +1,106 @@
+"""Repository builder and embedded-server failure modes, against the real Triton binary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+
+import pytest
+from conftest import start_server
+from tritonclient.grpc import model_config_pb2 as mc
+
+from aigc.cli import build_parser
+from aigc.cli import main as aigc_main
+from aigc.errors import BuildError, ServerError
+from serving.builder import BuildOptions, build_repository, choose_variant, read_config, versions
+from serving.server import EmbeddedTritonServer
+
+
+def test_build_adds_a_version_beside_the_old_one(exports, tmp_path):
+    repo = tmp_path / "repo"
+    first = build_repository([exports["dcgan"]], repo, BuildOptions(variant="fp32"))
+    second = build_repository([exports["dcgan"]], repo, BuildOptions(variant="int8"))
+    assert [b.version for b in first] == [1] and [b.version for b in second] == [2]
+    assert versions(repo / "dcgan") == [1, 2]
+    meta = json.loads((repo / "dcgan" / "2" / "aigc_version.json").read_text())
+    assert meta["variant"] == "int8"
+    assert read_config(repo / "dcgan").name == "dcgan"
+    assert not (tmp_path / "repo.staging").exists()
+
+
+def test_failed_build_leaves_the_previous_version_untouched(exports, tmp_path):
+    repo = tmp_path / "repo"
+    build_repository([exports["dcgan"]], repo, BuildOptions(variant="fp32"))
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    broken = tmp_path / "broken"
+    shutil.copytree(exports["vae"], broken)
+    (broken / "fp32" / "vae_decoder.onnx").unlink()
+    with pytest.raises(BuildError, match="vae_decoder"):
+        build_repository([exports["dcgan"], broken], repo, BuildOptions(variant="fp32"))
+    assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
+    assert not (tmp_path / "repo.staging").exists()
+
+
+def test_variant_choice(exports):
+    from export.api import read_report
+
+    report = read_report(exports["gpt2"])
+    assert choose_variant(report, "gpt2", "auto", "cpu") in ("fp32", "int8")
+    report["variants"]["int8"]["passed"] = False
+    report["variants"]["int8"]["reason"] = "perplexity +9%"
+    assert choose_variant(report, "gpt2", "auto", "cpu") == "fp32"
+    with pytest.raises(BuildError, match=r"int8 .*did not pass its gate: perplexity \+9%"):
+        choose_variant(report, "gpt2", "int8", "cpu")
+    with pytest.raises(BuildError, match="int4"):
+        choose_variant(report, "gpt2", "int4", "cpu")
+
+
+def test_written_configs_parse_back(fp32_repository):
+    for model_dir in fp32_repository.iterdir():
+        cfg = read_config(model_dir)
+        assert isinstance(cfg, mc.ModelConfig) and cfg.name == model_dir.name
+
+
+@pytest.mark.server
+def test_port_in_use_is_named(fp32_repository, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        srv = EmbeddedTritonServer(
+            fp32_repository, grpc_port=port, http_port=0, metrics_port=0, log_file=tmp_path / "t.log"
+        )
+        with pytest.raises(ServerError, match=f"port {port} \\(gRPC\\).*in use"):
+            srv.start()
+
+
+@pytest.mark.server
+def test_model_that_fails_to_load_reports_tritons_reason(exports, tmp_path):
+    repo = tmp_path / "repo"
+    build_repository([exports["dcgan"]], repo, BuildOptions(variant="fp32"))
+    (repo / "dcgan" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    with pytest.raises(ServerError, match="dcgan") as err:
+        start_server(repo, startup_timeout_s=120)
+    assert "failed to load" in str(err.value) or "dcgan" in str(err.value)
+
+
+def test_empty_repository_is_refused(tmp_path):
+    (tmp_path / "repo").mkdir()
+    with pytest.raises(ServerError, match="aigc build"):
+        EmbeddedTritonServer(tmp_path / "repo").start()
+
+
+def test_cli_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name in ("train", "export", "build", "serve", "generate", "bench", "demo"):
+        assert name in text
+
+
+def test_cli_build_error_exits_2(tmp_path, capsys):
+    assert (
+        aigc_main(["build", "--exports", str(tmp_path / "nothing"), "--repository", str(tmp_path / "r")]) == 2
+    )
+    assert "export_report.json" in capsys.readouterr().err
