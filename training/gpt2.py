@@ -116,9 +116,9 @@ def train(opts) -> Path:
 def create_random_gpt2(out: Path, preset: str = "124m", seed: int = 0) -> Path:
     """The GPT-2 architecture of `preset` with random weights, saved by `save_pretrained`.
 
-    Its byte-level BPE tokenizer is trained on `pydoc_data` text; the model's vocabulary
-    keeps the preset's size (50257 for 124M) so the compute matches the real `gpt2`, and
-    token ids the tokenizer never produces simply stay unused. Nothing is downloaded.
+    Its byte-level BPE tokenizer is trained on `pydoc_data` text and padded with unused
+    tokens to the preset's vocabulary (50257 for 124M), so the compute matches the real
+    `gpt2` and every token decodes to text. Nothing is downloaded.
     """
     from training.checkpoint import atomic_dir
     from training.data import load_text_corpus
@@ -129,7 +129,12 @@ def create_random_gpt2(out: Path, preset: str = "124m", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     train_text, heldout = load_text_corpus(None)
     with atomic_dir(out) as tmp:
-        tok = train_tokenizer(train_text, min(cfg.vocab_size, 8192))
+        tok = train_tokenizer(train_text, min(cfg.vocab_size, 16384))
+        # Pad the vocabulary with plain added tokens so that every id the random model can
+        # produce decodes to text (a streamed benchmark then sees one delta per token).
+        missing = cfg.vocab_size - len(tok)
+        if missing > 0:
+            tok.add_tokens([f"<|unused_{i}|>" for i in range(missing)])
         model = _model(cfg, max(cfg.vocab_size, len(tok)), tok.eos_token_id)
         _save(model.eval(), tok, tmp, {"heldout.txt": heldout})
     logger.info("random-weight GPT-2 (%s) written to %s", preset, out)
