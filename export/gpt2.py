@@ -166,7 +166,12 @@ def build_graph(model) -> onnx.ModelProto:
             epsilon=eps,
         )
     lm_head = sd.get("lm_head.weight", sd["transformer.wte.weight"])  # tied: (V, E)
-    node("MatMul", [x, w("lm_head_t", lm_head.T)], ["logits"])
+    lm = w("lm_head_t", lm_head.T)
+    node("MatMul", [x, lm], ["logits"])
+    # The last position alone: generation asks only for this output, and ONNX Runtime then
+    # skips the vocabulary projection of every other prompt position (prefill latency).
+    last = node("Gather", [x, w("last_index", np.array(-1, np.int64))], ["last_hidden"], axis=1)[0]
+    node("MatMul", [last, lm], ["last_logits"])
 
     past_shape = [2, "batch", nh, "past_seq", hs]
     present_shape = [2, "batch", nh, "total_seq", hs]
@@ -175,9 +180,10 @@ def build_graph(model) -> onnx.ModelProto:
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "total_seq"]),
     ] + [helper.make_tensor_value_info(f"past_{i}", TensorProto.FLOAT, past_shape) for i in range(L)]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V])] + [
-        helper.make_tensor_value_info(f"present_{i}", TensorProto.FLOAT, present_shape) for i in range(L)
-    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V]),
+        helper.make_tensor_value_info("last_logits", TensorProto.FLOAT, ["batch", V]),
+    ] + [helper.make_tensor_value_info(f"present_{i}", TensorProto.FLOAT, present_shape) for i in range(L)]
     graph = helper.make_graph(nodes, "gpt2_with_past", inputs, outputs, inits)
     model_proto = helper.make_model(
         graph,
@@ -252,7 +258,9 @@ def validate_gpt2(
         outs = sess.run(None, feeds)
         names = [o.name for o in sess.get_outputs()]
         presents = {
-            n.replace("present_", "past_"): v for n, v in zip(names, outs, strict=True) if n != "logits"
+            n.replace("present_", "past_"): v
+            for n, v in zip(names, outs, strict=True)
+            if n.startswith("present_")
         }
         return outs[names.index("logits")], presents
 

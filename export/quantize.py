@@ -43,14 +43,16 @@ GATES = Gates()
 @contextlib.contextmanager
 def _quiet_quantizer():
     """ONNX Runtime's quantizers log per-tensor notes on the root logger; keep them at --verbose."""
-    root = logging.getLogger()
-    level = root.level
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+    levels = [lg.level for lg in loggers]
     if not logger.isEnabledFor(logging.DEBUG):
-        root.setLevel(logging.ERROR)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:

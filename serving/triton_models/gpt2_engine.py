@@ -220,8 +220,11 @@ class Gpt2Engine:
         self.eos_token_id = self.info.get("eos_token_id")
         past = {i.name: i.type for i in self.session.get_inputs() if i.name.startswith("past_")}
         self.past_dtype = _NP_TYPES[past["past_0"]]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self._logits_index = self.output_names.index("logits")
+        outputs = [o.name for o in self.session.get_outputs()]
+        # Ask only for the last position's logits when the graph has them: ONNX Runtime then
+        # skips the vocabulary projection of the other prompt positions.
+        self._logits_name = "last_logits" if "last_logits" in outputs else "logits"
+        self.output_names = [self._logits_name] + [n for n in outputs if n.startswith("present_")]
         # Batch state: (2, B, nh, L, hs) per layer, mask (B, L), rows in `self.active` order.
         self.active: list[Sequence] = []
         self.cache: list[np.ndarray] = []
@@ -257,9 +260,9 @@ class Gpt2Engine:
         feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
         for i, p in enumerate(past):
             feeds[f"past_{i}"] = p
-        outs = self.session.run(self.output_names, feeds)
-        logits = outs[self._logits_index]
-        presents = [o for j, o in enumerate(outs) if j != self._logits_index]
+        logits, *presents = self.session.run(self.output_names, feeds)
+        if logits.ndim == 3:  # (B, T, V) -> last position (B, V)
+            logits = logits[:, -1]
         return logits, presents
 
     def prefill(self, seq: Sequence) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -273,7 +276,7 @@ class Gpt2Engine:
             [empty] * self.n_layer,
         )
         seq.length = n
-        return logits[0, -1], presents
+        return logits[0], presents
 
     def add(self, seq: Sequence) -> int | None:
         """Prefill `seq`, pick its first token and let it join the batch. Returns the token."""
@@ -308,7 +311,7 @@ class Gpt2Engine:
         out = []
         for row, seq in enumerate(self.active):
             seq.length += 1
-            out.append((seq, self._choose(seq, logits[row, -1])))
+            out.append((seq, self._choose(seq, logits[row])))
         return out
 
     def _choose(self, seq: Sequence, logits: np.ndarray) -> int:
