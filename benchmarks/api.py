@@ -210,7 +210,6 @@ def _bench_gpt2(opts: BenchOptions, url: str, ckpt: Path, export_dir: Path, bar)
         "fidelity": report["variants"][variant]["fidelity"].get("gpt2"),
     }
     reqs = max(2, opts.repeats)
-    measure.served_stream(url, prompt, opts.new_tokens)  # warm-up
     for c in opts.concurrency:
         bar.set_postfix_str(f"gpt2 served c={c}")
         out["served"][str(c)] = measure.served_concurrency(

@@ -6,6 +6,7 @@ medians and percentiles (never a single run).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -30,15 +31,12 @@ def percentiles(samples_ms: list[float]) -> dict:
 # -- GPT-2 ---------------------------------------------------------------------------------
 
 
-def served_stream(url: str, prompt: str, new_tokens: int, timeout_s: float = 120.0) -> dict:
+def served_stream(client, prompt: str, new_tokens: int) -> dict:
     """One streamed greedy request: time to first text, gaps between deltas, total."""
-    from serving.client import AigcClient
-
-    with AigcClient(url, timeout_s=timeout_s) as client:
-        t0 = time.perf_counter()
-        stamps = []
-        for _ in client.generate_text(prompt, max_tokens=new_tokens, ignore_eos=True, stream=True):
-            stamps.append(time.perf_counter())
+    t0 = time.perf_counter()
+    stamps = []
+    for _ in client.generate_text(prompt, max_tokens=new_tokens, ignore_eos=True, stream=True):
+        stamps.append(time.perf_counter())
     gaps = [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:], strict=False)]
     total = stamps[-1] - t0
     return {"ttft_ms": (stamps[0] - t0) * 1e3, "gaps_ms": gaps, "total_s": total, "tokens": new_tokens}
@@ -52,19 +50,28 @@ def served_concurrency(
     errors: list[BaseException] = []
     lock = threading.Lock()
 
+    from serving.client import AigcClient
+
     def worker():
         try:
-            for _ in range(requests_per_stream):
-                r = served_stream(url, prompt, new_tokens)
-                with lock:
-                    runs.append(r)
+            with AigcClient(url, timeout_s=120) as client:  # one connection per stream, as a real client keeps
+                served_stream(client, prompt, new_tokens)  # warm-up of this connection
+                start.wait()
+                for _ in range(requests_per_stream):
+                    r = served_stream(client, prompt, new_tokens)
+                    with lock:
+                        runs.append(r)
         except BaseException as exc:  # noqa: BLE001 - reported after the join
             errors.append(exc)
+            start.abort()
 
+    start = threading.Barrier(concurrency + 1)
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        start.wait()
+    t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0

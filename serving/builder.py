@@ -44,7 +44,8 @@ class BuildOptions:
     target: str = "cpu"  # what `auto` optimises for: cpu or gpu
     instance_count: int = 1
     max_batch_size: int = 64
-    max_queue_delay_us: int = 500
+    # 0: no waiting for a batch to fill; requests queued while the model is busy still batch.
+    max_queue_delay_us: int = 0
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
     max_tokens_limit: int = 512
     max_active_sequences: int = 16
