@@ -68,8 +68,18 @@ class BenchOptions:
         return self
 
 
+def _cached_export(exp: Path) -> bool:
+    """Whether `exp` holds an export made by this version of the exporter."""
+    from export.api import EXPORTER_VERSION, read_report
+
+    try:
+        return read_report(exp).get("exporter_version") == EXPORTER_VERSION
+    except Exception:  # noqa: BLE001 - missing or unreadable: not usable
+        return False
+
+
 def _prepare_gpt2(opts: BenchOptions) -> tuple[Path, Path]:
-    from export.api import export_model, read_report
+    from export.api import export_model
     from training.gpt2 import create_random_gpt2
 
     ckpt = opts.gpt2
@@ -79,25 +89,21 @@ def _prepare_gpt2(opts: BenchOptions) -> tuple[Path, Path]:
             logger.info("creating the GPT-2 124M architecture with random weights in %s", ckpt)
             create_random_gpt2(ckpt, preset="124m")
     exp = opts.cache / f"export-{Path(ckpt).name}"
-    try:
-        read_report(exp)
-    except Exception:  # noqa: BLE001 - no usable export yet: make it
+    if not _cached_export(exp):
         logger.info("exporting %s (fp32, int8, int4) to %s", ckpt, exp)
         export_model("gpt2", ckpt, exp, variants="fp32,int8,int4", seed=0)
     return Path(ckpt), exp
 
 
 def _prepare_dcgan(opts: BenchOptions) -> tuple[Path, Path]:
-    from export.api import export_model, read_report
+    from export.api import export_model
     from training.api import TrainOptions, train
 
     ckpt = opts.dcgan or opts.cache / "dcgan"
     if opts.dcgan is None and not (ckpt / "model.safetensors").is_file():
         train(TrainOptions(model="dcgan", out=ckpt, steps=20, progress=False))
     exp = opts.cache / f"export-{Path(ckpt).name}-dcgan"
-    try:
-        read_report(exp)
-    except Exception:  # noqa: BLE001
+    if not _cached_export(exp):
         export_model("dcgan", ckpt, exp, variants="fp32,int8", seed=0)
     return Path(ckpt), exp
 

@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 REPORT_NAME = "export_report.json"
 FORMAT_VERSION = 1
+# Bumped whenever an exported graph changes for the same checkpoint (caches compare it).
+EXPORTER_VERSION = 2
 
 
 @contextlib.contextmanager
@@ -103,6 +105,7 @@ def export_model(
 def _base_report(spec: ExportSpec, checkpoint: Path) -> dict:
     return {
         "format_version": FORMAT_VERSION,
+        "exporter_version": EXPORTER_VERSION,
         "model": spec.model,
         "checkpoint": str(checkpoint),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
