@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/aigc bench
 
 bench-quick: $(STAMP)
-	$(BIN)/aigc bench --quick --gate
+	$(BIN)/aigc bench --quick --gate --out benchmarks/results
 
 results: $(STAMP)
 	$(BIN)/aigc results --write-readme

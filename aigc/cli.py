@@ -32,7 +32,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_random",
         "save a random-weight GPT-2 (124M)",
     ),
-    "results": ("export.results", "add_arguments", "run", "write the README's variant table from export reports"),
+    "results": (
+        "export.results",
+        "add_arguments",
+        "run",
+        "write the README's variant table from export reports",
+    ),
     "demo": (
         "aigc.demo",
         "add_arguments",

@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     outputs = out / "outputs"
     outputs.mkdir(parents=True, exist_ok=True)
     _step("start the embedded Triton server")
-    with EmbeddedTritonServer(args.repository, grpc_port=0, http_port=0, metrics_port=0) as server:
+    with EmbeddedTritonServer(
+        args.repository, grpc_port=0, http_port=0, metrics_port=0, log_file=out / "triton.log"
+    ) as server:
         logger.info("  gRPC %s, HTTP %s, log %s", server.grpc_url, server.http_url, server.log_file)
         with AigcClient(server.grpc_url) as client:
             _step("generate images over gRPC")
@@ -76,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
                 sys.stdout.write(delta)
                 sys.stdout.flush()
             sys.stdout.write("\n")
-        if not args.no_bench:
-            _step("quick benchmark against PyTorch eager and Optimum")
-            from benchmarks.api import run_demo_benchmark
+    if not args.no_bench:
+        _step("quick benchmark: GPT-2 124M architecture and DCGAN served vs PyTorch eager and Optimum")
+        from benchmarks.api import BenchOptions, run_benchmark
 
-            run_demo_benchmark(server.grpc_url, checkpoints, exports, out / "bench")
+        run_benchmark(
+            BenchOptions(out=out / "bench", cache=out / "bench-cache", dcgan=checkpoints["dcgan"], quick=True)
+        )
     logger.info("\ndemo finished in %.0f s", time.perf_counter() - t0)
     logger.info("  checkpoints  %s", out / "checkpoints")
     logger.info("  exports      %s (export_report.json in each)", out / "exports")

@@ -55,8 +55,14 @@ def run_build(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit,
         intra_op_threads=args.threads,
     )
-    for built in build_repository(args.exports, args.repository, opts):
-        logger.info("%s", built)
+    built = build_repository(args.exports, args.repository, opts)
+    for b in built:
+        logger.info("%s", b)
+    if args.url:
+        from serving.control import reload
+
+        for b in built:
+            reload(args.url, b.name)
     return 0
 
 
@@ -144,4 +150,24 @@ def run_generate(args: argparse.Namespace) -> int:
             sys.stdout.write(delta)
             sys.stdout.flush()
         sys.stdout.write("\n")
+    return 0
+
+
+def add_rollback_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", choices=("dcgan", "vae_encoder", "vae_decoder", "gpt2"), help="model to roll back"
+    )
+    parser.add_argument(
+        "--repository", type=Path, default=Path("model_repository"), help="Triton model repository"
+    )
+    parser.add_argument(
+        "--url", help="gRPC address of a running server to switch too (explicit model control)"
+    )
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from serving.control import rollback
+
+    version = rollback(args.repository, args.model, args.url)
+    logger.info("%s: version %d is now the newest%s", args.model, version, " and serving" if args.url else "")
     return 0

@@ -104,3 +104,36 @@ def test_cli_build_error_exits_2(tmp_path, capsys):
         aigc_main(["build", "--exports", str(tmp_path / "nothing"), "--repository", str(tmp_path / "r")]) == 2
     )
     assert "export_report.json" in capsys.readouterr().err
+
+
+@pytest.mark.server
+def test_new_version_switches_after_load_and_rollback_returns(exports, tmp_path):
+    """Build v1, serve it, build v2 and switch the running server to it, then roll back."""
+    from serving.control import reload, rollback, served_versions
+
+    repo = tmp_path / "repo"
+    build_repository([exports["dcgan"]], repo, BuildOptions(variant="fp32"))
+    srv = start_server(repo)
+    try:
+        assert served_versions(srv.grpc_url, "dcgan") == [1]
+        build_repository([exports["dcgan"]], repo, BuildOptions(variant="int8"))
+        assert reload(srv.grpc_url, "dcgan") == 2
+        assert served_versions(srv.grpc_url, "dcgan") == [2]
+        # A broken version 3 fails to load; version 2 keeps serving.
+        build_repository([exports["dcgan"]], repo, BuildOptions(variant="fp32"))
+        (repo / "dcgan" / "3" / "model.onnx").write_bytes(b"broken")
+        with pytest.raises(ServerError, match="previous one keeps serving"):
+            reload(srv.grpc_url, "dcgan")
+        from serving.client import AigcClient
+
+        with AigcClient(srv.grpc_url) as c:
+            assert c.generate_images("dcgan", n=1, seed=0).shape == (1, 32, 32, 1)
+        assert rollback(repo, "dcgan", srv.grpc_url) == 2
+        assert rollback(repo, "dcgan", srv.grpc_url) == 1
+        assert served_versions(srv.grpc_url, "dcgan") == [1]
+        assert sorted(p.name.split("-")[0] for p in (tmp_path / "repo.retired" / "dcgan").iterdir()) == [
+            "2",
+            "3",
+        ]
+    finally:
+        srv.stop()

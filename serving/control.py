@@ -1,0 +1,93 @@
+"""Version switching on a running server (Triton's explicit model control) and rollback.
+
+Triton serves a model's newest version (version policy `latest 1`). `reload` asks a running
+server to load the newest version: Triton keeps the old version serving until the new
+one has loaded, and keeps it if the load fails. The switch is then confirmed by a check
+request. `rollback` retires the newest version folder (kept aside, never deleted) so the
+previous one becomes the newest, and reloads it when a server is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from aigc.errors import ServerError
+from serving.builder import versions
+
+logger = logging.getLogger(__name__)
+
+
+def served_versions(url: str, model: str) -> list[int]:
+    """The versions of `model` that the server at `url` has READY."""
+    with grpcclient.InferenceServerClient(url) as client:
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+    return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
+
+
+def check_model(url: str, model: str, timeout_s: float = 30.0) -> None:
+    """A real request through the model: zero latents / a short greedy generation."""
+    from serving.client import AigcClient
+
+    with AigcClient(url, timeout_s=timeout_s) as client:
+        if model == "gpt2":
+            client.generate_text("check", max_tokens=1, ignore_eos=True, stream=False)
+        elif model == "vae_encoder":
+            _, dims = client.input_shape(model)
+            client.encode(np.zeros((1, *dims), np.uint8))
+        else:
+            _, dims = client.input_shape(model)
+            client.decode(np.zeros((1, *dims), np.float32), model=model)
+
+
+def reload(url: str, model: str, timeout_s: float = 120.0) -> int:
+    """Load the newest version of `model` on the running server, check it, return it."""
+    with grpcclient.InferenceServerClient(url) as client:
+        try:
+            client.load_model(model, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise ServerError(
+                f"{model}: the new version failed to load, the previous one keeps serving: {exc.message()}"
+            ) from None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready = served_versions(url, model)
+        if ready:
+            break
+        time.sleep(0.2)
+    else:
+        raise ServerError(f"{model}: no version ready after {timeout_s:.0f} s")
+    check_model(url, model)
+    logger.info("%s now serving version %d", model, ready[-1])
+    return ready[-1]
+
+
+def rollback(repository: Path, model: str, url: str | None = None) -> int:
+    """Retire the newest version of `model`; returns the version now newest (and served)."""
+    repository = Path(repository).absolute()
+    have = versions(repository / model)
+    if not (repository / model).is_dir():
+        raise ServerError(f"{model}: no such model in {repository}")
+    if len(have) < 2:
+        raise ServerError(f"{model}: only version(s) {have} in {repository}; nothing to roll back to")
+    retired = repository.parent / f"{repository.name}.retired" / model
+    retired.mkdir(parents=True, exist_ok=True)
+    target = retired / f"{have[-1]}-{int(time.time())}"
+    os.rename(repository / model / str(have[-1]), target)
+    logger.info("retired %s version %d to %s", model, have[-1], target)
+    if url:
+        with grpcclient.InferenceServerClient(url) as client:
+            client.load_model(model)  # reload: the removed version is unloaded, the previous serves
+        served = served_versions(url, model)
+        if served != [have[-2]]:
+            raise ServerError(
+                f"{model}: after rollback the server reports versions {served}, expected {have[-2]}"
+            )
+        check_model(url, model)
+    return have[-2]
