@@ -49,6 +49,7 @@ class BuildOptions:
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
     max_tokens_limit: int = 512
     max_active_sequences: int = 16
+    accelerator: str = "tensorrt"  # onnxruntime flavour on GPUs: tensorrt | cuda | none
 
     def validate(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -114,10 +115,14 @@ def _dims_from_onnx(onnx_file: Path) -> dict[str, tuple[int, list[int]]]:
     return out
 
 
+def _graph_inputs(onnx_file: Path) -> list[str]:
+    return [i.name for i in onnx.load(str(onnx_file), load_external_data=False).graph.input]
+
+
 def image_config(name: str, onnx_file: Path, opts: BuildOptions) -> mc.ModelConfig:
     """Python-backend config of an image component, tensors read from its ONNX file."""
     tensors = _dims_from_onnx(onnx_file)
-    inputs = [i.name for i in onnx.load(str(onnx_file), load_external_data=False).graph.input]
+    inputs = _graph_inputs(onnx_file)
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=opts.max_batch_size)
     for n in inputs:
         dtype, dims = tensors[n]
@@ -149,7 +154,9 @@ def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
     cfg.input.add(name="sampling_parameters", data_type=mc.TYPE_STRING, dims=[1], optional=True)
     cfg.input.add(name="exclude_input_in_output", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
     cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[-1])
-    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    # One instance: its generation loop batches every concurrent request itself.
+    kind = mc.ModelInstanceGroup.KIND_GPU if opts.target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    cfg.instance_group.add(kind=kind, count=1)
     limit = min(opts.max_tokens_limit, int(model_info["n_positions"]) - 1)
     cfg.parameters["max_tokens_limit"].string_value = str(limit)
     cfg.parameters["max_prompt_tokens"].string_value = str(int(model_info["n_positions"]) - 1)
@@ -235,6 +242,8 @@ def build_repository(
                         onnx_file,
                         max_batch_size=opts.max_batch_size,
                         instance_count=opts.instance_count,
+                        gpu=opts.target == "gpu",
+                        accelerator=opts.accelerator,
                     )
                 else:
                     cfg = image_config(comp, onnx_file, opts)

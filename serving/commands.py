@@ -30,7 +30,18 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant", default="auto", help="auto (fastest variant that passed its gate) or a name"
     )
-    parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu", help="what `auto` optimises for")
+    parser.add_argument(
+        "--target",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="what `auto` optimises for; gpu also makes onnxruntime-flavour instances KIND_GPU",
+    )
+    parser.add_argument(
+        "--accelerator",
+        choices=("tensorrt", "cuda", "none"),
+        default="tensorrt",
+        help="onnxruntime flavour on GPUs: execution accelerator (tensorrt uses fp16)",
+    )
     parser.add_argument("--instances", type=int, default=1, help="model instances per image model")
     parser.add_argument(
         "--max-batch-size", type=int, default=64, help="largest batch an image request may carry"
