@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.write_readme:
         from export.results import replace_between_markers
 
-        body = report.markdown(results) + "\n\n![GPT-2 tokens/s and latency](benchmarks/results/gpt2.png)\n"
+        body = report.markdown(results) + "\n\n" + report.publish_plots(args.out, args.write_readme.parent)
         text = replace_between_markers(
             args.write_readme.read_text(), "<!-- bench:start -->", "<!-- bench:end -->", body
         )

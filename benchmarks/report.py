@@ -264,3 +264,17 @@ def write(results: dict, out: Path) -> None:
     (out / "results.md").write_text(markdown(results) + "\n")
     for p in plots(results, out):
         logger.info("plot: %s", p)
+
+
+def publish_plots(out: Path, root: Path) -> str:
+    """Copy this run's plots to docs/images (committed with the README); the Markdown to show them."""
+    import shutil
+
+    images = root / "docs" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, title in (("gpt2.png", "GPT-2 tokens/s and latency"), ("images.png", "Image models through Triton")):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, images / f"bench-{name}")
+            lines.append(f"![{title}](docs/images/bench-{name})")
+    return "\n".join(lines) + "\n"
