@@ -58,10 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, add, _run, help_text) in COMMANDS.items():
-        try:
-            add_fn = getattr(importlib.import_module(module), add)
-        except (ImportError, AttributeError):
-            continue  # a stage that is not installed does not offer its command
+        add_fn = getattr(importlib.import_module(module), add)
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_fn(p)
     return parser
