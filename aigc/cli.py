@@ -26,6 +26,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "generate images or text via gRPC",
     ),
     "bench": ("benchmarks.commands", "add_arguments", "run", "benchmark served models against the baselines"),
+    "soak": (
+        "benchmarks.soak",
+        "add_arguments",
+        "run",
+        "mixed concurrent load with bad requests; report errors",
+    ),
     "create-gpt2": (
         "training.commands",
         "add_random_arguments",

@@ -54,7 +54,9 @@ def served_concurrency(
 
     def worker():
         try:
-            with AigcClient(url, timeout_s=120) as client:  # one connection per stream, as a real client keeps
+            with AigcClient(
+                url, timeout_s=120
+            ) as client:  # one connection per stream, as a real client keeps
                 served_stream(client, prompt, new_tokens)  # warm-up of this connection
                 start.wait()
                 for _ in range(requests_per_stream):

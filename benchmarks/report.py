@@ -273,7 +273,10 @@ def publish_plots(out: Path, root: Path) -> str:
     images = root / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
     lines = []
-    for name, title in (("gpt2.png", "GPT-2 tokens/s and latency"), ("images.png", "Image models through Triton")):
+    for name, title in (
+        ("gpt2.png", "GPT-2 tokens/s and latency"),
+        ("images.png", "Image models through Triton"),
+    ):
         if (out / name).is_file():
             shutil.copyfile(out / name, images / f"bench-{name}")
             lines.append(f"![{title}](docs/images/bench-{name})")

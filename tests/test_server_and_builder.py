@@ -96,7 +96,18 @@ def test_cli_lists_every_command(capsys):
         build_parser().parse_args(["--help"])
     text = capsys.readouterr().out
     listed = {line.split()[0] for line in text.splitlines() if line.startswith("    ") and line.split()}
-    assert {"train", "export", "build", "serve", "rollback", "generate", "bench", "create-gpt2", "results", "demo"} <= listed
+    assert {
+        "train",
+        "export",
+        "build",
+        "serve",
+        "rollback",
+        "generate",
+        "bench",
+        "create-gpt2",
+        "results",
+        "demo",
+    } <= listed
 
 
 def test_cli_build_error_exits_2(tmp_path, capsys):
@@ -137,3 +148,52 @@ def test_new_version_switches_after_load_and_rollback_returns(exports, tmp_path)
         ]
     finally:
         srv.stop()
+
+
+@pytest.mark.server
+def test_stream_cut_by_server_stop_ends_with_an_error_not_a_hang(fp32_repository, tmp_path):
+    import threading
+    import time
+
+    from aigc.errors import ClientError
+    from serving.client import AigcClient
+
+    repo = tmp_path / "repo"
+    shutil.copytree(fp32_repository, repo)
+    srv = start_server(repo, exit_timeout_s=1)
+    outcome = {}
+
+    def stream():
+        try:
+            with AigcClient(srv.grpc_url, timeout_s=20) as c:
+                for _ in c.generate_text("The class", max_tokens=120, ignore_eos=True):
+                    time.sleep(0.05)  # a slow reader keeps the stream open
+            outcome["result"] = "completed"
+        except ClientError as exc:
+            outcome["result"] = f"error: {exc}"
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    srv.stop()
+    t.join(30)
+    assert not t.is_alive(), "the client hung after the server stopped"
+    assert time.monotonic() - t0 < 30
+    assert outcome["result"] == "completed" or outcome["result"].startswith("error")
+
+
+def test_client_retries_unavailable_then_names_the_address(tmp_path):
+    import time
+
+    from aigc.errors import ClientError
+    from serving.client import AigcClient
+    from serving.server import free_port
+
+    port = free_port()
+    with AigcClient(f"127.0.0.1:{port}", timeout_s=2, retry_deadline_s=1.5) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ClientError, match=str(port)):
+            c.generate_images("dcgan", n=1)
+        # Retried with backoff (0.1 + 0.2 + 0.4 s) inside the 1.5 s deadline, then gave up.
+        assert 0.6 <= time.monotonic() - t0 < 10

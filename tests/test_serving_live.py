@@ -230,3 +230,17 @@ def test_client_checks_arguments_before_sending(client):
         client.generate_images("dcgan", z=np.full((1, 100), np.inf, np.float32))
     with pytest.raises(ClientError, match="n must"):
         client.generate_images("dcgan", n=0)
+
+
+def test_short_soak_has_no_unexpected_errors_and_bounded_memory(server):
+    from benchmarks.soak import SoakOptions, check, run_soak
+
+    result = run_soak(
+        SoakOptions(
+            url=server.grpc_url, duration_s=15, clients=3, bad_share=0.25, server_pids=(server.process.pid,)
+        )
+    )
+    assert result["total_requests"] > 10
+    assert result["unexpected_error_count"] == 0, result["unexpected_errors"]
+    assert sum(result["expected_errors"].values()) > 0  # the bad requests really were sent and rejected
+    check(result, max_growth_mb=200)
