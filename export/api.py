@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from aigc.errors import AigcError, ConfigError, ExportError
+from aigc.fsutil import atomic_dir
 from export.report import variant_entry
 from export.spec import VARIANTS, ExportSpec, get_spec
 
@@ -24,35 +21,6 @@ REPORT_NAME = "export_report.json"
 FORMAT_VERSION = 1
 # Bumped whenever an exported graph changes for the same checkpoint (caches compare it).
 EXPORTER_VERSION = 2
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `out` that replaces `out` only if the block succeeds.
-
-    A failed export leaves neither a partial folder nor a damaged previous export behind.
-    """
-    out = Path(out).absolute()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
-    if out.exists() and not out.is_dir():
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError(f"--out {out}: exists and is not a folder")
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def parse_variants(text: str | Sequence[str] | None, spec: ExportSpec) -> tuple[str, ...]:
@@ -92,7 +60,7 @@ def export_model(
     chosen = parse_variants(variants, spec)
     checkpoint = Path(checkpoint).absolute()
     rng = np.random.default_rng(seed)
-    with atomic_output_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         if model == "gpt2":
             report = _export_gpt2(spec, checkpoint, tmp, chosen, rng, quant)
         else:
@@ -182,4 +150,4 @@ def read_report(export_dir: Path) -> dict:
     return report
 
 
-__all__ = ["AigcError", "atomic_output_dir", "export_model", "parse_variants", "read_report"]
+__all__ = ["AigcError", "export_model", "parse_variants", "read_report"]
