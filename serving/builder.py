@@ -50,6 +50,8 @@ class BuildOptions:
     max_tokens_limit: int = 512
     max_active_sequences: int = 16
     accelerator: str = "tensorrt"  # onnxruntime flavour on GPUs: tensorrt | cuda | none
+    max_request_seconds: float = 300.0  # a GPT-2 request running longer ends with an error
+    image_request_timeout_us: int = 30_000_000  # an image request queued longer is rejected
 
     def validate(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -134,6 +136,8 @@ def image_config(name: str, onnx_file: Path, opts: BuildOptions) -> mc.ModelConf
             cfg.output.add(name=n, data_type=dtype, dims=dims)
     cfg.dynamic_batching.preferred_batch_size.extend([b for b in (4, 8, 16, 32) if b <= opts.max_batch_size])
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    cfg.dynamic_batching.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    cfg.dynamic_batching.default_queue_policy.default_timeout_microseconds = opts.image_request_timeout_us
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.instance_count)
     warm = cfg.model_warmup.add(name="zeros", batch_size=1)
     for inp in cfg.input:
@@ -161,6 +165,7 @@ def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
     cfg.parameters["max_tokens_limit"].string_value = str(limit)
     cfg.parameters["max_prompt_tokens"].string_value = str(int(model_info["n_positions"]) - 1)
     cfg.parameters["max_active_sequences"].string_value = str(opts.max_active_sequences)
+    cfg.parameters["max_request_seconds"].string_value = str(opts.max_request_seconds)
     cfg.parameters["intra_op_threads"].string_value = str(opts.intra_op_threads)
     return cfg
 

@@ -52,6 +52,15 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)"
     )
+    parser.add_argument(
+        "--max-request-seconds",
+        type=float,
+        default=300.0,
+        help="a GPT-2 request generating longer ends with an error (default 300)",
+    )
+    parser.add_argument(
+        "--url", help="gRPC address of a running server: load the new versions there and check them"
+    )
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -65,6 +74,8 @@ def run_build(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_tokens_limit=args.max_tokens_limit,
         intra_op_threads=args.threads,
+        accelerator=args.accelerator,
+        max_request_seconds=args.max_request_seconds,
     )
     built = build_repository(args.exports, args.repository, opts)
     for b in built:

@@ -197,3 +197,22 @@ def test_client_retries_unavailable_then_names_the_address(tmp_path):
             c.generate_images("dcgan", n=1)
         # Retried with backoff (0.1 + 0.2 + 0.4 s) inside the 1.5 s deadline, then gave up.
         assert 0.6 <= time.monotonic() - t0 < 10
+
+
+@pytest.mark.server
+def test_request_timeout_comes_from_the_repository_config(exports, tmp_path):
+    from aigc.errors import ClientError
+    from serving.client import AigcClient
+
+    repo = tmp_path / "repo"
+    build_repository([exports["gpt2"]], repo, BuildOptions(variant="fp32", max_request_seconds=0.05))
+    assert read_config(repo / "gpt2").parameters["max_request_seconds"].string_value == "0.05"
+    srv = start_server(repo)
+    try:
+        with AigcClient(srv.grpc_url) as c:
+            with pytest.raises(ClientError, match="max_request_seconds"):
+                list(c.generate_text("The class", max_tokens=120, ignore_eos=True))
+            # The model still serves: a one-token request finishes before its deadline.
+            assert c.generate_text("The class", max_tokens=1, ignore_eos=True, stream=False) is not None
+    finally:
+        srv.stop()

@@ -13,6 +13,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -38,11 +39,11 @@ def _optional_scalar(request, name):
 
 
 class _Job:
-    __slots__ = ("sender", "request", "seq", "stream", "prefix", "text")
+    __slots__ = ("sender", "request", "seq", "stream", "prefix", "text", "deadline")
 
-    def __init__(self, sender, request, seq, stream, prefix):
+    def __init__(self, sender, request, seq, stream, prefix, deadline):
         self.sender, self.request, self.seq = sender, request, seq
-        self.stream, self.prefix, self.text = stream, prefix, []
+        self.stream, self.prefix, self.text, self.deadline = stream, prefix, [], deadline
 
 
 class TritonPythonModel:
@@ -56,6 +57,7 @@ class TritonPythonModel:
         self.max_tokens_limit = _param(config, "max_tokens_limit", 512)
         self.max_prompt_tokens = _param(config, "max_prompt_tokens", 0)
         self.max_batch = _param(config, "max_active_sequences", 16)
+        self.max_request_seconds = _param(config, "max_request_seconds", 300.0)
         threads = _param(config, "intra_op_threads", 0)
         providers = None
         if args.get("model_instance_kind") == "GPU":
@@ -97,7 +99,8 @@ class TritonPythonModel:
         ids = self.engine.encode_prompt(prompt, params, self.max_prompt_tokens or None)
         seq = self.engine.new_sequence(request.request_id(), ids, params)
         prefix = "" if exclude is None or bool(exclude) else prompt
-        return _Job(sender, request, seq, bool(stream) if stream is not None else False, prefix)
+        deadline = time.monotonic() + self.max_request_seconds
+        return _Job(sender, request, seq, bool(stream) if stream is not None else False, prefix, deadline)
 
     # -- the generation loop (background thread) ---------------------------------------
     def _loop(self):
@@ -107,10 +110,19 @@ class TritonPythonModel:
                 self._admit(jobs)
                 if not jobs:
                     continue
-                finished = []
+                finished, now = [], time.monotonic()
                 for seq, token in self.engine.step():
-                    self._emit(jobs[id(seq)], token)
-                    if seq.finished or jobs[id(seq)].sender.is_cancelled():
+                    job = jobs[id(seq)]
+                    self._emit(job, token)
+                    if not seq.finished and now > job.deadline:
+                        self._fail(
+                            job.sender,
+                            f"request timeout: generation ran past max_request_seconds "
+                            f"({self.max_request_seconds:g} s)",
+                        )
+                        job.sender = None
+                        finished.append(seq)
+                    elif seq.finished or job.sender.is_cancelled():
                         finished.append(seq)
                 self._retire(jobs, finished)
             except Exception as exc:  # fail the active requests, keep serving new ones
@@ -155,7 +167,9 @@ class TritonPythonModel:
 
     def _retire(self, jobs, finished):
         for seq in finished:
-            self._finish(jobs.pop(id(seq)))
+            job = jobs.pop(id(seq))
+            if job.sender is not None and not job.sender.is_cancelled():
+                self._finish(job)
         self.engine.remove(finished)
 
     def _finish(self, job):
