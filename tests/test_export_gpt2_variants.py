@@ -123,3 +123,26 @@ def test_dcgan_checkpoint_is_not_gpt2(tmp_path):
     with pytest.raises(CheckpointError, match="dcgan"):
         export_model("gpt2", ckpt, tmp_path / "out", variants="fp32")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_gpt2_124m_random_weight_folder_exports_and_matches(tmp_path):
+    """The real GPT-2 124M architecture, saved by save_pretrained with random weights."""
+    from transformers import GPT2LMHeadModel
+
+    from training.gpt2 import create_random_gpt2
+
+    ckpt = create_random_gpt2(tmp_path / "gpt2-124m", preset="124m", seed=1)
+    report = export_model("gpt2", ckpt, tmp_path / "out", variants="fp32")
+    info = report["model_info"]
+    assert (info["n_layer"], info["n_head"], info["n_embd"], info["vocab_size"]) == (12, 12, 768, 50257)
+    assert report["variants"]["fp32"]["passed"] is True
+    hf = GPT2LMHeadModel.from_pretrained(ckpt).eval()
+    ids = np.random.default_rng().integers(0, 50257, size=(1, 9))
+    session = make_session(tmp_path / "out" / "fp32" / "gpt2.onnx")
+    logits, past = forward(session, ids[:, :8])
+    step, _ = forward(session, ids[:, 8:], past, past_len=8)
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(logits - ref[:, :8]).max() < 1e-3
+    assert np.abs(step[:, 0] - ref[:, 8]).max() < 1e-3
