@@ -1,0 +1,58 @@
+"""A quantized variant served through Triton stays within the fidelity its report claims."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from conftest import start_server
+
+from export.api import read_report
+from export.ortutil import make_session
+from export.quantize import GATES, psnr_db
+from serving.builder import BuildOptions, build_repository
+from serving.triton_models.gpt2_engine import Gpt2Engine, SamplingParams
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def int8_server(exports, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("int8") / "model_repository"
+    build_repository([exports["dcgan"], exports["gpt2"]], repo, BuildOptions(variant="int8", intra_op_threads=1))
+    srv = start_server(repo)
+    yield srv, repo
+    srv.stop()
+
+
+def test_served_int8_dcgan_keeps_its_reported_psnr(int8_server, exports):
+    from serving.client import AigcClient
+
+    srv, _ = int8_server
+    report = read_report(exports["dcgan"])
+    claimed = report["variants"]["int8"]["fidelity"]["dcgan"]["psnr_db"]
+    z = np.random.default_rng().standard_normal((64, 100)).astype(np.float32)
+    with AigcClient(srv.grpc_url) as c:
+        served = c.generate_images("dcgan", z=z)
+    int8 = make_session(exports["dcgan"] / "int8" / "dcgan.onnx").run(["image"], {"z": z})[0]
+    fp32 = make_session(exports["dcgan"] / "fp32" / "dcgan.onnx").run(["image"], {"z": z})[0]
+    np.testing.assert_array_equal(served, int8)  # the server runs exactly the gated variant
+    value = psnr_db(fp32, served)
+    assert value >= GATES.image_psnr_db
+    assert value >= claimed - 3.0  # fresh latents: within a few dB of the figure in the report
+
+
+def test_served_int8_gpt2_generates_what_the_gated_variant_generates(int8_server, exports, tmp_path):
+    from serving.client import AigcClient
+
+    srv, repo = int8_server
+    assert read_report(exports["gpt2"])["variants"]["int8"]["passed"] is True
+    offline_dir = tmp_path / "engine"
+    shutil.copytree(repo / "gpt2" / "1", offline_dir)
+    engine = Gpt2Engine(str(offline_dir), intra_op_threads=1)
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    for prompt in ("The class", "import os"):
+        offline = "".join(engine.generate(prompt, params))
+        with AigcClient(srv.grpc_url) as c:
+            assert c.generate_text(prompt, max_tokens=20, ignore_eos=True, stream=False) == offline
