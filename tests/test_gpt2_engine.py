@@ -118,6 +118,22 @@ def test_engine_greedy_equals_transformers(engine, checkpoints):
     assert mine == ref[0, len(ids) :].tolist()
 
 
+def test_batched_prefill_finishes_one_token_requests_without_joining(engine):
+    seqs = [
+        engine.new_sequence(i, engine.tokenizer.encode(p).ids, SamplingParams(max_tokens=n, ignore_eos=True))
+        for i, (p, n) in enumerate([("The class", 1), ("import os and sys", 3)])
+    ]
+    solo = [engine.generate_ids(s.prompt_ids, s.params) for s in seqs]
+    first = engine.add_many(seqs)
+    assert [first[0]] == solo[0] and len(engine.active) == 1
+    rest = []
+    while engine.active:
+        ((seq, token),) = engine.step()
+        rest.append(token)
+        engine.remove([seq] if seq.finished else [])
+    assert [first[1], *rest] == solo[1]
+
+
 def test_batched_decoding_equals_solo_with_requests_joining_and_leaving(engine):
     prompts = ["The class", "def f(x): return", "import os", "x", "Python is a language"]
     lengths = [20, 6, 14, 25, 9]
@@ -131,11 +147,13 @@ def test_batched_decoding_equals_solo_with_requests_joining_and_leaving(engine):
         for i, (ids, n) in enumerate(zip(enc, lengths))
     ]
     out = {i: [] for i in range(len(prompts))}
-    join_at = {0: [0, 1], 2: [2], 5: [3], 9: [4]}  # step -> sequences joining then
+    join_at = {0: [0, 1], 2: [2], 5: [3, 4]}  # step -> sequences joining then (prefilled together)
     step = 0
     while step < 100:
-        for i in join_at.get(step, []):
-            out[i].append(engine.add(seqs[i]))
+        joining = join_at.get(step, [])
+        if joining:
+            for i, token in zip(joining, engine.add_many([seqs[i] for i in joining])):
+                out[i].append(token)
         if not engine.active and step > max(join_at):
             break
         results = engine.step()

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.server
 @pytest.fixture(scope="module")
 def int8_server(exports, tmp_path_factory):
     repo = tmp_path_factory.mktemp("int8") / "model_repository"
-    build_repository([exports["dcgan"], exports["gpt2"]], repo, BuildOptions(variant="int8", intra_op_threads=1))
+    build_repository(
+        [exports["dcgan"], exports["gpt2"]], repo, BuildOptions(variant="int8", intra_op_threads=1)
+    )
     srv = start_server(repo)
     yield srv, repo
     srv.stop()

@@ -265,39 +265,53 @@ class Gpt2Engine:
             logits = logits[:, -1]
         return logits, presents
 
-    def prefill(self, seq: Sequence) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Run the prompt alone; returns last-position logits (V,) and its cache."""
-        n = len(seq.prompt_ids)
-        empty = np.zeros((2, 1, self.n_head, 0, self.head_size), self.past_dtype)
-        logits, presents = self._run(
-            np.asarray([seq.prompt_ids], np.int64),
-            np.arange(n, dtype=np.int64)[None],
-            np.ones((1, n), np.int32),
-            [empty] * self.n_layer,
-        )
-        seq.length = n
-        return logits[0], presents
+    def prefill(self, seqs: list[Sequence]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Run several prompts in one call, left-padded to the longest.
 
-    def add(self, seq: Sequence) -> int | None:
+        Returns last-position logits (k, V), their cache (2, k, nh, T, hs) per layer and the
+        mask (k, T) with zeros on the padding. Padding is masked out of attention, so each
+        row computes what its prompt computes alone.
+        """
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = np.zeros((len(seqs), width), np.int64)
+        pos = np.zeros((len(seqs), width), np.int64)
+        mask = np.zeros((len(seqs), width), np.int32)
+        for row, seq in enumerate(seqs):
+            n = len(seq.prompt_ids)
+            ids[row, width - n :] = seq.prompt_ids
+            pos[row, width - n :] = np.arange(n)
+            mask[row, width - n :] = 1
+            seq.length = n
+        empty = np.zeros((2, len(seqs), self.n_head, 0, self.head_size), self.past_dtype)
+        logits, presents = self._run(ids, pos, mask, [empty] * self.n_layer)
+        return logits, presents, mask
+
+    def add(self, seq: Sequence) -> int:
         """Prefill `seq`, pick its first token and let it join the batch. Returns the token."""
-        logits, presents = self.prefill(seq)
-        token = self._choose(seq, logits)
-        if seq.finished:
-            return token
-        L, P = self.mask.shape[1], presents[0].shape[3]
-        width = max(L, P)
+        return self.add_many([seq])[0]
+
+    def add_many(self, seqs: list[Sequence]) -> list[int]:
+        """Prefill requests that arrived together in one call, pick each one's first token
+        and let the unfinished ones join the batch at the next step."""
+        logits, presents, mask = self.prefill(seqs)
+        tokens = [self._choose(seq, logits[row]) for row, seq in enumerate(seqs)]
+        keep = [row for row, seq in enumerate(seqs) if not seq.finished]
+        if not keep:
+            return tokens
+        if len(keep) < len(seqs):
+            idx = np.asarray(keep)
+            presents, mask = [p[:, idx] for p in presents], mask[idx]
+        width = max(self.mask.shape[1], mask.shape[1])
         if self.active:
             self.cache = [
                 np.concatenate([_left_pad(c, width), _left_pad(p, width)], axis=1)
                 for c, p in zip(self.cache, presents, strict=True)
             ]
-            self.mask = np.concatenate(
-                [_left_pad_mask(self.mask, width), _left_pad_mask(np.ones((1, P), np.int32), width)]
-            )
+            self.mask = np.concatenate([_left_pad_mask(self.mask, width), _left_pad_mask(mask, width)])
         else:
-            self.cache, self.mask = presents, np.ones((1, P), np.int32)
-        self.active.append(seq)
-        return token
+            self.cache, self.mask = presents, mask
+        self.active.extend(seqs[row] for row in keep)
+        return tokens
 
     def step(self) -> list[tuple[Sequence, int]]:
         """One decode step for every active sequence; returns (sequence, new token) pairs."""

@@ -133,21 +133,27 @@ class TritonPythonModel:
                 jobs.clear()
 
     def _admit(self, jobs):
-        """New requests join the batch (blocking only when nothing is being generated)."""
-        while len(jobs) < self.max_batch:
+        """Requests waiting in the queue join the batch, prefilled together in one call
+        (blocking for new work only when nothing is being generated)."""
+        new = []
+        while len(jobs) + len(new) < self.max_batch:
             try:
-                job = self.queue.get_nowait() if jobs else self.queue.get(timeout=0.1)
+                job = self.queue.get_nowait() if jobs or new else self.queue.get(timeout=0.1)
             except queue.Empty:
-                return
+                break
             if job is None:
-                return
-            if job.sender.is_cancelled():
-                continue
-            try:
-                token = self.engine.add(job.seq)
-            except Exception as exc:
+                break
+            if not job.sender.is_cancelled():
+                new.append(job)
+        if not new:
+            return
+        try:
+            tokens = self.engine.add_many([job.seq for job in new])
+        except Exception as exc:
+            for job in new:
                 self._fail(job.sender, f"internal error in prefill: {exc}")
-                continue
+            return
+        for job, token in zip(new, tokens):
             if job.prefix and job.stream:
                 self._send(job.sender, job.prefix)
             self._emit(job, token)
