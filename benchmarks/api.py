@@ -2,12 +2,14 @@
 
 Without `--url` it prepares everything itself on this machine (nothing downloaded): the
 GPT-2 124M architecture with random weights, its export and quantized variants, a tiny
-DCGAN, a repository and the embedded Triton server.
+DCGAN, a repository and the embedded Triton server. With `--url` it measures a running
+server; the baselines then need the same checkpoints (`--gpt2`, `--exports`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -15,9 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from aigc.errors import ConfigError
+from aigc.errors import BenchmarkError, ConfigError
 
 logger = logging.getLogger(__name__)
+
+MODELS = ("gpt2", "dcgan", "vae_decoder")
+MODEL_ALIASES = {"vae": "vae_decoder"}
+BASELINES = ("eager", "optimum")
+# export report "model" -> the served component a benchmark measures
+COMPONENT_OF = {"gpt2": "gpt2", "dcgan": "dcgan", "vae": "vae_decoder"}
+KIND_OF = {v: k for k, v in COMPONENT_OF.items()}
+GPT2_VARIANTS = "fp32,int8,int4"  # `auto` serves the fastest that passes its gate
+IMAGE_VARIANTS = "fp32,int8"
+TINY_IMAGE_STEPS = 20  # speed does not depend on how well the generator was trained
 
 
 @dataclass
@@ -25,88 +37,224 @@ class BenchOptions:
     out: Path = Path("runs/bench")
     cache: Path = Path("runs/bench-cache")
     url: str | None = None  # a running server's gRPC address; None = start the embedded one
+    exports: tuple[Path, ...] = ()  # export folders to serve / compare (checkpoint from their report)
     gpt2: Path | None = None  # a GPT-2 checkpoint folder; None = the 124M random-weight one
     gpt2_variant: str = "auto"
     dcgan: Path | None = None  # a DCGAN checkpoint; None = a tiny one trained here
+    vae: Path | None = None  # a VAE checkpoint; its decoder is measured when given or served
+    image_variant: str = "auto"
+    models: tuple[str, ...] | None = None  # None: gpt2, dcgan, and vae_decoder when available
+    baselines: tuple[str, ...] = BASELINES
     prompt_tokens: int = 16
     new_tokens: int = 64
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
     threads: int = 2
     repeats: int = 5
     image_requests: int = 200
+    throughput_seconds: float = 3.0
     quick: bool = False
-    baselines: tuple[str, ...] = ("eager", "optimum")
-    models: tuple[str, ...] = ("gpt2", "dcgan")
+    progress: bool = True
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if not 1 <= self.prompt_tokens <= 512:
             raise ConfigError(f"--prompt-tokens must be in 1..512, got {self.prompt_tokens}")
-        if not 2 <= self.new_tokens <= 512:
-            raise ConfigError(f"--new-tokens must be in 2..512, got {self.new_tokens}")
+        if not 1 <= self.new_tokens <= 512:
+            raise ConfigError(f"--new-tokens must be in 1..512, got {self.new_tokens}")
         if not self.concurrency or any(not 1 <= c <= 64 for c in self.concurrency):
             raise ConfigError(f"--concurrency values must be in 1..64, got {list(self.concurrency)}")
+        if not self.batch_sizes or any(not 1 <= b <= 64 for b in self.batch_sizes):
+            raise ConfigError(f"--batch-sizes values must be in 1..64, got {list(self.batch_sizes)}")
         if not 1 <= self.threads <= 256:
             raise ConfigError(f"--threads must be in 1..256, got {self.threads}")
         if not 1 <= self.repeats <= 1000:
             raise ConfigError(f"--repeats must be in 1..1000, got {self.repeats}")
+        if not 1 <= self.image_requests <= 100_000:
+            raise ConfigError(f"--image-requests must be in 1..100000, got {self.image_requests}")
+        if not 0.1 <= self.throughput_seconds <= 600:
+            raise ConfigError(f"--throughput-seconds must be in 0.1..600, got {self.throughput_seconds}")
         for b in self.baselines:
-            if b not in ("eager", "optimum"):
-                raise ConfigError(f"--baselines: unknown baseline {b!r}; allowed: eager, optimum")
-        for m in self.models:
-            if m not in ("gpt2", "dcgan"):
-                raise ConfigError(f"--models: unknown model {m!r}; allowed: gpt2, dcgan")
-        if self.url is not None and self.gpt2 is None and "gpt2" in self.models:
-            raise ConfigError(
-                "--url needs --gpt2 CHECKPOINT: the baselines run the same checkpoint in-process"
-            )
+            if b not in BASELINES:
+                raise ConfigError(f"--baselines: unknown baseline {b!r}; allowed: {', '.join(BASELINES)}")
+        if self.models is not None:
+            if not self.models:
+                raise ConfigError("--models: name at least one model")
+            for m in self.models:
+                if MODEL_ALIASES.get(m, m) not in MODELS:
+                    raise ConfigError(f"--models: unknown model {m!r}; allowed: {', '.join(MODELS)}")
+        for flag, path in (("--gpt2", self.gpt2), ("--dcgan", self.dcgan), ("--vae", self.vae)):
+            if path is not None and not Path(path).is_dir():
+                raise ConfigError(f"{flag} {path}: not a checkpoint folder")
+        for e in self.exports:
+            if not (Path(e) / "export_report.json").is_file():
+                raise ConfigError(f"--exports {e}: no export_report.json (an `aigc export` folder?)")
 
     def quick_mode(self) -> BenchOptions:
-        """The CI setting: a minute or two on 2 cores."""
+        """The CI setting: about a minute of measuring on 2 cores."""
         self.concurrency = tuple(c for c in self.concurrency if c in (1, 4)) or (1,)
+        self.batch_sizes = tuple(b for b in self.batch_sizes if b in (1, 8)) or (1,)
         self.repeats = min(self.repeats, 3)
-        self.image_requests = min(self.image_requests, 60)
+        self.image_requests = min(self.image_requests, 100)
+        self.throughput_seconds = min(self.throughput_seconds, 1.0)
         return self
 
 
-def _cached_export(exp: Path) -> bool:
-    """Whether `exp` holds an export made by this version of the exporter."""
+@dataclass
+class Subject:
+    """One served model to measure and the local files its in-process baselines run."""
+
+    model: str  # the served name: gpt2 | dcgan | vae_decoder
+    checkpoint: Path | None  # for the PyTorch / Optimum baselines; None: served figures only
+    export: Path | None  # export folder: ONNX files (in-process ORT), tokenizer
+    optional: bool = False  # measured only when the server has it (default model list)
+
+
+# -- preparing the models ------------------------------------------------------------------
+
+
+def _newest_mtime(folder: Path) -> float:
+    return max((p.stat().st_mtime for p in Path(folder).iterdir() if p.is_file()), default=0.0)
+
+
+def _cached_export(exp: Path, ckpt: Path, variants: str) -> bool:
+    """Whether `exp` is an export of `ckpt` (as it is now) by this version of the exporter."""
     from export.api import EXPORTER_VERSION, read_report
 
     try:
-        return read_report(exp).get("exporter_version") == EXPORTER_VERSION
-    except Exception:  # noqa: BLE001 - missing or unreadable: not usable
+        report = read_report(exp)
+        return (
+            report.get("exporter_version") == EXPORTER_VERSION
+            and Path(report["checkpoint"]).resolve() == Path(ckpt).resolve()
+            and set(variants.split(",")) <= set(report["variants"])
+            and (exp / "export_report.json").stat().st_mtime >= _newest_mtime(ckpt)
+        )
+    except Exception:  # noqa: BLE001 - missing, unreadable or stale: export again
         return False
 
 
-def _prepare_gpt2(opts: BenchOptions) -> tuple[Path, Path]:
+def _export_cached(kind: str, ckpt: Path, opts: BenchOptions) -> Path:
     from export.api import export_model
+
+    ckpt = Path(ckpt)
+    exp = opts.cache / (f"export-{ckpt.name}" if kind == "gpt2" else f"export-{ckpt.name}-{kind}")
+    variants = GPT2_VARIANTS if kind == "gpt2" else IMAGE_VARIANTS
+    if not _cached_export(exp, ckpt, variants):
+        logger.info("exporting %s (%s) to %s", ckpt, variants, exp)
+        export_model(kind, ckpt, exp, variants=variants, seed=0)
+    return exp
+
+
+def _random_gpt2(opts: BenchOptions) -> Path:
     from training.gpt2 import create_random_gpt2
 
-    ckpt = opts.gpt2
-    if ckpt is None:
-        ckpt = opts.cache / "gpt2-124m"
-        if not (ckpt / "model.safetensors").is_file():
-            logger.info("creating the GPT-2 124M architecture with random weights in %s", ckpt)
-            create_random_gpt2(ckpt, preset="124m")
-    exp = opts.cache / f"export-{Path(ckpt).name}"
-    if not _cached_export(exp):
-        logger.info("exporting %s (fp32, int8, int4) to %s", ckpt, exp)
-        export_model("gpt2", ckpt, exp, variants="fp32,int8,int4", seed=0)
-    return Path(ckpt), exp
+    ckpt = opts.cache / "gpt2-124m"
+    if not (ckpt / "model.safetensors").is_file():
+        logger.info("creating the GPT-2 124M architecture with random weights in %s", ckpt)
+        create_random_gpt2(ckpt, preset="124m", seed=0)
+    return ckpt
 
 
-def _prepare_dcgan(opts: BenchOptions) -> tuple[Path, Path]:
-    from export.api import export_model
+def _tiny_image_model(kind: str, opts: BenchOptions) -> Path:
     from training.api import TrainOptions, train
 
-    ckpt = opts.dcgan or opts.cache / "dcgan"
-    if opts.dcgan is None and not (ckpt / "model.safetensors").is_file():
-        train(TrainOptions(model="dcgan", out=ckpt, steps=20, progress=False))
-    exp = opts.cache / f"export-{Path(ckpt).name}-dcgan"
-    if not _cached_export(exp):
-        export_model("dcgan", ckpt, exp, variants="fp32,int8", seed=0)
-    return Path(ckpt), exp
+    ckpt = opts.cache / kind
+    if not (ckpt / "model.safetensors").is_file():
+        logger.info("training a tiny %s (%d steps) in %s", kind, TINY_IMAGE_STEPS, ckpt)
+        train(TrainOptions(model=kind, out=ckpt, steps=TINY_IMAGE_STEPS, progress=False))
+    return ckpt
+
+
+def subjects(opts: BenchOptions) -> list[Subject]:
+    """What to measure and where its local files come from; prepares the missing ones."""
+    from export.api import read_report
+
+    given: dict[str, tuple[Path | None, Path]] = {}
+    for e in opts.exports:
+        report = read_report(e)
+        comp = COMPONENT_OF.get(report["model"])
+        if comp is None:
+            raise ConfigError(f"--exports {e}: a {report['model']!r} export has nothing to benchmark")
+        ckpt = Path(report["checkpoint"]) if report.get("checkpoint") else None
+        given[comp] = (ckpt if ckpt is not None and ckpt.is_dir() else None, Path(e))
+    checkpoints = {"gpt2": opts.gpt2, "dcgan": opts.dcgan, "vae_decoder": opts.vae}
+    wanted = [MODEL_ALIASES.get(m, m) for m in (opts.models or MODELS)]
+    embedded = opts.url is None
+    out = []
+    for model in dict.fromkeys(wanted):
+        ckpt, exp = given.get(model, (None, None))
+        ckpt = checkpoints[model] or ckpt
+        # the default list measures an image model only where it is available
+        optional = opts.models is None and model != "gpt2"
+        if ckpt is None and exp is None:
+            if model == "gpt2":
+                if not embedded:
+                    raise ConfigError(
+                        "--url needs --gpt2 CHECKPOINT or --exports GPT2_EXPORT: "
+                        "the baselines run the same checkpoint in-process"
+                    )
+                ckpt = _random_gpt2(opts)
+            elif embedded and optional and model == "vae_decoder":
+                logger.info("vae_decoder: no --vae checkpoint or export given; not measured")
+                continue
+            elif embedded:
+                ckpt = _tiny_image_model(KIND_OF[model], opts)
+            # with --url and no local files: the served figures only
+        if exp is None and ckpt is not None and (embedded or model != "gpt2"):
+            exp = _export_cached(KIND_OF[model], ckpt, opts)
+        out.append(Subject(model, Path(ckpt) if ckpt else None, exp, optional))
+    return out
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def _serve_embedded(opts: BenchOptions, subs: list[Subject], stack: contextlib.ExitStack):
+    """Build a fresh repository from the subjects' exports and start Triton; (url, variants)."""
+    from serving.builder import BuildOptions, build_repository
+    from serving.server import EmbeddedTritonServer
+
+    repo = (opts.cache / "model_repository").absolute()
+    shutil.rmtree(repo, ignore_errors=True)
+    variants: dict[str, str] = {}
+    for is_gpt2 in (True, False):
+        exports = list(dict.fromkeys(s.export for s in subs if (s.model == "gpt2") == is_gpt2))
+        if not exports:
+            continue
+        built = build_repository(
+            exports,
+            repo,
+            BuildOptions(
+                variant=opts.gpt2_variant if is_gpt2 else opts.image_variant,
+                intra_op_threads=opts.threads,  # the server runs on as many threads as the baselines
+                max_active_sequences=max(opts.concurrency),
+            ),
+        )
+        variants.update({b.name: b.variant for b in built})
+    opts.out.mkdir(parents=True, exist_ok=True)
+    server = stack.enter_context(
+        EmbeddedTritonServer(
+            repo, grpc_port=0, http_port=0, metrics_port=0, log_file=(opts.out / "triton.log").absolute()
+        )
+    )
+    return server.grpc_url, variants
+
+
+def _check_served(url: str, subs: list[Subject]) -> list[Subject]:
+    """Drop optional models the server does not have; a named one missing is an error."""
+    from serving.client import AigcClient
+
+    with AigcClient(url, timeout_s=10) as client:
+        client.wait_ready(timeout_s=30)
+        kept = []
+        for s in subs:
+            if client.is_ready(s.model):
+                kept.append(s)
+            elif s.optional:
+                logger.info("%s is not served at %s; not measured", s.model, url)
+            else:
+                raise BenchmarkError(f"{s.model} is not ready on the server at {url}")
+    return kept
 
 
 def run_benchmark(opts: BenchOptions) -> dict:
@@ -121,119 +269,122 @@ def run_benchmark(opts: BenchOptions) -> dict:
     opts.validate()
     torch.set_num_threads(opts.threads)
     opts.cache.mkdir(parents=True, exist_ok=True)
-    prepared = {}
-    if "gpt2" in opts.models:
-        prepared["gpt2"] = _prepare_gpt2(opts)
-    if "dcgan" in opts.models:
-        prepared["dcgan"] = _prepare_dcgan(opts)
+    subs = subjects(opts)
     results: dict = {
         "env": report.environment(opts.threads),
         "config": {
+            "url": opts.url,
             "prompt_tokens": opts.prompt_tokens,
             "new_tokens": opts.new_tokens,
             "concurrency": list(opts.concurrency),
+            "batch_sizes": list(opts.batch_sizes),
             "repeats": opts.repeats,
+            "image_requests": opts.image_requests,
+            "throughput_seconds": opts.throughput_seconds,
             "quick": opts.quick,
             "threads": opts.threads,
+            # with --url the server's own thread count is whatever it was started with
+            "server_threads": opts.threads if opts.url is None else None,
+            "baselines": list(opts.baselines),
         },
     }
-
     with contextlib.ExitStack() as stack:
-        url = opts.url
-        if url is None:
-            from serving.builder import BuildOptions, build_repository
-            from serving.server import EmbeddedTritonServer
-
-            repo = opts.cache / "model_repository"
-            shutil.rmtree(repo, ignore_errors=True)
-            build_repository(
-                [e for _, e in prepared.values()],
-                repo,
-                BuildOptions(
-                    variant=opts.gpt2_variant,
-                    intra_op_threads=opts.threads,
-                    max_active_sequences=max(opts.concurrency),
-                ),
-            )
-            server = stack.enter_context(
-                EmbeddedTritonServer(
-                    repo, grpc_port=0, http_port=0, metrics_port=0, log_file=opts.out / "triton.log"
+        if opts.url is None:
+            url, variants = _serve_embedded(opts, subs, stack)
+        else:
+            url, variants = opts.url, {}
+            subs = _check_served(url, subs)
+        gpt2 = [s for s in subs if s.model == "gpt2"]
+        images = [s for s in subs if s.model != "gpt2"]
+        steps = len(gpt2) * (len(opts.concurrency) + len(opts.baselines)) + len(images) * 3
+        with tqdm(total=steps, desc="bench", disable=not opts.progress) as bar:
+            for s in gpt2:
+                results["gpt2"] = _bench_gpt2(opts, url, s, variants.get("gpt2"), bar)
+            for s in images:
+                results.setdefault("images", {})[s.model] = _bench_image(
+                    opts, url, s, variants.get(s.model), bar
                 )
-            )
-            url = server.grpc_url
-        steps = (len(opts.concurrency) + len(opts.baselines)) * ("gpt2" in prepared) + 4 * (
-            "dcgan" in prepared
-        )
-        with tqdm(total=steps, desc="bench", disable=not opts.extra.get("progress", True)) as bar:
-            if "gpt2" in prepared:
-                results["gpt2"] = _bench_gpt2(opts, url, *prepared["gpt2"], bar)
-            if "dcgan" in prepared:
-                results["images"] = {"dcgan": _bench_dcgan(opts, url, *prepared["dcgan"], bar)}
     results["ratios"] = report.ratios(results)
     report.write(results, opts.out)
-    logger.info("\n%s", report.markdown(results))
+    logger.info("\n%s\n", report.markdown(results))
     logger.info("results in %s", opts.out)
     return results
 
 
-def _prompt(tokenizer, n: int) -> str:
-    """A prompt that encodes to exactly `n` tokens (held-out text, trimmed)."""
-    from training.data import load_text_corpus
+def _step(bar, text: str) -> None:
+    """Progress: the bar's label on a terminal, a log line otherwise (CI logs)."""
+    bar.set_postfix_str(text)
+    if bar.disable:
+        logger.info("bench: %s", text)
 
-    text = load_text_corpus(None)[1]
+
+# -- GPT-2 ---------------------------------------------------------------------------------
+
+
+def build_prompt(tokenizer, n: int, text: str) -> str:
+    """A prompt that the model's tokenizer encodes to exactly `n` tokens.
+
+    Decoded from a window of `n` token ids of `text`; a window whose decoded text merges
+    into fewer tokens (or splits into more) is skipped.
+    """
     ids = tokenizer.encode(text).ids
-    for extra in range(0, 8):
-        prompt = tokenizer.decode(ids[: n + extra])
-        if len(tokenizer.encode(prompt).ids) == n:
+    while len(ids) < n + 64:
+        ids = ids + ids
+    for start in range(0, 256):
+        prompt = tokenizer.decode(ids[start : start + n])
+        if prompt.strip() and len(tokenizer.encode(prompt).ids) == n:
             return prompt
-        prompt = tokenizer.decode(ids[:n])
-        if len(tokenizer.encode(prompt).ids) == n:
-            return prompt
-    return tokenizer.decode(ids[:n])
+    raise BenchmarkError(f"--prompt-tokens {n}: found no text that encodes to exactly {n} tokens")
 
 
-def _bench_gpt2(opts: BenchOptions, url: str, ckpt: Path, export_dir: Path, bar) -> dict:
-    import torch
+def _tokenizer(s: Subject):
     from tokenizers import Tokenizer
-    from transformers import GPT2LMHeadModel
+
+    for folder in (s.export / "assets" if s.export else None, s.checkpoint):
+        if folder is not None and (Path(folder) / "tokenizer.json").is_file():
+            return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    raise ConfigError(f"--gpt2 {s.checkpoint}: no tokenizer.json (save the tokenizer with the model)")
+
+
+def _bench_gpt2(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> dict:
+    import torch
+    from transformers import AutoConfig, GPT2LMHeadModel
 
     from benchmarks import measure
-    from export.api import read_report
-    from serving.builder import choose_variant
+    from training.data import load_text_corpus
 
-    tok = Tokenizer.from_file(str(export_dir / "assets" / "tokenizer.json"))
-    prompt = _prompt(tok, opts.prompt_tokens)
-    opts.prompt_tokens = len(tok.encode(prompt).ids)
-    report = read_report(export_dir)
-    variant = choose_variant(report, "gpt2", opts.gpt2_variant, "cpu")
-    out: dict = {
-        "model": str(ckpt),
-        "variant": variant,
-        "served": {},
-        "fidelity": report["variants"][variant]["fidelity"].get("gpt2"),
-    }
-    reqs = max(2, opts.repeats)
+    tok = _tokenizer(s)
+    prompt = build_prompt(tok, opts.prompt_tokens, load_text_corpus(None)[1])
+    out: dict = {"model": str(s.checkpoint), "variant": variant, "prompt": prompt, "served": {}}
+    if s.export is not None:
+        from export.api import read_report
+
+        v = read_report(s.export)["variants"].get(variant or "", {})
+        out["fidelity"] = v.get("fidelity", {}).get("gpt2")
     for c in opts.concurrency:
-        bar.set_postfix_str(f"gpt2 served c={c}")
+        _step(bar, f"gpt2 served c={c}")
+        # c=1 gives the latency percentiles: `repeats` requests; higher c: 2 per stream
         out["served"][str(c)] = measure.served_concurrency(
-            url, prompt, opts.new_tokens, c, reqs if c == 1 else 2
+            url, prompt, opts.new_tokens, c, max(2, opts.repeats) if c == 1 else 2
         )
         bar.update()
     ids = torch.tensor([tok.encode(prompt).ids])
-    eos = report["model_info"]["eos_token_id"]
+    eos = AutoConfig.from_pretrained(s.checkpoint).eos_token_id
     if "eager" in opts.baselines:
-        bar.set_postfix_str("gpt2 eager")
-        model = GPT2LMHeadModel.from_pretrained(ckpt).eval()
+        _step(bar, "gpt2 eager")
+        model = GPT2LMHeadModel.from_pretrained(s.checkpoint).eval()
         out["eager"] = measure.generate_baseline(
             measure.hf_generate_fn(model, ids, eos), opts.new_tokens, opts.repeats
         )
         del model
         bar.update()
     if "optimum" in opts.baselines:
-        bar.set_postfix_str("gpt2 optimum")
+        _step(bar, "gpt2 optimum")
+        model = _optimum_model(opts, s.checkpoint)
         out["optimum"] = measure.generate_baseline(
-            measure.hf_generate_fn(_optimum_model(opts, ckpt), ids, eos), opts.new_tokens, opts.repeats
+            measure.hf_generate_fn(model, ids, eos), opts.new_tokens, opts.repeats
         )
+        del model
         bar.update()
     return out
 
@@ -244,58 +395,85 @@ def _optimum_model(opts: BenchOptions, ckpt: Path):
     from optimum.onnxruntime import ORTModelForCausalLM
 
     folder = opts.cache / f"optimum-{Path(ckpt).name}"
+    source = {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_mtime": _newest_mtime(ckpt)}
+    marker = folder / "aigc_bench_source.json"
+    try:
+        fresh = json.loads(marker.read_text()) == source and (folder / "model.onnx").is_file()
+    except (OSError, json.JSONDecodeError):
+        fresh = False
+    if not fresh:
+        logger.info("exporting %s with Optimum into %s", ckpt, folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ORTModelForCausalLM.from_pretrained(ckpt, export=True, use_cache=True).save_pretrained(tmp)
+        (tmp / marker.name).write_text(json.dumps(source) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
     so = ort.SessionOptions()
     so.intra_op_num_threads = opts.threads
-    if not (folder / "model.onnx").is_file():
-        logger.info("exporting %s with Optimum into %s", ckpt, folder)
-        model = ORTModelForCausalLM.from_pretrained(ckpt, export=True, use_cache=True)
-        model.save_pretrained(folder)
+    so.inter_op_num_threads = 1
     return ORTModelForCausalLM.from_pretrained(
         folder, use_cache=True, session_options=so, provider="CPUExecutionProvider"
     )
 
 
-def _bench_dcgan(opts: BenchOptions, url: str, ckpt: Path, export_dir: Path, bar) -> dict:
+# -- image models --------------------------------------------------------------------------
+
+
+def _bench_image(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> dict:
     import torch
 
     from benchmarks import measure
-    from export.api import read_report
-    from export.images import ToUint8Image
-    from export.ortutil import make_session
-    from serving.builder import choose_variant
     from serving.client import AigcClient
-    from training.checkpoint import load_image_checkpoint
 
-    report = read_report(export_dir)
-    variant = choose_variant(report, "dcgan", "auto", "cpu")
-    latent = int(report["model_info"]["config"]["latent_dim"])
-    z = np.random.default_rng(0).standard_normal((1, latent)).astype(np.float32)
+    rng = np.random.default_rng(0)
     r: dict = {"variant": variant}
-    bar.set_postfix_str("dcgan served")
-    with AigcClient(url) as client:
+    _step(bar, f"{s.model} latency")
+    with AigcClient(url, timeout_s=60) as client:
+        _, dims = client.input_shape(s.model)
+        z = rng.standard_normal((1, *dims)).astype(np.float32)
         r["served_ms"] = measure.percentiles(
-            measure.latency_samples(lambda: client.decode(z, model="dcgan"), opts.image_requests)
+            measure.latency_samples(lambda: client.decode(z, model=s.model), opts.image_requests)
         )
+    sess = None
+    if s.export is not None:
+        from export.api import read_report
+        from export.ortutil import make_session
+        from serving.builder import choose_variant
+
+        report = read_report(s.export)
+        local = variant or choose_variant(report, s.model, opts.image_variant, "cpu")
+        r["inprocess_variant"] = local
+        sess = make_session(s.export / report["variants"][local]["files"][s.model], threads=opts.threads)
+        r["onnxruntime_ms"] = measure.percentiles(
+            measure.latency_samples(lambda: sess.run(None, {"z": z}), opts.image_requests)
+        )
+    if s.checkpoint is not None and "eager" in opts.baselines:
+        from export.images import wrap_components
+        from training.checkpoint import load_image_checkpoint
+
+        module, _ = load_image_checkpoint(s.checkpoint, expected=KIND_OF[s.model])
+        eager = wrap_components(KIND_OF[s.model], module)[s.model]
+        zt = torch.from_numpy(z)
+        with torch.no_grad():
+            r["eager_ms"] = measure.percentiles(
+                measure.latency_samples(lambda: eager(zt), opts.image_requests)
+            )
     bar.update()
-    sess = make_session(export_dir / report["variants"][variant]["files"]["dcgan"], threads=opts.threads)
-    r["onnxruntime_ms"] = measure.percentiles(
-        measure.latency_samples(lambda: sess.run(None, {"z": z}), opts.image_requests)
-    )
-    gen, _ = load_image_checkpoint(ckpt, expected="dcgan")
-    eager = ToUint8Image(gen).eval()
-    zt = torch.from_numpy(z)
-    with torch.no_grad():
-        r["eager_ms"] = measure.percentiles(measure.latency_samples(lambda: eager(zt), opts.image_requests))
-    bar.update()
-    bar.set_postfix_str("dcgan throughput")
+    _step(bar, f"{s.model} throughput")
+    secs = opts.throughput_seconds
     r["throughput_vs_concurrency"] = {
-        str(c): measure.served_image_throughput(url, "dcgan", latent, 1, c, opts.image_requests)
-        for c in opts.concurrency
+        str(c): measure.served_image_throughput(url, s.model, z, c, secs) for c in opts.concurrency
     }
     bar.update()
-    r["throughput_vs_batch"] = {
-        str(b): measure.served_image_throughput(url, "dcgan", latent, b, 1, max(10, opts.image_requests // b))
-        for b in (1, 8, 32)
-    }
+    r["throughput_vs_batch"] = {}
+    r["onnxruntime_images_per_s_vs_batch"] = {}
+    for b in opts.batch_sizes:
+        zb = rng.standard_normal((b, *dims)).astype(np.float32)
+        r["throughput_vs_batch"][str(b)] = measure.served_image_throughput(url, s.model, zb, 1, secs)
+        if sess is not None:
+            r["onnxruntime_images_per_s_vs_batch"][str(b)] = measure.inprocess_throughput(
+                lambda zb=zb: sess.run(None, {"z": zb}), b, secs
+            )
     bar.update()
     return r

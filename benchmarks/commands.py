@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -11,9 +12,12 @@ logger = logging.getLogger(__name__)
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -21,57 +25,112 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="gRPC address of a running server (default: start the embedded one)")
-    parser.add_argument(
+    src = parser.add_argument_group("what to measure")
+    src.add_argument(
+        "--url", help="gRPC HOST:PORT of a running server (default: build and start the embedded one)"
+    )
+    src.add_argument(
+        "--exports",
+        type=Path,
+        nargs="+",
+        default=(),
+        metavar="DIR",
+        help="export folders to serve and compare in-process (checkpoints read from their reports)",
+    )
+    src.add_argument(
         "--gpt2", type=Path, help="GPT-2 checkpoint (default: 124M architecture, random weights)"
     )
-    parser.add_argument(
-        "--gpt2-variant", default="auto", help="variant to serve: auto (fastest passing) or a name"
+    src.add_argument(
+        "--gpt2-variant", default="auto", help="GPT-2 variant to serve: auto (fastest passing) or a name"
     )
-    parser.add_argument("--dcgan", type=Path, help="DCGAN checkpoint (default: a tiny one trained here)")
-    parser.add_argument(
-        "--models", type=_names, default=("gpt2", "dcgan"), help="comma-separated: gpt2,dcgan"
+    src.add_argument(
+        "--dcgan",
+        "--dcgan-checkpoint",
+        dest="dcgan",
+        type=Path,
+        help="DCGAN checkpoint (default: a tiny one trained here)",
     )
-    parser.add_argument(
-        "--baselines", type=_names, default=("eager", "optimum"), help="comma-separated: eager,optimum"
+    src.add_argument(
+        "--vae",
+        "--vae-checkpoint",
+        dest="vae",
+        type=Path,
+        help="VAE checkpoint whose decoder is measured (default: only when given or served)",
     )
-    parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt length in tokens (default 16)")
-    parser.add_argument(
+    src.add_argument("--image-variant", default="auto", help="image model variant to serve: auto or a name")
+    src.add_argument(
+        "--models",
+        type=_names,
+        default=None,
+        help="comma-separated subset of gpt2,dcgan,vae_decoder (default: gpt2, dcgan, vae_decoder if available)",
+    )
+    src.add_argument(
+        "--baselines",
+        type=_names,
+        default=("eager", "optimum"),
+        help="comma-separated in-process baselines: eager,optimum (default both)",
+    )
+    load = parser.add_argument_group("load")
+    load.add_argument("--prompt-tokens", type=int, default=16, help="prompt length in tokens (default 16)")
+    load.add_argument(
         "--new-tokens", type=int, default=64, help="new tokens per request, EOS ignored (default 64)"
     )
-    parser.add_argument(
+    load.add_argument(
         "--concurrency", type=_ints, default=(1, 2, 4, 8), help="concurrent streams (default 1,2,4,8)"
     )
-    parser.add_argument(
+    load.add_argument(
+        "--batch-sizes",
+        type=_ints,
+        default=(1, 8, 32),
+        help="image batch sizes for throughput (default 1,8,32)",
+    )
+    load.add_argument(
         "--threads", type=int, default=2, help="threads of every path, served and baselines (default 2)"
     )
-    parser.add_argument(
-        "--repeats", type=int, default=5, help="timed repetitions per measurement (default 5)"
+    load.add_argument(
+        "--repeats", type=int, default=5, help="timed GPT-2 generations per path after a warm-up (default 5)"
     )
-    parser.add_argument(
+    load.add_argument(
+        "--image-requests", type=int, default=200, help="timed image requests per measurement (default 200)"
+    )
+    load.add_argument(
+        "--throughput-seconds",
+        type=float,
+        default=3.0,
+        help="time window of each image throughput point (default 3; 1 with --quick)",
+    )
+    load.add_argument(
+        "--quick", action="store_true", help="CI mode: concurrency 1 and 4, batch 1 and 8, 3 repetitions"
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument(
         "--out", type=Path, default=Path("runs/bench"), help="results folder (default runs/bench)"
     )
-    parser.add_argument(
-        "--cache", type=Path, default=Path("runs/bench-cache"), help="models prepared for the benchmark"
+    out.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("runs/bench-cache"),
+        help="models prepared for the benchmark (reused)",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="CI mode: concurrency 1 and 4, fewer repetitions"
-    )
-    parser.add_argument(
+    out.add_argument(
         "--gate",
         nargs="?",
         const="default",
         default=None,
         metavar="THRESHOLDS",
-        help="fail when a ratio falls below benchmarks/thresholds.json (or the file given)",
+        help="exit 2 when a ratio is outside benchmarks/thresholds.json (or the file given)",
     )
-    parser.add_argument(
+    out.add_argument(
         "--write-readme",
         type=Path,
         nargs="?",
         const=Path("README.md"),
         default=None,
-        help="replace the README's benchmark section with this run's table",
+        metavar="README",
+        help="replace the README's <!-- bench:start/end --> section with this run's table and plots",
+    )
+    out.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)"
     )
 
 
@@ -83,28 +142,35 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         cache=args.cache,
         url=args.url,
+        exports=tuple(args.exports),
         gpt2=args.gpt2,
         gpt2_variant=args.gpt2_variant,
         dcgan=args.dcgan,
+        vae=args.vae,
+        image_variant=args.image_variant,
+        models=args.models,
+        baselines=args.baselines,
         prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens,
         concurrency=args.concurrency,
+        batch_sizes=args.batch_sizes,
         threads=args.threads,
         repeats=args.repeats,
+        image_requests=args.image_requests,
+        throughput_seconds=args.throughput_seconds,
         quick=args.quick,
-        baselines=args.baselines,
-        models=args.models,
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
-    results = run_benchmark(opts)
-    if args.write_readme:
-        from export.results import replace_between_markers
-
-        body = report.markdown(results) + "\n\n" + report.publish_plots(args.out, args.write_readme.parent)
-        text = replace_between_markers(
-            args.write_readme.read_text(), "<!-- bench:start -->", "<!-- bench:end -->", body
-        )
-        args.write_readme.write_text(text)
-        logger.info("benchmark table written to %s", args.write_readme)
+    opts.validate()
+    # Bad thresholds or README fail now, not after minutes of measuring.
+    thresholds = None
     if args.gate is not None:
-        report.gate(results, report.load_thresholds(None if args.gate == "default" else Path(args.gate)))
+        thresholds = report.load_thresholds(None if args.gate == "default" else Path(args.gate))
+    if args.write_readme is not None:
+        report.check_readme(args.write_readme)
+    results = run_benchmark(opts)
+    if args.write_readme is not None:
+        report.write_readme(results, args.out, args.write_readme)
+    if thresholds is not None:
+        report.gate(results, thresholds)
     return 0

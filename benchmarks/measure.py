@@ -1,18 +1,21 @@
 """Timed loops: the served models through the gRPC client, and the baselines in-process.
 
-Every function warms up before timing and returns raw samples; `summary` turns them into
+Every function warms up before timing and keeps every sample; `percentiles` turns them into
 medians and percentiles (never a single run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def percentiles(samples_ms: list[float]) -> dict:
@@ -28,47 +31,30 @@ def percentiles(samples_ms: list[float]) -> dict:
     }
 
 
-# -- GPT-2 ---------------------------------------------------------------------------------
-
-
-def served_stream(client, prompt: str, new_tokens: int) -> dict:
-    """One streamed greedy request: time to first text, gaps between deltas, total."""
+def _timed(fn) -> float:
     t0 = time.perf_counter()
-    stamps = []
-    for _ in client.generate_text(prompt, max_tokens=new_tokens, ignore_eos=True, stream=True):
-        stamps.append(time.perf_counter())
-    gaps = [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:], strict=False)]
-    total = stamps[-1] - t0
-    return {"ttft_ms": (stamps[0] - t0) * 1e3, "gaps_ms": gaps, "total_s": total, "tokens": new_tokens}
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
-def served_concurrency(
-    url: str, prompt: str, new_tokens: int, concurrency: int, requests_per_stream: int
-) -> dict:
-    """`concurrency` streams at once, each sending requests back to back."""
-    runs: list[dict] = []
+def _run_together(workers: list[Callable[[threading.Barrier], None]]) -> float:
+    """Run each worker in its own thread; each prepares, waits on the barrier, then works.
+
+    Returns the wall time in seconds from the common start to the last worker's end, so
+    connection setup and warm-up stay outside the timed span. The first worker error is
+    raised after every thread has ended.
+    """
     errors: list[BaseException] = []
-    lock = threading.Lock()
+    start = threading.Barrier(len(workers) + 1)
 
-    from serving.client import AigcClient
-
-    def worker():
+    def wrap(work):
         try:
-            with AigcClient(
-                url, timeout_s=120
-            ) as client:  # one connection per stream, as a real client keeps
-                served_stream(client, prompt, new_tokens)  # warm-up of this connection
-                start.wait()
-                for _ in range(requests_per_stream):
-                    r = served_stream(client, prompt, new_tokens)
-                    with lock:
-                        runs.append(r)
-        except BaseException as exc:  # noqa: BLE001 - reported after the join
+            work(start)
+        except BaseException as exc:  # noqa: BLE001 - re-raised after the join
             errors.append(exc)
             start.abort()
 
-    start = threading.Barrier(concurrency + 1)
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    threads = [threading.Thread(target=wrap, args=(w,), daemon=True) for w in workers]
     for t in threads:
         t.start()
     with contextlib.suppress(threading.BrokenBarrierError):
@@ -79,46 +65,127 @@ def served_concurrency(
     wall = time.perf_counter() - t0
     if errors:
         raise errors[0]
-    tokens = sum(r["tokens"] for r in runs)
-    per_stream = [r["tokens"] / r["total_s"] for r in runs]
+    return wall
+
+
+# -- GPT-2 ---------------------------------------------------------------------------------
+
+
+def stream_timing(t0: float, stamps: list[float], t_end: float, tokens: int) -> dict:
+    """One generation: time to first token, the gaps between tokens, total seconds."""
+    if not stamps:
+        return {"ttft_ms": None, "gaps_ms": [], "total_s": t_end - t0, "tokens": tokens, "deltas": 0}
     return {
-        "concurrency": concurrency,
-        "requests": len(runs),
-        "ttft_ms": percentiles([r["ttft_ms"] for r in runs]),
-        "itl_ms": percentiles([g for r in runs for g in r["gaps_ms"]]),
-        "aggregate_tokens_per_s": round(tokens / wall, 2),
-        "per_stream_tokens_per_s": round(statistics.median(per_stream), 2),
+        "ttft_ms": (stamps[0] - t0) * 1e3,
+        "gaps_ms": [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:], strict=False)],
+        "total_s": t_end - t0,
+        "tokens": tokens,
+        "deltas": len(stamps),
     }
 
 
-def generate_baseline(generate: Callable[[int], object], new_tokens: int, repeats: int) -> dict:
-    """A `generate(n)` baseline: TTFT as a 1-token generate, tok/s over `new_tokens`."""
-    generate(new_tokens)  # warm-up
-    generate(1)
-    ttft = [_timed(lambda: generate(1)) for _ in range(repeats)]
-    totals = [_timed(lambda: generate(new_tokens)) for _ in range(repeats)]
-    med_total, med_ttft = statistics.median(totals), statistics.median(ttft)
+def served_stream(client, prompt: str, new_tokens: int) -> dict:
+    """One streamed greedy request (EOS ignored, so exactly `new_tokens` are generated)."""
+    t0 = time.perf_counter()
+    stamps = []
+    for _ in client.generate_text(prompt, max_tokens=new_tokens, ignore_eos=True, stream=True):
+        stamps.append(time.perf_counter())
+    return stream_timing(t0, stamps, time.perf_counter(), new_tokens)
+
+
+def summarise_streams(runs: list[dict], wall_s: float | None = None) -> dict:
+    """TTFT and inter-token percentiles over every run; tokens/s per stream (median) and in all."""
+    tokens = sum(r["tokens"] for r in runs)
+    per_stream = [r["tokens"] / r["total_s"] for r in runs]
+    out = {
+        "requests": len(runs),
+        "ttft_ms": percentiles([r["ttft_ms"] for r in runs if r["ttft_ms"] is not None]),
+        "itl_ms": percentiles([g for r in runs for g in r["gaps_ms"]]),
+        "per_stream_tokens_per_s": round(statistics.median(per_stream), 2),
+    }
+    if wall_s is not None:
+        out["aggregate_tokens_per_s"] = round(tokens / wall_s, 2)
+    short = [r["deltas"] for r in runs if r["deltas"] != r["tokens"]]
+    if short:
+        # A delta can hold more than one token (bytes of one character held back): ITL is then
+        # per delta, tokens/s stays exact.
+        out["deltas_per_request"] = sorted(set(short))
+    return out
+
+
+def served_concurrency(
+    url: str, prompt: str, new_tokens: int, concurrency: int, requests_per_stream: int
+) -> dict:
+    """`concurrency` streams at once, each on its own connection sending requests back to back."""
+    from serving.client import AigcClient
+
+    runs: list[dict] = []
+    lock = threading.Lock()
+
+    def worker(start: threading.Barrier) -> None:
+        with AigcClient(url, timeout_s=300) as client:
+            served_stream(client, prompt, new_tokens)  # warm-up of this connection
+            start.wait()
+            for _ in range(requests_per_stream):
+                r = served_stream(client, prompt, new_tokens)
+                with lock:
+                    runs.append(r)
+
+    wall = _run_together([worker] * concurrency)
+    return {"concurrency": concurrency, **summarise_streams(runs, wall)}
+
+
+class TokenTimer:
+    """A `transformers` streamer that stamps every new token (the first `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if self._prompt_seen:
+            self.stamps.append(time.perf_counter())
+        else:
+            self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def generate_baseline(generate: Callable[[int, TokenTimer], object], new_tokens: int, repeats: int) -> dict:
+    """A `generate(n, streamer)` baseline: TTFT and inter-token gaps from the streamer's stamps.
+
+    Same figures as the served stream: TTFT from the call to the first new token, the gaps
+    between tokens, tokens/s as `new_tokens` over the whole call (median over `repeats`).
+    """
+    generate(new_tokens, TokenTimer())  # warm-up
+    runs = []
+    for _ in range(repeats):
+        timer = TokenTimer()
+        t0 = time.perf_counter()
+        generate(new_tokens, timer)
+        r = stream_timing(t0, timer.stamps, time.perf_counter(), new_tokens)
+        if r["deltas"] != new_tokens:
+            from aigc.errors import BenchmarkError
+
+            raise BenchmarkError(f"baseline generated {r['deltas']} tokens, expected {new_tokens}")
+        runs.append(r)
+    s = summarise_streams(runs)
     return {
-        "ttft_ms": percentiles(ttft),
-        "itl_ms": {"p50": round((med_total - med_ttft) / max(1, new_tokens - 1), 3)},
-        "tokens_per_s": round(new_tokens / (med_total / 1e3), 2),
+        "ttft_ms": s["ttft_ms"],
+        "itl_ms": s["itl_ms"],
+        "tokens_per_s": round(new_tokens / statistics.median(r["total_s"] for r in runs), 2),
         "repeats": repeats,
     }
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def hf_generate_fn(model, input_ids, eos_token_id: int):
-    """`transformers` eager greedy generate with a fixed number of new tokens."""
+    """Greedy `generate` with exactly `n` new tokens (EOS cannot end it early)."""
     import torch
 
     mask = torch.ones_like(input_ids)
 
-    def run(n: int):
+    def run(n: int, streamer=None):
         with torch.no_grad():
             return model.generate(
                 input_ids=input_ids,
@@ -127,6 +194,7 @@ def hf_generate_fn(model, input_ids, eos_token_id: int):
                 max_new_tokens=n,
                 min_new_tokens=n,
                 pad_token_id=eos_token_id,
+                streamer=streamer,
             )
 
     return run
@@ -142,23 +210,47 @@ def latency_samples(fn: Callable[[], object], repeats: int, warmup: int = 5) -> 
 
 
 def served_image_throughput(
-    url: str, model: str, latent: int, batch: int, concurrency: int, requests: int
-) -> float:
-    """Images per second with `concurrency` clients sending `batch`-image requests."""
+    url: str, model: str, z: np.ndarray, concurrency: int, seconds: float, warmup: int = 3
+) -> dict:
+    """Images/s and request latency with `concurrency` clients each sending the batch `z`
+    back to back for `seconds` (a time window, so one stall cannot decide a short count).
+
+    Every client connects and warms up before the common start; only requests are timed.
+    """
     from serving.client import AigcClient
 
-    def worker(n):
-        with AigcClient(url) as client:
-            z = np.random.default_rng(0).standard_normal((batch, latent)).astype(np.float32)
-            for _ in range(n):
-                client.decode(z, model=model)
+    samples: list[float] = []
+    lock = threading.Lock()
 
-    worker(2)  # warm-up
-    per = max(1, requests // concurrency)
-    threads = [threading.Thread(target=worker, args=(per,)) for _ in range(concurrency)]
+    def worker(start: threading.Barrier) -> None:
+        with AigcClient(url, timeout_s=120) as client:
+            for _ in range(warmup):
+                client.decode(z, model=model)
+            start.wait()
+            mine = _for_seconds(lambda: client.decode(z, model=model), seconds)
+            with lock:
+                samples.extend(mine)
+
+    wall = _run_together([worker] * concurrency)
+    return {
+        "images_per_s": round(len(samples) * z.shape[0] / wall, 1),
+        "latency_ms": percentiles(samples),
+    }
+
+
+def inprocess_throughput(fn: Callable[[], object], batch: int, seconds: float, warmup: int = 3) -> float:
+    """Images/s of an in-process call on a batch of `batch`, over a window of `seconds`."""
+    for _ in range(warmup):
+        fn()
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return round(per * concurrency * batch / (time.perf_counter() - t0), 1)
+    n = len(_for_seconds(fn, seconds))
+    return round(n * batch / (time.perf_counter() - t0), 1)
+
+
+def _for_seconds(fn: Callable[[], object], seconds: float) -> list[float]:
+    """Call `fn` back to back until `seconds` have passed (at least once); the times in ms."""
+    deadline = time.perf_counter() + seconds
+    samples = [_timed(fn)]
+    while time.perf_counter() < deadline:
+        samples.append(_timed(fn))
+    return samples

@@ -1,4 +1,4 @@
-"""Benchmark output: environment, ratios, the Markdown table, plots and the CI gate."""
+"""Benchmark output: environment, ratios, the Markdown table, plots, the README section and the CI gate."""
 
 from __future__ import annotations
 
@@ -6,34 +6,70 @@ import json
 import logging
 import os
 import platform
+import re
+import shutil
+import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from aigc.errors import BenchmarkError
+from aigc.errors import BenchmarkError, ConfigError
 
 logger = logging.getLogger(__name__)
 
 THRESHOLDS = Path(__file__).parent / "thresholds.json"
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 PACKAGES = (
     "torch",
     "onnxruntime",
     "onnxruntime-gpu",
     "transformers",
+    "optimum",
     "optimum-onnx",
     "tritonclient",
     "nvidia-pytriton",
+    "numpy",
 )
+BASELINE_LABELS = {"eager": "PyTorch eager `generate`", "optimum": "Optimum `ORTModelForCausalLM`"}
 
 
-def environment(threads: int) -> dict:
-    cpu = platform.processor()
+# -- environment ---------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _gpus() -> list[str]:
+    """GPU names from nvidia-smi where it is installed (empty list otherwise)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        res = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in res.stdout.splitlines() if line.strip()] if res.returncode == 0 else []
+
+
+def environment(threads: int) -> dict:
     versions = {}
     for p in PACKAGES:
         try:
@@ -43,49 +79,81 @@ def environment(threads: int) -> dict:
     try:
         import onnxruntime as ort
 
-        gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+        providers = ort.get_available_providers()
     except ImportError:
-        gpu = False
+        providers = []
+    gpus = _gpus()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
     return {
-        "cpu": cpu,
+        "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "memory_gib": _memory_gib(),
         "threads": threads,
-        "gpu": gpu,
+        "gpu": bool(gpus) or "CUDAExecutionProvider" in providers,
+        "gpus": gpus,
+        "onnxruntime_providers": providers,
         "python": platform.python_version(),
+        "platform": platform.platform(),
         "packages": versions,
     }
 
 
+# -- ratios and the gate -------------------------------------------------------------------
+
+
+def _div(a, b) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
 def ratios(results: dict) -> dict:
-    """Served figures over the baselines measured in the same run."""
-    out = {}
+    """Served figures over the baselines measured in the same run (and the server hop in ms).
+
+    `*_vs_*` and `*_speedup_*` are ratios (> 1: the served model is better);
+    `*_minus_*_ms` are differences in milliseconds.
+    """
+    out: dict[str, float] = {}
     g = results.get("gpt2")
-    if g:
+    if g and g.get("served"):
         c1 = g["served"].get("1")
-        if c1:
-            for base in ("eager", "optimum"):
-                if base in g:
-                    out[f"gpt2_tokens_per_s_vs_{base}"] = round(
-                        c1["per_stream_tokens_per_s"] / g[base]["tokens_per_s"], 3
-                    )
-                    out[f"gpt2_ttft_speedup_vs_{base}"] = round(
-                        g[base]["ttft_ms"]["p50"] / c1["ttft_ms"]["p50"], 3
-                    )
-            highest = max(g["served"], key=int)
-            if highest != "1":
-                out[f"gpt2_aggregate_c{highest}_vs_c1"] = round(
-                    g["served"][highest]["aggregate_tokens_per_s"] / c1["aggregate_tokens_per_s"], 3
+        top = max(g["served"], key=int)
+        for base in ("eager", "optimum"):
+            b = g.get(base)
+            if not b:
+                continue
+            if c1:
+                out[f"gpt2_tokens_per_s_vs_{base}"] = _div(c1["per_stream_tokens_per_s"], b["tokens_per_s"])
+                out[f"gpt2_ttft_speedup_vs_{base}"] = _div(b["ttft_ms"]["p50"], c1["ttft_ms"]["p50"])
+                out[f"gpt2_itl_speedup_vs_{base}"] = _div(b["itl_ms"]["p50"], c1["itl_ms"]["p50"])
+            if top != "1":
+                out[f"gpt2_aggregate_c{top}_vs_{base}"] = _div(
+                    g["served"][top]["aggregate_tokens_per_s"], b["tokens_per_s"]
                 )
-            out["gpt2_ttft_ms_p50"] = c1["ttft_ms"]["p50"]
+        for c in sorted(g["served"], key=int):
+            if c1 and c != "1":
+                out[f"gpt2_aggregate_c{c}_vs_c1"] = _div(
+                    g["served"][c]["aggregate_tokens_per_s"], c1["aggregate_tokens_per_s"]
+                )
     for model, r in results.get("images", {}).items():
-        out[f"{model}_served_minus_inprocess_p50_ms"] = round(
-            r["served_ms"]["p50"] - r["onnxruntime_ms"]["p50"], 3
-        )
+        served = r["served_ms"]["p50"]
+        if "onnxruntime_ms" in r:
+            out[f"{model}_served_minus_inprocess_p50_ms"] = round(served - r["onnxruntime_ms"]["p50"], 3)
         if "eager_ms" in r:
-            out[f"{model}_served_speedup_vs_eager_p50"] = round(
-                r["eager_ms"]["p50"] / r["served_ms"]["p50"], 3
-            )
-    return out
+            out[f"{model}_served_speedup_vs_eager_p50"] = _div(r["eager_ms"]["p50"], served)
+        c1 = r.get("throughput_vs_concurrency", {}).get("1")
+        if c1 and c1["latency_ms"].get("mean"):
+            # One client back to back: about 0.9 when latency is steady; stalls pull the mean up.
+            out[f"{model}_latency_p50_over_mean_c1"] = _div(c1["latency_ms"]["p50"], c1["latency_ms"]["mean"])
+        ort_b = r.get("onnxruntime_images_per_s_vs_batch") or {}
+        if ort_b:
+            b = max(ort_b, key=int)
+            served_b = r.get("throughput_vs_batch", {}).get(b)
+            if served_b:
+                out[f"{model}_images_per_s_b{b}_vs_inprocess"] = _div(served_b["images_per_s"], ort_b[b])
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def check_gate(measured: dict, thresholds: dict) -> list[str]:
@@ -94,10 +162,12 @@ def check_gate(measured: dict, thresholds: dict) -> list[str]:
     for name, bound in thresholds.items():
         if name.startswith("_"):
             continue
-        if name not in measured:
+        if not isinstance(bound, dict):
+            bound = {"min": bound}  # {"name": 1.5} is a lower bound
+        value = measured.get(name)
+        if value is None:
             failures.append(f"{name}: not measured in this run")
             continue
-        value = measured[name]
         if "min" in bound and value < bound["min"]:
             failures.append(f"{name} = {value} is below the threshold {bound['min']}")
         if "max" in bound and value > bound["max"]:
@@ -108,12 +178,29 @@ def check_gate(measured: dict, thresholds: dict) -> list[str]:
 def load_thresholds(path: Path | None = None) -> dict:
     path = Path(path or THRESHOLDS)
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise BenchmarkError(f"--gate {path}: unreadable thresholds ({exc})") from exc
+        raise ConfigError(f"--gate {path}: unreadable thresholds ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"--gate {path}: expected a JSON object of ratio names to bounds")
+    for name, bound in data.items():
+        if name.startswith("_"):
+            continue
+        ok = isinstance(bound, int | float) or (
+            isinstance(bound, dict)
+            and bound
+            and set(bound) <= {"min", "max"}
+            and all(isinstance(v, int | float) for v in bound.values())
+        )
+        if not ok:
+            raise ConfigError(
+                f"--gate {path}: {name}: expected a number or {{'min': x, 'max': y}}, got {bound}"
+            )
+    return data
 
 
 def gate(results: dict, thresholds: dict) -> None:
+    """Raise BenchmarkError listing every ratio outside its threshold."""
     failures = check_gate(results["ratios"], thresholds)
     if failures:
         raise BenchmarkError("benchmark gate failed:\n  " + "\n  ".join(failures))
@@ -122,72 +209,90 @@ def gate(results: dict, thresholds: dict) -> None:
     )
 
 
+# -- Markdown ------------------------------------------------------------------------------
+
+
 def _f(v, digits=1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def markdown(results: dict) -> str:
-    env = results["env"]
+def _itl(p: dict) -> str:
+    return f"{_f(p.get('p50'), 2)} / {_f(p.get('p90'), 2)} / {_f(p.get('p99'), 2)}"
+
+
+def _gpt2_table(g: dict, cfg: dict) -> list[str]:
+    bases = [b for b in ("eager", "optimum") if b in g]
     lines = [
-        f"Machine: {env['cpu']}, {env['cores']} cores, {env['threads']} threads; GPU: {'yes' if env['gpu'] else 'no'}.",
+        f"**GPT-2** (`{Path(g['model']).name}`, served variant `{g.get('variant') or 'as served'}`): "
+        f"{cfg['prompt_tokens']}-token prompt, {cfg['new_tokens']} new tokens, greedy, EOS ignored; "
+        f"{cfg['threads']} threads on every path.",
+        "",
+        "| path | streams | tok/s per stream | tok/s aggregate | "
+        + "".join(f"aggregate × {b} | " for b in bases)
+        + "TTFT p50 ms | ITL p50 / p90 / p99 ms |",
+        "|---|---:|---:|---:|" + "---:|" * len(bases) + "---:|---|",
+    ]
+    rows = [
+        ("served (Triton gRPC stream)", c, r["per_stream_tokens_per_s"], r["aggregate_tokens_per_s"], r)
+        for c, r in sorted(g["served"].items(), key=lambda kv: int(kv[0]))
+    ] + [(BASELINE_LABELS[b], "1", g[b]["tokens_per_s"], g[b]["tokens_per_s"], g[b]) for b in bases]
+    for label, c, per, agg, r in rows:
+        lines.append(
+            f"| {label} | {c} | {_f(per)} | {_f(agg)} | "
+            + "".join(f"{_f(_div(agg, g[b]['tokens_per_s']), 2)} | " for b in bases)
+            + f"{_f(r['ttft_ms']['p50'])} | {_itl(r['itl_ms'])} |"
+        )
+    return lines
+
+
+def _images_table(imgs: dict) -> list[str]:
+    lines = [
+        "| image model | path (batch 1) | variant | p50 ms | p90 ms | p99 ms |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for model, r in imgs.items():
+        for key, label, variant in (
+            ("served_ms", "served (Triton gRPC)", r.get("variant") or "as served"),
+            ("onnxruntime_ms", "ONNX Runtime in-process", r.get("inprocess_variant")),
+            ("eager_ms", "PyTorch eager forward", "-"),
+        ):
+            if key in r:
+                p = r[key]
+                lines.append(
+                    f"| {model} | {label} | {variant} | {_f(p['p50'], 3)} | {_f(p['p90'], 3)} | {_f(p['p99'], 3)} |"
+                )
+    lines.append("")
+    for model, r in imgs.items():
+        conc = ", ".join(
+            f"{c}: {v['images_per_s']}" for c, v in r.get("throughput_vs_concurrency", {}).items()
+        )
+        batch = ", ".join(f"{b}: {v['images_per_s']}" for b, v in r.get("throughput_vs_batch", {}).items())
+        ort_b = ", ".join(f"{b}: {v}" for b, v in r.get("onnxruntime_images_per_s_vs_batch", {}).items())
+        lines.append(
+            f"{model} images/s served — by concurrent clients (batch 1) {conc}; by batch (1 client) {batch}"
+            + (f"; in-process ONNX Runtime by batch {ort_b}." if ort_b else ".")
+        )
+    return lines
+
+
+def markdown(results: dict) -> str:
+    env, cfg = results["env"], results["config"]
+    gpu = ", ".join(env.get("gpus") or []) or ("yes" if env.get("gpu") else "none")
+    lines = [
+        f"Machine: {env['cpu']}, {env['cores']} cores; GPU: {gpu}. "
+        f"{'Quick mode' if cfg.get('quick') else 'Full run'}, {cfg.get('repeats')} timed repetitions after a warm-up.",
         "",
     ]
-    g = results.get("gpt2")
-    if g:
-        cfg = results["config"]
-        lines += [
-            f"**GPT-2** ({g['model']}, variant `{g['variant']}`): {cfg['prompt_tokens']}-token prompt, "
-            f"{cfg['new_tokens']} new tokens, greedy, EOS ignored.",
-            "",
-            "| path | concurrency | tokens/s per stream | tokens/s aggregate | TTFT p50 ms | ITL p50 / p90 / p99 ms |",
-            "|---|---:|---:|---:|---:|---|",
-        ]
-        for c, r in sorted(g["served"].items(), key=lambda kv: int(kv[0])):
-            itl = r["itl_ms"]
-            lines.append(
-                f"| served (Triton gRPC stream) | {c} | {_f(r['per_stream_tokens_per_s'])} | "
-                f"{_f(r['aggregate_tokens_per_s'])} | {_f(r['ttft_ms']['p50'])} | "
-                f"{_f(itl['p50'], 2)} / {_f(itl['p90'], 2)} / {_f(itl['p99'], 2)} |"
-            )
-        for base, label in (
-            ("eager", "PyTorch eager `generate`"),
-            ("optimum", "Optimum `ORTModelForCausalLM`"),
-        ):
-            if base in g:
-                b = g[base]
-                lines.append(
-                    f"| {label} | 1 | {_f(b['tokens_per_s'])} | {_f(b['tokens_per_s'])} | {_f(b['ttft_ms']['p50'])} | "
-                    f"{_f(b['itl_ms']['p50'], 2)} |"
-                )
-        lines.append("")
-    imgs = results.get("images", {})
-    if imgs:
-        lines += [
-            "| image model | path | p50 ms | p90 ms | p99 ms |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for model, r in imgs.items():
-            for key, label in (
-                ("served_ms", "served (gRPC, batch 1)"),
-                ("onnxruntime_ms", "ONNX Runtime in-process"),
-                ("eager_ms", "PyTorch eager forward"),
-            ):
-                if key in r:
-                    p = r[key]
-                    lines.append(
-                        f"| {model} | {label} | {_f(p['p50'], 3)} | {_f(p['p90'], 3)} | {_f(p['p99'], 3)} |"
-                    )
-        lines.append("")
-        for model, r in imgs.items():
-            conc = ", ".join(f"c={c}: {v}" for c, v in r.get("throughput_vs_concurrency", {}).items())
-            batch = ", ".join(f"b={b}: {v}" for b, v in r.get("throughput_vs_batch", {}).items())
-            lines.append(
-                f"{model} images/s — by concurrency (batch 1): {conc}; by batch (1 client): {batch}."
-            )
-        lines.append("")
+    if results.get("gpt2"):
+        lines += _gpt2_table(results["gpt2"], cfg) + [""]
+    if results.get("images"):
+        lines += _images_table(results["images"]) + [""]
     lines += ["| ratio (measured side by side in this run) | value |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in results["ratios"].items()]
     return "\n".join(lines)
+
+
+# -- plots ---------------------------------------------------------------------------------
 
 
 def plots(results: dict, out: Path) -> list[Path]:
@@ -198,46 +303,31 @@ def plots(results: dict, out: Path) -> list[Path]:
 
     written = []
     g = results.get("gpt2")
-    if g:
+    if g and g.get("served"):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
         conc = sorted(g["served"], key=int)
+        xs = [int(c) for c in conc]
+        ax1.plot(xs, [g["served"][c]["aggregate_tokens_per_s"] for c in conc], "o-", label="served aggregate")
         ax1.plot(
-            [int(c) for c in conc],
-            [g["served"][c]["aggregate_tokens_per_s"] for c in conc],
-            "o-",
-            label="served aggregate",
+            xs, [g["served"][c]["per_stream_tokens_per_s"] for c in conc], "s--", label="served per stream"
         )
-        ax1.plot(
-            [int(c) for c in conc],
-            [g["served"][c]["per_stream_tokens_per_s"] for c in conc],
-            "s--",
-            label="served per stream",
-        )
-        for base in ("eager", "optimum"):
+        for base, color in (("eager", "grey"), ("optimum", "tab:red")):
             if base in g:
-                ax1.axhline(
-                    g[base]["tokens_per_s"],
-                    linestyle=":",
-                    color="grey" if base == "eager" else "tab:red",
-                    label=f"{base} (concurrency 1)",
-                )
+                ax1.axhline(g[base]["tokens_per_s"], linestyle=":", color=color, label=f"{base} (1 stream)")
         ax1.set(xlabel="concurrent streams", ylabel="tokens/s", title="GPT-2 tokens/s vs concurrency")
+        ax1.set_xticks(xs)
+        ax1.set_ylim(bottom=0)
         ax1.legend()
         c1 = g["served"].get("1") or g["served"][conc[0]]
-        names, p50, p90, p99 = [], [], [], []
-        for label, d in [("served TTFT", c1["ttft_ms"]), ("served ITL", c1["itl_ms"])] + [
-            (f"{b} TTFT", g[b]["ttft_ms"]) for b in ("eager", "optimum") if b in g
-        ]:
-            names.append(label)
-            p50.append(d["p50"] or 0)
-            p90.append(d.get("p90") or 0)
-            p99.append(d.get("p99") or 0)
-        x = range(len(names))
-        ax2.bar([i - 0.25 for i in x], p50, 0.25, label="p50")
-        ax2.bar(list(x), p90, 0.25, label="p90")
-        ax2.bar([i + 0.25 for i in x], p99, 0.25, label="p99")
-        ax2.set_xticks(list(x), names, rotation=20)
-        ax2.set(ylabel="ms", title="GPT-2 latency percentiles (concurrency 1)")
+        bars = [("served TTFT", c1["ttft_ms"]), ("served ITL", c1["itl_ms"])]
+        for b in ("eager", "optimum"):
+            if b in g:
+                bars += [(f"{b} TTFT", g[b]["ttft_ms"]), (f"{b} ITL", g[b]["itl_ms"])]
+        x = list(range(len(bars)))
+        for offset, key in ((-0.25, "p50"), (0.0, "p90"), (0.25, "p99")):
+            ax2.bar([i + offset for i in x], [d.get(key) or 0 for _, d in bars], 0.25, label=key)
+        ax2.set_xticks(x, [n for n, _ in bars], rotation=20)
+        ax2.set(ylabel="ms", title=f"GPT-2 latency percentiles ({conc[0]} stream)")
         ax2.legend()
         fig.tight_layout()
         written.append(out / "gpt2.png")
@@ -245,12 +335,25 @@ def plots(results: dict, out: Path) -> list[Path]:
         plt.close(fig)
     imgs = results.get("images", {})
     if imgs:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
         for model, r in imgs.items():
             t = r.get("throughput_vs_concurrency", {})
-            ax.plot([int(c) for c in t], list(t.values()), "o-", label=model)
-        ax.set(xlabel="concurrent clients (batch 1)", ylabel="images/s", title="Image models through Triton")
-        ax.legend()
+            ax1.plot([int(c) for c in t], [v["images_per_s"] for v in t.values()], "o-", label=model)
+            t = r.get("throughput_vs_batch", {})
+            ax2.plot(
+                [int(b) for b in t], [v["images_per_s"] for v in t.values()], "o-", label=f"{model} served"
+            )
+            t = r.get("onnxruntime_images_per_s_vs_batch", {})
+            if t:
+                ax2.plot([int(b) for b in t], list(t.values()), "s--", label=f"{model} in-process ORT")
+        ax1.set(xlabel="concurrent clients (batch 1)", ylabel="images/s", title="Image models: concurrency")
+        ax2.set(xlabel="batch size (1 client)", ylabel="images/s", title="Image models: batch size")
+        ax2.set_xscale("log", base=2)
+        for ax, key in ((ax1, "throughput_vs_concurrency"), (ax2, "throughput_vs_batch")):
+            ticks = sorted({int(k) for r in imgs.values() for k in r.get(key, {})})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.set_ylim(bottom=0)
+            ax.legend()
         fig.tight_layout()
         written.append(out / "images.png")
         fig.savefig(written[-1], dpi=110)
@@ -266,18 +369,41 @@ def write(results: dict, out: Path) -> None:
         logger.info("plot: %s", p)
 
 
-def publish_plots(out: Path, root: Path) -> str:
-    """Copy this run's plots to docs/images (committed with the README); the Markdown to show them."""
-    import shutil
+# -- README --------------------------------------------------------------------------------
 
-    images = root / "docs" / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    lines = []
+
+def check_readme(readme: Path) -> None:
+    """Fail before a run when the README cannot take the table."""
+    try:
+        text = Path(readme).read_text()
+    except OSError as exc:
+        raise ConfigError(f"--write-readme {readme}: unreadable ({exc.strerror or exc})") from exc
+    if README_START not in text or README_END not in text.split(README_START, 1)[-1]:
+        raise ConfigError(f"--write-readme {readme}: markers {README_START} ... {README_END} not found")
+
+
+def readme_section(results: dict, plot_links: list[str]) -> str:
+    """The README's benchmark section: the Markdown table and the plots."""
+    return markdown(results) + ("\n\n" + "\n".join(plot_links) if plot_links else "") + "\n"
+
+
+def write_readme(results: dict, out: Path, readme: Path) -> None:
+    """Replace the text between the bench markers with this run's table; plots to docs/images."""
+    check_readme(readme)
+    readme = Path(readme)
+    images = readme.parent / "docs" / "images"
+    links = []
     for name, title in (
         ("gpt2.png", "GPT-2 tokens/s and latency"),
         ("images.png", "Image models through Triton"),
     ):
-        if (out / name).is_file():
-            shutil.copyfile(out / name, images / f"bench-{name}")
-            lines.append(f"![{title}](docs/images/bench-{name})")
-    return "\n".join(lines) + "\n"
+        if (Path(out) / name).is_file():
+            images.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(out) / name, images / f"bench-{name}")
+            links.append(f"![{title}](docs/images/bench-{name})")
+    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
+    body = readme_section(results, links)
+    readme.write_text(
+        pattern.sub(lambda _m: f"{README_START}\n{body}{README_END}", readme.read_text(), count=1)
+    )
+    logger.info("benchmark table written to %s", readme)
