@@ -99,6 +99,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-file", type=Path, help="Triton's log (default runs/triton.log beside the repository)"
     )
+    parser.add_argument(
+        "--exit-timeout",
+        type=int,
+        default=30,
+        help="seconds a stop waits for active generations to finish before cutting them (default 30)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -107,6 +113,8 @@ def run_serve(args: argparse.Namespace) -> int:
     for flag in ("grpc_port", "http_port", "metrics_port"):
         if not 0 <= getattr(args, flag) <= 65535:
             raise ConfigError(f"--{flag.replace('_', '-')} must be in 0..65535, got {getattr(args, flag)}")
+    if not 0 <= args.exit_timeout <= 3600:
+        raise ConfigError(f"--exit-timeout must be in 0..3600 seconds, got {args.exit_timeout}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -117,6 +125,7 @@ def run_serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         metrics_port=args.metrics_port,
         log_file=args.log_file,
+        exit_timeout_s=args.exit_timeout,
     ) as server:
         logger.info(
             "serving %s — gRPC %s, HTTP %s; Ctrl-C stops", args.repository, server.grpc_url, server.http_url

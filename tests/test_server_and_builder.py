@@ -60,6 +60,11 @@ def test_written_configs_parse_back(fp32_repository):
     for model_dir in fp32_repository.iterdir():
         cfg = read_config(model_dir)
         assert isinstance(cfg, mc.ModelConfig) and cfg.name == model_dir.name
+        if cfg.HasField("dynamic_batching"):
+            # A queue-policy timeout made Triton's batcher hold requests ~500 ms under
+            # concurrency; image models batch what is queued without any waiting.
+            assert not cfg.dynamic_batching.HasField("default_queue_policy")
+            assert cfg.dynamic_batching.max_queue_delay_microseconds == 0
 
 
 @pytest.mark.server
@@ -182,6 +187,37 @@ def test_stream_cut_by_server_stop_ends_with_an_error_not_a_hang(fp32_repository
     assert time.monotonic() - t0 < 30
     assert outcome["result"] == "completed" or outcome["result"].startswith("error")
 
+
+
+@pytest.mark.server
+def test_stop_drains_a_stream_in_flight_within_the_exit_timeout(fp32_repository, tmp_path):
+    """SIGTERM with a generous exit timeout lets an active stream finish, every token delivered."""
+    import threading
+    import time
+
+    from serving.client import AigcClient
+
+    repo = tmp_path / "repo"
+    shutil.copytree(fp32_repository, repo)
+    srv = start_server(repo, exit_timeout_s=30)
+    with AigcClient(srv.grpc_url, timeout_s=30) as c:
+        solo = c.generate_text("The class", max_tokens=120, ignore_eos=True, stream=False)
+    pieces = []
+
+    def stream():
+        with AigcClient(srv.grpc_url, timeout_s=30) as c:
+            for piece in c.generate_text("The class", max_tokens=120, ignore_eos=True):
+                pieces.append(piece)
+                time.sleep(0.01)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    while not pieces and t.is_alive():
+        time.sleep(0.01)
+    srv.stop()
+    t.join(30)
+    assert not t.is_alive()
+    assert "".join(pieces) == solo
 
 def test_client_retries_unavailable_then_names_the_address(tmp_path):
     import time

@@ -131,6 +131,24 @@ class TritonPythonModel:
                     self._fail(job.sender, f"internal error during generation: {exc}")
                 self.engine.remove([j.seq for j in jobs.values()])
                 jobs.clear()
+        self._shut_down(jobs)
+
+    def _shut_down(self, jobs):
+        """Unloading: every active or queued request ends now with a named error, so
+        clients see why and Triton need not wait out its exit timeout."""
+        message = "server is shutting down: gpt2 is being unloaded; retry on another server"
+        for job in jobs.values():
+            if job.sender is not None:
+                self._fail(job.sender, message)
+        self.engine.remove([j.seq for j in jobs.values()])
+        jobs.clear()
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._fail(job.sender, message)
 
     def _admit(self, jobs):
         """Requests waiting in the queue join the batch, prefilled together in one call
@@ -198,9 +216,14 @@ class TritonPythonModel:
         )
 
     def finalize(self):
+        started = time.monotonic()
         self.running = False
         self.queue.put(None)
         self.thread.join(timeout=5)
+        pb_utils.Logger.log_info(
+            f"gpt2 finalize: generation loop {'still running' if self.thread.is_alive() else 'stopped'} "
+            f"after {time.monotonic() - started:.2f} s"
+        )
 
 
 def _text_response(text):
