@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 REPORT_NAME = "export_report.json"
 FORMAT_VERSION = 1
 # Bumped whenever an exported graph changes for the same checkpoint (caches compare it).
-EXPORTER_VERSION = 2
+EXPORTER_VERSION = 3
 
 
 def parse_variants(text: str | Sequence[str] | None, spec: ExportSpec) -> tuple[str, ...]:
@@ -113,18 +113,20 @@ def _export_images(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng)
 
 def _export_gpt2(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, quant=None) -> dict:
     from export import gpt2
-    from export.gpt2_eval import step_latency_ms
+    from export.gpt2_eval import decode_profile
 
     hf_model = gpt2.load_gpt2_checkpoint(checkpoint)
     path = out / "fp32" / "gpt2.onnx"
     info = gpt2.export_gpt2_fp32(checkpoint, path, hf_model=hf_model)
     info = gpt2.write_gpt2_assets(checkpoint, out / "assets", info)
     fidelity = gpt2.validate_gpt2(path, hf_model, rng)
-    latency = step_latency_ms(path)
+    profile = decode_profile(path, int(info["n_positions"]))
     report = _base_report(spec, checkpoint)
     report["model_info"] = info
     files = {"gpt2": path.relative_to(out).as_posix()}
-    report["variants"]["fp32"] = variant_entry("cpu", files, out, {"gpt2": fidelity}, {"gpt2": latency})
+    report["variants"]["fp32"] = variant_entry(
+        "cpu", files, out, {"gpt2": fidelity}, {"gpt2": profile["step_ms"]["1"]}, decode_profile=profile
+    )
     if len(variants) > 1:
         from export import quantize
 

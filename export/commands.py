@@ -25,9 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=None, help="seed of the validation inputs (default: fresh)"
     )
-    parser.add_argument("--int4-block-size", type=int, default=32, help="GPT-2 int4: weights per scale (default 32)")
     parser.add_argument(
-        "--int4-accuracy-level", type=int, default=4, help="GPT-2 int4: MatMulNBits compute type, 4 = int8 (default)"
+        "--int4-block-size", type=int, default=32, help="GPT-2 int4: weights per scale (default 32)"
+    )
+    parser.add_argument(
+        "--int4-accuracy-level",
+        type=int,
+        default=4,
+        help="GPT-2 int4: MatMulNBits compute type, 4 = int8 (default)",
     )
 
 

@@ -89,7 +89,8 @@ def build_graph(model) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
 
     def w(name: str, arr: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        # np.require keeps a 0-d index 0-d (ascontiguousarray would make it shape (1,)).
+        inits.append(numpy_helper.from_array(np.require(arr, requirements="C"), name))
         return name
 
     def node(op, inputs, outputs, domain="", **attrs):

@@ -82,12 +82,45 @@ def greedy(session: ort.InferenceSession, prompt: list[int], new_tokens: int) ->
     return out
 
 
-def step_latency_ms(path: Path, past_len: int = 16, threads: int = 2) -> float:
-    """Median time of one decode step at batch 1 after `past_len` cached tokens."""
+def decode_profile(
+    path: Path,
+    n_positions: int,
+    batches: tuple[int, ...] = (1, 4, 8),
+    past_len: int = 48,
+    prompt_tokens: int = 16,
+    threads: int = 2,
+) -> dict:
+    """What generation costs with this file, measured the way the server calls it (only the
+    last position's logits asked for): the decode step at each batch size after `past_len`
+    cached tokens, and one prefill of `prompt_tokens`. `aigc build --streams N` ranks variants
+    by the step at N concurrent sequences (int4 leads at batch 1 on CPUs without VNNI, int8
+    once several sequences share a step)."""
     from export.ortutil import make_session
 
     session = make_session(path, threads=threads)
-    ids = np.arange(past_len, dtype=np.int64)[None, :] % 100
-    _, past = forward(session, ids)
-    one = np.asarray([[1]])
-    return round(median_ms(lambda: forward(session, one, past, past_len), repeat=15), 3)
+    names = [o.name for o in session.get_outputs()]
+    wanted = ["last_logits" if "last_logits" in names else "logits"] + [
+        n for n in names if n.startswith("present_")
+    ]
+    past_len = max(1, min(past_len, n_positions - 1))
+    prompt_tokens = max(1, min(prompt_tokens, n_positions))
+
+    def feeds(batch: int, t: int, past: int) -> dict:
+        f = {
+            "input_ids": (np.arange(batch * t, dtype=np.int64).reshape(batch, t) % 100) + 1,
+            "position_ids": np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (batch, t)).copy(),
+            "attention_mask": np.ones((batch, past + t), dtype=np.int32),
+        }
+        for inp in session.get_inputs():
+            if inp.name.startswith("past_"):
+                _, _, nh, _, hs = inp.shape
+                f[inp.name] = np.full((2, batch, nh, past, hs), 0.01, dtype=_NP[inp.type])
+        return f
+
+    step = {}
+    for b in batches:
+        f = feeds(b, 1, past_len)
+        step[str(b)] = round(median_ms(lambda f=f: session.run(wanted, f), repeat=15), 3)
+    f = feeds(1, prompt_tokens, 0)
+    prefill = round(median_ms(lambda: session.run(wanted, f), repeat=10), 3)
+    return {"past_len": past_len, "step_ms": step, "prefill_ms": {str(prompt_tokens): prefill}}

@@ -49,6 +49,7 @@ class BuildOptions:
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
     max_tokens_limit: int = 512
     max_active_sequences: int = 16
+    streams: int = 1  # concurrent GPT-2 generations `auto` optimises for
     accelerator: str = "tensorrt"  # onnxruntime flavour on GPUs: tensorrt | cuda | none
     max_request_seconds: float = 300.0  # a GPT-2 request running longer ends with an error
 
@@ -61,6 +62,8 @@ class BuildOptions:
             raise ConfigError(f"--instances must be in 1..64, got {self.instance_count}")
         if not 1 <= self.max_batch_size <= 4096:
             raise ConfigError(f"--max-batch-size must be in 1..4096, got {self.max_batch_size}")
+        if not 1 <= self.streams <= 1024:
+            raise ConfigError(f"--streams must be in 1..1024, got {self.streams}")
         if not 1 <= self.max_tokens_limit <= 100_000:
             raise ConfigError(f"--max-tokens-limit must be in 1..100000, got {self.max_tokens_limit}")
 
@@ -76,9 +79,24 @@ class BuiltModel:
         return f"{self.name} version {self.version} ({self.variant}) -> {self.path}"
 
 
-def choose_variant(report: dict, component: str, variant: str, target: str) -> str:
+def step_ms_at(profile: dict, streams: int) -> float:
+    """Decode-step time at `streams` concurrent sequences, from the measured batch sizes:
+    linear between them, the nearest slope beyond them."""
+    points = sorted((int(b), float(ms)) for b, ms in profile["step_ms"].items())
+    if len(points) == 1:
+        return points[0][1] * streams
+    for (b0, t0), (b1, t1) in zip(points, points[1:], strict=False):  # noqa: B007 (last pair extrapolates)
+        if streams <= b1:
+            break
+    return t0 + (t1 - t0) * (streams - b0) / (b1 - b0)
+
+
+def choose_variant(report: dict, component: str, variant: str, target: str, streams: int = 1) -> str:
     """`auto`: the fastest variant (by the report's latency) that passed its gate on this
-    target; a named variant must exist and have passed, else BuildError says why."""
+    target; a named variant must exist and have passed, else BuildError says why.
+
+    For GPT-2, `streams` (the expected number of concurrent generations) ranks variants by
+    their measured decode step at that batch size when the report has a decode profile."""
     variants = report["variants"]
     if variant != "auto":
         v = variants.get(variant)
@@ -90,17 +108,25 @@ def choose_variant(report: dict, component: str, variant: str, target: str) -> s
             raise BuildError(f"--variant {variant} of {report['model']} did not pass its gate: {v['reason']}")
         return variant
     passing = [
-        (v["latency_ms"].get(component, float("inf")), name)
+        name
         for name, v in variants.items()
         if v["passed"] is True
         and v["target"] in (target, "cpu" if target == "gpu" else target)
         and component in v["files"]
     ]
     if target == "cpu":
-        passing = [p for p in passing if variants[p[1]]["target"] == "cpu"]
+        passing = [name for name in passing if variants[name]["target"] == "cpu"]
     if not passing:
         raise BuildError(f"no variant of {report['model']} passed its gate for {component}")
-    return min(passing)[1]
+
+    def cost(name: str) -> float:
+        v = variants[name]
+        profile = v.get("decode_profile")
+        if streams > 1 and profile and all(variants[n].get("decode_profile") for n in passing):
+            return step_ms_at(profile, streams)
+        return v["latency_ms"].get(component, float("inf"))
+
+    return min(passing, key=lambda name: (cost(name), name))
 
 
 def _dims_from_onnx(onnx_file: Path) -> dict[str, tuple[int, list[int]]]:
@@ -228,7 +254,7 @@ def build_repository(
             except ExportError as exc:
                 raise BuildError(str(exc)) from None
             for comp in report["components"]:
-                variant = choose_variant(report, comp, opts.variant, opts.target)
+                variant = choose_variant(report, comp, opts.variant, opts.target, opts.streams)
                 onnx_file = export_dir / report["variants"][variant]["files"][comp]
                 if not onnx_file.is_file():
                     raise BuildError(f"{comp}: {onnx_file} is missing (re-run `aigc export`)")

@@ -42,6 +42,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         default="tensorrt",
         help="onnxruntime flavour on GPUs: execution accelerator (tensorrt uses fp16)",
     )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        help="concurrent GPT-2 generations to optimise `auto` for: ranks variants by their measured "
+        "decode step at that batch size (default 1: single-stream latency)",
+    )
     parser.add_argument("--instances", type=int, default=1, help="model instances per image model")
     parser.add_argument(
         "--max-batch-size", type=int, default=64, help="largest batch an image request may carry"
@@ -76,6 +83,7 @@ def run_build(args: argparse.Namespace) -> int:
         intra_op_threads=args.threads,
         accelerator=args.accelerator,
         max_request_seconds=args.max_request_seconds,
+        streams=args.streams,
     )
     built = build_repository(args.exports, args.repository, opts)
     for b in built:

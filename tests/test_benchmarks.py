@@ -47,7 +47,7 @@ def _results() -> dict:
                 "onnxruntime_ms": {"p50": 0.3, "p90": 0.4, "p99": 0.5},
                 "eager_ms": {"p50": 1.2, "p90": 1.3, "p99": 1.4},
                 "throughput_vs_concurrency": {
-                    "1": {"images_per_s": 800.0, "latency_ms": {"p50": 1.2}},
+                    "1": {"images_per_s": 800.0, "latency_ms": {"p50": 1.2, "mean": 1.25}},
                     "4": {"images_per_s": 1000.0, "latency_ms": {"p50": 3.9}},
                 },
                 "throughput_vs_batch": {
@@ -73,6 +73,7 @@ def test_ratios_are_measured_side_by_side():
     assert r["dcgan_served_minus_inprocess_p50_ms"] == pytest.approx(0.7)
     assert r["dcgan_served_speedup_vs_eager_p50"] == pytest.approx(1.2)
     assert r["dcgan_images_per_s_b8_vs_inprocess"] == pytest.approx(0.5)
+    assert r["dcgan_latency_p50_over_mean_c1"] == pytest.approx(1.2 / 1.25, rel=1e-3)
 
 
 def test_gate_fails_above_and_passes_below_what_was_measured():
@@ -102,6 +103,11 @@ def test_committed_thresholds_parse_and_name_measured_ratios():
     assert names and set(names) <= set(_results()["ratios"])
     # the committed bounds hold on the synthetic run (well above every lower bound)
     assert report.check_gate(_results()["ratios"], thresholds) == []
+    # ...and catch requests stalling in Triton's queue: a few 500 ms waits pull the mean up
+    stalled = _results()
+    stalled["images"]["dcgan"]["throughput_vs_concurrency"]["1"]["latency_ms"]["mean"] = 6.0
+    failures = report.check_gate(report.ratios(stalled), thresholds)
+    assert [f.split(" = ")[0] for f in failures] == ["dcgan_latency_p50_over_mean_c1"]
 
 
 def test_bad_thresholds_name_the_flag(tmp_path):

@@ -56,6 +56,33 @@ def test_variant_choice(exports):
         choose_variant(report, "gpt2", "int4", "cpu")
 
 
+
+def test_streams_rank_gpt2_variants_by_their_measured_batched_step(exports):
+    from export.api import read_report
+    from serving.builder import step_ms_at
+
+    report = read_report(exports["gpt2"])
+    for name in ("fp32", "int8"):
+        profile = report["variants"][name]["decode_profile"]
+        assert set(profile["step_ms"]) == {"1", "4", "8"} and all(v > 0 for v in profile["step_ms"].values())
+        assert report["variants"][name]["latency_ms"]["gpt2"] == profile["step_ms"]["1"]
+        assert all(v > 0 for v in profile["prefill_ms"].values())
+    # Measured profiles as on a 2-core AVX2 CPU: int4 leads alone, int8 once 8 streams share a step.
+    report["variants"]["int8"]["decode_profile"] = {"step_ms": {"1": 7.0, "4": 11.0, "8": 17.0}}
+    report["variants"]["fp32"]["decode_profile"] = {"step_ms": {"1": 5.5, "4": 13.5, "8": 21.5}}
+    report["variants"]["int8"]["latency_ms"]["gpt2"] = 7.0
+    report["variants"]["fp32"]["latency_ms"]["gpt2"] = 5.5
+    assert step_ms_at(report["variants"]["int8"]["decode_profile"], 6) == 14.0
+    assert step_ms_at(report["variants"]["int8"]["decode_profile"], 16) == 29.0  # last slope onwards
+    assert choose_variant(report, "gpt2", "auto", "cpu") == "fp32"
+    assert choose_variant(report, "gpt2", "auto", "cpu", streams=2) == "fp32"
+    assert choose_variant(report, "gpt2", "auto", "cpu", streams=8) == "int8"
+    # Without a profile for every candidate, ranking falls back to the batch-1 latency.
+    del report["variants"]["int8"]["decode_profile"]
+    assert choose_variant(report, "gpt2", "auto", "cpu", streams=8) == "fp32"
+    with pytest.raises(Exception, match="--streams must be in 1..1024"):
+        BuildOptions(streams=0).validate()
+
 def test_written_configs_parse_back(fp32_repository):
     for model_dir in fp32_repository.iterdir():
         cfg = read_config(model_dir)
