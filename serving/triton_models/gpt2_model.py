@@ -5,7 +5,9 @@ optional `stream` BOOL, `sampling_parameters` BYTES (JSON), `exclude_input_in_ou
 BOOL; out `text_output` BYTES. `execute` only checks each request and queues it; one
 background thread runs the generation loop with in-flight batching (every active request
 advances by one token per batched decode step; a request joins at the next step and
-leaves when it finishes) and sends each request's responses through its own sender.
+leaves when it finishes). Responses go out on a second thread, in order, so the IPC of
+sending a token to Triton (~0.5 ms measured) overlaps the next decode step instead of
+adding to it.
 """
 
 import json
@@ -38,6 +40,41 @@ def _optional_scalar(request, name):
     return arr.reshape(-1)[0]
 
 
+# Cancellation is an IPC round trip to Triton (~0.1-0.2 ms): ask every this many steps.
+CANCEL_CHECK_EVERY = 8
+
+
+class _ResponseSender:
+    """One thread sending responses in the order they were queued (per request order is
+    what the client sees), so the generation loop never waits on Triton's IPC."""
+
+    def __init__(self):
+        self.queue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="gpt2-responses", daemon=True)
+        self.thread.start()
+
+    def send(self, sender, response=None, flags=0):
+        self.queue.put((sender, response, flags))
+
+    def _run(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            sender, response, flags = item
+            try:
+                if response is None:
+                    sender.send(flags=flags)
+                else:
+                    sender.send(response, flags=flags)
+            except Exception as exc:  # a client gone away must not stop the others' responses
+                pb_utils.Logger.log_warn(f"gpt2: could not send a response: {exc}")
+
+    def close(self, timeout):
+        self.queue.put(None)
+        self.thread.join(timeout=timeout)
+
+
 class _Job:
     __slots__ = ("sender", "request", "seq", "stream", "prefix", "text", "deadline")
 
@@ -65,6 +102,7 @@ class TritonPythonModel:
         self.engine = Gpt2Engine(version_dir, intra_op_threads=threads, providers=providers)
         self.queue = queue.Queue()
         self.running = True
+        self.responses = _ResponseSender()
         self.thread = threading.Thread(target=self._loop, name="gpt2-generation", daemon=True)
         self.thread.start()
         pb_utils.Logger.log_info(
@@ -78,9 +116,12 @@ class TritonPythonModel:
             try:
                 self.queue.put(self._parse(request, sender))
             except RequestError as exc:
-                self._fail(sender, str(exc))
+                sender.send(_error_response(str(exc)), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             except Exception as exc:  # never let one bad request take the model down
-                self._fail(sender, f"internal error: {exc}")
+                sender.send(
+                    _error_response(f"internal error: {exc}"),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
         return None
 
     def _parse(self, request, sender):
@@ -105,12 +146,15 @@ class TritonPythonModel:
     # -- the generation loop (background thread) ---------------------------------------
     def _loop(self):
         jobs = {}
+        steps = 0
         while self.running:
             try:
                 self._admit(jobs)
                 if not jobs:
                     continue
                 finished, now = [], time.monotonic()
+                steps += 1
+                check_cancel = steps % CANCEL_CHECK_EVERY == 0
                 for seq, token in self.engine.step():
                     job = jobs[id(seq)]
                     self._emit(job, token)
@@ -122,7 +166,7 @@ class TritonPythonModel:
                         )
                         job.sender = None
                         finished.append(seq)
-                    elif seq.finished or job.sender.is_cancelled():
+                    elif seq.finished or (check_cancel and job.sender.is_cancelled()):
                         finished.append(seq)
                 self._retire(jobs, finished)
             except Exception as exc:  # fail the active requests, keep serving new ones
@@ -199,20 +243,17 @@ class TritonPythonModel:
     def _finish(self, job):
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if job.stream:
-            job.sender.send(flags=final)
+            self.responses.send(job.sender, flags=final)
         else:
             text = job.prefix + "".join(job.text)
-            job.sender.send(_text_response(text), flags=final)
+            self.responses.send(job.sender, _text_response(text), flags=final)
 
-    @staticmethod
-    def _send(sender, text):
-        sender.send(_text_response(text))
+    def _send(self, sender, text):
+        self.responses.send(sender, _text_response(text))
 
-    @staticmethod
-    def _fail(sender, message):
-        sender.send(
-            pb_utils.InferenceResponse(error=pb_utils.TritonError(message)),
-            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+    def _fail(self, sender, message):
+        self.responses.send(
+            sender, _error_response(message), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         )
 
     def finalize(self):
@@ -220,10 +261,15 @@ class TritonPythonModel:
         self.running = False
         self.queue.put(None)
         self.thread.join(timeout=5)
+        self.responses.close(timeout=5)
         pb_utils.Logger.log_info(
             f"gpt2 finalize: generation loop {'still running' if self.thread.is_alive() else 'stopped'} "
             f"after {time.monotonic() - started:.2f} s"
         )
+
+
+def _error_response(message):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
 
 def _text_response(text):
