@@ -361,6 +361,8 @@ def _bench_gpt2(opts: BenchOptions, url: str, s: Subject, variant: str | None, b
 
         v = read_report(s.export)["variants"].get(variant or "", {})
         out["fidelity"] = v.get("fidelity", {}).get("gpt2")
+        # The export's offline step times: what batching can give at best on this machine.
+        out["decode_profile"] = v.get("decode_profile")
     for c in opts.concurrency:
         _step(bar, f"gpt2 served c={c}")
         # c=1 gives the latency percentiles: `repeats` requests; higher c: 2 per stream

@@ -137,6 +137,11 @@ def ratios(results: dict) -> dict:
                 out[f"gpt2_aggregate_c{c}_vs_c1"] = _div(
                     g["served"][c]["aggregate_tokens_per_s"], c1["aggregate_tokens_per_s"]
                 )
+        steps = (g.get("decode_profile") or {}).get("step_ms", {})
+        for c in sorted(g["served"], key=int):
+            if c != "1" and c in steps and "1" in steps:
+                # Offline step times (same file, same threads): c streams per step over one.
+                out[f"gpt2_step_ceiling_c{c}_vs_c1"] = _div(int(c) * steps["1"], steps[c])
     for model, r in results.get("images", {}).items():
         served = r["served_ms"]["p50"]
         if "onnxruntime_ms" in r:
@@ -242,6 +247,21 @@ def _gpt2_table(g: dict, cfg: dict) -> list[str]:
             + "".join(f"{_f(_div(agg, g[b]['tokens_per_s']), 2)} | " for b in bases)
             + f"{_f(r['ttft_ms']['p50'])} | {_itl(r['itl_ms'])} |"
         )
+    profile = g.get("decode_profile") or {}
+    if profile.get("step_ms"):
+        steps = sorted(profile["step_ms"].items(), key=lambda kv: int(kv[0]))
+        prefill = ", ".join(
+            f"{n}-token prefill {_f(ms)} ms" for n, ms in profile.get("prefill_ms", {}).items()
+        )
+        lines += [
+            "",
+            "Offline, the same file and threads (`aigc export`'s decode profile): decode step "
+            + " / ".join(f"{_f(ms, 2)}" for _, ms in steps)
+            + " ms at batch "
+            + " / ".join(b for b, _ in steps)
+            + (f"; {prefill}" if prefill else "")
+            + ". Batching can give at most batch × step(1) / step(batch) times one stream's tokens/s.",
+        ]
     return lines
 
 

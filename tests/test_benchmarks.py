@@ -36,6 +36,11 @@ def _results() -> dict:
             "model": "runs/bench-cache/gpt2-124m",
             "variant": "int8",
             "served": {"1": _served(40.0, 120.0, 118.0, 1), "4": _served(90.0, 200.0, 50.0, 4)},
+            "decode_profile": {
+                "past_len": 48,
+                "step_ms": {"1": 7.5, "4": 12.0, "8": 17.0},
+                "prefill_ms": {"16": 19.0},
+            },
             "eager": base,
             "optimum": dict(base, tokens_per_s=30.0),
         },
@@ -74,6 +79,8 @@ def test_ratios_are_measured_side_by_side():
     assert r["dcgan_served_speedup_vs_eager_p50"] == pytest.approx(1.2)
     assert r["dcgan_images_per_s_b8_vs_inprocess"] == pytest.approx(0.5)
     assert r["dcgan_latency_p50_over_mean_c1"] == pytest.approx(1.2 / 1.25, rel=1e-3)
+    assert r["gpt2_step_ceiling_c4_vs_c1"] == pytest.approx(4 * 7.5 / 12.0, rel=1e-3)
+    assert "gpt2_step_ceiling_c8_vs_c1" not in r  # only for the concurrencies served
 
 
 def test_gate_fails_above_and_passes_below_what_was_measured():
@@ -126,6 +133,7 @@ def test_table_and_plots_are_written(tmp_path):
     assert "| served (Triton gRPC stream) | 1 | 118.0 | 120.0 | 6.00 | 4.00 | 40.0 |" in md
     assert "PyTorch eager" in md and "Optimum" in md and "| dcgan | ONNX Runtime in-process | fp32 |" in md
     assert "| gpt2_tokens_per_s_vs_eager | 5.9 |" in md
+    assert "decode step 7.50 / 12.00 / 17.00 ms at batch 1 / 4 / 8; 16-token prefill 19.0 ms" in md
     assert json.loads((tmp_path / "results.json").read_text())["ratios"] == results["ratios"]
     for png in ("gpt2.png", "images.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"

@@ -56,7 +56,6 @@ def test_variant_choice(exports):
         choose_variant(report, "gpt2", "int4", "cpu")
 
 
-
 def test_streams_rank_gpt2_variants_by_their_measured_batched_step(exports):
     from export.api import read_report
     from serving.builder import step_ms_at
@@ -82,6 +81,7 @@ def test_streams_rank_gpt2_variants_by_their_measured_batched_step(exports):
     assert choose_variant(report, "gpt2", "auto", "cpu", streams=8) == "fp32"
     with pytest.raises(Exception, match="--streams must be in 1..1024"):
         BuildOptions(streams=0).validate()
+
 
 def test_written_configs_parse_back(fp32_repository):
     for model_dir in fp32_repository.iterdir():
@@ -215,7 +215,6 @@ def test_stream_cut_by_server_stop_ends_with_an_error_not_a_hang(fp32_repository
     assert outcome["result"] == "completed" or outcome["result"].startswith("error")
 
 
-
 @pytest.mark.server
 def test_stop_drains_a_stream_in_flight_within_the_exit_timeout(fp32_repository, tmp_path):
     """SIGTERM with a generous exit timeout lets an active stream finish, every token delivered."""
@@ -245,6 +244,7 @@ def test_stop_drains_a_stream_in_flight_within_the_exit_timeout(fp32_repository,
     t.join(30)
     assert not t.is_alive()
     assert "".join(pieces) == solo
+
 
 def test_client_retries_unavailable_then_names_the_address(tmp_path):
     import time
