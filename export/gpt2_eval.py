@@ -7,6 +7,8 @@ gates compare like with like.
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,45 +84,75 @@ def greedy(session: ort.InferenceSession, prompt: list[int], new_tokens: int) ->
     return out
 
 
-def decode_profile(
-    path: Path,
+def decode_profiles(
+    paths: dict[str, Path],
     n_positions: int,
-    batches: tuple[int, ...] = (1, 4, 8),
+    batches: dict[str, tuple[int, ...]] | None = None,
     past_len: int = 48,
     prompt_tokens: int = 16,
     threads: int = 2,
-) -> dict:
-    """What generation costs with this file, measured the way the server calls it (only the
+    rounds: int = 3,
+) -> dict[str, dict]:
+    """What generation costs with each file, measured the way the server calls it (only the
     last position's logits asked for): the decode step at each batch size after `past_len`
-    cached tokens, and one prefill of `prompt_tokens`. `aigc build --streams N` ranks variants
-    by the step at N concurrent sequences (int4 leads at batch 1 on CPUs without VNNI, int8
-    once several sequences share a step)."""
+    cached tokens, and one prefill of `prompt_tokens`.
+
+    The variants are measured in turns, `rounds` times, and each figure is the median of
+    its rounds: on a shared machine a variant measured alone can land in a slow minute and
+    swap places with another (int4 and int8 differ by ~1 ms a step here). `aigc build
+    --streams N` ranks variants by the step at N concurrent sequences."""
     from export.ortutil import make_session
 
-    session = make_session(path, threads=threads)
-    names = [o.name for o in session.get_outputs()]
-    wanted = ["last_logits" if "last_logits" in names else "logits"] + [
-        n for n in names if n.startswith("present_")
-    ]
     past_len = max(1, min(past_len, n_positions - 1))
     prompt_tokens = max(1, min(prompt_tokens, n_positions))
-
-    def feeds(batch: int, t: int, past: int) -> dict:
-        f = {
-            "input_ids": (np.arange(batch * t, dtype=np.int64).reshape(batch, t) % 100) + 1,
-            "position_ids": np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (batch, t)).copy(),
-            "attention_mask": np.ones((batch, past + t), dtype=np.int32),
+    batches = batches or {}
+    runs = {}  # name -> list of (key, callable)
+    for name, path in paths.items():
+        session = make_session(path, threads=threads)
+        outputs = [o.name for o in session.get_outputs()]
+        wanted = ["last_logits" if "last_logits" in outputs else "logits"] + [
+            n for n in outputs if n.startswith("present_")
+        ]
+        calls = [
+            (f"step {b}", _call(session, wanted, _profile_feeds(session, b, 1, past_len)))
+            for b in batches.get(name, (1, 4, 8))
+        ]
+        calls.append(("prefill", _call(session, wanted, _profile_feeds(session, 1, prompt_tokens, 0))))
+        runs[name] = calls
+    samples: dict[str, dict[str, list[float]]] = {n: {} for n in runs}
+    for _ in range(rounds):
+        for name, calls in runs.items():
+            time.sleep(0.2)  # the previous session's idle threads stop spinning
+            for key, fn in calls:
+                samples[name].setdefault(key, []).append(median_ms(fn, warmup=2, repeat=5))
+    out = {}
+    for name, by_key in samples.items():
+        med = {k: round(statistics.median(v), 3) for k, v in by_key.items()}
+        out[name] = {
+            "past_len": past_len,
+            "step_ms": {k.split()[1]: v for k, v in med.items() if k.startswith("step ")},
+            "prefill_ms": {str(prompt_tokens): med["prefill"]},
         }
-        for inp in session.get_inputs():
-            if inp.name.startswith("past_"):
-                _, _, nh, _, hs = inp.shape
-                f[inp.name] = np.full((2, batch, nh, past, hs), 0.01, dtype=_NP[inp.type])
-        return f
+    return out
 
-    step = {}
-    for b in batches:
-        f = feeds(b, 1, past_len)
-        step[str(b)] = round(median_ms(lambda f=f: session.run(wanted, f), repeat=15), 3)
-    f = feeds(1, prompt_tokens, 0)
-    prefill = round(median_ms(lambda: session.run(wanted, f), repeat=10), 3)
-    return {"past_len": past_len, "step_ms": step, "prefill_ms": {str(prompt_tokens): prefill}}
+
+def decode_profile(path: Path, n_positions: int, **kwargs) -> dict:
+    """`decode_profiles` of one file."""
+    return decode_profiles({"one": path}, n_positions, **kwargs)["one"]
+
+
+def _call(session: ort.InferenceSession, wanted: list[str], feeds: dict):
+    return lambda: session.run(wanted, feeds)
+
+
+def _profile_feeds(session: ort.InferenceSession, batch: int, t: int, past: int) -> dict:
+    f = {
+        "input_ids": (np.arange(batch * t, dtype=np.int64).reshape(batch, t) % 100) + 1,
+        "position_ids": np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (batch, t)).copy(),
+        "attention_mask": np.ones((batch, past + t), dtype=np.int32),
+    }
+    for inp in session.get_inputs():
+        if inp.name.startswith("past_"):
+            _, _, nh, _, hs = inp.shape
+            f[inp.name] = np.full((2, batch, nh, past, hs), 0.01, dtype=_NP[inp.type])
+    return f

@@ -356,17 +356,15 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
                 f"perplexity {ppl:.3f} is {increase:+.2%} vs fp32 {ppl_ref:.3f} (bound +{GATES.ppl_bound(variant):.1%})"
             )
         )
-        profile = ev.decode_profile(dst, int(info["n_positions"]))
         result[variant] = variant_entry(
             target,
             files,
             out,
             {"gpt2": fid},
-            {"gpt2": profile["step_ms"]["1"]},
+            {},  # latency: measured for all variants together (export.api._profile_gpt2)
             passed=passed,
             reason=reason,
             validated_on="cpu",
-            decode_profile=profile,
             **extra,
         )
         logger.info(

@@ -79,6 +79,10 @@ def test_streams_rank_gpt2_variants_by_their_measured_batched_step(exports):
     # Without a profile for every candidate, ranking falls back to the batch-1 latency.
     del report["variants"]["int8"]["decode_profile"]
     assert choose_variant(report, "gpt2", "auto", "cpu", streams=8) == "fp32"
+    # --target gpu prefers the variant made for GPUs over CPU-measured latencies.
+    report["variants"]["fp16"] = dict(report["variants"]["fp32"], target="gpu", latency_ms={"gpt2": 90.0})
+    assert choose_variant(report, "gpt2", "auto", "gpu", streams=8) == "fp16"
+    assert choose_variant(report, "gpt2", "auto", "cpu", streams=8) == "fp32"
     with pytest.raises(Exception, match="--streams must be in 1..1024"):
         BuildOptions(streams=0).validate()
 

@@ -24,7 +24,7 @@ class TrainOptions:
     image_size: int = 32
     channels: int | None = None
     latent_dim: int | None = None
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal only (tqdm disable=None)
 
     def validate(self) -> None:
         if self.model not in MODELS:

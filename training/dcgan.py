@@ -114,7 +114,7 @@ def train(opts) -> Path:
         opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
         bce = nn.BCEWithLogitsLoss()
         data = batches(torch.from_numpy(x), bs, gen)
-        bar = tqdm(range(steps), desc="dcgan", disable=not opts.progress)
+        bar = tqdm(range(steps), desc="dcgan", disable=None if opts.progress else True)
         for _ in bar:
             real = next(data)
             z = torch.randn(len(real), cfg.latent_dim, generator=gen)

@@ -93,7 +93,7 @@ def train(opts) -> Path:
         model = _model(cfg, len(tok), tok.eos_token_id)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
         model.train()
-        bar = tqdm(range(steps), desc="gpt2", disable=not opts.progress)
+        bar = tqdm(range(steps), desc="gpt2", disable=None if opts.progress else True)
         for _ in bar:
             starts = torch.randint(0, len(ids) - block - 1, (bs,), generator=gen)
             x = torch.stack([ids[s : s + block] for s in starts.tolist()])

@@ -114,7 +114,7 @@ def train(opts) -> Path:
         vae = VAE(cfg)
         opt = torch.optim.Adam(vae.parameters(), lr=lr)
         data = batches(torch.from_numpy(x), bs, gen)
-        bar = tqdm(range(steps), desc="vae", disable=not opts.progress)
+        bar = tqdm(range(steps), desc="vae", disable=None if opts.progress else True)
         for _ in bar:
             real = next(data)
             recon, mu, logvar = vae(real, generator=gen)
