@@ -136,11 +136,6 @@ def decode_profiles(
     return out
 
 
-def decode_profile(path: Path, n_positions: int, **kwargs) -> dict:
-    """`decode_profiles` of one file."""
-    return decode_profiles({"one": path}, n_positions, **kwargs)["one"]
-
-
 def _call(session: ort.InferenceSession, wanted: list[str], feeds: dict):
     return lambda: session.run(wanted, feeds)
 

@@ -178,8 +178,9 @@ class TritonPythonModel:
         self._shut_down(jobs)
 
     def _shut_down(self, jobs):
-        """Unloading: every active or queued request ends now with a named error, so
-        clients see why and Triton need not wait out its exit timeout."""
+        """The loop is stopping (finalize): a request still active or queued ends with a
+        named error instead of never. Triton itself calls finalize only once the streams in
+        flight have finished or its exit timeout has passed."""
         message = "server is shutting down: gpt2 is being unloaded; retry on another server"
         for job in jobs.values():
             if job.sender is not None:
