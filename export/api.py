@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 REPORT_NAME = "export_report.json"
 FORMAT_VERSION = 1
 # Bumped whenever an exported graph changes for the same checkpoint (caches compare it).
-EXPORTER_VERSION = 3
+EXPORTER_VERSION = 4
 
 
 def parse_variants(text: str | Sequence[str] | None, spec: ExportSpec) -> tuple[str, ...]:
@@ -150,8 +150,14 @@ def _profile_gpt2(report: dict, out: Path, n_positions: int) -> None:
     batches = {name: (1,) if variants[name]["target"] == "gpu" else (1, 4, 8) for name in paths}
     logger.info("gpt2: timing the decode step of %s", ", ".join(paths))
     for name, profile in decode_profiles(paths, n_positions, batches=batches).items():
-        variants[name]["latency_ms"] = {"gpt2": profile["step_ms"]["1"]}
+        short = str(profile["past_lens"][0])
+        variants[name]["latency_ms"] = {"gpt2": profile["step_ms"]["1"][short]}
         variants[name]["decode_profile"] = profile
+    from export.latency_model import Workload, rank
+
+    cpu = {n: variants[n]["decode_profile"] for n in paths if variants[n]["target"] == "cpu"}
+    report["expected_latency"] = rank(cpu, Workload())
+    logger.info("gpt2: expected latency %s", report["expected_latency"])
 
 
 def read_report(export_dir: Path) -> dict:

@@ -111,24 +111,25 @@ def build_graph(model) -> onnx.ModelProto:
         axis=-1,
         epsilon=eps,
     )[0]
-    scale = {} if getattr(cfg, "scale_attn_weights", True) else {"scale": 1.0}
+    scale = 1.0 / np.sqrt(hs) if getattr(cfg, "scale_attn_weights", True) else 1.0
     for i in range(L):
         p = f"transformer.h.{i}."
-        attn, _ = node(
-            "Attention",
-            [
-                x,
-                w(f"qkv_w_{i}", sd[p + "attn.c_attn.weight"]),
-                w(f"qkv_b_{i}", sd[p + "attn.c_attn.bias"]),
-                "attention_mask",
-                f"past_{i}",
-            ],
-            [f"attn_{i}", f"present_{i}"],
+        # Packed QKV (B, T, 3E) in GPT-2's order [q | k | v], head-major inside each: the
+        # layout GroupQueryAttention takes when key and value are left empty.
+        qkv = node("MatMul", [x, w(f"qkv_w_{i}", sd[p + "attn.c_attn.weight"])], [f"qkv_mm_{i}"])[0]
+        qkv = node("Add", [qkv, w(f"qkv_b_{i}", sd[p + "attn.c_attn.bias"])], [f"qkv_{i}"])[0]
+        # kv heads = heads (GPT-2 is multi-head). past_key/value (B, nh, max_len, hs) may be
+        # the very buffers bound as present (IO binding): each call then writes only the
+        # positions [seqlens_k - T + 1, seqlens_k] of each row, in place.
+        attn = node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length"],
+            [f"attn_{i}", f"present_key_{i}", f"present_value_{i}"],
             domain="com.microsoft",
             num_heads=nh,
-            unidirectional=1,
-            **scale,
-        )
+            kv_num_heads=nh,
+            scale=float(scale),
+        )[0]
         proj = node(
             "MatMul", [attn, w(f"attn_proj_w_{i}", sd[p + "attn.c_proj.weight"])], [f"attn_proj_{i}"]
         )[0]
@@ -173,19 +174,31 @@ def build_graph(model) -> onnx.ModelProto:
     # skips the vocabulary projection of every other prompt position (prefill latency).
     last = node("Gather", [x, w("last_index", np.array(-1, np.int64))], ["last_hidden"], axis=1)[0]
     node("MatMul", [last, lm], ["last_logits"])
+    # Greedy decoding needs only this (B,) int64 off the device, not (B, vocab) logits.
+    node("ArgMax", ["last_logits"], ["next_token"], axis=-1, keepdims=0)
 
-    past_shape = [2, "batch", nh, "past_seq", hs]
-    present_shape = [2, "batch", nh, "total_seq", hs]
+    cache_shape = ["batch", nh, "cache_len", hs]
+    present_shape = ["batch", nh, "present_len", hs]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "total_seq"]),
-    ] + [helper.make_tensor_value_info(f"past_{i}", TensorProto.FLOAT, past_shape) for i in range(L)]
+        # Per row: its total length after this call, minus one (GroupQueryAttention's form).
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+        # The longest row's total length after this call.
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+    ]
     outputs = [
         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V]),
         helper.make_tensor_value_info("last_logits", TensorProto.FLOAT, ["batch", V]),
-    ] + [helper.make_tensor_value_info(f"present_{i}", TensorProto.FLOAT, present_shape) for i in range(L)]
-    graph = helper.make_graph(nodes, "gpt2_with_past", inputs, outputs, inits)
+        helper.make_tensor_value_info("next_token", TensorProto.INT64, ["batch"]),
+    ]
+    for i in range(L):
+        for kv in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_{kv}_{i}", TensorProto.FLOAT, cache_shape))
+            outputs.append(
+                helper.make_tensor_value_info(f"present_{kv}_{i}", TensorProto.FLOAT, present_shape)
+            )
+    graph = helper.make_graph(nodes, "gpt2_with_kv_slots", inputs, outputs, inits)
     model_proto = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
@@ -227,20 +240,22 @@ def write_gpt2_assets(checkpoint: Path, assets_dir: Path, info: dict) -> dict:
 def validate_gpt2(
     onnx_path: Path, hf_model, rng: np.random.Generator, atol: float = 1e-3, rtol: float = 1e-4
 ) -> dict:
-    """ONNX Runtime vs transformers on fresh random tokens: prefill, a decode step on the
-    returned cache, and a left-padded batch of two. Allowed: atol + rtol * max|logits|."""
+    """ONNX Runtime vs transformers on fresh random tokens: a prefill, a decode step on the
+    returned cache, and the serving engine's way (KV slots shared in place through IO
+    binding): two prompts of different lengths prefilled in chunks into their slots, then
+    one batched decode step for both. Allowed: atol + rtol * max|logits|."""
     import torch
 
-    from export.gpt2_eval import empty_past
+    from export.gpt2_eval import forward, slot_runner
     from export.ortutil import make_session
 
     sess = make_session(onnx_path)
     vocab, n_pos = hf_model.config.vocab_size, hf_model.config.n_positions
     worst = {"max_abs_diff": 0.0, "max_abs_logit": 0.0}
 
-    def ref_logits(ids: np.ndarray) -> np.ndarray:
+    def ref_logits(ids) -> np.ndarray:
         with torch.no_grad():
-            return hf_model(torch.from_numpy(ids[None])).logits[0].numpy()
+            return hf_model(torch.from_numpy(np.asarray(ids, np.int64)[None])).logits[0].numpy()
 
     def check(name: str, got: np.ndarray, ref: np.ndarray) -> None:
         if got.shape != ref.shape:
@@ -254,38 +269,32 @@ def validate_gpt2(
                 f"(atol {atol} + rtol {rtol} x max|logit| {scale:.3g})"
             )
 
-    def run(ids, pos, mask, past):
-        feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": mask, **past}
-        outs = sess.run(None, feeds)
-        names = [o.name for o in sess.get_outputs()]
-        presents = {
-            n.replace("present_", "past_"): v
-            for n, v in zip(names, outs, strict=True)
-            if n.startswith("present_")
-        }
-        return outs[names.index("logits")], presents
-
     n = int(rng.integers(4, min(12, n_pos - 2)))
     seq = rng.integers(0, vocab, size=n + 1)
     full = ref_logits(seq)
-    logits, past = run(seq[None, :n], np.arange(n)[None], np.ones((1, n), np.int32), empty_past(sess, 1))
+    logits, past = forward(sess, seq[None, :n])
     check("prefill", logits[0], full[:n])
-    logits, _ = run(seq[None, n:], np.array([[n]]), np.ones((1, n + 1), np.int32), past)
+    logits, _ = forward(sess, seq[None, n:], past, past_len=n)
     check("decode step with past", logits[0], full[n:])
-    # Batch of two with left padding: B's real tokens sit right-aligned, masked pads before.
-    a, b = rng.integers(0, vocab, size=n), rng.integers(0, vocab, size=max(1, n // 2))
-    pad = n - len(b)
-    ids = np.stack([a, np.concatenate([np.zeros(pad, np.int64), b])])
-    pos = np.stack([np.arange(n), np.concatenate([np.zeros(pad, np.int64), np.arange(len(b))])])
-    mask = np.stack(
-        [np.ones(n, np.int32), np.concatenate([np.zeros(pad, np.int32), np.ones(len(b), np.int32)])]
-    )
-    logits, _ = run(ids, pos, mask, empty_past(sess, 2))
-    check("batch row 0", logits[0], ref_logits(a))
-    check("left-padded batch row 1", logits[1, pad:], ref_logits(b))
+    # Two slots of different lengths, prefilled in chunks of 3, then one step for both rows.
+    prompts = [rng.integers(0, vocab, size=n).tolist(), rng.integers(0, vocab, size=max(1, n // 2)).tolist()]
+    nxt = rng.integers(0, vocab, size=2)
+    with slot_runner(onnx_path, slots=2, max_len=n + 2, threads=1) as model:
+        for slot, p in enumerate(prompts):
+            for start in range(0, len(p), 3):
+                _, last = model.prefill(slot, p[start : start + 3], start)
+            check(f"chunked prefill in slot {slot}", last(), ref_logits(p)[-1])
+        _, rows = model.decode(nxt, np.array([len(p) for p in prompts], np.int64))
+        for slot, p in enumerate(prompts):
+            check(f"batched step, slot {slot}", rows()[slot], ref_logits([*p, int(nxt[slot])])[-1])
     return {
         "max_abs_diff": worst["max_abs_diff"],
         "max_abs_logit": worst["max_abs_logit"],
         "tolerance": f"{atol} + {rtol} x max|logit|",
-        "checks": ["prefill", "decode", "left-padded batch"],
+        "checks": [
+            "prefill",
+            "decode",
+            "chunked prefill into KV slots",
+            "batched step over slots of different lengths",
+        ],
     }

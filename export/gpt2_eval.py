@@ -6,8 +6,11 @@ gates compare like with like.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,33 +23,30 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def empty_past(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
-    """Zero-length past tensors `[2, B, nh, 0, hs]` in the dtype the model declares."""
+    """Zero-length caches `past_key_i` / `past_value_i` `[B, nh, 0, hs]` in the model's dtype."""
     feeds = {}
     for inp in session.get_inputs():
         if inp.name.startswith("past_"):
-            _, _, nh, _, hs = inp.shape
-            feeds[inp.name] = np.zeros((2, batch, nh, 0, hs), dtype=_NP[inp.type])
+            _, nh, _, hs = inp.shape
+            feeds[inp.name] = np.zeros((batch, nh, 0, hs), dtype=_NP[inp.type])
     return feeds
 
 
 def forward(session: ort.InferenceSession, ids: np.ndarray, past: dict | None = None, past_len: int = 0):
-    """One call: `ids` (B, T) after `past_len` cached positions; returns (logits, presents)."""
+    """One call without buffer sharing: `ids` (B, T) after `past_len` cached positions (every
+    row the same length); returns (logits (B, T, V), presents as the next call's `past`)."""
     b, t = ids.shape
     feeds = {
         "input_ids": ids.astype(np.int64),
         "position_ids": np.broadcast_to(np.arange(past_len, past_len + t, dtype=np.int64), (b, t)).copy(),
-        "attention_mask": np.ones((b, past_len + t), dtype=np.int32),
+        "seqlens_k": np.full(b, past_len + t - 1, np.int32),
+        "total_sequence_length": np.array(past_len + t, np.int32),
         **(past if past is not None else empty_past(session, b)),
     }
-    outs = session.run(None, feeds)
     names = [o.name for o in session.get_outputs()]
-    logits = outs[names.index("logits")]
-    presents = {
-        n.replace("present_", "past_"): v
-        for n, v in zip(names, outs, strict=True)
-        if n.startswith("present_")
-    }
-    return logits, presents
+    wanted = ["logits"] + [n for n in names if n.startswith("present_")]
+    logits, *presents = session.run(wanted, feeds)
+    return logits, {n.replace("present_", "past_"): v for n, v in zip(wanted[1:], presents, strict=True)}
 
 
 def token_windows(ids: list[int], window: int, max_windows: int) -> np.ndarray:
@@ -84,70 +84,78 @@ def greedy(session: ort.InferenceSession, prompt: list[int], new_tokens: int) ->
     return out
 
 
+@contextlib.contextmanager
+def slot_runner(onnx_path: Path, slots: int, max_len: int, threads: int = 2):
+    """The serving engine's KV-slot runner (`OrtGpt2`) over an exported file, on the CPU; the
+    export folder's `assets/model_info.json` describes the model."""
+    from serving.triton_models.gpt2_engine import OrtGpt2
+
+    onnx_path = Path(onnx_path).absolute()
+    with tempfile.TemporaryDirectory(prefix="aigc-slots-") as tmp:
+        (Path(tmp) / "model.onnx").symlink_to(onnx_path)
+        shutil.copyfile(onnx_path.parent.parent / "assets" / "model_info.json", Path(tmp) / "model_info.json")
+        yield OrtGpt2(
+            tmp, slots=slots, max_len=max_len, intra_op_threads=threads, providers=["CPUExecutionProvider"]
+        )
+
+
+PROFILE_PAST = (48, 496)  # cached tokens: a short chat turn and a long document
+PROFILE_BATCHES = (1, 4, 8)
+PROFILE_PREFILL = (16, 128)
+
+
 def decode_profiles(
     paths: dict[str, Path],
     n_positions: int,
     batches: dict[str, tuple[int, ...]] | None = None,
-    past_len: int = 48,
-    prompt_tokens: int = 16,
+    past_lens: tuple[int, ...] = PROFILE_PAST,
+    prefill_lens: tuple[int, ...] = PROFILE_PREFILL,
     threads: int = 2,
     rounds: int = 3,
 ) -> dict[str, dict]:
-    """What generation costs with each file, measured the way the server calls it (only the
-    last position's logits asked for): the decode step at each batch size after `past_len`
-    cached tokens, and one prefill of `prompt_tokens`.
+    """What generation costs with each file, measured through the serving engine's own
+    KV-slot runner (`OrtGpt2`: IO binding, cache written in place, last-position logits):
+    the decode step at each batch size and cache length, and a prefill of each length.
 
-    The variants are measured in turns, `rounds` times, and each figure is the median of
-    its rounds: on a shared machine a variant measured alone can land in a slow minute and
-    swap places with another (int4 and int8 differ by ~1 ms a step here). `aigc build
-    --streams N` ranks variants by the step at N concurrent sequences."""
-    from export.ortutil import make_session
-
-    past_len = max(1, min(past_len, n_positions - 1))
-    prompt_tokens = max(1, min(prompt_tokens, n_positions))
+    The variants are measured in turns, `rounds` times, and each figure is the median of its
+    rounds: on a shared machine a variant measured alone can land in a slow minute and swap
+    places with another. `aigc build` ranks variants by the expected latency of a workload
+    computed from these figures (`serving.variant_choice`)."""
     batches = batches or {}
+    past_lens = tuple(sorted({max(1, min(p, n_positions - 2)) for p in past_lens}))
+    prefill_lens = tuple(sorted({max(1, min(p, n_positions - 1)) for p in prefill_lens}))
     runs = {}  # name -> list of (key, callable)
-    for name, path in paths.items():
-        session = make_session(path, threads=threads)
-        outputs = [o.name for o in session.get_outputs()]
-        wanted = ["last_logits" if "last_logits" in outputs else "logits"] + [
-            n for n in outputs if n.startswith("present_")
-        ]
-        calls = [
-            (f"step {b}", _call(session, wanted, _profile_feeds(session, b, 1, past_len)))
-            for b in batches.get(name, (1, 4, 8))
-        ]
-        calls.append(("prefill", _call(session, wanted, _profile_feeds(session, 1, prompt_tokens, 0))))
-        runs[name] = calls
-    samples: dict[str, dict[str, list[float]]] = {n: {} for n in runs}
-    for _ in range(rounds):
-        for name, calls in runs.items():
-            time.sleep(0.2)  # the previous session's idle threads stop spinning
-            for key, fn in calls:
-                samples[name].setdefault(key, []).append(median_ms(fn, warmup=2, repeat=5))
+    with contextlib.ExitStack() as stack:
+        for name, path in paths.items():
+            sizes = batches.get(name, PROFILE_BATCHES)
+            model = stack.enter_context(slot_runner(path, max(sizes), n_positions, threads))
+            calls = []
+            for b in sizes:
+                for past in past_lens:
+                    tokens, pos = np.arange(1, b + 1, dtype=np.int64), np.full(b, past, np.int64)
+                    calls.append((("step", b, past), lambda m=model, t=tokens, p=pos: m.decode(t, p)))
+            for t in prefill_lens:
+                ids = (np.arange(t, dtype=np.int64) % 100) + 1
+                calls.append((("prefill", t), lambda m=model, i=ids: m.prefill(0, i, 0)))
+            runs[name] = calls
+        samples: dict[str, dict] = {n: {} for n in runs}
+        for _ in range(rounds):
+            for name, calls in runs.items():
+                time.sleep(0.2)  # the previous session's idle threads stop spinning
+                for key, fn in calls:
+                    repeat = 5 if key[0] == "step" or key[1] <= 32 else 2
+                    samples[name].setdefault(key, []).append(median_ms(fn, warmup=1, repeat=repeat))
     out = {}
     for name, by_key in samples.items():
         med = {k: round(statistics.median(v), 3) for k, v in by_key.items()}
+        steps: dict[str, dict[str, float]] = {}
+        for key, ms in med.items():
+            if key[0] == "step":
+                steps.setdefault(str(key[1]), {})[str(key[2])] = ms
         out[name] = {
-            "past_len": past_len,
-            "step_ms": {k.split()[1]: v for k, v in med.items() if k.startswith("step ")},
-            "prefill_ms": {str(prompt_tokens): med["prefill"]},
+            "past_lens": list(past_lens),
+            "step_ms": steps,  # batch -> cached tokens -> ms
+            "prefill_ms": {str(k[1]): ms for k, ms in med.items() if k[0] == "prefill"},
+            "threads": threads,
         }
     return out
-
-
-def _call(session: ort.InferenceSession, wanted: list[str], feeds: dict):
-    return lambda: session.run(wanted, feeds)
-
-
-def _profile_feeds(session: ort.InferenceSession, batch: int, t: int, past: int) -> dict:
-    f = {
-        "input_ids": (np.arange(batch * t, dtype=np.int64).reshape(batch, t) % 100) + 1,
-        "position_ids": np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (batch, t)).copy(),
-        "attention_mask": np.ones((batch, past + t), dtype=np.int32),
-    }
-    for inp in session.get_inputs():
-        if inp.name.startswith("past_"):
-            _, _, nh, _, hs = inp.shape
-            f[inp.name] = np.full((2, batch, nh, past, hs), 0.01, dtype=_NP[inp.type])
-    return f

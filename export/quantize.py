@@ -229,12 +229,13 @@ class QuantOptions:
 
 
 @_quiet_quantizer()
-def to_int8_dynamic(src: Path, dst: Path, op_types=("MatMul", "Gemm", "Attention")) -> None:
+def to_int8_dynamic(src: Path, dst: Path, op_types=("MatMul", "Gemm")) -> None:
     """Dynamic int8: weights int8 per tensor, activations quantized at run time.
 
-    Fused Attention becomes QAttention, MatMul becomes DynamicQuantizeMatMul after ORT's
-    graph optimizer. `DefaultTensorType` gets the quantizer past tensors whose type its
-    shape inference cannot derive (contrib-op outputs).
+    MatMul (the QKV, projection, MLP and vocabulary weights) becomes DynamicQuantizeMatMul
+    after ORT's graph optimizer; attention over the cache stays float. `DefaultTensorType`
+    gets the quantizer past tensors whose type its shape inference cannot derive
+    (contrib-op outputs).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -250,20 +251,14 @@ def to_int8_dynamic(src: Path, dst: Path, op_types=("MatMul", "Gemm", "Attention
 
 @_quiet_quantizer()
 def to_int4(src: Path, dst: Path, block_size: int, accuracy_level: int) -> None:
-    """Weight-only int4 (MatMulNBits) for MatMul; the fused QKV weights inside Attention,
-    which that quantizer skips, get dynamic int8 (QAttention)."""
+    """Weight-only int4 (MatMulNBits) for every MatMul: QKV, projections, MLP, vocabulary."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     q = MatMulNBitsQuantizer(
         onnx.load(str(src)), block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level
     )
     q.process()
-    tmp = dst.with_name(dst.stem + ".nbits.onnx")
-    q.model.save_model_to_file(str(tmp), use_external_data_format=False)
-    try:
-        to_int8_dynamic(tmp, dst, op_types=("Attention",))
-    finally:
-        tmp.unlink(missing_ok=True)
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
 def _heldout_text(checkpoint: Path) -> str:
@@ -308,7 +303,7 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
         elif variant == "int4":
             to_int4(src, dst, options.int4_block_size, options.int4_accuracy_level)
         elif variant == "fp16":
-            to_fp16(src, dst, keep_io_types=["logits"])
+            to_fp16(src, dst, keep_io_types=["logits", "last_logits"])
         else:
             raise ExportError(f"variant {variant} does not apply to gpt2")
         extra = {"quantization": _describe(variant, options)}
@@ -375,11 +370,11 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
 
 def _describe(variant: str, options: QuantOptions) -> dict:
     if variant == "int8":
-        return {"method": "dynamic", "weights": "int8 per-tensor", "ops": ["MatMul", "Gemm", "Attention"]}
+        return {"method": "dynamic", "weights": "int8 per-tensor", "ops": ["MatMul", "Gemm"]}
     if variant == "int4":
         return {
-            "method": "weight-only MatMulNBits + dynamic int8 Attention",
+            "method": "weight-only MatMulNBits",
             "block_size": options.int4_block_size,
             "accuracy_level": options.int4_accuracy_level,
         }
-    return {"method": "fp16 weights and compute", "io": "logits kept fp32"}
+    return {"method": "fp16 weights, compute and KV cache", "io": "logits kept fp32"}

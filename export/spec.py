@@ -82,7 +82,8 @@ SPECS: dict[str, ExportSpec] = {
                 (
                     TensorSpec("input_ids", "int64", ("batch", "seq")),
                     TensorSpec("position_ids", "int64", ("batch", "seq")),
-                    TensorSpec("attention_mask", "int32", ("batch", "total_seq")),
+                    TensorSpec("seqlens_k", "int32", ("batch",)),
+                    TensorSpec("total_sequence_length", "int32", ()),
                 ),
                 (TensorSpec("logits", "float32", ("batch", "seq", "vocab")),),
             ),

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -21,10 +21,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError, ConfigError, ExportError
+from serving.variant_choice import Workload, choose_variant, describe
 
 logger = logging.getLogger(__name__)
 
 TRITON_MODELS = Path(__file__).parent / "triton_models"
+# The runtime modules copied beside gpt2's model.py (they import each other flat).
+ENGINE_MODULES = ("gpt2_engine.py", "sampling.py")
 IMAGE_COMPONENTS = ("dcgan", "vae_encoder", "vae_decoder")
 FLAVOURS = ("python", "onnxruntime")
 _ONNX_TO_TRITON = {
@@ -48,10 +51,14 @@ class BuildOptions:
     max_queue_delay_us: int = 0
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
     max_tokens_limit: int = 512
-    max_active_sequences: int = 16
-    streams: int = 1  # concurrent GPT-2 generations `auto` optimises for
     accelerator: str = "tensorrt"  # onnxruntime flavour on GPUs: tensorrt | cuda | none
     max_request_seconds: float = 300.0  # a GPT-2 request running longer ends with an error
+    # GPT-2 engine: the KV cache is `kv_slots` rows of `kv_max_len` positions, allocated once.
+    kv_slots: int = 8
+    kv_max_len: int = 0  # 0 = the model's context window
+    prefill_chunk: int = 16  # prompt tokens per step while other streams decode
+    max_queue: int = 64  # requests waiting for a slot before new ones are refused
+    workload: Workload = field(default_factory=Workload)  # what `auto` optimises GPT-2 for
 
     def validate(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -62,10 +69,19 @@ class BuildOptions:
             raise ConfigError(f"--instances must be in 1..64, got {self.instance_count}")
         if not 1 <= self.max_batch_size <= 4096:
             raise ConfigError(f"--max-batch-size must be in 1..4096, got {self.max_batch_size}")
-        if not 1 <= self.streams <= 1024:
-            raise ConfigError(f"--streams must be in 1..1024, got {self.streams}")
         if not 1 <= self.max_tokens_limit <= 100_000:
             raise ConfigError(f"--max-tokens-limit must be in 1..100000, got {self.max_tokens_limit}")
+        if not self.max_request_seconds > 0:
+            raise ConfigError(f"--max-request-seconds must be > 0, got {self.max_request_seconds}")
+        if not 1 <= self.kv_slots <= 1024:
+            raise ConfigError(f"--slots must be in 1..1024, got {self.kv_slots}")
+        if self.kv_max_len < 0:
+            raise ConfigError(f"--max-len must be >= 1 (0 = the context window), got {self.kv_max_len}")
+        if not 1 <= self.prefill_chunk <= 4096:
+            raise ConfigError(f"--prefill-chunk must be in 1..4096, got {self.prefill_chunk}")
+        if not 0 <= self.max_queue <= 100_000:
+            raise ConfigError(f"--max-queue must be in 0..100000, got {self.max_queue}")
+        self.workload.validate()
 
 
 @dataclass
@@ -74,63 +90,25 @@ class BuiltModel:
     version: int
     variant: str
     path: Path
+    detail: str = ""  # why this variant; for GPT-2 the KV cache it allocates
 
     def __str__(self) -> str:
-        return f"{self.name} version {self.version} ({self.variant}) -> {self.path}"
+        text = f"{self.name} version {self.version} ({self.variant}) -> {self.path}"
+        return f"{text}\n{self.detail}" if self.detail else text
 
 
-def step_ms_at(profile: dict, streams: int) -> float:
-    """Decode-step time at `streams` concurrent sequences, from the measured batch sizes:
-    linear between them, the nearest slope beyond them."""
-    points = sorted((int(b), float(ms)) for b, ms in profile["step_ms"].items())
-    if len(points) == 1:
-        return points[0][1] * streams
-    for (b0, t0), (b1, t1) in zip(points, points[1:], strict=False):  # noqa: B007 (last pair extrapolates)
-        if streams <= b1:
-            break
-    return t0 + (t1 - t0) * (streams - b0) / (b1 - b0)
-
-
-def choose_variant(report: dict, component: str, variant: str, target: str, streams: int = 1) -> str:
-    """`auto`: the fastest variant (by the report's latency) that passed its gate on this
-    target; a named variant must exist and have passed, else BuildError says why.
-
-    For GPT-2, `streams` (the expected number of concurrent generations) ranks variants by
-    their measured decode step at that batch size when the report has a decode profile."""
-    variants = report["variants"]
-    if variant != "auto":
-        v = variants.get(variant)
-        if v is None:
-            raise BuildError(
-                f"--variant {variant}: not in the export of {report['model']} (has {', '.join(variants)})"
-            )
-        if v["passed"] is not True:
-            raise BuildError(f"--variant {variant} of {report['model']} did not pass its gate: {v['reason']}")
-        return variant
-    passing = [
-        name
-        for name, v in variants.items()
-        if v["passed"] is True
-        and v["target"] in (target, "cpu" if target == "gpu" else target)
-        and component in v["files"]
-    ]
-    if target == "cpu":
-        passing = [name for name in passing if variants[name]["target"] == "cpu"]
-    else:
-        # The latencies were measured on the exporting machine's CPU, where fp16 is emulated;
-        # on a GPU the variant made for it (fp16) is the one with device kernels for every op.
-        passing = [name for name in passing if variants[name]["target"] == "gpu"] or passing
-    if not passing:
-        raise BuildError(f"no variant of {report['model']} passed its gate for {component}")
-
-    def cost(name: str) -> float:
-        v = variants[name]
-        profile = v.get("decode_profile")
-        if streams > 1 and profile and all(variants[n].get("decode_profile") for n in passing):
-            return step_ms_at(profile, streams)
-        return v["latency_ms"].get(component, float("inf"))
-
-    return min(passing, key=lambda name: (cost(name), name))
+def kv_cache_bytes(model_info: dict, opts: BuildOptions, dtype_bytes: int = 4) -> int:
+    """What the gpt2 model allocates for its KV slots: 2 x layers x slots x heads x len x head size."""
+    max_len = opts.kv_max_len or int(model_info["n_positions"])
+    return (
+        2
+        * int(model_info["n_layer"])
+        * opts.kv_slots
+        * int(model_info["n_head"])
+        * max_len
+        * int(model_info["head_size"])
+        * dtype_bytes
+    )
 
 
 def _dims_from_onnx(onnx_file: Path) -> dict[str, tuple[int, list[int]]]:
@@ -191,10 +169,18 @@ def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
     # One instance: its generation loop batches every concurrent request itself.
     kind = mc.ModelInstanceGroup.KIND_GPU if opts.target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     cfg.instance_group.add(kind=kind, count=1)
-    limit = min(opts.max_tokens_limit, int(model_info["n_positions"]) - 1)
+    window = opts.kv_max_len or int(model_info["n_positions"])
+    limit = min(opts.max_tokens_limit, window - 1)
     cfg.parameters["max_tokens_limit"].string_value = str(limit)
-    cfg.parameters["max_prompt_tokens"].string_value = str(int(model_info["n_positions"]) - 1)
-    cfg.parameters["max_active_sequences"].string_value = str(opts.max_active_sequences)
+    cfg.parameters["max_prompt_tokens"].string_value = str(window - 1)
+    if opts.kv_max_len > int(model_info["n_positions"]):
+        raise ConfigError(
+            f"--max-len must be <= the context window {model_info['n_positions']}, got {opts.kv_max_len}"
+        )
+    cfg.parameters["kv_slots"].string_value = str(opts.kv_slots)
+    cfg.parameters["kv_max_len"].string_value = str(opts.kv_max_len)
+    cfg.parameters["prefill_chunk"].string_value = str(opts.prefill_chunk)
+    cfg.parameters["max_queue_size"].string_value = str(opts.max_queue)
     cfg.parameters["max_request_seconds"].string_value = str(opts.max_request_seconds)
     cfg.parameters["intra_op_threads"].string_value = str(opts.intra_op_threads)
     return cfg
@@ -258,7 +244,8 @@ def build_repository(
             except ExportError as exc:
                 raise BuildError(str(exc)) from None
             for comp in report["components"]:
-                variant = choose_variant(report, comp, opts.variant, opts.target, opts.streams)
+                variant, why = choose_variant(report, comp, opts.variant, opts.target, opts.workload)
+                detail = describe(comp, variant, why)
                 onnx_file = export_dir / report["variants"][variant]["files"][comp]
                 if not onnx_file.is_file():
                     raise BuildError(f"{comp}: {onnx_file} is missing (re-run `aigc export`)")
@@ -266,7 +253,15 @@ def build_repository(
                 if comp == "gpt2":
                     cfg = gpt2_config(report["model_info"], opts)
                     files["model.py"] = TRITON_MODELS / "gpt2_model.py"
-                    files["gpt2_engine.py"] = TRITON_MODELS / "gpt2_engine.py"
+                    for module in ENGINE_MODULES:
+                        files[module] = TRITON_MODELS / module
+                    kv_dtype = 2 if variant == "fp16" else 4
+                    kv = kv_cache_bytes(report["model_info"], opts, kv_dtype)
+                    detail += (
+                        f"\n  KV cache: {opts.kv_slots} slots x "
+                        f"{opts.kv_max_len or report['model_info']['n_positions']} positions = "
+                        f"{kv / 2**20:.0f} MiB, allocated once when the model loads"
+                    )
                     for asset in ("tokenizer.json", "model_info.json"):
                         files[asset] = export_dir / "assets" / asset
                 elif opts.flavour == "onnxruntime":
@@ -290,19 +285,20 @@ def build_repository(
                     "flavour": opts.flavour,
                     "fidelity": report["variants"][variant].get("fidelity", {}).get(comp),
                     "export_created": report.get("created"),
+                    "choice": why,
                 }
-                plans.append((comp, variant, cfg, _stage_version(comp, files, meta, staging)))
+                plans.append((comp, variant, cfg, _stage_version(comp, files, meta, staging), detail))
         built = []
-        for comp, variant, cfg, stage in plans:
+        for comp, variant, cfg, stage, detail in plans:
             model_dir = repository / comp
             model_dir.mkdir(exist_ok=True)
             version = (versions(model_dir) or [0])[-1] + 1
             write_config(model_dir, cfg)
             os.rename(stage, model_dir / str(version))
-            built.append(BuiltModel(comp, version, variant, model_dir / str(version)))
+            built.append(BuiltModel(comp, version, variant, model_dir / str(version), detail))
             logger.info("built %s version %d from %s", comp, version, variant)
         return built
     finally:
-        for *_, stage in plans:
+        for *_, stage, _detail in plans:
             shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,6 @@ with AigcClient("127.0.0.1:8001") as client:
 from __future__ import annotations
 
 import json
-import math
 import queue
 import time
 import uuid
@@ -207,29 +206,16 @@ class AigcClient:
 def sampling_parameters(
     max_tokens=64, temperature=0.0, top_k=0, top_p=1.0, seed=None, stop=None, ignore_eos=False
 ) -> dict:
-    """Check sampling arguments client-side; the JSON the server's `sampling_parameters` takes."""
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ClientError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ClientError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if not isinstance(top_k, int) or top_k < 0:
-        raise ClientError(f"top_k must be an integer >= 0, got {top_k!r}")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ClientError(f"top_p must be in (0, 1], got {top_p!r}")
-    params = {"max_tokens": max_tokens, "temperature": float(temperature)}
-    if top_k:
-        params["top_k"] = top_k
-    if top_p != 1.0:
-        params["top_p"] = float(top_p)
-    if seed is not None:
-        if not isinstance(seed, int) or seed < 0:
-            raise ClientError(f"seed must be an integer >= 0, got {seed!r}")
-        params["seed"] = seed
-    if stop:
-        params["stop"] = [stop] if isinstance(stop, str) else list(stop)
-    if ignore_eos:
-        params["ignore_eos"] = True
-    return params
+    """Check sampling arguments with the server's own `SamplingParams` (the same fields and
+    ranges; only the server knows its max_tokens limit); the JSON `sampling_parameters` takes."""
+    from serving.triton_models.sampling import RequestError, SamplingParams
+
+    fields = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+    fields.update({"seed": seed, "stop": stop or None, "ignore_eos": ignore_eos})
+    try:
+        return SamplingParams.from_dict(fields, max_tokens_limit=None).to_dict()
+    except RequestError as exc:
+        raise ClientError(str(exc)) from None
 
 
 def save_image_grid(images: np.ndarray, path: Path, ncol: int = 8) -> Path:

@@ -42,12 +42,33 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         default="tensorrt",
         help="onnxruntime flavour on GPUs: execution accelerator (tensorrt uses fp16)",
     )
-    parser.add_argument(
-        "--streams",
+    workload = parser.add_argument_group(
+        "GPT-2 workload that --variant auto optimises for (expected request latency from the export's profile)"
+    )
+    workload.add_argument("--streams", type=int, default=4, help="concurrent generations (default 4)")
+    workload.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default 128)")
+    workload.add_argument("--new-tokens", type=int, default=128, help="generated tokens (default 128)")
+    engine = parser.add_argument_group("GPT-2 engine")
+    engine.add_argument(
+        "--slots",
         type=int,
-        default=1,
-        help="concurrent GPT-2 generations to optimise `auto` for: ranks variants by their measured "
-        "decode step at that batch size (default 1: single-stream latency)",
+        default=8,
+        help="KV-cache slots = generations decoded together; the cache is allocated once (default 8)",
+    )
+    engine.add_argument(
+        "--max-len", type=int, default=0, help="positions per slot (default 0 = the model's context window)"
+    )
+    engine.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=16,
+        help="prompt tokens prefilled per step while other streams decode (default 16)",
+    )
+    engine.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests that may wait for a free slot; beyond it new requests get a 'server busy' error",
     )
     parser.add_argument("--instances", type=int, default=1, help="model instances per image model")
     parser.add_argument(
@@ -71,6 +92,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from export.latency_model import Workload
     from serving.builder import BuildOptions, build_repository
 
     opts = BuildOptions(
@@ -83,7 +105,11 @@ def run_build(args: argparse.Namespace) -> int:
         intra_op_threads=args.threads,
         accelerator=args.accelerator,
         max_request_seconds=args.max_request_seconds,
-        streams=args.streams,
+        kv_slots=args.slots,
+        kv_max_len=args.max_len,
+        prefill_chunk=args.prefill_chunk,
+        max_queue=args.max_queue,
+        workload=Workload(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, streams=args.streams),
     )
     built = build_repository(args.exports, args.repository, opts)
     for b in built:

@@ -1,210 +1,170 @@
-"""GPT-2 generation with the KV cache and in-flight batching, for the Triton Python model.
+"""The GPT-2 generation engine: KV cache in fixed slots written in place, chunked prefill,
+in-flight batching. Nothing here imports Triton; `model.py` only converts requests and
+responses. Only numpy, onnxruntime and tokenizers: this file is copied into the model
+repository beside `model.py` and `sampling.py`.
 
-Only numpy, onnxruntime and tokenizers: this file is copied into the model repository next
-to `model.py` and runs in NVIDIA's Triton container as well as in the embedded server.
+The cache is allocated once per engine: per layer a key and a value buffer of shape
+`(slots, heads, max_len, head_size)` on the session's device. A request holds one slot from
+admission to its end. The exported graph's `GroupQueryAttention` gets the same buffer as
+`past` and `present` through IO binding, so a call writes only the new positions of each
+row (`seqlens_k` per row) and reads only each row's own length: nothing is copied, padded
+or concatenated per token, and rows of different lengths share one batched step.
 
-Batching: all active sequences share one cache per layer, `(2, B, nh, L, hs)`, each row
-left-padded and masked through the raw attention mask, so every decode step is one ONNX
-Runtime call for the whole batch. A sequence joins after its own prefill and leaves when
-it finishes; columns that are padding for every remaining row are trimmed.
+One `step()`: admit waiting requests into free slots, prefill one chunk of the oldest
+prompt (a small chunk while others are decoding, so a long prompt does not stall them),
+then one decode step for every decoding slot. Finished, cancelled, timed-out and failed
+requests free their slot at once.
 """
 
 from __future__ import annotations
 
+import collections
+import enum
+import heapq
 import json
 import math
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos")
-DEFAULT_MAX_TOKENS = 64
+try:  # in the package (tests, benchmarks) or flat in a repository version folder (Triton)
+    from .sampling import Detokenizer, RequestError, SamplingParams, sample_token
+except ImportError:
+    from sampling import Detokenizer, RequestError, SamplingParams, sample_token
+
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-class RequestError(ValueError):
-    """A request field is out of range; the message names the field."""
+class FinishReason(str, enum.Enum):
+    LENGTH = "length"  # max_tokens reached
+    STOP = "stop"  # a stop string appeared
+    EOS = "eos"  # the model ended the text
+    CANCELLED = "cancelled"  # the client went away
+    TIMEOUT = "timeout"  # ran past max_request_seconds
+    ERROR = "error"  # failed inside the server
 
 
-@dataclass
-class SamplingParams:
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = 0.0  # 0 = greedy, as in vLLM and TensorRT-LLM
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    ignore_eos: bool = False
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+class Status(enum.Enum):
+    WAITING = "waiting"  # queued for a free slot
+    PREFILLING = "prefilling"  # holds a slot; prompt chunks being written
+    DECODING = "decoding"  # one token per step
+    FINISHED = "finished"
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+class QueueFullError(RequestError):
+    """Every slot is busy and the waiting queue is full."""
 
 
-def parse_sampling_parameters(text: str | bytes | dict | None, max_tokens_limit: int) -> SamplingParams:
-    """Parse and check the `sampling_parameters` JSON; RequestError names the bad field."""
-    if text is None or text in ("", b""):
-        data = {}
-    elif isinstance(text, dict):
-        data = text
-    else:
-        try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(f"sampling_parameters: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise RequestError("sampling_parameters: must be a JSON object")
-    unknown = sorted(set(data) - set(SAMPLING_KEYS))
-    if unknown:
-        raise RequestError(
-            f"sampling_parameters: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(SAMPLING_KEYS)}"
-        )
-    p = SamplingParams()
-    if "max_tokens" in data:
-        v = data["max_tokens"]
-        if not _is_int(v) or not 1 <= v <= max_tokens_limit:
-            raise RequestError(f"max_tokens must be an integer in 1..{max_tokens_limit}, got {v!r}")
-        p.max_tokens = v
-    if "temperature" in data:
-        v = data["temperature"]
-        if (
-            not isinstance(v, (int, float))
-            or isinstance(v, bool)
-            or not math.isfinite(v)
-            or not 0 <= v <= 100
-        ):
-            raise RequestError(f"temperature must be a number in [0, 100] (0 = greedy), got {v!r}")
-        p.temperature = float(v)
-    if "top_k" in data:
-        v = data["top_k"]
-        if not _is_int(v) or v < 0:
-            raise RequestError(f"top_k must be an integer >= 0 (0 = off), got {v!r}")
-        p.top_k = v
-    if "top_p" in data:
-        v = data["top_p"]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
-            raise RequestError(f"top_p must be a number in (0, 1], got {v!r}")
-        p.top_p = float(v)
-    if "seed" in data and data["seed"] is not None:
-        v = data["seed"]
-        if not _is_int(v) or not 0 <= v < 2**63:
-            raise RequestError(f"seed must be an integer in 0..2^63-1, got {v!r}")
-        p.seed = v
-    if "stop" in data and data["stop"] is not None:
-        v = data["stop"]
-        v = [v] if isinstance(v, str) else v
-        if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v) or len(v) > 16:
-            raise RequestError("stop must be a non-empty string or a list of up to 16 non-empty strings")
-        p.stop = v
-    if "ignore_eos" in data:
-        v = data["ignore_eos"]
-        if not isinstance(v, bool):
-            raise RequestError(f"ignore_eos must be true or false, got {v!r}")
-        p.ignore_eos = v
-    return p
+@dataclass(eq=False)
+class Request:
+    """One generation. `filled` counts the positions of its slot holding valid keys/values."""
 
-
-def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator | None) -> int:
-    """One token from (V,) logits: argmax when greedy, else temperature / top-k / top-p."""
-    if params.greedy:
-        return int(np.argmax(logits))
-    x = logits.astype(np.float64) / params.temperature
-    if params.top_k and params.top_k < x.size:
-        kth = np.partition(x, -params.top_k)[-params.top_k]
-        x = np.where(x < kth, -np.inf, x)
-    x -= x.max()
-    probs = np.exp(x)
-    probs /= probs.sum()
-    if params.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cum = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cum, params.top_p) + 1)]
-        masked = np.zeros_like(probs)
-        masked[keep] = probs[keep]
-        probs = masked / masked.sum()
-    return int(rng.choice(probs.size, p=probs))
-
-
-class Detokenizer:
-    """Incremental decoding that only ever emits complete UTF-8 text.
-
-    Byte-level BPE splits multi-byte characters across tokens; while the decoded tail is
-    an incomplete sequence (U+FFFD) it is held back. Text that could be the start of a stop
-    string is held back too, and the output ends before a stop string.
-    """
-
-    def __init__(self, tokenizer, stop: list[str] | None = None):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = ""
-        self.stop = stop or []
-        self.stopped = False
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        return self._advance(final=False)
-
-    def flush(self) -> str:
-        return self._advance(final=True)
-
-    def _advance(self, final: bool) -> str:
-        if self.stopped:
-            return ""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if not final and text.endswith("\ufffd"):
-            return ""
-        for s in self.stop:
-            at = text.find(s, max(0, len(self.emitted) - len(s) + 1))
-            if at != -1:
-                self.stopped = True
-                text = text[:at]
-        end = len(text)
-        if not final and not self.stopped:
-            for s in self.stop:  # hold back a tail that may grow into a stop string
-                for k in range(min(len(s) - 1, len(text)), 0, -1):
-                    if text.endswith(s[:k]):
-                        end = min(end, len(text) - k)
-                        break
-        if end <= len(self.emitted):
-            return ""
-        delta = text[len(self.emitted) : end]
-        self.emitted = text[:end]
-        return delta
-
-
-@dataclass
-class Sequence:
-    """One request being generated. `length` counts its real (unpadded) positions."""
-
-    request_id: object
     prompt_ids: list[int]
     params: SamplingParams
-    detok: Detokenizer
-    rng: np.random.Generator | None
+    deadline: float = math.inf
+    context: object = None  # the adapter's own data (response sender, stream flag, ...)
+    status: Status = Status.WAITING
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    slot: int = -1
+    filled: int = 0
     generated: int = 0
-    length: int = 0
     next_token: int = -1
-    finished: bool = False
-    finish_reason: str = ""
+    detok: Detokenizer | None = None
+    rng: np.random.Generator | None = None
+    arrived: float = 0.0
+    first_token_at: float | None = None
+    tokens: list[int] = field(default_factory=list)
 
 
-class Gpt2Engine:
-    """Loads `model.onnx`, `tokenizer.json` and `model_info.json` from `model_dir`."""
+@dataclass(frozen=True)
+class EngineConfig:
+    slots: int = 8  # concurrent generations (rows of the KV cache)
+    max_len: int = 0  # positions per slot; 0 = the model's context window
+    prefill_chunk: int = 16  # prompt tokens per step while other requests are decoding
+    idle_prefill_chunk: int = 512  # prompt tokens per call while nothing is decoding
+    max_queue: int = 64  # requests waiting for a slot before new ones are refused
+    max_request_seconds: float = 300.0
 
-    def __init__(self, model_dir: str, intra_op_threads: int = 0, providers: list[str] | None = None):
+    def check(self, n_positions: int) -> None:
+        if not 1 <= self.slots <= 1024:
+            raise ValueError(f"kv_slots must be in 1..1024, got {self.slots}")
+        if not 0 <= self.max_len <= n_positions:
+            raise ValueError(
+                f"kv_max_len must be in 1..{n_positions} (0 = the context window), got {self.max_len}"
+            )
+        if self.prefill_chunk < 1 or self.idle_prefill_chunk < 1:
+            raise ValueError("prefill_chunk and idle_prefill_chunk must be >= 1")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue_size must be >= 0, got {self.max_queue}")
+
+
+class Sink:
+    """Where the engine delivers results; the Triton adapter sends responses, tests record."""
+
+    def on_text(self, request: Request, text: str) -> None:  # a non-empty piece of output text
+        pass
+
+    def on_finish(self, request: Request) -> None:  # finish_reason (and error) are set
+        pass
+
+
+# -- the cache and the model -----------------------------------------------------------------
+
+
+class KVSlots:
+    """`2 x layers` buffers of `(slots, heads, max_len, head_size)`, allocated and touched once."""
+
+    def __init__(self, n_layer, n_head, head_size, slots, max_len, dtype, device="cpu", device_id=0):
+        self.shape = (slots, n_head, max_len, head_size)
+        self.dtype = np.dtype(dtype)
+        self.device, self.device_id = device, device_id
+        self.slot_bytes = n_head * max_len * head_size * self.dtype.itemsize
+        self.nbytes = 2 * n_layer * slots * self.slot_bytes
+        if device == "cpu":
+            self._buffers = [np.zeros(self.shape, self.dtype) for _ in range(2 * n_layer)]
+            for b in self._buffers:
+                b.fill(0)  # commit the pages now: resident memory stays flat afterwards
+            self.ptrs = [b.ctypes.data for b in self._buffers]
+        else:
+            import onnxruntime as ort
+
+            self._buffers = [
+                ort.OrtValue.ortvalue_from_shape_and_type(self.shape, self.dtype.type, device, device_id)
+                for _ in range(2 * n_layer)
+            ]
+            self.ptrs = [v.data_ptr() for v in self._buffers]
+        self._free = list(range(slots))
+        heapq.heapify(self._free)
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def acquire(self) -> int | None:
+        """The lowest free slot (keeps the decoding rows packed at the start)."""
+        return heapq.heappop(self._free) if self._free else None
+
+    def release(self, slot: int) -> None:
+        heapq.heappush(self._free, slot)
+
+
+class OrtGpt2:
+    """The exported graph in an ONNX Runtime session, its inputs and the KV slots bound once
+    per row count through IO binding; a call fills small host arrays and runs."""
+
+    def __init__(self, model_dir: str, slots: int, max_len: int, intra_op_threads: int = 0, providers=None):
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         with open(os.path.join(model_dir, "model_info.json")) as f:
             self.info = json.load(f)
-        self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
@@ -213,195 +173,345 @@ class Gpt2Engine:
             p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
         ]
         self.session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=providers)
-        self.n_layer = int(self.info["n_layer"])
-        self.n_head = int(self.info["n_head"])
-        self.head_size = int(self.info["head_size"])
-        self.n_positions = int(self.info["n_positions"])
-        self.eos_token_id = self.info.get("eos_token_id")
-        past = {i.name: i.type for i in self.session.get_inputs() if i.name.startswith("past_")}
-        self.past_dtype = _NP_TYPES[past["past_0"]]
-        outputs = [o.name for o in self.session.get_outputs()]
-        # Ask only for the last position's logits when the graph has them: ONNX Runtime then
-        # skips the vocabulary projection of the other prompt positions.
-        self._logits_name = "last_logits" if "last_logits" in outputs else "logits"
-        self.output_names = [self._logits_name] + [n for n in outputs if n.startswith("present_")]
-        # Batch state: (2, B, nh, L, hs) per layer, mask (B, L), rows in `self.active` order.
-        self.active: list[Sequence] = []
-        self.cache: list[np.ndarray] = []
-        self.mask = np.zeros((0, 0), np.int32)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.n_layer, self.n_head = int(self.info["n_layer"]), int(self.info["n_head"])
+        self.head_size, self.n_positions = int(self.info["head_size"]), int(self.info["n_positions"])
+        self.vocab = int(self.info["vocab_size"])
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "past_key_0" not in inputs or "seqlens_k" not in inputs:
+            raise RuntimeError(
+                f"{model_dir}/model.onnx is not a KV-slot graph (past_key_i, seqlens_k); re-run `aigc export`"
+            )
+        self.kv_dtype = _NP_TYPES[inputs["past_key_0"].type]
+        self.slots, self.max_len = slots, max_len
+        self.kv = KVSlots(
+            self.n_layer, self.n_head, self.head_size, slots, max_len, self.kv_dtype, self.device
+        )
+        self.kv_names = [
+            (f"past_{kv}_{i}", f"present_{kv}_{i}") for i in range(self.n_layer) for kv in ("key", "value")
+        ]
+        # Host arrays that the bindings point at: written in place before every call.
+        self._ids = np.zeros((max(slots, 1), 1), np.int64)
+        self._pos = np.zeros((max(slots, 1), 1), np.int64)
+        self._seqlens = np.zeros(max(slots, 1), np.int32)
+        self._total = np.zeros((), np.int32)
+        self._tokens = np.zeros(max(slots, 1), np.int64)
+        self._logits = np.zeros((max(slots, 1), self.vocab), np.float32)
+        self._logits_dev = None
+        if self.device != "cpu":
+            import onnxruntime as ort
 
-    # -- requests -----------------------------------------------------------------------
+            self._logits_dev = ort.OrtValue.ortvalue_from_shape_and_type(
+                (max(slots, 1), self.vocab), np.float32, self.device, 0
+            )
+        self._decode_bindings: dict[int, object] = {}
+        self._prefill_bindings: dict[int, object] = {}
+
+    def _bind_kv(self, binding, first_slot: int, rows: int) -> None:
+        shape = [rows, self.n_head, self.max_len, self.head_size]
+        offset = first_slot * self.kv.slot_bytes
+        for (past, present), ptr in zip(self.kv_names, self.kv.ptrs):
+            binding.bind_input(past, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
+            binding.bind_output(present, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
+
+    def _bind_outputs(self, binding, rows: int) -> None:
+        binding.bind_output("next_token", "cpu", 0, np.int64, [rows], self._tokens.ctypes.data)
+        if self._logits_dev is None:
+            binding.bind_output(
+                "last_logits", "cpu", 0, np.float32, [rows, self.vocab], self._logits.ctypes.data
+            )
+        else:
+            binding.bind_output(
+                "last_logits", self.device, 0, np.float32, [rows, self.vocab], self._logits_dev.data_ptr()
+            )
+
+    def _decode_binding(self, rows: int):
+        binding = self._decode_bindings.get(rows)
+        if binding is None:
+            binding = self.session.io_binding()
+            binding.bind_input("input_ids", "cpu", 0, np.int64, [rows, 1], self._ids.ctypes.data)
+            binding.bind_input("position_ids", "cpu", 0, np.int64, [rows, 1], self._pos.ctypes.data)
+            binding.bind_input("seqlens_k", "cpu", 0, np.int32, [rows], self._seqlens.ctypes.data)
+            binding.bind_input("total_sequence_length", "cpu", 0, np.int32, [], self._total.ctypes.data)
+            self._bind_kv(binding, 0, rows)
+            self._bind_outputs(binding, rows)
+            self._decode_bindings[rows] = binding
+        return binding
+
+    def decode(
+        self, tokens: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """One token for slots `0..n-1` (row i = slot i) at `positions` (each row's filled
+        length, where its new key/value is written). Returns the greedy tokens (n,) and a
+        function giving the (n, vocab) logits (a device copy only when sampling asks)."""
+        n = len(tokens)
+        self._ids[:n, 0] = tokens
+        self._pos[:n, 0] = positions
+        self._seqlens[:n] = positions
+        self._total[...] = int(positions.max()) + 1
+        self.session.run_with_iobinding(self._decode_binding(n))
+        return self._tokens[:n].copy(), lambda: self._logits_rows(n)
+
+    def prefill(
+        self, slot: int, ids: list[int] | np.ndarray, start: int
+    ) -> tuple[int, Callable[[], np.ndarray]]:
+        """Write the keys/values of `ids` at positions `start..` of `slot`; returns the greedy
+        next token and a function giving its (vocab,) logits."""
+        ids = np.asarray(ids, np.int64)[None]
+        t = ids.shape[1]
+        binding = self._prefill_bindings.get(slot)
+        if binding is None:
+            binding = self.session.io_binding()
+            self._bind_kv(binding, slot, 1)
+            self._bind_outputs(binding, 1)
+            self._prefill_bindings[slot] = binding
+        pos = np.arange(start, start + t, dtype=np.int64)[None]
+        seqlens = np.array([start + t - 1], np.int32)
+        total = np.array(start + t, np.int32)
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("position_ids", pos)
+        binding.bind_cpu_input("seqlens_k", seqlens)
+        binding.bind_cpu_input("total_sequence_length", total)
+        self.session.run_with_iobinding(binding)
+        return int(self._tokens[0]), lambda: self._logits_rows(1)[0]
+
+    def _logits_rows(self, n: int) -> np.ndarray:
+        if self._logits_dev is None:
+            return self._logits[:n]
+        return self._logits_dev.numpy()[:n]
+
+
+# -- the scheduler ---------------------------------------------------------------------------
+
+
+class Engine:
+    """Requests in, text out through a `Sink`. `submit` and `cancel` may be called from any
+    thread; `step` runs on one thread (the generation loop)."""
+
+    def __init__(
+        self,
+        model: OrtGpt2,
+        tokenizer,
+        config: EngineConfig,
+        sink: Sink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.sink = sink or Sink()
+        self.clock = clock
+        self.eos = model.info.get("eos_token_id")
+        self.max_len = model.max_len
+        self.running: list[Request] = []  # holding a slot, in admission order
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._cancelled: set[int] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def free_slots(self) -> int:
+        return self.model.kv.free
+
+    def has_work(self) -> bool:
+        return bool(self.running or self._waiting)
+
+    def requests(self) -> list[Request]:
+        """Every unfinished request: running ones, then waiting ones."""
+        with self._lock:
+            return [*self.running, *self._waiting]
+
+    # -- requests in -------------------------------------------------------------------------
     def encode_prompt(
         self, prompt: str, params: SamplingParams, max_prompt_tokens: int | None = None
     ) -> list[int]:
         if not prompt:
             raise RequestError("text_input must be a non-empty string")
         ids = self.tokenizer.encode(prompt).ids
-        limit = min(max_prompt_tokens or self.n_positions - 1, self.n_positions - 1)
+        return self.check_prompt(ids, params, max_prompt_tokens)
+
+    def check_prompt(
+        self, ids: list[int], params: SamplingParams, max_prompt_tokens: int | None = None
+    ) -> list[int]:
+        window = self.max_len
+        limit = min(max_prompt_tokens or window - 1, window - 1)
         if not ids:
             raise RequestError("text_input encodes to no tokens")
         if len(ids) > limit:
             raise RequestError(
-                f"text_input has {len(ids)} tokens; the limit is {limit} (context window {self.n_positions})"
+                f"text_input has {len(ids)} tokens; the limit is {limit} (context window {window})"
             )
-        if len(ids) + params.max_tokens > self.n_positions:
+        if len(ids) + params.max_tokens > window:
             raise RequestError(
                 f"max_tokens {params.max_tokens} + {len(ids)} prompt tokens exceed the context window of "
-                f"{self.n_positions}; max_tokens must be <= {self.n_positions - len(ids)} for this prompt"
+                f"{window}; max_tokens must be <= {window - len(ids)} for this prompt"
             )
-        return ids
+        return list(ids)
 
-    def new_sequence(self, request_id, prompt_ids: list[int], params: SamplingParams) -> Sequence:
-        rng = None if params.greedy else np.random.Generator(np.random.PCG64(params.seed))
-        return Sequence(request_id, prompt_ids, params, Detokenizer(self.tokenizer, params.stop), rng)
+    def submit(self, prompt_ids: list[int], params: SamplingParams, context=None) -> Request:
+        """Queue a request (prompt already checked). QueueFullError when every slot is busy
+        and `max_queue` requests already wait: the running ones are not disturbed."""
+        now = self.clock()
+        req = Request(
+            list(prompt_ids), params, deadline=now + self.config.max_request_seconds, context=context
+        )
+        req.arrived = now
+        req.detok = Detokenizer(self.tokenizer, params.stop)
+        req.rng = None if params.greedy else np.random.Generator(np.random.PCG64(params.seed))
+        with self._lock:
+            # Requests beyond the free slots wait; at most `max_queue` of them.
+            if len(self._waiting) >= self.model.kv.free + self.config.max_queue:
+                raise QueueFullError(
+                    f"server busy: all {self.config.slots} KV slots in use and {len(self._waiting)} requests "
+                    f"waiting (max_queue_size {self.config.max_queue}); retry later"
+                )
+            self._waiting.append(req)
+        return req
 
-    # -- model calls --------------------------------------------------------------------
-    def _run(self, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray, past: list[np.ndarray]):
-        feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
-        for i, p in enumerate(past):
-            feeds[f"past_{i}"] = p
-        logits, *presents = self.session.run(self.output_names, feeds)
-        if logits.ndim == 3:  # (B, T, V) -> last position (B, V)
-            logits = logits[:, -1]
-        return logits, presents
+    def cancel(self, req: Request) -> None:
+        """Ends `req` at the next step (any thread); its slot is freed then."""
+        with self._lock:
+            self._cancelled.add(id(req))
 
-    def prefill(self, seqs: list[Sequence]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """Run several prompts in one call, left-padded to the longest.
+    # -- the loop ----------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Admit, prefill one chunk, decode one token for every decoding slot. False: idle."""
+        self._end_cancelled_and_late()
+        self._admit()
+        decoding = [r for r in self.running if r.status is Status.DECODING]
+        prefilling = next((r for r in self.running if r.status is Status.PREFILLING), None)
+        if prefilling is not None:
+            chunk = self.config.prefill_chunk if decoding else self.config.idle_prefill_chunk
+            self._guard(self._prefill, prefilling, chunk)
+        decoding = [r for r in self.running if r.status is Status.DECODING]
+        if decoding:
+            self._guard(self._decode, decoding)
+        return prefilling is not None or bool(decoding)
 
-        Returns last-position logits (k, V), their cache (2, k, nh, T, hs) per layer and the
-        mask (k, T) with zeros on the padding. Padding is masked out of attention, so each
-        row computes what its prompt computes alone.
-        """
-        width = max(len(s.prompt_ids) for s in seqs)
-        ids = np.zeros((len(seqs), width), np.int64)
-        pos = np.zeros((len(seqs), width), np.int64)
-        mask = np.zeros((len(seqs), width), np.int32)
-        for row, seq in enumerate(seqs):
-            n = len(seq.prompt_ids)
-            ids[row, width - n :] = seq.prompt_ids
-            pos[row, width - n :] = np.arange(n)
-            mask[row, width - n :] = 1
-            seq.length = n
-        empty = np.zeros((2, len(seqs), self.n_head, 0, self.head_size), self.past_dtype)
-        logits, presents = self._run(ids, pos, mask, [empty] * self.n_layer)
-        return logits, presents, mask
+    def _prefill(self, req: Request, chunk: int) -> None:
+        ids = req.prompt_ids[req.filled : req.filled + chunk]
+        token, logits = self.model.prefill(req.slot, ids, req.filled)
+        req.filled += len(ids)
+        if req.filled == len(req.prompt_ids):
+            req.status = Status.DECODING
+            self._advance(req, token, logits)
 
-    def add(self, seq: Sequence) -> int:
-        """Prefill `seq`, pick its first token and let it join the batch. Returns the token."""
-        return self.add_many([seq])[0]
+    def _decode(self, rows: list[Request]) -> None:
+        n = max(r.slot for r in rows) + 1  # rows are slots 0..n-1; others idle in place
+        tokens = np.zeros(n, np.int64)
+        positions = np.zeros(n, np.int64)
+        for r in self.running:  # a prefilling slot's dummy row writes where its next chunk will
+            if r.slot < n:
+                positions[r.slot] = r.filled
+        for r in rows:
+            tokens[r.slot] = r.next_token
+        greedy, logits = self.model.decode(tokens, positions)
+        for r in rows:
+            r.filled += 1
+            self._advance(r, int(greedy[r.slot]), lambda r=r: logits()[r.slot])
 
-    def add_many(self, seqs: list[Sequence]) -> list[int]:
-        """Prefill requests that arrived together in one call, pick each one's first token
-        and let the unfinished ones join the batch at the next step."""
-        logits, presents, mask = self.prefill(seqs)
-        tokens = [self._choose(seq, logits[row]) for row, seq in enumerate(seqs)]
-        keep = [row for row, seq in enumerate(seqs) if not seq.finished]
-        if not keep:
-            return tokens
-        if len(keep) < len(seqs):
-            idx = np.asarray(keep)
-            presents, mask = [p[:, idx] for p in presents], mask[idx]
-        width = max(self.mask.shape[1], mask.shape[1])
-        if self.active:
-            self.cache = [
-                np.concatenate([_left_pad(c, width), _left_pad(p, width)], axis=1)
-                for c, p in zip(self.cache, presents, strict=True)
-            ]
-            self.mask = np.concatenate([_left_pad_mask(self.mask, width), _left_pad_mask(mask, width)])
+    def _advance(self, req: Request, greedy_token: int, logits: Callable[[], np.ndarray]) -> None:
+        token = greedy_token if req.params.greedy else sample_token(logits(), req.params, req.rng)
+        if req.first_token_at is None:
+            req.first_token_at = self.clock()
+        req.generated += 1
+        req.next_token = token
+        req.tokens.append(token)
+        if token == self.eos and not req.params.ignore_eos:
+            text, reason = req.detok.flush(), FinishReason.EOS
         else:
-            self.cache, self.mask = presents, mask
-        self.active.extend(seqs[row] for row in keep)
-        return tokens
+            text = req.detok.push(token)
+            reason = None
+            if req.detok.stopped:
+                reason = FinishReason.STOP
+            elif req.generated >= req.params.max_tokens or req.filled >= self.max_len:
+                text += req.detok.flush()
+                reason = FinishReason.STOP if req.detok.stopped else FinishReason.LENGTH
+        if text:
+            self.sink.on_text(req, text)
+        if reason is not None:
+            self._finish(req, reason)
 
-    def step(self) -> list[tuple[Sequence, int]]:
-        """One decode step for every active sequence; returns (sequence, new token) pairs."""
-        if not self.active:
-            return []
-        ids = np.asarray([[s.next_token] for s in self.active], np.int64)
-        pos = np.asarray([[s.length] for s in self.active], np.int64)
-        mask = np.concatenate([self.mask, np.ones((len(self.active), 1), np.int32)], axis=1)
-        logits, self.cache = self._run(ids, pos, mask, self.cache)
-        self.mask = mask
-        out = []
-        for row, seq in enumerate(self.active):
-            seq.length += 1
-            out.append((seq, self._choose(seq, logits[row])))
-        return out
+    # -- admission and endings ---------------------------------------------------------------
+    def _admit(self) -> None:
+        with self._lock:
+            while self._waiting and self.model.kv.free:
+                req = self._waiting.popleft()
+                req.slot = self.model.kv.acquire()
+                req.status, req.filled = Status.PREFILLING, 0
+                self.running.append(req)
 
-    def _choose(self, seq: Sequence, logits: np.ndarray) -> int:
-        token = sample_token(logits, seq.params, seq.rng)
-        seq.generated += 1
-        seq.next_token = token
-        if token == self.eos_token_id and not seq.params.ignore_eos:
-            seq.finished, seq.finish_reason = True, "stop"
-        elif seq.generated >= seq.params.max_tokens:
-            seq.finished, seq.finish_reason = True, "length"
-        return token
+    def _end_cancelled_and_late(self) -> None:
+        now = self.clock()
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            waiting = list(self._waiting)
+        for req in [*self.running, *waiting]:
+            if id(req) in cancelled:
+                self._finish(req, FinishReason.CANCELLED)
+            elif now > req.deadline:
+                self._finish(
+                    req,
+                    FinishReason.TIMEOUT,
+                    f"request timeout: generation ran past max_request_seconds ({self.config.max_request_seconds:g} s)",
+                )
 
-    def text_delta(self, seq: Sequence, token: int) -> str:
-        """The new text after `token` (EOS adds none); stop strings end the sequence."""
-        if token == self.eos_token_id and not seq.params.ignore_eos:
-            delta = seq.detok.flush()
+    def _finish(self, req: Request, reason: FinishReason, error: str | None = None) -> None:
+        if req.status is Status.FINISHED:
+            return
+        if req.status is Status.WAITING:
+            with self._lock:
+                if req in self._waiting:
+                    self._waiting.remove(req)
         else:
-            delta = seq.detok.push(token)
-            if seq.finished:
-                delta += seq.detok.flush()
-        if seq.detok.stopped and not seq.finished:
-            seq.finished, seq.finish_reason = True, "stop"
-        return delta
+            self.running.remove(req)
+            self.model.kv.release(req.slot)
+        req.status, req.finish_reason, req.error = Status.FINISHED, reason, error
+        self.sink.on_finish(req)
 
-    def remove(self, seqs: list[Sequence]) -> None:
-        """Drop finished or cancelled sequences from the batch and trim shared padding."""
-        if not seqs:
-            return
-        gone = {id(s) for s in seqs}
-        keep = [i for i, s in enumerate(self.active) if id(s) not in gone]
-        if len(keep) == len(self.active):
-            return
-        self.active = [self.active[i] for i in keep]
-        if not keep:
-            self.cache, self.mask = [], np.zeros((0, 0), np.int32)
-            return
-        idx = np.asarray(keep)
-        mask = self.mask[idx]
-        start = int(np.argmax(mask.any(axis=0)))  # leading columns that are padding for all rows
-        self.mask = np.ascontiguousarray(mask[:, start:])
-        self.cache = [np.ascontiguousarray(c[:, idx, :, start:, :]) for c in self.cache]
+    def _guard(self, fn, *args) -> None:
+        """A failing model call ends the requests it was for; the engine keeps serving."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - reported to each request, logged by the adapter
+            rows = args[0] if isinstance(args[0], list) else [args[0]]
+            for req in rows:
+                self._finish(req, FinishReason.ERROR, f"internal error during generation: {exc}")
 
-    # -- single-request convenience (tests, offline use) ----------------------------------
-    def generate(self, prompt: str, params: SamplingParams):
-        """Yield the text deltas of one request, decoded alone."""
-        seq = self.new_sequence(None, self.encode_prompt(prompt, params), params)
-        token = self.add(seq)
-        yield from _nonempty(self.text_delta(seq, token))
-        while not seq.finished:
-            ((_, token),) = self.step()
-            yield from _nonempty(self.text_delta(seq, token))
-        self.remove([seq])
+    def abort_all(self, message: str) -> None:
+        """Ends every running and waiting request with `message` (shutdown)."""
+        with self._lock:
+            waiting = list(self._waiting)
+        for req in [*self.running, *waiting]:
+            self._finish(req, FinishReason.ERROR, message)
+
+    # -- offline use (tests, profiling) --------------------------------------------------------
+    def run_until_done(self, requests: list[Request]) -> None:
+        while any(r.status is not Status.FINISHED for r in requests):
+            self.step()
 
     def generate_ids(self, prompt_ids: list[int], params: SamplingParams) -> list[int]:
-        seq = self.new_sequence(None, list(prompt_ids), params)
-        out = [self.add(seq)]
-        while not seq.finished:
-            ((_, token),) = self.step()
-            out.append(token)
-        self.remove([seq])
-        return out
+        req = self.submit(self.check_prompt(prompt_ids, params), params)
+        self.run_until_done([req])
+        return req.tokens
 
 
-def _nonempty(text: str):
-    if text:
-        yield text
+def load_engine(
+    model_dir: str,
+    config: EngineConfig,
+    sink: Sink | None = None,
+    intra_op_threads: int = 0,
+    providers=None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Engine:
+    """The engine for a repository version folder (`model.onnx`, `tokenizer.json`, `model_info.json`)."""
+    from tokenizers import Tokenizer
 
-
-def _left_pad(cache: np.ndarray, width: int) -> np.ndarray:
-    """(2, B, nh, L, hs) -> (2, B, nh, width, hs) with zeros before."""
-    pad = width - cache.shape[3]
-    if pad == 0:
-        return cache
-    return np.pad(cache, ((0, 0), (0, 0), (0, 0), (pad, 0), (0, 0)))
-
-
-def _left_pad_mask(mask: np.ndarray, width: int) -> np.ndarray:
-    pad = width - mask.shape[1]
-    return mask if pad == 0 else np.pad(mask, ((0, 0), (pad, 0)))
+    with open(os.path.join(model_dir, "model_info.json")) as f:
+        n_positions = int(json.load(f)["n_positions"])
+    config.check(n_positions)
+    max_len = config.max_len or n_positions
+    model = OrtGpt2(model_dir, config.slots, max_len, intra_op_threads, providers)
+    tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    return Engine(model, tokenizer, config, sink, clock)

@@ -2,12 +2,15 @@
 
 The interface of Triton's LLM backends (vLLM, TensorRT-LLM): in `text_input` BYTES,
 optional `stream` BOOL, `sampling_parameters` BYTES (JSON), `exclude_input_in_output`
-BOOL; out `text_output` BYTES. `execute` only checks each request and queues it; one
-background thread runs the generation loop with in-flight batching (every active request
-advances by one token per batched decode step; a request joins at the next step and
-leaves when it finishes). Responses go out on a second thread, in order, so the IPC of
-sending a token to Triton (~0.5 ms measured) overlaps the next decode step instead of
-adding to it.
+BOOL; out `text_output` BYTES. This file only converts Triton requests into engine
+requests and engine results into responses; the generation itself (KV slots, chunked
+prefill, in-flight batching, sampling) is `gpt2_engine.Engine`, which knows nothing of
+Triton.
+
+Threads: `execute` checks and tokenizes each request and submits it; one generation thread
+runs `Engine.step()`; responses go out on a sender thread so Triton's IPC (~0.5 ms a
+response) overlaps the next step, except a request's first response, which the generation
+thread sends at once (time to first token).
 """
 
 import json
@@ -22,7 +25,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpt2_engine import SAMPLING_KEYS, Gpt2Engine, RequestError, parse_sampling_parameters  # noqa: E402
+from gpt2_engine import EngineConfig, FinishReason, Sink, load_engine  # noqa: E402
+from sampling import SAMPLING_KEYS, RequestError, parse_sampling_parameters  # noqa: E402
+
+# Asking Triton whether a client cancelled is an IPC round trip (~0.1-0.2 ms): every N steps.
+CANCEL_CHECK_EVERY = 8
 
 
 def _param(config, key, default):
@@ -40,13 +47,9 @@ def _optional_scalar(request, name):
     return arr.reshape(-1)[0]
 
 
-# Cancellation is an IPC round trip to Triton (~0.1-0.2 ms): ask every this many steps.
-CANCEL_CHECK_EVERY = 8
-
-
 class _ResponseSender:
-    """One thread sending responses in the order they were queued (per request order is
-    what the client sees), so the generation loop never waits on Triton's IPC."""
+    """One thread sending responses in the order they were queued, so the generation loop
+    never waits on Triton's IPC."""
 
     def __init__(self):
         self.queue = queue.SimpleQueue()
@@ -56,19 +59,22 @@ class _ResponseSender:
     def send(self, sender, response=None, flags=0):
         self.queue.put((sender, response, flags))
 
+    @staticmethod
+    def send_now(sender, response=None, flags=0):
+        try:
+            if response is None:
+                sender.send(flags=flags)
+            else:
+                sender.send(response, flags=flags)
+        except Exception as exc:  # a client gone away must not stop the others' responses
+            pb_utils.Logger.log_warn(f"gpt2: could not send a response: {exc}")
+
     def _run(self):
         while True:
             item = self.queue.get()
             if item is None:
                 return
-            sender, response, flags = item
-            try:
-                if response is None:
-                    sender.send(flags=flags)
-                else:
-                    sender.send(response, flags=flags)
-            except Exception as exc:  # a client gone away must not stop the others' responses
-                pb_utils.Logger.log_warn(f"gpt2: could not send a response: {exc}")
+            self.send_now(*item)
 
     def close(self, timeout):
         self.queue.put(None)
@@ -76,11 +82,44 @@ class _ResponseSender:
 
 
 class _Job:
-    __slots__ = ("sender", "request", "seq", "stream", "prefix", "text", "deadline")
+    """What the adapter keeps per request (the engine's `Request.context`)."""
 
-    def __init__(self, sender, request, seq, stream, prefix, deadline):
-        self.sender, self.request, self.seq = sender, request, seq
-        self.stream, self.prefix, self.text, self.deadline = stream, prefix, [], deadline
+    __slots__ = ("sender", "stream", "prefix", "text", "answered")
+
+    def __init__(self, sender, stream, prefix):
+        self.sender, self.stream, self.prefix, self.text = sender, stream, prefix, []
+        self.answered = False  # a response has gone out (the first one is sent inline)
+
+
+class _TritonSink(Sink):
+    def __init__(self, responses):
+        self.responses = responses
+
+    def on_text(self, request, text):
+        job = request.context
+        if not job.stream:
+            job.text.append(text)
+            return
+        if not job.answered:  # first token: send from the generation thread, now
+            job.answered = True
+            self.responses.send_now(job.sender, _text_response(job.prefix + text))
+        else:
+            self.responses.send(job.sender, _text_response(text))
+
+    def on_finish(self, request):
+        job = request.context
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        reason = request.finish_reason
+        if reason in (FinishReason.ERROR, FinishReason.TIMEOUT):
+            self.responses.send(job.sender, _error_response(request.error), flags=final)
+        elif reason is FinishReason.CANCELLED:
+            self.responses.send(job.sender, flags=final)
+        elif job.stream:
+            if not job.answered and job.prefix:
+                self.responses.send(job.sender, _text_response(job.prefix))
+            self.responses.send(job.sender, flags=final)
+        else:
+            self.responses.send(job.sender, _text_response(job.prefix + "".join(job.text)), flags=final)
 
 
 class TritonPythonModel:
@@ -93,28 +132,47 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.max_tokens_limit = _param(config, "max_tokens_limit", 512)
         self.max_prompt_tokens = _param(config, "max_prompt_tokens", 0)
-        self.max_batch = _param(config, "max_active_sequences", 16)
-        self.max_request_seconds = _param(config, "max_request_seconds", 300.0)
-        threads = _param(config, "intra_op_threads", 0)
+        engine_config = EngineConfig(
+            slots=_param(config, "kv_slots", 8),
+            max_len=_param(config, "kv_max_len", 0),
+            prefill_chunk=_param(config, "prefill_chunk", 16),
+            idle_prefill_chunk=_param(config, "idle_prefill_chunk", 512),
+            max_queue=_param(config, "max_queue_size", 64),
+            max_request_seconds=_param(config, "max_request_seconds", 300.0),
+        )
         providers = None
         if args.get("model_instance_kind") == "GPU":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.engine = Gpt2Engine(version_dir, intra_op_threads=threads, providers=providers)
-        self.queue = queue.Queue()
-        self.running = True
         self.responses = _ResponseSender()
+        try:
+            self.engine = load_engine(
+                version_dir,
+                engine_config,
+                _TritonSink(self.responses),
+                intra_op_threads=_param(config, "intra_op_threads", 0),
+                providers=providers,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise pb_utils.TritonModelException(f"gpt2: {exc}") from exc
+        self.wake = threading.Event()
+        self.running = True
         self.thread = threading.Thread(target=self._loop, name="gpt2-generation", daemon=True)
         self.thread.start()
+        model = self.engine.model
         pb_utils.Logger.log_info(
-            f"gpt2 ready: {self.engine.n_layer} layers, context {self.engine.n_positions}, "
-            f"past {self.engine.past_dtype.__name__}, providers {self.engine.session.get_providers()}"
+            f"gpt2 ready: {model.n_layer} layers, context {model.n_positions}, providers "
+            f"{model.session.get_providers()}; KV cache {engine_config.slots} slots x {model.max_len} "
+            f"positions, {np.dtype(model.kv_dtype).name}, {model.kv.nbytes / 2**20:.0f} MiB on {model.device}, "
+            f"allocated once"
         )
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
             try:
-                self.queue.put(self._parse(request, sender))
+                prompt_ids, params, job = self._parse(request, sender)
+                self.engine.submit(prompt_ids, params, context=job)
+                self.wake.set()
             except RequestError as exc:
                 sender.send(_error_response(str(exc)), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             except Exception as exc:  # never let one bad request take the model down
@@ -138,129 +196,35 @@ class TritonPythonModel:
         stream = _optional_scalar(request, "stream")
         exclude = _optional_scalar(request, "exclude_input_in_output")
         ids = self.engine.encode_prompt(prompt, params, self.max_prompt_tokens or None)
-        seq = self.engine.new_sequence(request.request_id(), ids, params)
         prefix = "" if exclude is None or bool(exclude) else prompt
-        deadline = time.monotonic() + self.max_request_seconds
-        return _Job(sender, request, seq, bool(stream) if stream is not None else False, prefix, deadline)
+        return ids, params, _Job(sender, bool(stream) if stream is not None else False, prefix)
 
     # -- the generation loop (background thread) ---------------------------------------
     def _loop(self):
-        jobs = {}
         steps = 0
         while self.running:
             try:
-                self._admit(jobs)
-                if not jobs:
+                if not self.engine.has_work():
+                    self.wake.wait(timeout=0.1)
+                    self.wake.clear()
                     continue
-                finished, now = [], time.monotonic()
+                self.engine.step()
                 steps += 1
-                check_cancel = steps % CANCEL_CHECK_EVERY == 0
-                for seq, token in self.engine.step():
-                    job = jobs[id(seq)]
-                    self._emit(job, token)
-                    if not seq.finished and now > job.deadline:
-                        self._fail(
-                            job.sender,
-                            f"request timeout: generation ran past max_request_seconds "
-                            f"({self.max_request_seconds:g} s)",
-                        )
-                        job.sender = None
-                        finished.append(seq)
-                    elif seq.finished or (check_cancel and job.sender.is_cancelled()):
-                        finished.append(seq)
-                self._retire(jobs, finished)
-            except Exception as exc:  # fail the active requests, keep serving new ones
+                if steps % CANCEL_CHECK_EVERY == 0:
+                    for req in self.engine.requests():
+                        if req.context.sender.is_cancelled():
+                            self.engine.cancel(req)
+            except Exception as exc:  # the engine fails only the requests concerned; log the rest
                 pb_utils.Logger.log_error(f"gpt2 generation loop: {exc}\n{traceback.format_exc()}")
-                for job in jobs.values():
-                    self._fail(job.sender, f"internal error during generation: {exc}")
-                self.engine.remove([j.seq for j in jobs.values()])
-                jobs.clear()
-        self._shut_down(jobs)
-
-    def _shut_down(self, jobs):
-        """The loop is stopping (finalize): a request still active or queued ends with a
-        named error instead of never. Triton itself calls finalize only once the streams in
-        flight have finished or its exit timeout has passed."""
-        message = "server is shutting down: gpt2 is being unloaded; retry on another server"
-        for job in jobs.values():
-            if job.sender is not None:
-                self._fail(job.sender, message)
-        self.engine.remove([j.seq for j in jobs.values()])
-        jobs.clear()
-        while True:
-            try:
-                job = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                self._fail(job.sender, message)
-
-    def _admit(self, jobs):
-        """Requests waiting in the queue join the batch, prefilled together in one call
-        (blocking for new work only when nothing is being generated)."""
-        new = []
-        while len(jobs) + len(new) < self.max_batch:
-            try:
-                job = self.queue.get_nowait() if jobs or new else self.queue.get(timeout=0.1)
-            except queue.Empty:
-                break
-            if job is None:
-                break
-            if not job.sender.is_cancelled():
-                new.append(job)
-        if not new:
-            return
-        try:
-            tokens = self.engine.add_many([job.seq for job in new])
-        except Exception as exc:
-            for job in new:
-                self._fail(job.sender, f"internal error in prefill: {exc}")
-            return
-        for job, token in zip(new, tokens):
-            if job.prefix and job.stream:
-                self._send(job.sender, job.prefix)
-            self._emit(job, token)
-            if job.seq.finished:
-                self._finish(job)
-            else:
-                jobs[id(job.seq)] = job
-
-    def _emit(self, job, token):
-        delta = self.engine.text_delta(job.seq, token)
-        if not delta:
-            return
-        if job.stream:
-            self._send(job.sender, delta)
-        else:
-            job.text.append(delta)
-
-    def _retire(self, jobs, finished):
-        for seq in finished:
-            job = jobs.pop(id(seq))
-            if job.sender is not None and not job.sender.is_cancelled():
-                self._finish(job)
-        self.engine.remove(finished)
-
-    def _finish(self, job):
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        if job.stream:
-            self.responses.send(job.sender, flags=final)
-        else:
-            text = job.prefix + "".join(job.text)
-            self.responses.send(job.sender, _text_response(text), flags=final)
-
-    def _send(self, sender, text):
-        self.responses.send(sender, _text_response(text))
-
-    def _fail(self, sender, message):
-        self.responses.send(
-            sender, _error_response(message), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        )
+                time.sleep(0.01)
+        # finalize: Triton calls it once the streams in flight have finished or its exit
+        # timeout has passed; whatever is still here ends with a named error, not never.
+        self.engine.abort_all("server is shutting down: gpt2 is being unloaded; retry on another server")
 
     def finalize(self):
         started = time.monotonic()
         self.running = False
-        self.queue.put(None)
+        self.wake.set()
         self.thread.join(timeout=5)
         self.responses.close(timeout=5)
         pb_utils.Logger.log_info(
