@@ -82,7 +82,10 @@ def model_info(cfg, eos_token_id: int | None = None) -> dict:
 
 def build_graph(model) -> onnx.ModelProto:
     cfg = model.config
-    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    sd = {
+        k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)).astype(np.float32)
+        for k, v in model.state_dict().items()
+    }
     L, nh, E, V = cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size
     hs, eps = E // nh, float(cfg.layer_norm_epsilon)
     inits: list[TensorProto] = []

@@ -30,24 +30,38 @@ CACHE = Path(os.environ.get("AIGC_CACHE", Path.home() / ".cache" / "aigc-serve")
 
 def find_tritonserver() -> tuple[Path, Path]:
     """(tritonserver binary, its shared-library folder) from the nvidia-pytriton wheel."""
-    try:
-        import pytriton
-    except ImportError:
-        raise ServerError(
-            "nvidia-pytriton is not installed: `pip install nvidia-pytriton` (it carries tritonserver)"
-        ) from None
-    root = Path(pytriton.__file__).parent
+    root = _pytriton_root()
     binary = root / "tritonserver" / "bin" / "tritonserver"
     if not binary.is_file():
         raise ServerError(f"{binary}: the Triton binary is missing from the nvidia-pytriton wheel")
     return binary, root.parent / "nvidia_pytriton.libs"
 
 
+def _pytriton_root() -> Path:
+    """The installed pytriton package folder, found without importing it (only its server
+    binary is used; its Python side pins dependencies this project does not need)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(
+            "nvidia-pytriton is not installed: `pip install nvidia-pytriton` (it carries tritonserver)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _pytriton_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nvidia-pytriton")
+    except PackageNotFoundError:
+        return "x"
+
+
 def prepare_backends() -> Path:
     """A backend folder with the Python backend and the stub for this interpreter's version."""
-    import pytriton
-
-    root = Path(pytriton.__file__).parent / "tritonserver"
+    root = _pytriton_root() / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
@@ -55,7 +69,7 @@ def prepare_backends() -> Path:
         raise ServerError(
             f"no Triton Python-backend stub for Python {version} (the wheel has {', '.join(have)})"
         )
-    dest = CACHE / f"backends-{getattr(pytriton, '__version__', 'x')}-py{version}"
+    dest = CACHE / f"backends-{_pytriton_version()}-py{version}"
     python = dest / "python"
     if not (python / "triton_python_backend_stub").is_file():
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
@@ -92,7 +106,8 @@ def server_env() -> dict[str, str]:
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
     paths = [p for p in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(p)]
-    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # An explicit PYTHONPATH comes first (e.g. onnxruntime-gpu unpacked beside a CPU build).
+    env["PYTHONPATH"] = os.pathsep.join(([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []) + paths)
     if sys.prefix != sys.base_prefix:
         env["VIRTUAL_ENV"] = sys.prefix
     return env

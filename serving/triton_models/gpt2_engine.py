@@ -172,8 +172,15 @@ class OrtGpt2:
         providers = providers or [
             p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
         ]
+        if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # the CUDA and cuDNN libraries of the nvidia-* pip packages
         self.session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=providers)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        if "CUDAExecutionProvider" in providers and self.device != "cuda":
+            raise RuntimeError(
+                f"CUDA was asked for but this onnxruntime ({ort.__version__} at {os.path.dirname(ort.__file__)}) "
+                f"offers {', '.join(available)}: install onnxruntime-gpu"
+            )
         self.n_layer, self.n_head = int(self.info["n_layer"]), int(self.info["n_head"])
         self.head_size, self.n_positions = int(self.info["head_size"]), int(self.info["n_positions"])
         self.vocab = int(self.info["vocab_size"])
@@ -198,12 +205,22 @@ class OrtGpt2:
         self._tokens = np.zeros(max(slots, 1), np.int64)
         self._logits = np.zeros((max(slots, 1), self.vocab), np.float32)
         self._logits_dev = None
+        self._inputs_dev = None
         if self.device != "cpu":
-            import onnxruntime as ort
-
+            # On a GPU the per-step inputs live on the device too: IO binding copies a host
+            # input to the device once, when it is bound, so they are refreshed in place
+            # (`update_inplace`) before each step; only the greedy ids come back to the host.
             self._logits_dev = ort.OrtValue.ortvalue_from_shape_and_type(
                 (max(slots, 1), self.vocab), np.float32, self.device, 0
             )
+            self._inputs_dev = {
+                name: ort.OrtValue.ortvalue_from_numpy(arr, self.device, 0)
+                for name, arr in (
+                    ("input_ids", self._ids),
+                    ("position_ids", self._pos),
+                    ("seqlens_k", self._seqlens),
+                )
+            }
         self._decode_bindings: dict[int, object] = {}
         self._prefill_bindings: dict[int, object] = {}
 
@@ -229,9 +246,15 @@ class OrtGpt2:
         binding = self._decode_bindings.get(rows)
         if binding is None:
             binding = self.session.io_binding()
-            binding.bind_input("input_ids", "cpu", 0, np.int64, [rows, 1], self._ids.ctypes.data)
-            binding.bind_input("position_ids", "cpu", 0, np.int64, [rows, 1], self._pos.ctypes.data)
-            binding.bind_input("seqlens_k", "cpu", 0, np.int32, [rows], self._seqlens.ctypes.data)
+            shapes = {"input_ids": [rows, 1], "position_ids": [rows, 1], "seqlens_k": [rows]}
+            hosts = {"input_ids": self._ids, "position_ids": self._pos, "seqlens_k": self._seqlens}
+            for name, host in hosts.items():
+                if self._inputs_dev is None:
+                    binding.bind_input(name, "cpu", 0, host.dtype, shapes[name], host.ctypes.data)
+                else:
+                    dev = self._inputs_dev[name]
+                    binding.bind_input(name, self.device, 0, host.dtype, shapes[name], dev.data_ptr())
+            # GroupQueryAttention reads this one on the host on every device.
             binding.bind_input("total_sequence_length", "cpu", 0, np.int32, [], self._total.ctypes.data)
             self._bind_kv(binding, 0, rows)
             self._bind_outputs(binding, rows)
@@ -249,6 +272,13 @@ class OrtGpt2:
         self._pos[:n, 0] = positions
         self._seqlens[:n] = positions
         self._total[...] = int(positions.max()) + 1
+        if self._inputs_dev is not None:
+            for name, host in (
+                ("input_ids", self._ids),
+                ("position_ids", self._pos),
+                ("seqlens_k", self._seqlens),
+            ):
+                self._inputs_dev[name].update_inplace(host)
         self.session.run_with_iobinding(self._decode_binding(n))
         return self._tokens[:n].copy(), lambda: self._logits_rows(n)
 

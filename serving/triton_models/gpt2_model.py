@@ -159,6 +159,11 @@ class TritonPythonModel:
         self.thread = threading.Thread(target=self._loop, name="gpt2-generation", daemon=True)
         self.thread.start()
         model = self.engine.model
+        import onnxruntime
+
+        pb_utils.Logger.log_info(
+            f"gpt2: onnxruntime {onnxruntime.__version__} from {onnxruntime.__file__}, numpy {np.__version__}"
+        )
         pb_utils.Logger.log_info(
             f"gpt2 ready: {model.n_layer} layers, context {model.n_positions}, providers "
             f"{model.session.get_providers()}; KV cache {engine_config.slots} slots x {model.max_len} "
