@@ -1,9 +1,12 @@
 """`aigc soak`: concurrent mixed load against a server for a set time.
 
-Clients send text streams, image batches and a share of deliberately bad requests. Bad
-requests must fail with their named error; anything else failing is an unexpected error.
-The server's memory (resident set of `tritonserver` and its Python-backend stubs) is read
-after a warm-up and at the end. Fails on any unexpected error or on growth past a bound.
+Clients send short and long text streams (a share of the long ones cancelled mid-stream by
+the client going away), image batches and a share of deliberately bad requests. Bad requests
+must fail with their named error; anything else failing is an unexpected error. The server's
+memory (resident set of `tritonserver` and its Python-backend stubs) is sampled every second:
+the growth is the last quarter's mean over the first quarter's, after a warm-up that has
+touched every code path (the KV slots are allocated once at load, so churn should not move
+it). Fails on any unexpected error or on growth past a bound.
 """
 
 from __future__ import annotations
@@ -78,8 +81,27 @@ def process_tree_rss_mb(pids: tuple[int, ...]) -> float:
     return total / 1024
 
 
-def _one_request(client, kind: str, rng: random.Random) -> None:
-    if kind == "text":
+def _long_prompt(client) -> str:
+    """Words filling about a quarter of the served context (one word is at least one token)."""
+    try:
+        cfg = client._client.get_model_config("gpt2", as_json=True)["config"]
+        limit = int(cfg["parameters"]["max_prompt_tokens"]["string_value"])
+    except Exception:  # noqa: BLE001 - an older repository: a modest length
+        limit = 128
+    return " ".join(["value"] * max(8, limit // 4))
+
+
+def _one_request(client, kind: str, rng: random.Random, long_prompt: str = "") -> None:
+    if kind == "long_text":
+        if not "".join(client.generate_text(long_prompt, max_tokens=rng.randint(2, 16), ignore_eos=True)):
+            raise ClientError("empty text from a valid request")
+    elif kind == "cancelled_text":
+        stream = client.generate_text(long_prompt, max_tokens=64, ignore_eos=True)
+        for i, _ in enumerate(stream):
+            if i == 1:
+                break
+        stream.close()  # the client goes away mid-stream: the server must free the slot
+    elif kind == "text":
         text = "".join(
             client.generate_text(
                 "The class",
@@ -126,11 +148,11 @@ def run_soak(opts: SoakOptions) -> dict:
                 kind = (
                     rng.choice([k for k, _ in BAD])
                     if rng.random() < opts.bad_share
-                    else rng.choice(["text", "image"])
+                    else rng.choice(["text", "text", "long_text", "cancelled_text", "image"])
                 )
                 t0 = time.perf_counter()
                 try:
-                    _one_request(client, kind, rng)
+                    _one_request(client, kind, rng, long_prompt)
                     outcome = "ok" if kind not in expected else f"{kind}: accepted a bad request"
                 except ClientError as exc:
                     words = expected.get(kind)
@@ -151,16 +173,31 @@ def run_soak(opts: SoakOptions) -> dict:
 
     warm = AigcClient(opts.url)
     warm.wait_ready(30)
-    _one_request(warm, "text", random.Random(0))
-    _one_request(warm, "image", random.Random(0))
+    long_prompt = _long_prompt(warm)
+    for kind in ("text", "long_text", "cancelled_text", "image"):
+        _one_request(warm, kind, random.Random(0), long_prompt)
     warm.close()
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while opts.server_pids and not done.wait(1.0):
+            samples.append(process_tree_rss_mb(opts.server_pids))
+
+    sampler = threading.Thread(target=sample, daemon=True)
     rss_start = process_tree_rss_mb(opts.server_pids) if opts.server_pids else None
+    sampler.start()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(opts.clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    done.set()
+    sampler.join()
     rss_end = process_tree_rss_mb(opts.server_pids) if opts.server_pids else None
+    if rss_end is not None:
+        samples.append(rss_end)
+    quarter = max(1, len(samples) // 4)
     result = {
         "duration_s": opts.duration_s,
         "clients": opts.clients,
@@ -173,7 +210,14 @@ def run_soak(opts: SoakOptions) -> dict:
         "server_rss_mb": {
             "start": rss_start,
             "end": rss_end,
-            "growth": None if rss_start is None else round(rss_end - rss_start, 1),
+            "max": round(max(samples), 1) if samples else None,
+            # last quarter's mean over the first quarter's: churn after the warm-up
+            "growth": (
+                None
+                if not samples
+                else round(float(np.mean(samples[-quarter:]) - np.mean(samples[:quarter])), 1)
+            ),
+            "samples": [round(x, 1) for x in samples],
         },
     }
     return result

@@ -189,7 +189,7 @@ def test_slots_joining_leaving_and_reused_equal_solo_and_transformers(version_di
     assert [reqs[i].tokens for i in range(len(texts))] == solo
     assert all(r.finish_reason is FinishReason.LENGTH for r in reqs.values())
     assert engine.free_slots == 3 and not engine.running
-    for i, r in reqs.items():  # the streamed text is the tokens' text
+    for r in reqs.values():  # the streamed text is the tokens' text
         assert "".join(sink.text.get(id(r), [])) == engine.tokenizer.decode(r.tokens)
 
 
@@ -208,6 +208,24 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(version_dir):
     # One chunk a step, and the running stream got a token every one of those steps.
     assert steps == -(-len(long_ids) // 4)
     assert short.generated == before + steps
+
+
+def test_requests_arriving_together_share_one_prefill_call(version_dir):
+    engine, sink, _ = make_engine(version_dir, slots=4, idle_prefill_chunk=64)
+    ids = engine.tokenizer.encode("def f(x): return").ids
+    solo = engine.generate_ids(ids, greedy(8))
+    calls = []
+    real = engine.model.prefill_rows
+
+    def spy(first_slot, rows, start):
+        calls.append(rows.shape)
+        return real(first_slot, rows, start)
+
+    engine.model.prefill_rows = spy
+    reqs = [engine.submit(ids, greedy(8)) for _ in range(3)]
+    engine.run_until_done(reqs)
+    assert calls == [(3, len(ids))]
+    assert [r.tokens for r in reqs] == [solo] * 3
 
 
 def test_cancel_and_timeout_free_the_slot_at_once(version_dir):
@@ -277,7 +295,7 @@ def test_a_failing_model_call_fails_its_requests_and_the_engine_serves_on(versio
     def broken(*args, **kwargs):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(engine.model, "prefill", broken)  # a fault that cannot be caused for real
+    monkeypatch.setattr(engine.model, "prefill_rows", broken)  # a fault that cannot be caused for real
     engine.step()
     assert req.finish_reason is FinishReason.ERROR and "device lost" in req.error
     assert engine.free_slots == 2

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.cli import build_parser
 from aigc.cli import main as aigc_main
-from aigc.errors import BuildError, ServerError
+from aigc.errors import BuildError, ConfigError, ServerError
 from serving.builder import BuildOptions, build_repository, choose_variant, read_config, versions
 from serving.server import EmbeddedTritonServer
 
@@ -46,45 +46,92 @@ def test_variant_choice(exports):
     from export.api import read_report
 
     report = read_report(exports["gpt2"])
-    assert choose_variant(report, "gpt2", "auto", "cpu") in ("fp32", "int8")
+    assert choose_variant(report, "gpt2", "auto", "cpu")[0] in ("fp32", "int8")
     report["variants"]["int8"]["passed"] = False
     report["variants"]["int8"]["reason"] = "perplexity +9%"
-    assert choose_variant(report, "gpt2", "auto", "cpu") == "fp32"
+    assert choose_variant(report, "gpt2", "auto", "cpu")[0] == "fp32"
     with pytest.raises(BuildError, match=r"int8 .*did not pass its gate: perplexity \+9%"):
         choose_variant(report, "gpt2", "int8", "cpu")
     with pytest.raises(BuildError, match="int4"):
         choose_variant(report, "gpt2", "int4", "cpu")
 
 
-def test_streams_rank_gpt2_variants_by_their_measured_batched_step(exports):
+def _profile(step_1, step_8, growth, prefill_16, prefill_128):
+    """A decode profile: step at 48 cached tokens, `growth` x that at 496; two prefills."""
+    return {
+        "past_lens": [48, 496],
+        "step_ms": {"1": {"48": step_1, "496": step_1 * growth}, "8": {"48": step_8, "496": step_8 * growth}},
+        "prefill_ms": {"16": prefill_16, "128": prefill_128},
+    }
+
+
+def test_auto_ranks_gpt2_variants_by_the_expected_latency_of_the_workload(exports):
     from export.api import read_report
-    from serving.builder import step_ms_at
+    from export.latency_model import Workload, expected_request, step_ms_at
 
     report = read_report(exports["gpt2"])
     for name in ("fp32", "int8"):
         profile = report["variants"][name]["decode_profile"]
-        assert set(profile["step_ms"]) == {"1", "4", "8"} and all(v > 0 for v in profile["step_ms"].values())
-        assert report["variants"][name]["latency_ms"]["gpt2"] == profile["step_ms"]["1"]
+        assert set(profile["step_ms"]) == {"1", "4", "8"}
+        assert all(ms > 0 for by_past in profile["step_ms"].values() for ms in by_past.values())
         assert all(v > 0 for v in profile["prefill_ms"].values())
-    # Measured profiles as on a 2-core AVX2 CPU: int4 leads alone, int8 once 8 streams share a step.
-    report["variants"]["int8"]["decode_profile"] = {"step_ms": {"1": 7.0, "4": 11.0, "8": 17.0}}
-    report["variants"]["fp32"]["decode_profile"] = {"step_ms": {"1": 5.5, "4": 13.5, "8": 21.5}}
-    report["variants"]["int8"]["latency_ms"]["gpt2"] = 7.0
-    report["variants"]["fp32"]["latency_ms"]["gpt2"] = 5.5
-    assert step_ms_at(report["variants"]["int8"]["decode_profile"], 6) == 14.0
-    assert step_ms_at(report["variants"]["int8"]["decode_profile"], 16) == 29.0  # last slope onwards
-    assert choose_variant(report, "gpt2", "auto", "cpu") == "fp32"
-    assert choose_variant(report, "gpt2", "auto", "cpu", streams=2) == "fp32"
-    assert choose_variant(report, "gpt2", "auto", "cpu", streams=8) == "int8"
+    assert report["expected_latency"]["fastest"] in ("fp32", "int8")
+    # As measured on a Xeon: int4 steps faster alone, int8 prefills 2.5x faster and batches better.
+    int4 = _profile(step_1=5.0, step_8=17.8, growth=1.2, prefill_16=18.2, prefill_128=140.0)
+    int8 = _profile(step_1=5.5, step_8=10.7, growth=1.2, prefill_16=7.3, prefill_128=55.0)
+    report["variants"]["int8"]["decode_profile"] = int8
+    report["variants"]["fp32"]["decode_profile"] = int4
+    assert step_ms_at(int8, 4, 48) == pytest.approx(5.5 + (10.7 - 5.5) * 3 / 7)
+    assert step_ms_at(int8, 16, 48) == pytest.approx(10.7 + (10.7 - 5.5) * 8 / 7)  # last slope onwards
+    assert step_ms_at(int8, 1, 272) == pytest.approx(5.5 * 1.1)
+    e = expected_request(int8, Workload(prompt_tokens=16, new_tokens=65, streams=1))
+    assert e["request_ms"] == pytest.approx(7.3 + 64 * step_ms_at(int8, 1, 16 + 32.5), abs=1e-3)
+    # One user with a short prompt: the faster step wins; several users: int8.
+    one = Workload(prompt_tokens=16, new_tokens=256, streams=1)
+    assert choose_variant(report, "gpt2", "auto", "cpu", one)[0] == "fp32"
+    name, why = choose_variant(report, "gpt2", "auto", "cpu")
+    assert name == "int8" and why["workload"] == Workload().as_dict()
+    assert why["expected"]["int8"]["request_ms"] < why["expected"]["fp32"]["request_ms"]
     # Without a profile for every candidate, ranking falls back to the batch-1 latency.
     del report["variants"]["int8"]["decode_profile"]
-    assert choose_variant(report, "gpt2", "auto", "cpu", streams=8) == "fp32"
+    report["variants"]["int8"]["latency_ms"]["gpt2"] = 99.0
+    assert choose_variant(report, "gpt2", "auto", "cpu")[0] == "fp32"
     # --target gpu prefers the variant made for GPUs over CPU-measured latencies.
     report["variants"]["fp16"] = dict(report["variants"]["fp32"], target="gpu", latency_ms={"gpt2": 90.0})
-    assert choose_variant(report, "gpt2", "auto", "gpu", streams=8) == "fp16"
-    assert choose_variant(report, "gpt2", "auto", "cpu", streams=8) == "fp32"
+    assert choose_variant(report, "gpt2", "auto", "gpu")[0] == "fp16"
+    assert choose_variant(report, "gpt2", "auto", "cpu")[0] == "fp32"
     with pytest.raises(Exception, match="--streams must be in 1..1024"):
-        BuildOptions(streams=0).validate()
+        BuildOptions(workload=Workload(streams=0)).validate()
+
+
+def test_gpt2_engine_settings_reach_the_config_and_build_reports_the_cache(exports, tmp_path):
+    built = build_repository(
+        [exports["gpt2"]],
+        tmp_path / "repo",
+        BuildOptions(variant="fp32", kv_slots=3, kv_max_len=48, prefill_chunk=5, max_queue=7),
+    )
+    params = read_config(tmp_path / "repo" / "gpt2").parameters
+    assert {k: params[k].string_value for k in ("kv_slots", "kv_max_len", "prefill_chunk", "max_queue_size")} == {
+        "kv_slots": "3",
+        "kv_max_len": "48",
+        "prefill_chunk": "5",
+        "max_queue_size": "7",
+    }
+    assert params["max_tokens_limit"].string_value == "47"
+    info = json.loads((exports["gpt2"] / "assets" / "model_info.json").read_text())
+    mib = 2 * info["n_layer"] * 3 * info["n_head"] * 48 * info["head_size"] * 4 / 2**20
+    assert f"KV cache: 3 slots x 48 positions = {mib:.0f} MiB" in str(built[0])
+    bad = {
+        "kv_slots": (0, "--slots must be in 1..1024"),
+        "prefill_chunk": (0, "--prefill-chunk must be in 1..4096"),
+        "max_queue": (-1, "--max-queue must be in 0..100000"),
+        "max_request_seconds": (0, "--max-request-seconds must be > 0"),
+    }
+    for field, (value, message) in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            BuildOptions(**{field: value}).validate()
+    with pytest.raises(ConfigError, match="--max-len must be <= the context window"):
+        build_repository([exports["gpt2"]], tmp_path / "r2", BuildOptions(variant="fp32", kv_max_len=10**6))
 
 
 def test_written_configs_parse_back(fp32_repository):
@@ -268,18 +315,21 @@ def test_client_retries_unavailable_then_names_the_address(tmp_path):
 
 @pytest.mark.server
 def test_request_timeout_comes_from_the_repository_config(exports, tmp_path):
+    """A deadline shorter than any step (a microsecond) ends every request with the named error,
+    whatever the machine's speed; the model keeps answering."""
     from aigc.errors import ClientError
     from serving.client import AigcClient
 
     repo = tmp_path / "repo"
-    build_repository([exports["gpt2"]], repo, BuildOptions(variant="fp32", max_request_seconds=0.05))
-    assert read_config(repo / "gpt2").parameters["max_request_seconds"].string_value == "0.05"
+    build_repository([exports["gpt2"]], repo, BuildOptions(variant="fp32", max_request_seconds=1e-6))
+    assert read_config(repo / "gpt2").parameters["max_request_seconds"].string_value == "1e-06"
     srv = start_server(repo)
     try:
         with AigcClient(srv.grpc_url) as c:
-            with pytest.raises(ClientError, match="max_request_seconds"):
-                list(c.generate_text("The class", max_tokens=120, ignore_eos=True))
-            # The model still serves: a one-token request finishes before its deadline.
-            assert c.generate_text("The class", max_tokens=1, ignore_eos=True, stream=False) is not None
+            for stream in (True, False):
+                with pytest.raises(ClientError, match=r"max_request_seconds \(1e-06 s\)"):
+                    out = c.generate_text("The class", max_tokens=120, ignore_eos=True, stream=stream)
+                    list(out) if stream else None
+            assert c.is_ready("gpt2")
     finally:
         srv.stop()

@@ -287,23 +287,31 @@ class OrtGpt2:
     ) -> tuple[int, Callable[[], np.ndarray]]:
         """Write the keys/values of `ids` at positions `start..` of `slot`; returns the greedy
         next token and a function giving its (vocab,) logits."""
-        ids = np.asarray(ids, np.int64)[None]
-        t = ids.shape[1]
-        binding = self._prefill_bindings.get(slot)
+        tokens, logits = self.prefill_rows(slot, np.asarray(ids, np.int64)[None], start)
+        return int(tokens[0]), lambda: logits()[0]
+
+    def prefill_rows(
+        self, first_slot: int, ids: np.ndarray, start: int
+    ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """`ids` (k, t): chunks of the same length for slots `first_slot..first_slot+k-1`,
+        each written at positions `start..start+t-1`; returns greedy tokens (k,) and a function
+        giving the (k, vocab) logits."""
+        k, t = ids.shape
+        binding = self._prefill_bindings.get((first_slot, k))
         if binding is None:
             binding = self.session.io_binding()
-            self._bind_kv(binding, slot, 1)
-            self._bind_outputs(binding, 1)
-            self._prefill_bindings[slot] = binding
-        pos = np.arange(start, start + t, dtype=np.int64)[None]
-        seqlens = np.array([start + t - 1], np.int32)
-        total = np.array(start + t, np.int32)
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("position_ids", pos)
-        binding.bind_cpu_input("seqlens_k", seqlens)
-        binding.bind_cpu_input("total_sequence_length", total)
+            self._bind_kv(binding, first_slot, k)
+            self._bind_outputs(binding, k)
+            self._prefill_bindings[(first_slot, k)] = binding
+        # Bound per call: a host input bound here is copied to the device at once on a GPU.
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64))
+        binding.bind_cpu_input(
+            "position_ids", np.repeat(np.arange(start, start + t, dtype=np.int64)[None], k, 0)
+        )
+        binding.bind_cpu_input("seqlens_k", np.full(k, start + t - 1, np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(start + t, np.int32))
         self.session.run_with_iobinding(binding)
-        return int(self._tokens[0]), lambda: self._logits_rows(1)[0]
+        return self._tokens[:k].copy(), lambda: self._logits_rows(k)
 
     def _logits_rows(self, n: int) -> np.ndarray:
         if self._logits_dev is None:
@@ -410,22 +418,41 @@ class Engine:
         self._end_cancelled_and_late()
         self._admit()
         decoding = [r for r in self.running if r.status is Status.DECODING]
-        prefilling = next((r for r in self.running if r.status is Status.PREFILLING), None)
-        if prefilling is not None:
-            chunk = self.config.prefill_chunk if decoding else self.config.idle_prefill_chunk
-            self._guard(self._prefill, prefilling, chunk)
+        prefilling = [r for r in self.running if r.status is Status.PREFILLING]
+        if prefilling:
+            budget = self.config.prefill_chunk if decoding else self.config.idle_prefill_chunk
+            group = self._prefill_group(prefilling, budget)
+            self._guard(self._prefill, group, budget // len(group))
         decoding = [r for r in self.running if r.status is Status.DECODING]
         if decoding:
             self._guard(self._decode, decoding)
-        return prefilling is not None or bool(decoding)
+        return bool(prefilling or decoding)
 
-    def _prefill(self, req: Request, chunk: int) -> None:
-        ids = req.prompt_ids[req.filled : req.filled + chunk]
-        token, logits = self.model.prefill(req.slot, ids, req.filled)
-        req.filled += len(ids)
-        if req.filled == len(req.prompt_ids):
-            req.status = Status.DECODING
-            self._advance(req, token, logits)
+    @staticmethod
+    def _prefill_group(prefilling: list[Request], budget: int) -> list[Request]:
+        """The oldest prefilling request, with those that can share its call: next slots, the
+        same prompt progress and length (requests that arrived together), within `budget`
+        prompt tokens."""
+        head = prefilling[0]
+        by_slot = {r.slot: r for r in prefilling}
+        group = [head]
+        chunk = min(budget, len(head.prompt_ids) - head.filled)
+        while (len(group) + 1) * chunk <= budget:
+            nxt = by_slot.get(group[-1].slot + 1)
+            if nxt is None or nxt.filled != head.filled or len(nxt.prompt_ids) != len(head.prompt_ids):
+                break
+            group.append(nxt)
+        return group
+
+    def _prefill(self, group: list[Request], chunk: int) -> None:
+        head = group[0]
+        ids = np.asarray([r.prompt_ids[head.filled : head.filled + chunk] for r in group], np.int64)
+        tokens, logits = self.model.prefill_rows(head.slot, ids, head.filled)
+        for i, req in enumerate(group):
+            req.filled += ids.shape[1]
+            if req.filled == len(req.prompt_ids):
+                req.status = Status.DECODING
+                self._advance(req, int(tokens[i]), lambda i=i: logits()[i])
 
     def _decode(self, rows: list[Request]) -> None:
         n = max(r.slot for r in rows) + 1  # rows are slots 0..n-1; others idle in place
