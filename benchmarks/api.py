@@ -48,6 +48,18 @@ class BenchOptions:
     prompt_tokens: int = 16
     new_tokens: int = 64
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    # The long workload: a document-sized prompt; 0 prompt tokens: no long or mixed workload.
+    long_prompt_tokens: int = 512
+    long_new_tokens: int = 128
+    long_concurrency: tuple[int, ...] = (1, 8)
+    # The mixed workload: `mixed_streams` short streams (prompt_tokens -> mixed_new_tokens, back
+    # to back) while `mixed_arrivals` long prompts (-> mixed_long_new_tokens) arrive every
+    # `mixed_period_s`; 0 streams: not run.
+    mixed_streams: int = 4
+    mixed_new_tokens: int = 128
+    mixed_long_new_tokens: int = 4
+    mixed_arrivals: int = 5
+    mixed_period_s: float = 3.0
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     threads: int = 2
     repeats: int = 5
@@ -62,6 +74,25 @@ class BenchOptions:
             raise ConfigError(f"--prompt-tokens must be in 1..512, got {self.prompt_tokens}")
         if not 1 <= self.new_tokens <= 512:
             raise ConfigError(f"--new-tokens must be in 1..512, got {self.new_tokens}")
+        if not 0 <= self.long_prompt_tokens <= 100_000:
+            raise ConfigError(f"--long-prompt-tokens must be in 0..100000, got {self.long_prompt_tokens}")
+        if not 1 <= self.long_new_tokens <= 512:
+            raise ConfigError(f"--long-new-tokens must be in 1..512, got {self.long_new_tokens}")
+        if not self.long_concurrency or any(not 1 <= c <= 64 for c in self.long_concurrency):
+            raise ConfigError(
+                f"--long-concurrency values must be in 1..64, got {list(self.long_concurrency)}"
+            )
+        if not 0 <= self.mixed_streams <= 64:
+            raise ConfigError(f"--mixed-streams must be in 0..64, got {self.mixed_streams}")
+        if not 1 <= self.mixed_new_tokens <= 512 or not 1 <= self.mixed_long_new_tokens <= 512:
+            raise ConfigError(
+                f"--mixed-new-tokens must be in 1..512, got {self.mixed_new_tokens} "
+                f"(long: {self.mixed_long_new_tokens})"
+            )
+        if not 1 <= self.mixed_arrivals <= 1000:
+            raise ConfigError(f"--mixed-arrivals must be in 1..1000, got {self.mixed_arrivals}")
+        if not 0.01 <= self.mixed_period_s <= 600:
+            raise ConfigError(f"--mixed-period must be in 0.01..600 seconds, got {self.mixed_period_s}")
         if not self.concurrency or any(not 1 <= c <= 64 for c in self.concurrency):
             raise ConfigError(f"--concurrency values must be in 1..64, got {list(self.concurrency)}")
         if not self.batch_sizes or any(not 1 <= b <= 64 for b in self.batch_sizes):
@@ -91,8 +122,11 @@ class BenchOptions:
                 raise ConfigError(f"--exports {e}: no export_report.json (an `aigc export` folder?)")
 
     def quick_mode(self) -> BenchOptions:
-        """The CI setting: about a minute of measuring on 2 cores."""
-        self.concurrency = tuple(c for c in self.concurrency if c in (1, 4)) or (1,)
+        """The CI setting: a few minutes of measuring on 2 cores. 8 streams stay: the gate
+        compares them with the ceiling that the offline step at batch 8 sets."""
+        self.concurrency = tuple(c for c in self.concurrency if c in (1, 4, 8)) or (1,)
+        self.long_concurrency = tuple(c for c in self.long_concurrency if c == 1) or (1,)
+        self.mixed_arrivals = min(self.mixed_arrivals, 2)
         self.batch_sizes = tuple(b for b in self.batch_sizes if b in (1, 8)) or (1,)
         self.repeats = min(self.repeats, 3)
         self.image_requests = min(self.image_requests, 100)
@@ -227,7 +261,8 @@ def _serve_embedded(opts: BenchOptions, subs: list[Subject], stack: contextlib.E
             BuildOptions(
                 variant=opts.gpt2_variant if is_gpt2 else opts.image_variant,
                 intra_op_threads=opts.threads,  # the server runs on as many threads as the baselines
-                max_active_sequences=max(opts.concurrency),
+                # a slot for every stream of every workload; the mixed one's long prompts may overlap
+                kv_slots=max(8, *opts.concurrency, *opts.long_concurrency, opts.mixed_streams + 2),
             ),
         )
         variants.update({b.name: b.variant for b in built})
@@ -277,6 +312,14 @@ def run_benchmark(opts: BenchOptions) -> dict:
             "prompt_tokens": opts.prompt_tokens,
             "new_tokens": opts.new_tokens,
             "concurrency": list(opts.concurrency),
+            "long_prompt_tokens": opts.long_prompt_tokens,
+            "long_new_tokens": opts.long_new_tokens,
+            "long_concurrency": list(opts.long_concurrency),
+            "mixed_streams": opts.mixed_streams,
+            "mixed_new_tokens": opts.mixed_new_tokens,
+            "mixed_long_new_tokens": opts.mixed_long_new_tokens,
+            "mixed_arrivals": opts.mixed_arrivals,
+            "mixed_period_s": opts.mixed_period_s,
             "batch_sizes": list(opts.batch_sizes),
             "repeats": opts.repeats,
             "image_requests": opts.image_requests,
@@ -296,7 +339,8 @@ def run_benchmark(opts: BenchOptions) -> dict:
             subs = _check_served(url, subs)
         gpt2 = [s for s in subs if s.model == "gpt2"]
         images = [s for s in subs if s.model != "gpt2"]
-        steps = len(gpt2) * (len(opts.concurrency) + len(opts.baselines)) + len(images) * 3
+        per_gpt2 = len(opts.concurrency) + len(opts.long_concurrency) + 2 + len(opts.baselines)
+        steps = len(gpt2) * per_gpt2 + len(images) * 3
         with tqdm(total=steps, desc="bench", disable=not opts.progress) as bar:
             for s in gpt2:
                 results["gpt2"] = _bench_gpt2(opts, url, s, variants.get("gpt2"), bar)
@@ -324,16 +368,21 @@ def _step(bar, text: str) -> None:
 def build_prompt(tokenizer, n: int, text: str) -> str:
     """A prompt that the model's tokenizer encodes to exactly `n` tokens.
 
-    Decoded from a window of `n` token ids of `text`; a window whose decoded text merges
-    into fewer tokens (or splits into more) is skipped.
+    Decoded from a window of token ids of `text`: `n` of them, or a few more where the
+    decoded text merges into fewer tokens (a short text repeated to length merges at each
+    seam); a window that encodes to anything but `n` tokens is skipped.
     """
     ids = tokenizer.encode(text).ids
-    while len(ids) < n + 64:
+    while len(ids) < n + 256 + 16:
         ids = ids + ids
     for start in range(0, 256):
-        prompt = tokenizer.decode(ids[start : start + n])
-        if prompt.strip() and len(tokenizer.encode(prompt).ids) == n:
-            return prompt
+        for extra in range(0, 17):
+            prompt = tokenizer.decode(ids[start : start + n + extra])
+            got = len(tokenizer.encode(prompt).ids)
+            if got == n and prompt.strip():
+                return prompt
+            if got > n:
+                break
     raise BenchmarkError(f"--prompt-tokens {n}: found no text that encodes to exactly {n} tokens")
 
 
@@ -346,6 +395,100 @@ def _tokenizer(s: Subject):
     raise ConfigError(f"--gpt2 {s.checkpoint}: no tokenizer.json (save the tokenizer with the model)")
 
 
+def _context_window(s: Subject) -> int | None:
+    """The model's context window from its export or checkpoint; None when neither says."""
+    for f in (
+        s.export / "assets" / "model_info.json" if s.export else None,
+        Path(s.checkpoint) / "config.json" if s.checkpoint else None,
+    ):
+        if f is not None and f.is_file():
+            n = json.loads(f.read_text()).get("n_positions")
+            if n:
+                return int(n)
+    return None
+
+
+def step_read_bytes(onnx_path: Path) -> tuple[int, int]:
+    """(initializer bytes that one decode step reads, bytes per KV cache element) of an
+    exported GPT-2 file.
+
+    Initializers that only `Gather` reads (the token and position embedding tables: a step
+    reads one row of each) and unused ones are left out; a table tied to the LM head is
+    read whole by its MatMul and counts.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    total = 0
+    for t in graph.initializer:
+        if consumers.get(t.name, {"Gather"}) == {"Gather"}:
+            continue
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            total += int({e.key: e.value for e in t.external_data}.get("length", 0))
+        elif t.HasField("raw_data"):
+            total += len(t.raw_data)
+        else:
+            total += onnx.numpy_helper.to_array(t).nbytes
+    past = next((i for i in graph.input if i.name == "past_key_0"), None)
+    if past is None:
+        raise BenchmarkError(f"{onnx_path}: no past_key_0 input; not an exported GPT-2 with a KV cache")
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(past.type.tensor_type.elem_type)).itemsize
+    return total, itemsize
+
+
+def _offline(opts: BenchOptions, export: Path, export_report: dict, variant: str | None) -> dict:
+    """Each CPU variant's decode profile, measured now through the serving engine's own
+    runner on the exported file with the server's threads (beside the served figures, so
+    that a slow minute on a shared machine moves both), and its step against the time the
+    step's reads take at the memory bandwidth measured now: at 1 GiB (past every cache) and
+    at the variant's own size.
+
+    The served variant gets every batch size up to 8 that is served; the others batch 1
+    (their read floor). The export's own profiles stay beside, as `export_decode_profiles`.
+    """
+    from benchmarks import measure, report
+    from export.gpt2_eval import decode_profiles
+
+    info = json.loads((export / "assets" / "model_info.json").read_text())
+    per_element = 2 * int(info["n_layer"]) * int(info["n_head"]) * int(info["head_size"])  # K and V
+    variants = export_report["variants"]
+    paths = {
+        n: export / v["files"]["gpt2"]
+        for n, v in variants.items()
+        if v.get("decode_profile") and v.get("target") == "cpu" and "gpt2" in v.get("files", {})
+    }
+    served = tuple(sorted({1, 8} | {c for c in opts.concurrency if c <= 8}))
+    gib = measure.read_bandwidth(2**30, opts.threads)
+    profiles = decode_profiles(
+        paths,
+        int(info["n_positions"]),
+        batches={n: served if n == variant else (1,) for n in paths},
+        prefill_lens=(opts.prompt_tokens,),
+        threads=opts.threads,
+    )
+    floors = {}
+    for name, profile in profiles.items():
+        weights, itemsize = step_read_bytes(paths[name])
+        own = measure.read_bandwidth(weights, opts.threads)
+        floors[name] = report.read_floors(
+            profile, weights, per_element * itemsize, {"1gib": gib["gb_per_s"], "model": own["gb_per_s"]}
+        )
+        floors[name]["bandwidth_at_model_size"] = own
+    return {
+        "decode_profile": profiles.get(variant or ""),
+        "decode_profiles": profiles,
+        "export_decode_profiles": {
+            n: v["decode_profile"] for n, v in variants.items() if v.get("decode_profile")
+        },
+        "memory_bandwidth_1gib": gib,
+        "read_floors": floors,
+    }
+
+
 def _bench_gpt2(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> dict:
     import torch
     from transformers import AutoConfig, GPT2LMHeadModel
@@ -354,15 +497,9 @@ def _bench_gpt2(opts: BenchOptions, url: str, s: Subject, variant: str | None, b
     from training.data import load_text_corpus
 
     tok = _tokenizer(s)
-    prompt = build_prompt(tok, opts.prompt_tokens, load_text_corpus(None)[1])
+    text = load_text_corpus(None)[1]
+    prompt = build_prompt(tok, opts.prompt_tokens, text)
     out: dict = {"model": str(s.checkpoint), "variant": variant, "prompt": prompt, "served": {}}
-    if s.export is not None:
-        from export.api import read_report
-
-        v = read_report(s.export)["variants"].get(variant or "", {})
-        out["fidelity"] = v.get("fidelity", {}).get("gpt2")
-        # The export's offline step times: what batching can give at best on this machine.
-        out["decode_profile"] = v.get("decode_profile")
     for c in opts.concurrency:
         _step(bar, f"gpt2 served c={c}")
         # c=1 gives the latency percentiles: `repeats` requests; higher c: 2 per stream
@@ -370,6 +507,17 @@ def _bench_gpt2(opts: BenchOptions, url: str, s: Subject, variant: str | None, b
             url, prompt, opts.new_tokens, c, max(2, opts.repeats) if c == 1 else 2
         )
         bar.update()
+    _long_and_mixed(opts, url, s, tok, text, prompt, out, bar)
+    _step(bar, "gpt2 offline decode profile and read floors")
+    if s.export is not None:
+        from export.api import read_report
+
+        exp_report = read_report(s.export)
+        out["fidelity"] = exp_report["variants"].get(variant or "", {}).get("fidelity", {}).get("gpt2")
+        # Offline step times of the same file and threads, measured while the server idles
+        # (after its streams, as the baselines are): what batching can give at best.
+        out.update(_offline(opts, s.export, exp_report, variant))
+    bar.update()
     ids = torch.tensor([tok.encode(prompt).ids])
     eos = AutoConfig.from_pretrained(s.checkpoint).eos_token_id
     if "eager" in opts.baselines:
@@ -389,6 +537,64 @@ def _bench_gpt2(opts: BenchOptions, url: str, s: Subject, variant: str | None, b
         del model
         bar.update()
     return out
+
+
+def _long_and_mixed(
+    opts: BenchOptions, url: str, s: Subject, tok, text: str, prompt: str, out: dict, bar
+) -> None:
+    """The long workload at each `long_concurrency`, then the mixed one, into `out`."""
+    from benchmarks import measure
+
+    if not opts.long_prompt_tokens:
+        bar.update(len(opts.long_concurrency) + 1)
+        return
+    window = _context_window(s)
+    need = {
+        "long": opts.long_prompt_tokens + max(opts.long_new_tokens, opts.mixed_long_new_tokens),
+        "mixed short": opts.prompt_tokens + opts.mixed_new_tokens if opts.mixed_streams else 0,
+    }
+    too_long = {k: n for k, n in need.items() if window is not None and n > window}
+    if too_long:
+        out["long_skipped"] = (
+            f"{', '.join(f'{k} requests need {n} tokens' for k, n in too_long.items())}; "
+            f"the context window is {window}"
+        )
+        logger.warning("gpt2 long and mixed workloads not measured: %s", out["long_skipped"])
+        bar.update(len(opts.long_concurrency) + 1)
+        return
+    long_prompt = build_prompt(tok, opts.long_prompt_tokens, text)
+    out["long"] = {
+        "prompt_tokens": len(tok.encode(long_prompt).ids),
+        "new_tokens": opts.long_new_tokens,
+        "served": {},
+    }
+    for c in opts.long_concurrency:
+        _step(bar, f"gpt2 long c={c}")
+        # Warm-up requests of 2 tokens: each connection's first call, and the long prefill's
+        # buffers, stay outside the timed requests without a full long generation each.
+        out["long"]["served"][str(c)] = measure.served_concurrency(
+            url, long_prompt, opts.long_new_tokens, c, 2, warmup_tokens=2
+        )
+        bar.update()
+    if opts.mixed_streams:
+        _step(bar, "gpt2 mixed")
+        out["mixed"] = {
+            "short_prompt_tokens": opts.prompt_tokens,
+            "short_new_tokens": opts.mixed_new_tokens,
+            "long_prompt_tokens": out["long"]["prompt_tokens"],
+            "long_new_tokens": opts.mixed_long_new_tokens,
+            **measure.served_mixed(
+                url,
+                prompt,
+                opts.mixed_new_tokens,
+                opts.mixed_streams,
+                long_prompt,
+                opts.mixed_long_new_tokens,
+                opts.mixed_arrivals,
+                opts.mixed_period_s,
+            ),
+        }
+    bar.update()
 
 
 def _optimum_model(opts: BenchOptions, ckpt: Path):
@@ -441,10 +647,10 @@ def _bench_image(opts: BenchOptions, url: str, s: Subject, variant: str | None, 
     if s.export is not None:
         from export.api import read_report
         from export.ortutil import make_session
-        from serving.builder import choose_variant
+        from serving.variant_choice import choose_variant
 
         report = read_report(s.export)
-        local = variant or choose_variant(report, s.model, opts.image_variant, "cpu")
+        local = variant or choose_variant(report, s.model, opts.image_variant, "cpu")[0]
         r["inprocess_variant"] = local
         sess = make_session(s.export / report["variants"][local]["files"][s.model], threads=opts.threads)
         r["onnxruntime_ms"] = measure.percentiles(

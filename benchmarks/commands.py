@@ -79,6 +79,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=_ints, default=(1, 2, 4, 8), help="concurrent streams (default 1,2,4,8)"
     )
     load.add_argument(
+        "--long-prompt-tokens",
+        type=int,
+        default=512,
+        help="prompt tokens of the long workload and of the mixed one's arriving prompts "
+        "(default 512; 0: neither is run)",
+    )
+    load.add_argument(
+        "--long-new-tokens", type=int, default=128, help="new tokens per long request (default 128)"
+    )
+    load.add_argument(
+        "--long-concurrency",
+        type=_ints,
+        default=(1, 8),
+        help="concurrent streams of long requests (default 1,8; 1 with --quick)",
+    )
+    load.add_argument(
+        "--mixed-streams",
+        type=int,
+        default=4,
+        help="mixed workload: short streams running while long prompts arrive (default 4; 0: not run)",
+    )
+    load.add_argument(
+        "--mixed-new-tokens",
+        type=int,
+        default=128,
+        help="mixed workload: new tokens per short request (default 128)",
+    )
+    load.add_argument(
+        "--mixed-arrivals",
+        type=int,
+        default=5,
+        help="mixed workload: long prompts that arrive, 4 new tokens each (default 5; 2 with --quick)",
+    )
+    load.add_argument(
+        "--mixed-period",
+        type=float,
+        default=3.0,
+        help="mixed workload: seconds between long prompts (default 3)",
+    )
+    load.add_argument(
         "--batch-sizes",
         type=_ints,
         default=(1, 8, 32),
@@ -100,7 +140,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time window of each image throughput point (default 3; 1 with --quick)",
     )
     load.add_argument(
-        "--quick", action="store_true", help="CI mode: concurrency 1 and 4, batch 1 and 8, 3 repetitions"
+        "--quick",
+        action="store_true",
+        help="CI mode: concurrency 1, 4 and 8, long requests at 1 stream, 2 mixed arrivals, "
+        "batch 1 and 8, 3 repetitions",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -153,6 +196,13 @@ def run(args: argparse.Namespace) -> int:
         prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens,
         concurrency=args.concurrency,
+        long_prompt_tokens=args.long_prompt_tokens,
+        long_new_tokens=args.long_new_tokens,
+        long_concurrency=args.long_concurrency,
+        mixed_streams=args.mixed_streams,
+        mixed_new_tokens=args.mixed_new_tokens,
+        mixed_arrivals=args.mixed_arrivals,
+        mixed_period_s=args.mixed_period,
         batch_sizes=args.batch_sizes,
         threads=args.threads,
         repeats=args.repeats,

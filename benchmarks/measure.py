@@ -12,6 +12,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -72,15 +73,26 @@ def _run_together(workers: list[Callable[[threading.Barrier], None]]) -> float:
 
 
 def stream_timing(t0: float, stamps: list[float], t_end: float, tokens: int) -> dict:
-    """One generation: time to first token, the gaps between tokens, total seconds."""
+    """One generation: time to first token, the gaps between tokens, total seconds; `t0` and
+    `stamps` (perf_counter seconds) stay so that gaps can be placed against other events."""
     if not stamps:
-        return {"ttft_ms": None, "gaps_ms": [], "total_s": t_end - t0, "tokens": tokens, "deltas": 0}
+        return {
+            "ttft_ms": None,
+            "gaps_ms": [],
+            "total_s": t_end - t0,
+            "tokens": tokens,
+            "deltas": 0,
+            "t0": t0,
+            "stamps": [],
+        }
     return {
         "ttft_ms": (stamps[0] - t0) * 1e3,
         "gaps_ms": [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:], strict=False)],
         "total_s": t_end - t0,
         "tokens": tokens,
         "deltas": len(stamps),
+        "t0": t0,
+        "stamps": list(stamps),
     }
 
 
@@ -114,9 +126,17 @@ def summarise_streams(runs: list[dict], wall_s: float | None = None) -> dict:
 
 
 def served_concurrency(
-    url: str, prompt: str, new_tokens: int, concurrency: int, requests_per_stream: int
+    url: str,
+    prompt: str,
+    new_tokens: int,
+    concurrency: int,
+    requests_per_stream: int,
+    warmup_tokens: int | None = None,
 ) -> dict:
-    """`concurrency` streams at once, each on its own connection sending requests back to back."""
+    """`concurrency` streams at once, each on its own connection sending requests back to back.
+
+    Each connection first sends one untimed request of `warmup_tokens` new tokens (default
+    `new_tokens`) with the same prompt."""
     from serving.client import AigcClient
 
     runs: list[dict] = []
@@ -124,7 +144,7 @@ def served_concurrency(
 
     def worker(start: threading.Barrier) -> None:
         with AigcClient(url, timeout_s=300) as client:
-            served_stream(client, prompt, new_tokens)  # warm-up of this connection
+            served_stream(client, prompt, warmup_tokens or new_tokens)  # warm-up of this connection
             start.wait()
             for _ in range(requests_per_stream):
                 r = served_stream(client, prompt, new_tokens)
@@ -133,6 +153,89 @@ def served_concurrency(
 
     wall = _run_together([worker] * concurrency)
     return {"concurrency": concurrency, **summarise_streams(runs, wall)}
+
+
+def split_gaps(runs: list[dict], windows: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Every inter-token gap of `runs` (ms), split into those that overlap one of the
+    `windows` (start, end in perf_counter seconds) and the others."""
+    during: list[float] = []
+    other: list[float] = []
+    for r in runs:
+        stamps = r["stamps"]
+        for a, b in zip(stamps, stamps[1:], strict=False):
+            hit = any(a < end and b > start for start, end in windows)
+            (during if hit else other).append((b - a) * 1e3)
+    return during, other
+
+
+def served_mixed(
+    url: str,
+    short_prompt: str,
+    short_new: int,
+    streams: int,
+    long_prompt: str,
+    long_new: int,
+    arrivals: int,
+    period_s: float,
+) -> dict:
+    """Short streams running back to back while long prompts arrive every `period_s`.
+
+    `streams` connections each send `short_prompt` requests of `short_new` tokens until the
+    last long request has ended; long request k (its own connection) is sent at
+    (k + 0.5) x `period_s` after the common start, so the short streams are decoding when
+    it arrives. The short streams' gaps between tokens are split into those that overlap a
+    long request's prefill (its arrival to its first token) and the others: what a long
+    prompt costs the users already being served. The long requests give their TTFT.
+    """
+    from serving.client import AigcClient
+
+    short_runs: list[dict] = []
+    long_runs: list[dict] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    left = [arrivals]
+
+    def short_worker(start: threading.Barrier) -> None:
+        with AigcClient(url, timeout_s=300) as client:
+            served_stream(client, short_prompt, min(short_new, 8))  # warm-up of this connection
+            start.wait()
+            while not done.is_set():
+                r = served_stream(client, short_prompt, short_new)
+                with lock:
+                    short_runs.append(r)
+
+    def long_worker(k: int) -> Callable[[threading.Barrier], None]:
+        def work(start: threading.Barrier) -> None:
+            try:
+                with AigcClient(url, timeout_s=300) as client:
+                    client.is_ready("gpt2")  # connected before the common start
+                    start.wait()
+                    time.sleep(period_s * (k + 0.5))
+                    r = served_stream(client, long_prompt, long_new)
+                    with lock:
+                        long_runs.append(r)
+            finally:
+                # the short streams stop once every long request has ended, failed or not
+                with lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done.set()
+
+        return work
+
+    wall = _run_together([short_worker] * streams + [long_worker(k) for k in range(arrivals)])
+    windows = [(r["t0"], r["stamps"][0]) for r in long_runs if r["stamps"]]
+    during, other = split_gaps(short_runs, windows)
+    return {
+        "streams": streams,
+        "arrivals": arrivals,
+        "period_s": period_s,
+        "short": summarise_streams(short_runs, wall),
+        "short_itl_during_long_prefill_ms": percentiles(during),
+        "short_itl_other_ms": percentiles(other),
+        "long_ttft_ms": percentiles([r["ttft_ms"] for r in long_runs if r["ttft_ms"] is not None]),
+        "long_requests": len(long_runs),
+    }
 
 
 class TokenTimer:
@@ -198,6 +301,31 @@ def hf_generate_fn(model, input_ids, eos_token_id: int):
             )
 
     return run
+
+
+# -- memory --------------------------------------------------------------------------------
+
+
+def read_bandwidth(nbytes: int, threads: int = 2, repeats: int = 7) -> dict:
+    """Memory read bandwidth: `threads` threads each summing its share of one float32 array
+    of `nbytes` (numpy leaves the GIL during the reduction), median of `repeats` after a
+    warm-up. What a decode step that reads `nbytes` of weights can get at best."""
+    a = np.ones(max(int(nbytes) // 4, threads * 1024), np.float32)  # ones: every page touched
+    parts = np.array_split(a, threads)
+    with ThreadPoolExecutor(threads) as pool:
+
+        def once():
+            list(pool.map(np.sum, parts))
+
+        times = latency_samples(once, repeats, warmup=1)
+    ms = statistics.median(times)
+    return {
+        "bytes": int(a.nbytes),
+        "threads": threads,
+        "repeats": repeats,
+        "ms": round(ms, 3),
+        "gb_per_s": round(a.nbytes / ms / 1e6, 2),
+    }
 
 
 # -- images --------------------------------------------------------------------------------

@@ -109,11 +109,122 @@ def _div(a, b) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
 
+def _profiled_step(profile: dict | None, batch: int, cached: float) -> float | None:
+    """The offline decode step at `batch` rows (a measured batch size only) and `cached`
+    tokens (linear between the measured cache lengths)."""
+    from export.latency_model import step_ms_at
+
+    steps = (profile or {}).get("step_ms") or {}
+    if not isinstance(steps.get(str(batch)), dict) or not isinstance(steps.get("1"), dict):
+        return None  # not measured, or an export before the per-cache-length profile
+    return step_ms_at(profile, batch, cached)
+
+
+def read_floors(profile: dict, weight_bytes: int, kv_bytes_per_token: int, gb_per_s: dict) -> dict:
+    """Each profiled step against the time its reads take at each bandwidth (GB/s by label).
+
+    A step at `batch` rows of `past` cached tokens reads the weights once and every row's
+    keys and values: weight_bytes + kv_bytes_per_token x past x batch, where
+    kv_bytes_per_token = 2 (K, V) x layers x heads x head size x element bytes.
+    """
+    rows = []
+    for batch, by_past in sorted((profile.get("step_ms") or {}).items(), key=lambda kv: int(kv[0])):
+        if not isinstance(by_past, dict):
+            continue
+        for past, step in sorted(by_past.items(), key=lambda kv: int(kv[0])):
+            nbytes = weight_bytes + kv_bytes_per_token * int(past) * int(batch)
+            floor = {k: round(nbytes / (bw * 1e6), 3) for k, bw in gb_per_s.items() if bw}
+            rows.append(
+                {
+                    "batch": int(batch),
+                    "past": int(past),
+                    "bytes": nbytes,
+                    "step_ms": step,
+                    "floor_ms": floor,
+                    "step_over_floor": {k: _div(step, f) for k, f in floor.items()},
+                }
+            )
+    return {
+        "weight_bytes": weight_bytes,
+        "kv_bytes_per_token": kv_bytes_per_token,
+        "gb_per_s": dict(gb_per_s),
+        "rows": rows,
+    }
+
+
+def _floor_row(floors: dict | None, batch: int) -> dict | None:
+    """The row of `read_floors` at `batch` and the shortest cache length."""
+    rows = [r for r in (floors or {}).get("rows", []) if r["batch"] == batch]
+    return min(rows, key=lambda r: r["past"], default=None)
+
+
+def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
+    """Served figures against the offline profile of the same file and threads.
+
+    The short workload's cache holds prompt + new/2 tokens on average (48 for 16 -> 64): the
+    profile is read there.
+    """
+    out: dict[str, float | None] = {}
+    profile = g.get("decode_profile")
+    served = g.get("served") or {}
+    c1 = served.get("1")
+    cached = cfg.get("prompt_tokens", 16) + cfg.get("new_tokens", 64) / 2
+    step1 = _profiled_step(profile, 1, cached)
+    for c in sorted(served, key=int):
+        step_c = _profiled_step(profile, int(c), cached)
+        if c == "1" or step1 is None or step_c is None:
+            continue
+        # Offline step times: c streams per step over one; served aggregate over that ceiling.
+        ceiling = int(c) * step1 / step_c
+        out[f"gpt2_step_ceiling_c{c}_vs_c1"] = round(ceiling, 3)
+        if c1:
+            gain = served[c]["aggregate_tokens_per_s"] / c1["aggregate_tokens_per_s"]
+            out[f"gpt2_aggregate_c{c}_vs_step_ceiling"] = _div(gain, ceiling)
+    steps = (profile or {}).get("step_ms") or {}
+    pasts = sorted(int(p) for p in (profile or {}).get("past_lens", []))
+    for b in ("1", "8"):
+        by_past = steps.get(b)
+        if len(pasts) >= 2 and isinstance(by_past, dict):
+            # the cache's share of a step: what reading 10x more cached tokens costs
+            out[f"gpt2_step_long_vs_short_b{b}"] = _div(
+                by_past.get(str(pasts[-1])), by_past.get(str(pasts[0]))
+            )
+    prefill = (profile or {}).get("prefill_ms") or {}
+    if c1 and c1["ttft_ms"].get("p50") is not None and prefill:
+        from export.latency_model import prefill_ms_at
+
+        # what the server adds to the prompt's own prefill before the first token arrives
+        out["gpt2_ttft_minus_prefill_ms"] = round(
+            c1["ttft_ms"]["p50"] - prefill_ms_at(profile, cfg.get("prompt_tokens", 16)), 3
+        )
+    row = _floor_row((g.get("read_floors") or {}).get(g.get("variant") or ""), 1)
+    if row:
+        out["gpt2_step_b1_vs_read_floor"] = row["step_over_floor"].get("1gib")
+    long = (g.get("long") or {}).get("served") or {}
+    top = max(long, key=int, default=None)
+    if top and top != "1" and "1" in long:
+        out[f"gpt2_long_aggregate_c{top}_vs_c1"] = _div(
+            long[top]["aggregate_tokens_per_s"], long["1"]["aggregate_tokens_per_s"]
+        )
+    mixed = g.get("mixed")
+    if mixed:
+        out["gpt2_mixed_itl_p99_during_long_vs_other"] = _div(
+            mixed["short_itl_during_long_prefill_ms"]["p99"], mixed["short_itl_other_ms"]["p99"]
+        )
+    return out
+
+
 def ratios(results: dict) -> dict:
     """Served figures over the baselines measured in the same run (and the server hop in ms).
 
-    `*_vs_*` and `*_speedup_*` are ratios (> 1: the served model is better);
-    `*_minus_*_ms` are differences in milliseconds.
+    `*_vs_<baseline>` and `*_speedup_*` are ratios (> 1: the served model is better);
+    `*_minus_*_ms` are differences in milliseconds. GPT-2 also gets ratios against the
+    offline decode profile of the served file, measured in the same run through the serving
+    engine's own runner without the server: the step's batching ceiling
+    (`gpt2_step_ceiling_cN_vs_c1`), the served share of it (`gpt2_aggregate_cN_vs_step_ceiling`),
+    the step at a long cache over a short one (`gpt2_step_long_vs_short_bN`), the server's
+    time to first token beyond the prefill (`gpt2_ttft_minus_prefill_ms`), and the batch-1
+    step over its read floor (`gpt2_step_b1_vs_read_floor`).
     """
     out: dict[str, float] = {}
     g = results.get("gpt2")
@@ -137,11 +248,7 @@ def ratios(results: dict) -> dict:
                 out[f"gpt2_aggregate_c{c}_vs_c1"] = _div(
                     g["served"][c]["aggregate_tokens_per_s"], c1["aggregate_tokens_per_s"]
                 )
-        steps = (g.get("decode_profile") or {}).get("step_ms", {})
-        for c in sorted(g["served"], key=int):
-            if c != "1" and c in steps and "1" in steps:
-                # Offline step times (same file, same threads): c streams per step over one.
-                out[f"gpt2_step_ceiling_c{c}_vs_c1"] = _div(int(c) * steps["1"], steps[c])
+        out.update(_gpt2_profile_ratios(g, results.get("config", {})))
     for model, r in results.get("images", {}).items():
         served = r["served_ms"]["p50"]
         if "onnxruntime_ms" in r:
@@ -247,20 +354,119 @@ def _gpt2_table(g: dict, cfg: dict) -> list[str]:
             + "".join(f"{_f(_div(agg, g[b]['tokens_per_s']), 2)} | " for b in bases)
             + f"{_f(r['ttft_ms']['p50'])} | {_itl(r['itl_ms'])} |"
         )
-    profile = g.get("decode_profile") or {}
-    if profile.get("step_ms"):
-        steps = sorted(profile["step_ms"].items(), key=lambda kv: int(kv[0]))
-        prefill = ", ".join(
-            f"{n}-token prefill {_f(ms)} ms" for n, ms in profile.get("prefill_ms", {}).items()
+    return lines
+
+
+def _profile_tables(g: dict) -> list[str]:
+    """The export's decode profile per variant and each batch-1 step against its read floor."""
+    profiles = g.get("decode_profiles") or (
+        {g["variant"]: g["decode_profile"]} if g.get("decode_profile") else {}
+    )
+    profiles = {n: p for n, p in profiles.items() if isinstance((p.get("step_ms") or {}).get("1"), dict)}
+    if not profiles:
+        return []
+    pasts = sorted({int(x) for p in profiles.values() for x in p.get("past_lens", [])})
+    short, long = (pasts[0], pasts[-1]) if pasts else (None, None)
+    prefills = sorted({int(t) for p in profiles.values() for t in p.get("prefill_ms", {})})
+    threads = next(iter(profiles.values())).get("threads")
+
+    def step(p, b, past):
+        return ((p.get("step_ms") or {}).get(str(b)) or {}).get(str(past))
+
+    lines = [
+        f"Decode profile, offline: the serving engine's own runner on each exported file in this "
+        f"process, without the server, {threads} threads (median of 3 rounds taken in turns). Step ms "
+        "at batch b with `past` cached tokens per row; prefill ms of a prompt alone.",
+        "",
+        f"| variant | b1 @{short} | b1 @{long} | b8 @{short} | b8 @{long} | b8 @{long} / @{short} |"
+        + "".join(f" prefill {t} |" for t in prefills),
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(prefills),
+    ]
+    for name, p in profiles.items():
+        served = " (served)" if name == g.get("variant") else ""
+        lines.append(
+            f"| {name}{served} | {_f(step(p, 1, short), 2)} | {_f(step(p, 1, long), 2)} | "
+            f"{_f(step(p, 8, short), 2)} | {_f(step(p, 8, long), 2)} | "
+            f"{_f(_div(step(p, 8, long), step(p, 8, short)), 2)} |"
+            + "".join(f" {_f(p.get('prefill_ms', {}).get(str(t)))} |" for t in prefills)
+        )
+    lines += [
+        "",
+        "Batching can give at most b × step(1) / step(b) times one stream's tokens/s "
+        "(`gpt2_step_ceiling_cN_vs_c1` below, at the short requests' mean cache length); "
+        "`gpt2_aggregate_cN_vs_step_ceiling` is the share of it that the server delivers.",
+    ]
+    floors = g.get("read_floors") or {}
+    gib = (g.get("memory_bandwidth_1gib") or {}).get("gb_per_s")
+    if floors and gib:
+        own = ", ".join(
+            f"{n} {f['bandwidth_at_model_size']['bytes'] / 1e6:.0f} MB {f['gb_per_s']['model']}"
+            for n, f in floors.items()
+            if f.get("bandwidth_at_model_size")
         )
         lines += [
             "",
-            "Offline, the same file and threads (`aigc export`'s decode profile): decode step "
-            + " / ".join(f"{_f(ms, 2)}" for _, ms in steps)
-            + " ms at batch "
-            + " / ".join(b for b, _ in steps)
-            + (f"; {prefill}" if prefill else "")
-            + ". Batching can give at most batch × step(1) / step(batch) times one stream's tokens/s.",
+            f"Read floor: the bytes a batch-1 step reads (initializers except the gathered embedding "
+            f"tables, plus the KV cache at `past`) over the read bandwidth measured in this run "
+            f"(numpy sum, {g['memory_bandwidth_1gib'].get('threads')} threads, median): "
+            f"1 GiB {gib} GB/s; at each variant's size {own} GB/s. Step / floor: 1 is the bound.",
+            "",
+            "| variant | past | MB read | floor ms (1 GiB / own size) | step ms | step / floor (1 GiB / own size) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, f in floors.items():
+            for r in (row for row in f.get("rows", []) if row["batch"] == 1):
+                fl, ratio = r["floor_ms"], r["step_over_floor"]
+                lines.append(
+                    f"| {name} | {r['past']} | {r['bytes'] / 1e6:.1f} | "
+                    f"{_f(fl.get('1gib'), 2)} / {_f(fl.get('model'), 2)} | {_f(r['step_ms'], 2)} | "
+                    f"{_f(ratio.get('1gib'), 2)} / {_f(ratio.get('model'), 2)} |"
+                )
+    return lines
+
+
+def _workload_tables(g: dict) -> list[str]:
+    """The long workload's rows and the mixed workload's figures."""
+    lines: list[str] = []
+    long = g.get("long")
+    if long and long.get("served"):
+        lines += [
+            f"**Long requests**: {long['prompt_tokens']}-token prompt, {long['new_tokens']} new tokens "
+            "(the prompt is prefilled in chunks while other streams decode).",
+            "",
+            "| path | streams | tok/s per stream | tok/s aggregate | TTFT p50 ms | ITL p50 / p90 / p99 ms |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for c, r in sorted(long["served"].items(), key=lambda kv: int(kv[0])):
+            lines.append(
+                f"| served (Triton gRPC stream) | {c} | {_f(r['per_stream_tokens_per_s'])} | "
+                f"{_f(r['aggregate_tokens_per_s'])} | {_f(r['ttft_ms']['p50'])} | {_itl(r['itl_ms'])} |"
+            )
+        lines.append("")
+    elif g.get("long_skipped"):
+        lines += [f"Long and mixed workloads not measured: {g['long_skipped']}.", ""]
+    m = g.get("mixed")
+    if m:
+        during, other, ttft = (
+            m["short_itl_during_long_prefill_ms"],
+            m["short_itl_other_ms"],
+            m["long_ttft_ms"],
+        )
+        lines += [
+            f"**Mixed**: {m['streams']} streams of {m['short_prompt_tokens']} → {m['short_new_tokens']} "
+            f"tokens back to back while a {m['long_prompt_tokens']}-token prompt ({m['long_new_tokens']} new "
+            f"tokens) arrives every {m['period_s']:g} s ({m['long_requests']} of them).",
+            "",
+            "| running streams' ITL | gaps | p50 ms | p90 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|",
+            f"| while a long prompt is prefilled (arrival to its first token) | {during['n']} | "
+            f"{_f(during['p50'], 2)} | {_f(during['p90'], 2)} | {_f(during['p99'], 2)} |",
+            f"| the other gaps | {other['n']} | {_f(other['p50'], 2)} | {_f(other['p90'], 2)} | "
+            f"{_f(other['p99'], 2)} |",
+            "",
+            f"Long requests' TTFT p50 / p90 / p99: {_f(ttft['p50'])} / {_f(ttft['p90'])} / {_f(ttft['p99'])} ms; "
+            f"running streams' aggregate {_f(m['short'].get('aggregate_tokens_per_s'))} tok/s.",
+            "",
         ]
     return lines
 
@@ -304,7 +510,11 @@ def markdown(results: dict) -> str:
         "",
     ]
     if results.get("gpt2"):
-        lines += _gpt2_table(results["gpt2"], cfg) + [""]
+        g = results["gpt2"]
+        lines += _gpt2_table(g, cfg) + [""]
+        lines += _workload_tables(g)
+        profile = _profile_tables(g)
+        lines += profile + ([""] if profile else [])
     if results.get("images"):
         lines += _images_table(results["images"]) + [""]
     lines += ["| ratio (measured side by side in this run) | value |", "|---|---:|"]
@@ -334,6 +544,15 @@ def plots(results: dict, out: Path) -> list[Path]:
         for base, color in (("eager", "grey"), ("optimum", "tab:red")):
             if base in g:
                 ax1.axhline(g[base]["tokens_per_s"], linestyle=":", color=color, label=f"{base} (1 stream)")
+        long = (g.get("long") or {}).get("served") or {}
+        if long:
+            lc = sorted(long, key=int)
+            ax1.plot(
+                [int(c) for c in lc],
+                [long[c]["aggregate_tokens_per_s"] for c in lc],
+                "^-",
+                label=f"served aggregate, {g['long']['prompt_tokens']}-token prompts",
+            )
         ax1.set(xlabel="concurrent streams", ylabel="tokens/s", title="GPT-2 tokens/s vs concurrency")
         ax1.set_xticks(xs)
         ax1.set_ylim(bottom=0)
@@ -353,6 +572,8 @@ def plots(results: dict, out: Path) -> list[Path]:
         written.append(out / "gpt2.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
+        if _workloads_plot(plt, g, out / "gpt2-workloads.png"):
+            written.append(out / "gpt2-workloads.png")
     imgs = results.get("images", {})
     if imgs:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -379,6 +600,68 @@ def plots(results: dict, out: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     return written
+
+
+def _workloads_plot(plt, g: dict, path: Path) -> bool:
+    """Decode step vs cached tokens per variant (with the read floor), and the running
+    streams' ITL while long prompts arrive. False when there is nothing to draw."""
+    profiles = {
+        n: p
+        for n, p in (g.get("decode_profiles") or {}).items()
+        if isinstance((p.get("step_ms") or {}).get("1"), dict)
+    }
+    mixed = g.get("mixed")
+    if not profiles and not mixed:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, p) in enumerate(profiles.items()):
+        color = f"C{i}"  # one colour per variant: its steps and its floor
+        for b, style in (("1", "o-"), ("8", "s--")):
+            by_past = (p.get("step_ms") or {}).get(b)
+            if isinstance(by_past, dict):
+                xs = sorted(by_past, key=int)
+                ax1.plot(
+                    [int(x) for x in xs],
+                    [by_past[x] for x in xs],
+                    style,
+                    color=color,
+                    label=f"{name} batch {b}",
+                )
+        rows = [r for r in (g.get("read_floors") or {}).get(name, {}).get("rows", []) if r["batch"] == 1]
+        if rows and rows[0]["floor_ms"].get("1gib"):
+            ax1.plot(
+                [r["past"] for r in rows],
+                [r["floor_ms"]["1gib"] for r in rows],
+                ":",
+                color=color,
+                label=f"{name} read floor b1",
+            )
+    ax1.set(xlabel="cached tokens per row", ylabel="ms", title="Decode step (offline profile)")
+    ax1.set_ylim(bottom=0)
+    if profiles:
+        ax1.legend(fontsize=7)
+    if mixed:
+        bars = [
+            ("running streams,\nlong prefill", mixed["short_itl_during_long_prefill_ms"]),
+            ("running streams,\nother gaps", mixed["short_itl_other_ms"]),
+        ]
+        x = list(range(len(bars)))
+        for offset, key in ((-0.25, "p50"), (0.0, "p90"), (0.25, "p99")):
+            ax2.bar([i + offset for i in x], [d.get(key) or 0 for _, d in bars], 0.25, label=key)
+        ax2.set_xticks(x, [n for n, _ in bars])
+        ttft = mixed["long_ttft_ms"].get("p50")
+        ax2.set(
+            ylabel="ITL ms",
+            title=f"Mixed: {mixed['streams']} streams + {mixed['long_prompt_tokens']}-token prompts "
+            f"(TTFT p50 {_f(ttft, 0)} ms)",
+        )
+        ax2.legend()
+    else:
+        ax2.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def write(results: dict, out: Path) -> None:
@@ -415,6 +698,7 @@ def write_readme(results: dict, out: Path, readme: Path) -> None:
     links = []
     for name, title in (
         ("gpt2.png", "GPT-2 tokens/s and latency"),
+        ("gpt2-workloads.png", "GPT-2 decode step by cache length, and the mixed workload"),
         ("images.png", "Image models through Triton"),
     ):
         if (Path(out) / name).is_file():

@@ -27,20 +27,68 @@ def _served(ttft: float, agg: float, per: float, c: int) -> dict:
     }
 
 
+def _profile(b1: float, b4: float, b8: float, growth: float) -> dict:
+    """A decode profile as `aigc export` writes it: batch -> cached tokens -> ms."""
+    return {
+        "past_lens": [48, 496],
+        "step_ms": {
+            str(b): {"48": ms, "496": round(ms * growth, 3)} for b, ms in ((1, b1), (4, b4), (8, b8))
+        },
+        "prefill_ms": {"16": 19.0, "128": 150.0},
+        "threads": 2,
+    }
+
+
+# what `_read_floors` gives for a variant: weights 124 MB, the 124M model's fp32 cache
+KV_PER_TOKEN = 2 * 12 * 12 * 64 * 4
+
+
+def _mixed() -> dict:
+    return {
+        "short_prompt_tokens": 16,
+        "short_new_tokens": 128,
+        "long_prompt_tokens": 512,
+        "long_new_tokens": 4,
+        "streams": 4,
+        "arrivals": 5,
+        "period_s": 3.0,
+        "short": {"requests": 12, "aggregate_tokens_per_s": 150.0, "per_stream_tokens_per_s": 38.0},
+        "short_itl_during_long_prefill_ms": {"p50": 40.0, "p90": 48.0, "p99": 60.0, "n": 300},
+        "short_itl_other_ms": {"p50": 20.0, "p90": 24.0, "p99": 30.0, "n": 900},
+        "long_ttft_ms": {"p50": 1500.0, "p90": 1700.0, "p99": 1800.0, "n": 5},
+        "long_requests": 5,
+    }
+
+
 def _results() -> dict:
     base = {"ttft_ms": {"p50": 90.0}, "itl_ms": {"p50": 45.0, "p90": 50.0, "p99": 60.0}, "tokens_per_s": 20.0}
+    int8 = _profile(7.5, 12.0, 17.0, 1.5)
     results = {
         "env": {"cpu": "test cpu", "cores": 2, "threads": 2, "gpu": False, "gpus": [], "packages": {}},
         "config": {"prompt_tokens": 16, "new_tokens": 64, "threads": 2, "quick": True, "repeats": 3},
         "gpt2": {
             "model": "runs/bench-cache/gpt2-124m",
             "variant": "int8",
-            "served": {"1": _served(40.0, 120.0, 118.0, 1), "4": _served(90.0, 200.0, 50.0, 4)},
-            "decode_profile": {
-                "past_len": 48,
-                "step_ms": {"1": 7.5, "4": 12.0, "8": 17.0},
-                "prefill_ms": {"16": 19.0},
+            "served": {
+                "1": _served(25.0, 120.0, 118.0, 1),
+                "4": _served(90.0, 200.0, 50.0, 4),
+                "8": _served(150.0, 360.0, 45.0, 8),
             },
+            "decode_profile": int8,
+            "decode_profiles": {"int8": int8, "int4": _profile(5.8, 12.6, 21.4, 1.3)},
+            "memory_bandwidth_1gib": {"bytes": 2**30, "threads": 2, "gb_per_s": 25.0},
+            "read_floors": {
+                "int8": dict(
+                    report.read_floors(int8, 124_000_000, KV_PER_TOKEN, {"1gib": 25.0, "model": 40.0}),
+                    bandwidth_at_model_size={"bytes": 124_000_000, "threads": 2, "gb_per_s": 40.0},
+                )
+            },
+            "long": {
+                "prompt_tokens": 512,
+                "new_tokens": 128,
+                "served": {"1": _served(700.0, 70.0, 70.0, 1), "8": _served(6000.0, 160.0, 20.0, 8)},
+            },
+            "mixed": _mixed(),
             "eager": base,
             "optimum": dict(base, tokens_per_s=30.0),
         },
@@ -71,16 +119,119 @@ def test_ratios_are_measured_side_by_side():
     r = _results()["ratios"]
     assert r["gpt2_tokens_per_s_vs_eager"] == pytest.approx(118.0 / 20.0, rel=1e-3)
     assert r["gpt2_tokens_per_s_vs_optimum"] == pytest.approx(118.0 / 30.0, rel=1e-3)
-    assert r["gpt2_ttft_speedup_vs_eager"] == pytest.approx(90.0 / 40.0, rel=1e-3)
+    assert r["gpt2_ttft_speedup_vs_eager"] == pytest.approx(90.0 / 25.0, rel=1e-3)
     assert r["gpt2_itl_speedup_vs_optimum"] == pytest.approx(45.0 / 8.0, rel=1e-3)
     assert r["gpt2_aggregate_c4_vs_c1"] == pytest.approx(200.0 / 120.0, rel=1e-3)
-    assert r["gpt2_aggregate_c4_vs_eager"] == pytest.approx(200.0 / 20.0, rel=1e-3)
+    assert r["gpt2_aggregate_c8_vs_eager"] == pytest.approx(360.0 / 20.0, rel=1e-3)
     assert r["dcgan_served_minus_inprocess_p50_ms"] == pytest.approx(0.7)
     assert r["dcgan_served_speedup_vs_eager_p50"] == pytest.approx(1.2)
     assert r["dcgan_images_per_s_b8_vs_inprocess"] == pytest.approx(0.5)
     assert r["dcgan_latency_p50_over_mean_c1"] == pytest.approx(1.2 / 1.25, rel=1e-3)
+    # the profile at the short requests' mean cache length: 16 + 64 / 2 = 48 tokens
     assert r["gpt2_step_ceiling_c4_vs_c1"] == pytest.approx(4 * 7.5 / 12.0, rel=1e-3)
-    assert "gpt2_step_ceiling_c8_vs_c1" not in r  # only for the concurrencies served
+    assert r["gpt2_step_ceiling_c8_vs_c1"] == pytest.approx(8 * 7.5 / 17.0, rel=1e-3)
+    assert "gpt2_step_ceiling_c2_vs_c1" not in r  # only for the concurrencies served
+
+
+def test_ratios_against_the_offline_profile():
+    r = _results()["ratios"]
+    # served gain at 8 streams over the gain the batch-8 step allows
+    assert r["gpt2_aggregate_c8_vs_step_ceiling"] == pytest.approx(
+        (360.0 / 120.0) / (8 * 7.5 / 17.0), rel=1e-3
+    )
+    assert r["gpt2_step_long_vs_short_b8"] == pytest.approx(1.5, rel=1e-3)
+    assert r["gpt2_step_long_vs_short_b1"] == pytest.approx(1.5, rel=1e-3)
+    assert r["gpt2_ttft_minus_prefill_ms"] == pytest.approx(25.0 - 19.0)
+    assert r["gpt2_step_b1_vs_read_floor"] == pytest.approx(
+        7.5 / ((124e6 + KV_PER_TOKEN * 48) / 25e6), rel=1e-3
+    )
+    assert r["gpt2_long_aggregate_c8_vs_c1"] == pytest.approx(160.0 / 70.0, rel=1e-3)
+    assert r["gpt2_mixed_itl_p99_during_long_vs_other"] == pytest.approx(2.0)
+
+
+def test_profile_ratios_follow_the_prompt_length():
+    results = _results()
+    results["config"].update(prompt_tokens=128, new_tokens=64)  # cache 160 on average, 128-token prefill
+    r = report.ratios(results)
+    step1, step8 = 7.5 * (1 + 0.5 * (160 - 48) / 448), 17.0 * (1 + 0.5 * (160 - 48) / 448)
+    assert r["gpt2_step_ceiling_c8_vs_c1"] == pytest.approx(8 * step1 / step8, rel=1e-3)
+    assert r["gpt2_ttft_minus_prefill_ms"] == pytest.approx(25.0 - 150.0)
+
+
+def test_profile_ratios_skip_an_old_flat_profile():
+    results = _results()
+    results["gpt2"]["decode_profile"] = {"step_ms": {"1": 7.5, "8": 17.0}, "prefill_ms": {"16": 19.0}}
+    r = report.ratios(results)
+    assert not {
+        "gpt2_step_ceiling_c8_vs_c1",
+        "gpt2_aggregate_c8_vs_step_ceiling",
+        "gpt2_step_long_vs_short_b8",
+    } & set(r)
+    assert r["gpt2_aggregate_c8_vs_c1"] == pytest.approx(3.0)
+
+
+def test_read_floor_arithmetic():
+    profile = _profile(8.0, 12.0, 20.0, 1.5)
+    floors = report.read_floors(profile, 100_000_000, KV_PER_TOKEN, {"1gib": 25.0, "model": 50.0})
+    assert floors["kv_bytes_per_token"] == KV_PER_TOKEN == 73_728  # 2 x 12 layers x 12 heads x 64 x fp32
+    rows = {(r["batch"], r["past"]): r for r in floors["rows"]}
+    assert set(rows) == {(b, p) for b in (1, 4, 8) for p in (48, 496)}
+    r = rows[(8, 496)]
+    assert r["bytes"] == 100_000_000 + 73_728 * 496 * 8  # the weights once, every row's cache
+    assert r["floor_ms"]["1gib"] == pytest.approx(r["bytes"] / 25e9 * 1e3, rel=1e-3)
+    assert r["floor_ms"]["model"] == pytest.approx(r["bytes"] / 50e9 * 1e3, rel=1e-3)
+    assert r["step_over_floor"]["1gib"] == pytest.approx(30.0 / r["floor_ms"]["1gib"], rel=1e-3)
+    r = rows[(1, 48)]
+    assert r["bytes"] == 100_000_000 + 73_728 * 48
+    assert r["step_over_floor"]["model"] == pytest.approx(8.0 / (r["bytes"] / 50e6), rel=1e-3)
+
+
+def test_step_read_bytes_leaves_out_gathered_tables(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from benchmarks.api import step_read_bytes
+
+    wte = numpy_helper.from_array(np.zeros((50, 8), np.float32), "wte")  # gathered only: left out
+    head = numpy_helper.from_array(np.zeros((8, 50), np.int8), "head")  # read whole by MatMul
+    unused = numpy_helper.from_array(np.zeros(1000, np.float32), "unused")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["wte", "input_ids"], ["h"]),
+            helper.make_node("Cast", ["head"], ["head_f"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["h", "head_f"], ["logits"]),
+            helper.make_node("Identity", ["past_key_0"], ["present_key_0"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 1]),
+            helper.make_tensor_value_info("past_key_0", TensorProto.FLOAT16, [1, 2, 4, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 50]),
+            helper.make_tensor_value_info("present_key_0", TensorProto.FLOAT16, [1, 2, 4, 4]),
+        ],
+        [wte, head, unused],
+    )
+    onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
+    assert step_read_bytes(tmp_path / "m.onnx") == (8 * 50, 2)  # int8 head; fp16 cache
+    onnx.save(helper.make_model(graph), tmp_path / "ext.onnx", save_as_external_data=True, size_threshold=0)
+    assert step_read_bytes(tmp_path / "ext.onnx") == (8 * 50, 2)
+
+
+def test_mixed_gaps_are_split_by_the_long_prefill_windows():
+    runs = [measure.stream_timing(0.0, [0.1, 0.2, 0.3, 0.4, 0.5], 0.5, tokens=5)]
+    during, other = measure.split_gaps(runs, [(0.25, 0.35)])
+    # (0.2, 0.3) and (0.3, 0.4) overlap the window; (0.1, 0.2) and (0.4, 0.5) do not
+    assert during == pytest.approx([100.0, 100.0]) and other == pytest.approx([100.0, 100.0])
+    assert measure.split_gaps(runs, []) == ([], pytest.approx([100.0] * 4))
+
+
+def test_bandwidth_is_a_median_in_gb_per_s():
+    r = measure.read_bandwidth(8 * 2**20, threads=2, repeats=3)
+    assert r["bytes"] == 8 * 2**20 and r["threads"] == 2
+    assert r["gb_per_s"] == pytest.approx(r["bytes"] / r["ms"] / 1e6, rel=0.01) and r["gb_per_s"] > 0.1
 
 
 def test_gate_fails_above_and_passes_below_what_was_measured():
@@ -117,6 +268,31 @@ def test_committed_thresholds_parse_and_name_measured_ratios():
     assert [f.split(" = ")[0] for f in failures] == ["dcgan_latency_p50_over_mean_c1"]
 
 
+@pytest.mark.parametrize(
+    "change, failing",
+    [
+        # the step at a long cache costs far more than at a short one (a cache copy per step)
+        (lambda g: g["decode_profile"].update(_profile(7.5, 12.0, 17.0, 4.0)), "gpt2_step_long_vs_short_b8"),
+        # 8 streams get no more than 1 does, though the batch-8 step allows 3.5x
+        (
+            lambda g: g["served"]["8"].update(aggregate_tokens_per_s=120.0),
+            "gpt2_aggregate_c8_vs_step_ceiling",
+        ),
+        # the first token comes 80 ms after the prompt's 19 ms prefill (still 3x eager's TTFT)
+        (
+            lambda g: (g["served"]["1"]["ttft_ms"].update(p50=99.0), g["eager"]["ttft_ms"].update(p50=300.0)),
+            "gpt2_ttft_minus_prefill_ms",
+        ),
+    ],
+)
+def test_committed_profile_gates_catch_regressions(change, failing):
+    thresholds = report.load_thresholds()
+    results = _results()
+    change(results["gpt2"])
+    failures = report.check_gate(report.ratios(results), thresholds)
+    assert [f.split(" = ")[0] for f in failures] == [failing]
+
+
 def test_bad_thresholds_name_the_flag(tmp_path):
     bad = tmp_path / "t.json"
     bad.write_text('{"gpt2_tokens_per_s_vs_eager": {"at_least": 2}}')
@@ -130,13 +306,50 @@ def test_table_and_plots_are_written(tmp_path):
     results = _results()
     report.write(results, tmp_path)
     md = (tmp_path / "results.md").read_text()
-    assert "| served (Triton gRPC stream) | 1 | 118.0 | 120.0 | 6.00 | 4.00 | 40.0 |" in md
+    assert "| served (Triton gRPC stream) | 1 | 118.0 | 120.0 | 6.00 | 4.00 | 25.0 |" in md
     assert "PyTorch eager" in md and "Optimum" in md and "| dcgan | ONNX Runtime in-process | fp32 |" in md
     assert "| gpt2_tokens_per_s_vs_eager | 5.9 |" in md
-    assert "decode step 7.50 / 12.00 / 17.00 ms at batch 1 / 4 / 8; 16-token prefill 19.0 ms" in md
+    # the decode profile: b1 and b8 at both cache lengths, their ratio, the prefills
+    assert (
+        "| variant | b1 @48 | b1 @496 | b8 @48 | b8 @496 | b8 @496 / @48 | prefill 16 | prefill 128 |" in md
+    )
+    assert "| int8 (served) | 7.50 | 11.25 | 17.00 | 25.50 | 1.50 | 19.0 | 150.0 |" in md
+    assert "| int4 | 5.80 | 7.54 | 21.40 | 27.82 | 1.30 |" in md
+    # the read floor at both bandwidths
+    floor = (124e6 + KV_PER_TOKEN * 48) / 25e6, (124e6 + KV_PER_TOKEN * 48) / 40e6
+    assert (
+        f"| int8 | 48 | 127.5 | {floor[0]:.2f} / {floor[1]:.2f} | 7.50 | "
+        f"{7.5 / floor[0]:.2f} / {7.5 / floor[1]:.2f} |" in md
+    )
+    assert "1 GiB 25.0 GB/s; at each variant's size int8 124 MB 40.0 GB/s" in md
+    # the long workload and the mixed one
+    assert "**Long requests**: 512-token prompt, 128 new tokens" in md
+    assert "| served (Triton gRPC stream) | 8 | 20.0 | 160.0 | 6000.0 |" in md
+    assert "**Mixed**: 4 streams of 16 → 128 tokens back to back while a 512-token prompt" in md
+    assert (
+        "| while a long prompt is prefilled (arrival to its first token) | 300 | 40.00 | 48.00 | 60.00 |"
+        in md
+    )
+    assert "| the other gaps | 900 | 20.00 | 24.00 | 30.00 |" in md
+    assert "Long requests' TTFT p50 / p90 / p99: 1500.0 / 1700.0 / 1800.0 ms" in md
+    assert "| gpt2_step_long_vs_short_b8 | 1.5 |" in md and "| gpt2_ttft_minus_prefill_ms | 6.0 |" in md
     assert json.loads((tmp_path / "results.json").read_text())["ratios"] == results["ratios"]
-    for png in ("gpt2.png", "images.png"):
+    for png in ("gpt2.png", "gpt2-workloads.png", "images.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_without_long_workload_says_why(tmp_path):
+    results = _results()
+    g = results["gpt2"]
+    for key in ("long", "mixed", "decode_profiles", "read_floors", "decode_profile"):
+        del g[key]
+    g["long_skipped"] = "long requests need 516 tokens; the context window is 128"
+    results["ratios"] = report.ratios(results)
+    md = report.markdown(results)
+    assert "Long and mixed workloads not measured: long requests need 516 tokens" in md
+    assert "**Mixed**" not in md and "Decode profile" not in md
+    report.write(results, tmp_path)
+    assert not (tmp_path / "gpt2-workloads.png").exists()
 
 
 def test_readme_section_is_replaced_between_markers(tmp_path):
@@ -168,6 +381,13 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
         ("baselines", ("vllm",), "--baselines"),
         ("models", ("bert",), "--models"),
         ("prompt_tokens", 9999, "--prompt-tokens"),
+        ("long_prompt_tokens", -1, "--long-prompt-tokens"),
+        ("long_new_tokens", 0, "--long-new-tokens"),
+        ("long_concurrency", (), "--long-concurrency"),
+        ("mixed_streams", 65, "--mixed-streams"),
+        ("mixed_new_tokens", 0, "--mixed-new-tokens"),
+        ("mixed_arrivals", 0, "--mixed-arrivals"),
+        ("mixed_period_s", 0, "--mixed-period"),
     ],
 )
 def test_bad_flags_are_named(field, value, flag):
@@ -204,7 +424,7 @@ def test_prompt_encodes_to_exactly_n_tokens():
     tok.decoder = decoders.ByteLevel()
     text = "The quick brown fox jumps over the lazy dog; naïve café déjà vu. " * 20
     tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, show_progress=False))
-    for n in (1, 5, 16, 100):
+    for n in (1, 5, 16, 100, 512):
         assert len(tok.encode(build_prompt(tok, n, text)).ids) == n
 
 
@@ -239,7 +459,8 @@ def test_stream_summary_counts_tokens_not_deltas():
 
 def test_quick_mode_is_small():
     opts = BenchOptions(quick=True).quick_mode()
-    assert opts.concurrency == (1, 4) and opts.batch_sizes == (1, 8) and opts.repeats <= 3
+    assert opts.concurrency == (1, 4, 8) and opts.batch_sizes == (1, 8) and opts.repeats <= 3
+    assert opts.long_concurrency == (1,) and opts.mixed_arrivals == 2
 
 
 @pytest.mark.server
@@ -257,6 +478,14 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
             prompt_tokens=8,
             new_tokens=8,
             concurrency=(1, 2),
+            # the tiny model's window is 128 tokens: a "long" prompt of 64
+            long_prompt_tokens=64,
+            long_new_tokens=8,
+            long_concurrency=(1, 2),
+            mixed_streams=2,
+            mixed_new_tokens=16,
+            mixed_arrivals=2,
+            mixed_period_s=0.3,
             batch_sizes=(1, 4),
             repeats=2,
             image_requests=20,
@@ -271,5 +500,12 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
     assert g["eager"]["tokens_per_s"] > 0 and g["optimum"]["tokens_per_s"] > 0
     assert {"gpt2_tokens_per_s_vs_eager", "gpt2_tokens_per_s_vs_optimum"} <= set(results["ratios"])
     assert "dcgan_served_minus_inprocess_p50_ms" in results["ratios"]
+    long, mixed = g["long"], g["mixed"]
+    assert long["prompt_tokens"] == 64 and long["served"]["2"]["requests"] == 4
+    assert mixed["long_requests"] == 2 and mixed["long_ttft_ms"]["n"] == 2 and mixed["short"]["requests"] >= 2
+    assert mixed["short_itl_other_ms"]["n"] + mixed["short_itl_during_long_prefill_ms"]["n"] >= 2 * 15
+    # both exported variants against their read floors (served figures need not be fast)
+    assert set(g["read_floors"]) == {"fp32", "int8"} and g["memory_bandwidth_1gib"]["gb_per_s"] > 0
+    assert all(r["step_over_floor"]["1gib"] > 0 for f in g["read_floors"].values() for r in f["rows"])
     assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "gpt2.png").is_file()
     assert time.perf_counter() - t0 < 120
