@@ -56,7 +56,8 @@ class BuildOptions:
     # GPT-2 engine: the KV cache is `kv_slots` rows of `kv_max_len` positions, allocated once.
     kv_slots: int = 8
     kv_max_len: int = 0  # 0 = the model's context window
-    prefill_chunk: int = 16  # prompt tokens per step while other streams decode
+    prefill_chunk: int = 64  # at most this many prompt tokens per step while other streams decode
+    prefill_budget: float = 1.0  # and a chunk costing at most this many decode steps (0 = fixed)
     max_queue: int = 64  # requests waiting for a slot before new ones are refused
     workload: Workload = field(default_factory=Workload)  # what `auto` optimises GPT-2 for
 
@@ -79,6 +80,10 @@ class BuildOptions:
             raise ConfigError(f"--max-len must be >= 1 (0 = the context window), got {self.kv_max_len}")
         if not 1 <= self.prefill_chunk <= 4096:
             raise ConfigError(f"--prefill-chunk must be in 1..4096, got {self.prefill_chunk}")
+        if not 0 <= self.prefill_budget <= 100:
+            raise ConfigError(
+                f"--prefill-budget must be in 0..100 (0 = fixed chunks), got {self.prefill_budget}"
+            )
         if not 0 <= self.max_queue <= 100_000:
             raise ConfigError(f"--max-queue must be in 0..100000, got {self.max_queue}")
         self.workload.validate()
@@ -180,6 +185,7 @@ def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
     cfg.parameters["kv_slots"].string_value = str(opts.kv_slots)
     cfg.parameters["kv_max_len"].string_value = str(opts.kv_max_len)
     cfg.parameters["prefill_chunk"].string_value = str(opts.prefill_chunk)
+    cfg.parameters["prefill_budget"].string_value = str(opts.prefill_budget)
     cfg.parameters["max_queue_size"].string_value = str(opts.max_queue)
     cfg.parameters["max_request_seconds"].string_value = str(opts.max_request_seconds)
     cfg.parameters["intra_op_threads"].string_value = str(opts.intra_op_threads)

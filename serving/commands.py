@@ -61,8 +61,15 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument(
         "--prefill-chunk",
         type=int,
-        default=16,
-        help="prompt tokens prefilled per step while other streams decode (default 16)",
+        default=64,
+        help="most prompt tokens prefilled per step while other streams decode (default 64)",
+    )
+    engine.add_argument(
+        "--prefill-budget",
+        type=float,
+        default=1.0,
+        help="a chunk may cost this many decode steps, as the engine measures them (default 1: the "
+        "running streams' gap at most doubles while a prompt goes in; 0 = fixed --prefill-chunk)",
     )
     engine.add_argument(
         "--max-queue",
@@ -108,6 +115,7 @@ def run_build(args: argparse.Namespace) -> int:
         kv_slots=args.slots,
         kv_max_len=args.max_len,
         prefill_chunk=args.prefill_chunk,
+        prefill_budget=args.prefill_budget,
         max_queue=args.max_queue,
         workload=Workload(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, streams=args.streams),
     )

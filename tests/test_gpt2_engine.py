@@ -172,8 +172,17 @@ def test_engine_greedy_equals_transformers(engine, checkpoints):
 def test_slots_joining_leaving_and_reused_equal_solo_and_transformers(version_dir, checkpoints, chunk):
     """Six requests of different prompt lengths over three slots, arriving while others decode,
     prefilled in chunks: each gets exactly its solo greedy tokens, which are transformers'."""
-    engine, sink, _ = make_engine(version_dir, slots=3, prefill_chunk=chunk, idle_prefill_chunk=chunk)
-    texts = ["The class", "def f(x): return x + 1 if x else", "import", "x", "Python is a language", "a b c d e"]
+    engine, sink, _ = make_engine(
+        version_dir, slots=3, prefill_chunk=chunk, idle_prefill_chunk=chunk, prefill_budget=0
+    )
+    texts = [
+        "The class",
+        "def f(x): return x + 1 if x else",
+        "import",
+        "x",
+        "Python is a language",
+        "a b c d e",
+    ]
     lengths = [20, 6, 14, 25, 9, 3]
     enc = [engine.tokenizer.encode(t).ids for t in texts]
     solo = [engine.generate_ids(ids, greedy(n)) for ids, n in zip(enc, lengths)]
@@ -194,7 +203,7 @@ def test_slots_joining_leaving_and_reused_equal_solo_and_transformers(version_di
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(version_dir):
-    engine, sink, _ = make_engine(version_dir, slots=2, prefill_chunk=4)
+    engine, sink, _ = make_engine(version_dir, slots=2, prefill_chunk=4, prefill_budget=0)
     short = engine.submit(engine.tokenizer.encode("x").ids, greedy(40))
     engine.step()
     assert short.status is Status.DECODING and short.generated == 2
@@ -208,6 +217,21 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(version_dir):
     # One chunk a step, and the running stream got a token every one of those steps.
     assert steps == -(-len(long_ids) // 4)
     assert short.generated == before + steps
+
+
+def test_chunks_are_sized_so_a_chunk_costs_about_one_decode_step():
+    from serving.triton_models.gpt2_engine import _CostFit
+
+    fit = _CostFit()
+    assert fit.tokens_within(20.0) is None  # nothing measured yet: the configured size
+    for tokens in (1, 4, 16, 64, 512):
+        fit.add(tokens, 11.0 + 1.5 * tokens)  # a CPU: a weight pass plus compute per token
+    assert fit.tokens_within(17.0) == 4
+    assert fit.tokens_within(11.0 + 1.5 * 100) == 100
+    flat = _CostFit()
+    for tokens in (1, 16, 512):
+        flat.add(tokens, 1.6)  # a GPU at this size: cost does not grow with tokens
+    assert flat.tokens_within(1.6) is None
 
 
 def test_requests_arriving_together_share_one_prefill_call(version_dir):

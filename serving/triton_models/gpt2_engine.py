@@ -85,7 +85,11 @@ class Request:
 class EngineConfig:
     slots: int = 8  # concurrent generations (rows of the KV cache)
     max_len: int = 0  # positions per slot; 0 = the model's context window
-    prefill_chunk: int = 16  # prompt tokens per step while other requests are decoding
+    prefill_chunk: int = 64  # at most this many prompt tokens per step while others decode
+    # ... and no more than a chunk measured to cost `prefill_budget` x one decode step, so the
+    # running streams' inter-token gap at most doubles while a long prompt goes in (0 = a
+    # fixed `prefill_chunk`). The cost is fitted online: ms = fixed + per-token x tokens.
+    prefill_budget: float = 1.0
     idle_prefill_chunk: int = 512  # prompt tokens per call while nothing is decoding
     max_queue: int = 64  # requests waiting for a slot before new ones are refused
     max_request_seconds: float = 300.0
@@ -99,6 +103,10 @@ class EngineConfig:
             )
         if self.prefill_chunk < 1 or self.idle_prefill_chunk < 1:
             raise ValueError("prefill_chunk and idle_prefill_chunk must be >= 1")
+        if not 0 <= self.prefill_budget <= 100:
+            raise ValueError(
+                f"prefill_budget must be in 0..100 (0 = fixed chunks), got {self.prefill_budget}"
+            )
         if self.max_queue < 0:
             raise ValueError(f"max_queue_size must be >= 0, got {self.max_queue}")
 
@@ -322,6 +330,37 @@ class OrtGpt2:
 # -- the scheduler ---------------------------------------------------------------------------
 
 
+class _CostFit:
+    """ms = fixed + per_token x tokens, least squares over recent calls (older ones fade)."""
+
+    def __init__(self, keep: float = 0.95):
+        self.keep = keep
+        self.sums = np.zeros(5)  # weight, t, ms, t*t, t*ms
+
+    def add(self, tokens: int, ms: float) -> None:
+        self.sums = self.keep * self.sums + np.array([1.0, tokens, ms, tokens * tokens, tokens * ms])
+
+    def tokens_within(self, budget_ms: float) -> int | None:
+        """Most tokens one call can take within `budget_ms`; None until two sizes were seen."""
+        w, t, ms, tt, tm = self.sums
+        var = w * tt - t * t
+        if w < 2 or var <= 1e-9 * max(w * tt, 1.0):
+            return None
+        per_token = (w * tm - t * ms) / var
+        fixed = (ms - per_token * t) / w
+        if per_token <= 0:
+            return None  # cost does not grow with tokens here (a GPU): no limit from the budget
+        return math.floor((budget_ms - fixed) / per_token + 1e-6)  # 1e-6: a fit's rounding
+
+
+class _Ema:
+    def __init__(self, keep: float = 0.9):
+        self.keep, self.value = keep, None
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else self.keep * self.value + (1 - self.keep) * x
+
+
 class Engine:
     """Requests in, text out through a `Sink`. `submit` and `cancel` may be called from any
     thread; `step` runs on one thread (the generation loop)."""
@@ -343,6 +382,8 @@ class Engine:
         self._waiting: collections.deque[Request] = collections.deque()
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()
+        self._prefill_cost = _CostFit()
+        self._decode_ms = _Ema()
 
     @property
     def waiting(self) -> int:
@@ -420,13 +461,21 @@ class Engine:
         decoding = [r for r in self.running if r.status is Status.DECODING]
         prefilling = [r for r in self.running if r.status is Status.PREFILLING]
         if prefilling:
-            budget = self.config.prefill_chunk if decoding else self.config.idle_prefill_chunk
+            budget = self._chunk_tokens() if decoding else self.config.idle_prefill_chunk
             group = self._prefill_group(prefilling, budget)
             self._guard(self._prefill, group, budget // len(group))
         decoding = [r for r in self.running if r.status is Status.DECODING]
         if decoding:
             self._guard(self._decode, decoding)
         return bool(prefilling or decoding)
+
+    def _chunk_tokens(self) -> int:
+        """Prompt tokens for this step's chunk while others decode (see `prefill_budget`)."""
+        limit = self.config.prefill_chunk
+        if not self.config.prefill_budget or self._decode_ms.value is None:
+            return limit
+        fit = self._prefill_cost.tokens_within(self.config.prefill_budget * self._decode_ms.value)
+        return limit if fit is None else max(1, min(limit, fit))
 
     @staticmethod
     def _prefill_group(prefilling: list[Request], budget: int) -> list[Request]:
@@ -447,7 +496,9 @@ class Engine:
     def _prefill(self, group: list[Request], chunk: int) -> None:
         head = group[0]
         ids = np.asarray([r.prompt_ids[head.filled : head.filled + chunk] for r in group], np.int64)
+        t0 = time.perf_counter()
         tokens, logits = self.model.prefill_rows(head.slot, ids, head.filled)
+        self._prefill_cost.add(ids.size, (time.perf_counter() - t0) * 1e3)
         for i, req in enumerate(group):
             req.filled += ids.shape[1]
             if req.filled == len(req.prompt_ids):
@@ -463,7 +514,9 @@ class Engine:
                 positions[r.slot] = r.filled
         for r in rows:
             tokens[r.slot] = r.next_token
+        t0 = time.perf_counter()
         greedy, logits = self.model.decode(tokens, positions)
+        self._decode_ms.add((time.perf_counter() - t0) * 1e3)
         for r in rows:
             r.filled += 1
             self._advance(r, int(greedy[r.slot]), lambda r=r: logits()[r.slot])

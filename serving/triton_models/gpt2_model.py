@@ -135,7 +135,8 @@ class TritonPythonModel:
         engine_config = EngineConfig(
             slots=_param(config, "kv_slots", 8),
             max_len=_param(config, "kv_max_len", 0),
-            prefill_chunk=_param(config, "prefill_chunk", 16),
+            prefill_chunk=_param(config, "prefill_chunk", 64),
+            prefill_budget=_param(config, "prefill_budget", 1.0),
             idle_prefill_chunk=_param(config, "idle_prefill_chunk", 512),
             max_queue=_param(config, "max_queue_size", 64),
             max_request_seconds=_param(config, "max_request_seconds", 300.0),
