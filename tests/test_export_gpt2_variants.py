@@ -70,9 +70,9 @@ def test_quantized_gpt2_variants_hold_quantized_operators(gpt2_export):
         v: {n.op_type for n in onnx.load(str(out / report["variants"][v]["files"]["gpt2"])).graph.node}
         for v in ("fp32", "int8", "int4")
     }
-    assert "Attention" in ops["fp32"]
-    assert "QAttention" in ops["int8"] and ops["int8"] & {"DynamicQuantizeMatMul", "MatMulInteger"}
-    assert "MatMulNBits" in ops["int4"] and "QAttention" in ops["int4"]
+    assert all("GroupQueryAttention" in ops[v] for v in ops)  # the KV-slot attention in every variant
+    assert ops["int8"] & {"DynamicQuantizeMatMul", "MatMulInteger"} and "MatMul" not in ops["int8"]
+    assert "MatMulNBits" in ops["int4"] and "MatMul" not in ops["int4"]
     sizes = {v: report["variants"][v]["size_bytes"] for v in ("fp32", "int8", "int4")}
     assert sizes["int4"] < sizes["fp32"] and sizes["int8"] < sizes["fp32"]
 
@@ -86,15 +86,17 @@ def test_gpt2_report_has_fidelity_figures(gpt2_export):
         bound = quantize.GATES.ppl_bound(v)
         assert report["variants"][v]["passed"] is (fid["perplexity_increase"] <= bound)
     fp16 = report["variants"]["fp16"]
-    assert fp16["target"] == "gpu"
-    assert fp16["passed"] in (True, False, None)  # None: CPU ONNX Runtime cannot run it here
+    # ONNX Runtime's CPU provider runs the fp16 graph (GroupQueryAttention has fp16 CPU kernels),
+    # so its gate is judged here too, though it is made for GPUs.
+    assert fp16["target"] == "gpu" and fp16["validated_on"] == "cpu"
+    assert fp16["passed"] is (fp16["fidelity"]["gpt2"]["perplexity_increase"] <= quantize.GATES.ppl_bound("fp16"))
 
 
 def test_gpt2_gate_rejects_damaged_int8(gpt2_export, tmp_path, monkeypatch):
     ckpt, _, _ = gpt2_export
     real = quantize.to_int8_dynamic
 
-    def damaged(src, dst, op_types=("MatMul", "Gemm", "Attention")):
+    def damaged(src, dst, op_types=("MatMul", "Gemm")):
         model = onnx.load(str(src))
         rng = np.random.default_rng(2)
         for init in model.graph.initializer:

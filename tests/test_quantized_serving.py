@@ -12,7 +12,8 @@ from export.api import read_report
 from export.ortutil import make_session
 from export.quantize import GATES, psnr_db
 from serving.builder import BuildOptions, build_repository
-from serving.triton_models.gpt2_engine import Gpt2Engine, SamplingParams
+from serving.triton_models.gpt2_engine import EngineConfig, load_engine
+from serving.triton_models.sampling import SamplingParams
 
 pytestmark = pytest.mark.server
 
@@ -52,9 +53,9 @@ def test_served_int8_gpt2_generates_what_the_gated_variant_generates(int8_server
     assert read_report(exports["gpt2"])["variants"]["int8"]["passed"] is True
     offline_dir = tmp_path / "engine"
     shutil.copytree(repo / "gpt2" / "1", offline_dir)
-    engine = Gpt2Engine(str(offline_dir), intra_op_threads=1)
+    engine = load_engine(str(offline_dir), EngineConfig(slots=1), intra_op_threads=1)
     params = SamplingParams(max_tokens=20, ignore_eos=True)
     for prompt in ("The class", "import os"):
-        offline = "".join(engine.generate(prompt, params))
+        offline = engine.tokenizer.decode(engine.generate_ids(engine.encode_prompt(prompt, params), params))
         with AigcClient(srv.grpc_url) as c:
             assert c.generate_text(prompt, max_tokens=20, ignore_eos=True, stream=False) == offline
