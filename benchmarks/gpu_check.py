@@ -22,7 +22,6 @@ import json
 import logging
 import platform
 import shutil
-import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,20 +119,10 @@ def make_export(folder: Path, preset: str, tokenizer: Path) -> Path:
     return folder
 
 
-def _median_ms(fn, warmup=5, repeat=30):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return round(statistics.median(times), 4)
-
-
 def offline(export: Path, provider: str) -> dict:
     import tempfile
 
+    from export.ortutil import median_ms
     from serving.triton_models.gpt2_engine import OrtGpt2
 
     n_pos = json.loads((export / "assets" / "model_info.json").read_text())["n_positions"]
@@ -155,10 +144,14 @@ def offline(export: Path, provider: str) -> dict:
         for b in (1, 8):
             for past in sorted({min(p, n_pos - 2) for p in (48, 496)}):
                 tokens, pos = np.arange(1, b + 1, dtype=np.int64), np.full(b, past, np.int64)
-                steps[f"b{b}_past{past}"] = _median_ms(lambda t=tokens, p=pos: gpu.decode(t, p))
+                steps[f"b{b}_past{past}"] = round(
+                    median_ms(lambda t=tokens, p=pos: gpu.decode(t, p), warmup=5, repeat=30), 4
+                )
         out["step_ms"] = steps
         out["prefill_ms"] = {
-            str(t): _median_ms(lambda t=t: gpu.prefill(0, (np.arange(t) % 100) + 1, 0), repeat=10)
+            str(t): round(
+                median_ms(lambda t=t: gpu.prefill(0, (np.arange(t) % 100) + 1, 0), warmup=5, repeat=10), 4
+            )
             for t in sorted({min(t, n_pos) for t in (16, 128, 512)})
         }
         out["fp16_gpu_vs_fp32_cpu"] = parity(export, tmp, gpu, n_pos)
@@ -213,7 +206,9 @@ def served(export: Path, work: Path, server_pythonpath: str | None = None) -> di
     from serving.server import EmbeddedTritonServer
 
     if server_pythonpath:  # e.g. numpy<2 for Triton's Python-backend stub (its bytes tensors need it)
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [server_pythonpath, os.environ.get("PYTHONPATH")]))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [server_pythonpath, os.environ.get("PYTHONPATH")])
+        )
     repo = work / "model_repository"
     build_repository([export], repo, BuildOptions(variant="fp16", target="gpu", kv_slots=8))
     srv = EmbeddedTritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, log_file=work / "triton.log")

@@ -234,6 +234,17 @@ def test_chunks_are_sized_so_a_chunk_costs_about_one_decode_step():
     assert flat.tokens_within(1.6) is None
 
 
+def test_chunk_budget_grows_with_the_prompts_waiting_per_running_stream(version_dir):
+    engine = make_engine(version_dir, slots=1)[0]
+    assert engine._chunk_tokens(prefilling=1, decoding=4) == engine.config.prefill_chunk  # nothing measured
+    for tokens in (1, 8, 64):
+        engine._prefill_cost.add(tokens, 10.0 + 1.0 * tokens)
+    engine._decode_ms.add(16.0)
+    assert engine._chunk_tokens(prefilling=1, decoding=4) == 6  # a chunk costs about one step
+    assert engine._chunk_tokens(prefilling=3, decoding=1) == 38  # three prompts: three steps' worth
+    assert engine._chunk_tokens(prefilling=50, decoding=1) == engine.config.prefill_chunk
+
+
 def test_requests_arriving_together_share_one_prefill_call(version_dir):
     engine, sink, _ = make_engine(version_dir, slots=4, idle_prefill_chunk=64)
     ids = engine.tokenizer.encode("def f(x): return").ids

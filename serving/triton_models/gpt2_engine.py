@@ -461,7 +461,11 @@ class Engine:
         decoding = [r for r in self.running if r.status is Status.DECODING]
         prefilling = [r for r in self.running if r.status is Status.PREFILLING]
         if prefilling:
-            budget = self._chunk_tokens() if decoding else self.config.idle_prefill_chunk
+            budget = (
+                self._chunk_tokens(len(prefilling), len(decoding))
+                if decoding
+                else self.config.idle_prefill_chunk
+            )
             group = self._prefill_group(prefilling, budget)
             self._guard(self._prefill, group, budget // len(group))
         decoding = [r for r in self.running if r.status is Status.DECODING]
@@ -469,12 +473,17 @@ class Engine:
             self._guard(self._decode, decoding)
         return bool(prefilling or decoding)
 
-    def _chunk_tokens(self) -> int:
-        """Prompt tokens for this step's chunk while others decode (see `prefill_budget`)."""
+    def _chunk_tokens(self, prefilling: int, decoding: int) -> int:
+        """Prompt tokens for this step's chunk while others decode: at most `prefill_chunk`,
+        and a chunk measured to cost `prefill_budget` decode steps, scaled by how many
+        prompts wait per decoding stream (each request gets a like share of the machine:
+        a few running streams are not stalled by one long prompt, and one running stream
+        does not starve seven prompts that arrived together)."""
         limit = self.config.prefill_chunk
         if not self.config.prefill_budget or self._decode_ms.value is None:
             return limit
-        fit = self._prefill_cost.tokens_within(self.config.prefill_budget * self._decode_ms.value)
+        share = max(1.0, prefilling / decoding)
+        fit = self._prefill_cost.tokens_within(self.config.prefill_budget * share * self._decode_ms.value)
         return limit if fit is None else max(1, min(limit, fit))
 
     @staticmethod
