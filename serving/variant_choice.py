@@ -52,11 +52,18 @@ def choose_variant(
     if profiled and target == "cpu":
         costs = {n: expected_request(variants[n]["decode_profile"], workload) for n in candidates}
         best = min(candidates, key=lambda n: (costs[n]["request_ms"], n))
-        return best, {
+        why = {
             "rule": "lowest expected request latency for the workload (profile measured at export)",
             "workload": workload.as_dict(),
             "expected": costs,
         }
+        window = int(report.get("model_info", {}).get("n_positions", 0))
+        if window and workload.prompt_tokens + workload.new_tokens > window:
+            why["note"] = (
+                f"prompt + new tokens ({workload.prompt_tokens + workload.new_tokens}) exceed the context "
+                f"window of {window}: the figures extrapolate the profile"
+            )
+        return best, why
     costs = {n: variants[n]["latency_ms"].get(component, float("inf")) for n in candidates}
     best = min(candidates, key=lambda n: (costs[n], n))
     rule = "lowest batch-1 latency measured at export"
@@ -74,6 +81,8 @@ def describe(component: str, variant: str, why: dict) -> str:
         f"{component}: {variant} - {why['rule']}: {w['streams']} streams, "
         f"{w['prompt_tokens']} prompt + {w['new_tokens']} new tokens"
     ]
+    if why.get("note"):
+        lines.append(f"  ({why['note']})")
     for name, e in sorted(why["expected"].items(), key=lambda kv: kv[1]["request_ms"]):
         lines.append(
             f"  {name:5s} request {e['request_ms']:9.1f} ms = prefill {e['prefill_ms']:.1f} ms x {w['streams']} "
