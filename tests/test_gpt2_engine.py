@@ -338,6 +338,28 @@ def test_a_failing_model_call_fails_its_requests_and_the_engine_serves_on(versio
     assert engine.generate_ids(ids, greedy(5))
 
 
+def test_a_failing_token_step_ends_only_its_own_request(version_dir):
+    victims = []
+
+    class Flaky(Recorder):
+        def on_text(self, request, text):
+            if request in victims:
+                raise RuntimeError("client buffer gone")
+            super().on_text(request, text)
+
+    engine, _, _ = make_engine(version_dir, slots=2)
+    engine.sink = Flaky()
+    ids = engine.tokenizer.encode("The class").ids
+    other = engine.submit(ids, greedy(6))
+    engine.step()
+    victim = engine.submit(engine.tokenizer.encode("import os").ids, greedy(6))
+    victims.append(victim)
+    engine.run_until_done([other, victim])
+    assert victim.finish_reason is FinishReason.ERROR and "client buffer gone" in victim.error
+    assert other.finish_reason is FinishReason.LENGTH and other.tokens == engine.generate_ids(ids, greedy(6))
+    assert engine.free_slots == 2
+
+
 def test_memory_is_allocated_once_over_a_thousand_requests(version_dir):
     """Slots are the same buffers throughout; a thousand requests (a third cancelled) leave no
     growth in what Python and numpy hold."""

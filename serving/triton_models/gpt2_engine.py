@@ -512,7 +512,7 @@ class Engine:
             req.filled += ids.shape[1]
             if req.filled == len(req.prompt_ids):
                 req.status = Status.DECODING
-                self._advance(req, int(tokens[i]), lambda i=i: logits()[i])
+                self._guard(self._advance, req, int(tokens[i]), lambda i=i: logits()[i])
 
     def _decode(self, rows: list[Request]) -> None:
         n = max(r.slot for r in rows) + 1  # rows are slots 0..n-1; others idle in place
@@ -528,7 +528,7 @@ class Engine:
         self._decode_ms.add((time.perf_counter() - t0) * 1e3)
         for r in rows:
             r.filled += 1
-            self._advance(r, int(greedy[r.slot]), lambda r=r: logits()[r.slot])
+            self._guard(self._advance, r, int(greedy[r.slot]), lambda r=r: logits()[r.slot])
 
     def _advance(self, req: Request, greedy_token: int, logits: Callable[[], np.ndarray]) -> None:
         token = greedy_token if req.params.greedy else sample_token(logits(), req.params, req.rng)
@@ -590,13 +590,15 @@ class Engine:
         self.sink.on_finish(req)
 
     def _guard(self, fn, *args) -> None:
-        """A failing model call ends the requests it was for; the engine keeps serving."""
+        """A failing model call ends the requests it was for, a failing token step (sampling,
+        detokenizing, a response) only its own request; the engine keeps serving."""
         try:
             fn(*args)
         except Exception as exc:  # noqa: BLE001 - reported to each request, logged by the adapter
             rows = args[0] if isinstance(args[0], list) else [args[0]]
             for req in rows:
-                self._finish(req, FinishReason.ERROR, f"internal error during generation: {exc}")
+                if req.status is not Status.FINISHED:
+                    self._finish(req, FinishReason.ERROR, f"internal error during generation: {exc}")
 
     def abort_all(self, message: str) -> None:
         """Ends every running and waiting request with `message` (shutdown)."""
