@@ -380,7 +380,7 @@ class Engine:
         self.max_len = model.max_len
         self.running: list[Request] = []  # holding a slot, in admission order
         self._waiting: collections.deque[Request] = collections.deque()
-        self._cancelled: set[int] = set()
+        self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
         self._lock = threading.Lock()
         self._prefill_cost = _CostFit()
         self._decode_ms = _Ema()
@@ -451,7 +451,7 @@ class Engine:
     def cancel(self, req: Request) -> None:
         """Ends `req` at the next step (any thread); its slot is freed then."""
         with self._lock:
-            self._cancelled.add(id(req))
+            self._cancelled.append(req)
 
     # -- the loop ----------------------------------------------------------------------------
     def step(self) -> bool:
@@ -564,10 +564,10 @@ class Engine:
     def _end_cancelled_and_late(self) -> None:
         now = self.clock()
         with self._lock:
-            cancelled, self._cancelled = self._cancelled, set()
+            cancelled, self._cancelled = self._cancelled, []
             waiting = list(self._waiting)
         for req in [*self.running, *waiting]:
-            if id(req) in cancelled:
+            if any(req is c for c in cancelled):
                 self._finish(req, FinishReason.CANCELLED)
             elif now > req.deadline:
                 self._finish(
