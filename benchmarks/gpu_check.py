@@ -155,10 +155,22 @@ def offline(export: Path, provider: str) -> dict:
             for t in sorted({min(t, n_pos) for t in (16, 128, 512)})
         }
         out["fp16_gpu_vs_fp32_cpu"] = parity(export, tmp, gpu, n_pos)
+        try:  # the same with decode steps replayed from captured CUDA graphs
+            graphs = OrtGpt2(tmp, slots=8, max_len=n_pos, providers=[provider], cuda_graph=True)
+            steps = {}
+            for b in (1, 8):
+                for past in sorted({min(p, n_pos - 2) for p in (48, 496)}):
+                    tokens, pos = np.arange(1, b + 1, dtype=np.int64), np.full(b, past, np.int64)
+                    steps[f"b{b}_past{past}"] = round(
+                        median_ms(lambda t=tokens, p=pos: graphs.decode(t, p), warmup=5, repeat=30), 4
+                    )
+            out["cuda_graph"] = {"step_ms": steps, "parity": parity(export, tmp, graphs, n_pos, "fp32-graph")}
+        except Exception as exc:  # noqa: BLE001 - reported: the plain path stands on its own
+            out["cuda_graph"] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
 
-def parity(export: Path, tmp: str, gpu, n_pos: int) -> dict:
+def parity(export: Path, tmp: str, gpu, n_pos: int, name: str = "fp32") -> dict:
     """fp16 on the GPU vs fp32 on the CPU, stage by stage: a plain call of the graph (no
     shared buffers), a prefill into a slot, then 32 greedy steps fed the same tokens."""
     import onnxruntime as ort
@@ -166,7 +178,7 @@ def parity(export: Path, tmp: str, gpu, n_pos: int) -> dict:
     from export.gpt2_eval import forward
     from serving.triton_models.gpt2_engine import OrtGpt2
 
-    fp32_dir = Path(tmp) / "fp32"
+    fp32_dir = Path(tmp) / name
     fp32_dir.mkdir()
     shutil.copyfile(export / "assets" / "model_info.json", fp32_dir / "model_info.json")
     (fp32_dir / "model.onnx").symlink_to((export / "fp32" / "gpt2.onnx").absolute())
@@ -198,7 +210,7 @@ def parity(export: Path, tmp: str, gpu, n_pos: int) -> dict:
     return out
 
 
-def served(export: Path, work: Path, server_pythonpath: str | None = None) -> dict:
+def served(export: Path, work: Path, server_pythonpath: str | None = None, cuda_graph: bool = False) -> dict:
     import os
 
     from benchmarks.measure import served_concurrency
@@ -209,9 +221,17 @@ def served(export: Path, work: Path, server_pythonpath: str | None = None) -> di
         os.environ["PYTHONPATH"] = os.pathsep.join(
             filter(None, [server_pythonpath, os.environ.get("PYTHONPATH")])
         )
-    repo = work / "model_repository"
-    build_repository([export], repo, BuildOptions(variant="fp16", target="gpu", kv_slots=8))
-    srv = EmbeddedTritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, log_file=work / "triton.log")
+    repo = work / ("model_repository-graph" if cuda_graph else "model_repository")
+    build_repository(
+        [export], repo, BuildOptions(variant="fp16", target="gpu", kv_slots=8, cuda_graph=cuda_graph)
+    )
+    srv = EmbeddedTritonServer(
+        repo,
+        grpc_port=0,
+        http_port=0,
+        metrics_port=0,
+        log_file=work / f"triton{'-graph' if cuda_graph else ''}.log",
+    )
     srv.start()
     try:
         prompt = " ".join(["word"] * 16)
@@ -258,6 +278,12 @@ def main(argv=None) -> int:
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     if not args.skip_served:
         result["served"] = served(export, work, args.server_pythonpath)
+        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+        if "error" not in result["offline"].get("cuda_graph", {"error": 1}):
+            try:
+                result["served_cuda_graph"] = served(export, work, None, cuda_graph=True)
+            except Exception as exc:  # noqa: BLE001 - reported beside the plain figures
+                result["served_cuda_graph"] = {"error": f"{type(exc).__name__}: {exc}"}
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     shutil.rmtree(work / "export", ignore_errors=True)
     print(json.dumps(result, indent=2))  # noqa: T201 - the command's output

@@ -93,6 +93,7 @@ class EngineConfig:
     idle_prefill_chunk: int = 512  # prompt tokens per call while nothing is decoding
     max_queue: int = 64  # requests waiting for a slot before new ones are refused
     max_request_seconds: float = 300.0
+    cuda_graph: bool = False  # on a GPU: replay captured CUDA graphs for decode steps
 
     def check(self, n_positions: int) -> None:
         if not 1 <= self.slots <= 1024:
@@ -165,7 +166,15 @@ class OrtGpt2:
     """The exported graph in an ONNX Runtime session, its inputs and the KV slots bound once
     per row count through IO binding; a call fills small host arrays and runs."""
 
-    def __init__(self, model_dir: str, slots: int, max_len: int, intra_op_threads: int = 0, providers=None):
+    def __init__(
+        self,
+        model_dir: str,
+        slots: int,
+        max_len: int,
+        intra_op_threads: int = 0,
+        providers=None,
+        cuda_graph: bool = False,
+    ):
         import onnxruntime as ort
 
         with open(os.path.join(model_dir, "model_info.json")) as f:
@@ -182,6 +191,13 @@ class OrtGpt2:
         ]
         if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # the CUDA and cuDNN libraries of the nvidia-* pip packages
+        if cuda_graph and "CUDAExecutionProvider" in providers:
+            # A decode step replays one captured CUDA graph per row count (`gpu_graph_id`):
+            # one launch instead of one per node; prefills run uncaptured (their shapes vary).
+            providers = [
+                ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}) if p == "CUDAExecutionProvider" else p
+                for p in providers
+            ]
         self.session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=providers)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         if "CUDAExecutionProvider" in providers and self.device != "cuda":
@@ -229,6 +245,13 @@ class OrtGpt2:
                     ("seqlens_k", self._seqlens),
                 )
             }
+        self._graphs = cuda_graph and self.device == "cuda"
+        self._tokens_dev = None
+        if self._graphs:  # a captured graph writes only device memory
+            self._tokens_dev = ort.OrtValue.ortvalue_from_shape_and_type(
+                (max(slots, 1),), np.int64, self.device, 0
+            )
+        self._run_options: dict[int, object] = {}  # graph id -> RunOptions
         self._decode_bindings: dict[int, object] = {}
         self._prefill_bindings: dict[int, object] = {}
 
@@ -239,8 +262,21 @@ class OrtGpt2:
             binding.bind_input(past, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
             binding.bind_output(present, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
 
-    def _bind_outputs(self, binding, rows: int) -> None:
-        binding.bind_output("next_token", "cpu", 0, np.int64, [rows], self._tokens.ctypes.data)
+    def _graph_options(self, graph_id: int):
+        """RunOptions naming the CUDA graph to capture or replay (-1: none)."""
+        import onnxruntime as ort
+
+        if graph_id not in self._run_options:
+            ro = ort.RunOptions()
+            ro.add_run_config_entry("gpu_graph_id", str(graph_id))
+            self._run_options[graph_id] = ro
+        return self._run_options[graph_id]
+
+    def _bind_outputs(self, binding, rows: int, graph: bool = False) -> None:
+        if graph:
+            binding.bind_output("next_token", self.device, 0, np.int64, [rows], self._tokens_dev.data_ptr())
+        else:
+            binding.bind_output("next_token", "cpu", 0, np.int64, [rows], self._tokens.ctypes.data)
         if self._logits_dev is None:
             binding.bind_output(
                 "last_logits", "cpu", 0, np.float32, [rows, self.vocab], self._logits.ctypes.data
@@ -265,7 +301,7 @@ class OrtGpt2:
             # GroupQueryAttention reads this one on the host on every device.
             binding.bind_input("total_sequence_length", "cpu", 0, np.int32, [], self._total.ctypes.data)
             self._bind_kv(binding, 0, rows)
-            self._bind_outputs(binding, rows)
+            self._bind_outputs(binding, rows, graph=self._graphs)
             self._decode_bindings[rows] = binding
         return binding
 
@@ -287,6 +323,9 @@ class OrtGpt2:
                 ("seqlens_k", self._seqlens),
             ):
                 self._inputs_dev[name].update_inplace(host)
+        if self._graphs:
+            self.session.run_with_iobinding(self._decode_binding(n), self._graph_options(n))
+            return self._tokens_dev.numpy()[:n], lambda: self._logits_rows(n)
         self.session.run_with_iobinding(self._decode_binding(n))
         return self._tokens[:n].copy(), lambda: self._logits_rows(n)
 
@@ -318,7 +357,7 @@ class OrtGpt2:
         )
         binding.bind_cpu_input("seqlens_k", np.full(k, start + t - 1, np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(start + t, np.int32))
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, self._graph_options(-1) if self._graphs else None)
         return self._tokens[:k].copy(), lambda: self._logits_rows(k)
 
     def _logits_rows(self, n: int) -> np.ndarray:
@@ -633,6 +672,6 @@ def load_engine(
         n_positions = int(json.load(f)["n_positions"])
     config.check(n_positions)
     max_len = config.max_len or n_positions
-    model = OrtGpt2(model_dir, config.slots, max_len, intra_op_threads, providers)
+    model = OrtGpt2(model_dir, config.slots, max_len, intra_op_threads, providers, config.cuda_graph)
     tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     return Engine(model, tokenizer, config, sink, clock)

@@ -140,6 +140,7 @@ class TritonPythonModel:
             idle_prefill_chunk=_param(config, "idle_prefill_chunk", 512),
             max_queue=_param(config, "max_queue_size", 64),
             max_request_seconds=_param(config, "max_request_seconds", 300.0),
+            cuda_graph=_param(config, "cuda_graph", "false").lower() == "true",
         )
         providers = None
         if args.get("model_instance_kind") == "GPU":
