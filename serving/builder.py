@@ -59,7 +59,7 @@ class BuildOptions:
     prefill_chunk: int = 64  # at most this many prompt tokens per step while other streams decode
     prefill_budget: float = 1.0  # and a chunk costing at most this many decode steps (0 = fixed)
     max_queue: int = 64  # requests waiting for a slot before new ones are refused
-    cuda_graph: bool = False  # GPU instances: decode steps replay captured CUDA graphs
+    cuda_graph: bool = True  # GPU instances (--target gpu): decode steps replay captured CUDA graphs
     workload: Workload = field(default_factory=Workload)  # what `auto` optimises GPT-2 for
 
     def validate(self) -> None:
@@ -188,7 +188,9 @@ def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
     cfg.parameters["prefill_chunk"].string_value = str(opts.prefill_chunk)
     cfg.parameters["prefill_budget"].string_value = str(opts.prefill_budget)
     cfg.parameters["max_queue_size"].string_value = str(opts.max_queue)
-    cfg.parameters["cuda_graph"].string_value = "true" if opts.cuda_graph else "false"
+    cfg.parameters["cuda_graph"].string_value = (
+        "true" if opts.cuda_graph and opts.target == "gpu" else "false"
+    )
     cfg.parameters["max_request_seconds"].string_value = str(opts.max_request_seconds)
     cfg.parameters["intra_op_threads"].string_value = str(opts.intra_op_threads)
     return cfg

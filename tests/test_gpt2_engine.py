@@ -228,10 +228,15 @@ def test_chunks_are_sized_so_a_chunk_costs_about_one_decode_step():
         fit.add(tokens, 11.0 + 1.5 * tokens)  # a CPU: a weight pass plus compute per token
     assert fit.tokens_within(17.0) == 4
     assert fit.tokens_within(11.0 + 1.5 * 100) == 100
+    assert fit.tokens_within(5.0) == 4  # below the fixed pass: chunks stay big enough to be worth it
     flat = _CostFit()
     for tokens in (1, 16, 512):
         flat.add(tokens, 1.6)  # a GPU at this size: cost does not grow with tokens
     assert flat.tokens_within(1.6) is None
+    gpu = _CostFit()
+    for tokens in (1, 16, 512):
+        gpu.add(tokens, 1.8 + 0.0005 * tokens)  # a pass costs more than a decode step, tokens ~nothing
+    assert gpu.tokens_within(1.6) >= 512
 
 
 def test_chunk_budget_grows_with_the_prompts_waiting_per_running_stream(version_dir):

@@ -315,7 +315,9 @@ class OrtGpt2:
         self._ids[:n, 0] = tokens
         self._pos[:n, 0] = positions
         self._seqlens[:n] = positions
-        self._total[...] = int(positions.max()) + 1
+        # A captured graph keeps the host value it saw: give it the slot length, an upper bound
+        # (each row attends over its own `seqlens_k`, read on the device at every replay).
+        self._total[...] = self.max_len if self._graphs else int(positions.max()) + 1
         if self._inputs_dev is not None:
             for name, host in (
                 ("input_ids", self._ids),
@@ -380,7 +382,9 @@ class _CostFit:
         self.sums = self.keep * self.sums + np.array([1.0, tokens, ms, tokens * tokens, tokens * ms])
 
     def tokens_within(self, budget_ms: float) -> int | None:
-        """Most tokens one call can take within `budget_ms`; None until two sizes were seen."""
+        """Most tokens one call can take within `budget_ms`, but never so few that the fixed
+        part (a pass over the weights) is over two thirds of a chunk's cost: smaller chunks
+        would spend most of the machine on weight passes. None until two sizes were seen."""
         w, t, ms, tt, tm = self.sums
         var = w * tt - t * t
         if w < 2 or var <= 1e-9 * max(w * tt, 1.0):
@@ -389,7 +393,8 @@ class _CostFit:
         fixed = (ms - per_token * t) / w
         if per_token <= 0:
             return None  # cost does not grow with tokens here (a GPU): no limit from the budget
-        return math.floor((budget_ms - fixed) / per_token + 1e-6)  # 1e-6: a fit's rounding
+        within = math.floor((budget_ms - fixed) / per_token + 1e-6)  # 1e-6: a fit's rounding
+        return max(within, math.ceil(fixed / (2 * per_token) - 1e-6))
 
 
 class _Ema:
