@@ -140,14 +140,7 @@ def offline(export: Path, provider: str) -> dict:
             "dtype": np.dtype(gpu.kv_dtype).name,
             "mib": gpu.kv.nbytes / 2**20,
         }
-        steps = {}
-        for b in (1, 8):
-            for past in sorted({min(p, n_pos - 2) for p in (48, 496)}):
-                tokens, pos = np.arange(1, b + 1, dtype=np.int64), np.full(b, past, np.int64)
-                steps[f"b{b}_past{past}"] = round(
-                    median_ms(lambda t=tokens, p=pos: gpu.decode(t, p), warmup=5, repeat=30), 4
-                )
-        out["step_ms"] = steps
+        out["step_ms"] = _step_ms(gpu, n_pos)
         out["prefill_ms"] = {
             str(t): round(
                 median_ms(lambda t=t: gpu.prefill(0, (np.arange(t) % 100) + 1, 0), warmup=5, repeat=10), 4
@@ -157,17 +150,27 @@ def offline(export: Path, provider: str) -> dict:
         out["fp16_gpu_vs_fp32_cpu"] = parity(export, tmp, gpu, n_pos)
         try:  # the same with decode steps replayed from captured CUDA graphs
             graphs = OrtGpt2(tmp, slots=8, max_len=n_pos, providers=[provider], cuda_graph=True)
-            steps = {}
-            for b in (1, 8):
-                for past in sorted({min(p, n_pos - 2) for p in (48, 496)}):
-                    tokens, pos = np.arange(1, b + 1, dtype=np.int64), np.full(b, past, np.int64)
-                    steps[f"b{b}_past{past}"] = round(
-                        median_ms(lambda t=tokens, p=pos: graphs.decode(t, p), warmup=5, repeat=30), 4
-                    )
-            out["cuda_graph"] = {"step_ms": steps, "parity": parity(export, tmp, graphs, n_pos, "fp32-graph")}
+            out["cuda_graph"] = {
+                "step_ms": _step_ms(graphs, n_pos),
+                "parity": parity(export, tmp, graphs, n_pos, "fp32-graph"),
+            }
         except Exception as exc:  # noqa: BLE001 - reported: the plain path stands on its own
             out["cuda_graph"] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
+
+
+def _step_ms(runner, n_pos: int) -> dict:
+    """The decode step at batch 1 and 8 with 48 and 496 cached tokens a row (median, ms)."""
+    from export.ortutil import median_ms
+
+    steps = {}
+    for b in (1, 8):
+        for past in sorted({min(p, n_pos - 2) for p in (48, 496)}):
+            tokens, pos = np.arange(1, b + 1, dtype=np.int64), np.full(b, past, np.int64)
+            steps[f"b{b}_past{past}"] = round(
+                median_ms(lambda t=tokens, p=pos: runner.decode(t, p), warmup=5, repeat=30), 4
+            )
+    return steps
 
 
 def parity(export: Path, tmp: str, gpu, n_pos: int, name: str = "fp32") -> dict:
