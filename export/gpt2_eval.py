@@ -86,14 +86,22 @@ def greedy(session: ort.InferenceSession, prompt: list[int], new_tokens: int) ->
 
 @contextlib.contextmanager
 def slot_runner(onnx_path: Path, slots: int, max_len: int, threads: int = 2):
-    """The serving engine's KV-slot runner (`OrtGpt2`) over an exported file, on the CPU; the
-    export folder's `assets/model_info.json` describes the model."""
+    """The serving engine's KV-slot runner over an exported file, on the CPU: `OrtGpt2` for an
+    ONNX file, `OvGpt2` for an OpenVINO IR (`.xml`); the export folder's
+    `assets/model_info.json` describes the model."""
     from serving.triton_models.gpt2_engine import OrtGpt2
 
     onnx_path = Path(onnx_path).absolute()
+    info = onnx_path.parent.parent / "assets" / "model_info.json"
+    if onnx_path.suffix == ".xml":
+        from export.openvino import ir_runner
+
+        with ir_runner(onnx_path, info, max_len, slots, threads) as runner:
+            yield runner
+        return
     with tempfile.TemporaryDirectory(prefix="aigc-slots-") as tmp:
         (Path(tmp) / "model.onnx").symlink_to(onnx_path)
-        shutil.copyfile(onnx_path.parent.parent / "assets" / "model_info.json", Path(tmp) / "model_info.json")
+        shutil.copyfile(info, Path(tmp) / "model_info.json")
         yield OrtGpt2(
             tmp, slots=slots, max_len=max_len, intra_op_threads=threads, providers=["CPUExecutionProvider"]
         )

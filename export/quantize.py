@@ -20,7 +20,7 @@ import onnx
 from aigc.errors import ExportError
 from export.ortutil import cpu_can_run, make_session, max_abs_diff, median_ms
 from export.report import variant_entry
-from export.spec import ExportSpec
+from export.spec import OPENVINO_VARIANTS, ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,11 @@ class Gates:
     gpt2_ppl_increase: dict | None = None
 
     def ppl_bound(self, variant: str) -> float:
+        """OpenVINO variants (`ov-int8`) have the bound of their weight type (`int8`); f32
+        weights get fp16's."""
         bounds = self.gpt2_ppl_increase or {"fp16": 0.005, "int8": 0.02, "int4": 0.05}
-        return bounds[variant]
+        weights = variant.removeprefix("ov-")
+        return bounds["fp16" if weights == "fp32" else weights]
 
 
 GATES = Gates()
@@ -293,7 +296,11 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
     fp32["fidelity"]["gpt2"]["eval_tokens"] = int(windows.size)
 
     result = {}
+    gate = _Gate(ref_logits, ref_greedy, ppl_ref, windows)
     for variant in variants:
+        if variant in OPENVINO_VARIANTS:
+            result[variant] = _openvino_variant(variant, checkpoint, out, windows, prompts, options, gate)
+            continue
         dst = out / variant / "gpt2.onnx"
         dst.parent.mkdir(parents=True, exist_ok=True)
         target = "gpu" if variant == "fp16" else "cpu"
@@ -306,7 +313,7 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
             to_fp16(src, dst, keep_io_types=["logits", "last_logits"])
         else:
             raise ExportError(f"variant {variant} does not apply to gpt2")
-        extra = {"quantization": _describe(variant, options)}
+        extra = {"quantization": _describe(variant, options), "runtime": "onnxruntime"}
         if not cpu_can_run(dst):
             result[variant] = variant_entry(
                 target,
@@ -322,35 +329,8 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
             continue
         sess = make_session(dst, threads=2)
         logits = ev.window_logits(sess, windows)
-        ppl = ev.perplexity(logits, windows)
-        increase = ppl / ppl_ref - 1.0
-        top1 = float(
-            np.mean([np.mean(a.argmax(-1) == b.argmax(-1)) for a, b in zip(ref_logits, logits, strict=True)])
-        )
         greedy = [ev.greedy(sess, p, options.greedy_tokens) for p in prompts]
-        agree = float(
-            np.mean(
-                [np.mean(np.asarray(a) == np.asarray(b)) for a, b in zip(ref_greedy, greedy, strict=True)]
-            )
-        )
-        fid = {
-            "perplexity": round(ppl, 4),
-            "perplexity_fp32": round(ppl_ref, 4),
-            "perplexity_increase": round(increase, 5),
-            "perplexity_bound": GATES.ppl_bound(variant),
-            "top1_agreement": round(top1, 4),
-            "greedy_agreement": round(agree, 4),
-            "max_logit_diff": max(max_abs_diff(a, b) for a, b in zip(ref_logits, logits, strict=True)),
-            "eval_tokens": int(windows.size),
-        }
-        passed = increase <= GATES.ppl_bound(variant)
-        reason = (
-            None
-            if passed
-            else (
-                f"perplexity {ppl:.3f} is {increase:+.2%} vs fp32 {ppl_ref:.3f} (bound +{GATES.ppl_bound(variant):.1%})"
-            )
-        )
+        fid, passed, reason = gate.judge(variant, logits, greedy)
         result[variant] = variant_entry(
             target,
             files,
@@ -362,10 +342,76 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
             validated_on="cpu",
             **extra,
         )
+    return result
+
+
+@dataclass
+class _Gate:
+    """A variant's logits and greedy tokens against the fp32 ONNX reference's."""
+
+    ref_logits: list
+    ref_greedy: list
+    ppl_ref: float
+    windows: np.ndarray
+
+    def judge(self, variant: str, logits: list, greedy: list) -> tuple[dict, bool, str | None]:
+        from export import gpt2_eval as ev
+
+        ppl = ev.perplexity(logits, self.windows)
+        increase = ppl / self.ppl_ref - 1.0
+        bound = GATES.ppl_bound(variant)
+        pairs = zip(self.ref_logits, logits, strict=True)
+        top1 = float(np.mean([np.mean(a.argmax(-1) == b.argmax(-1)) for a, b in pairs]))
+        agree = float(
+            np.mean(
+                [
+                    np.mean(np.asarray(a) == np.asarray(b))
+                    for a, b in zip(self.ref_greedy, greedy, strict=True)
+                ]
+            )
+        )
+        fid = {
+            "perplexity": round(ppl, 4),
+            "perplexity_fp32": round(self.ppl_ref, 4),
+            "perplexity_increase": round(increase, 5),
+            "perplexity_bound": bound,
+            "top1_agreement": round(top1, 4),
+            "greedy_agreement": round(agree, 4),
+            "max_logit_diff": max(max_abs_diff(a, b) for a, b in zip(self.ref_logits, logits, strict=True)),
+            "eval_tokens": int(self.windows.size),
+        }
+        passed = increase <= bound
+        reason = None
+        if not passed:
+            reason = (
+                f"perplexity {ppl:.3f} is {increase:+.2%} vs fp32 {self.ppl_ref:.3f} (bound +{bound:.1%})"
+            )
         logger.info(
             "gpt2 %s: ppl %.3f (%+.2f%%), %s", variant, ppl, 100 * increase, "passed" if passed else reason
         )
-    return result
+        return fid, passed, reason
+
+
+def _openvino_variant(variant, checkpoint: Path, out: Path, windows, prompts, options, gate: _Gate) -> dict:
+    """An OpenVINO IR of the checkpoint, compressed, run by the engine's paged runner and
+    judged by the same gate; reported as not validated when OpenVINO is not installed."""
+    from export import openvino as ovx
+
+    compression = ovx.VARIANT_COMPRESSION[variant]
+    extra = {"quantization": compression.describe(), "runtime": "openvino"}
+    why = ovx.available()
+    if why:
+        return variant_entry("cpu", {}, out, {}, {}, passed=None, reason=f"not built: {why}", **extra)
+    xml = ovx.convert_ir(checkpoint, out / variant, compression)
+    files = {"gpt2": xml.relative_to(out).as_posix()}
+    max_len = max(int(windows.shape[1]), max(len(p) for p in prompts) + options.greedy_tokens)
+    with ovx.ir_runner(xml, out / "assets" / "model_info.json", max_len) as runner:
+        logits = ovx.window_logits(runner, windows)
+        greedy = [ovx.greedy(runner, p, options.greedy_tokens) for p in prompts]
+    fid, passed, reason = gate.judge(variant, logits, greedy)
+    return variant_entry(
+        "cpu", files, out, {"gpt2": fid}, {}, passed=passed, reason=reason, validated_on="cpu", **extra
+    )
 
 
 def _describe(variant: str, options: QuantOptions) -> dict:

@@ -10,9 +10,10 @@ def files_size(files: dict[str, str], root: Path) -> int:
     for rel in files.values():
         p = root / rel
         total += p.stat().st_size
-        data = p.with_name(p.name + ".data")
-        if data.exists():
-            total += data.stat().st_size
+        # ONNX external data beside the graph, or an OpenVINO IR's weights
+        for data in (p.with_name(p.name + ".data"), p.with_suffix(".bin")):
+            if data != p and data.exists():
+                total += data.stat().st_size
     return total
 
 

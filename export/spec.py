@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-VARIANTS = ("fp32", "fp16", "int8", "int4")
+VARIANTS = ("fp32", "fp16", "int8", "int4", "ov-fp32", "ov-int8", "ov-int4")
+# Variants run by OpenVINO instead of ONNX Runtime (an IR converted from the checkpoint).
+OPENVINO_VARIANTS = ("ov-fp32", "ov-int8", "ov-int4")
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ SPECS: dict[str, ExportSpec] = {
         ),
         opset=17,
         atol_float=1e-3,
-        variants=("fp32", "fp16", "int8", "int4"),
+        variants=("fp32", "fp16", "int8", "int4", "ov-fp32", "ov-int8", "ov-int4"),
     ),
 }
 

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 TRITON_MODELS = Path(__file__).parent / "triton_models"
 # The runtime modules copied beside gpt2's model.py (they import each other flat).
-ENGINE_MODULES = ("gpt2_engine.py", "sampling.py")
+ENGINE_MODULES = ("gpt2_engine.py", "gpt2_openvino.py", "sampling.py")
+RUNTIMES = ("auto", "onnxruntime", "openvino")
 IMAGE_COMPONENTS = ("dcgan", "vae_encoder", "vae_decoder")
 FLAVOURS = ("python", "onnxruntime")
 _ONNX_TO_TRITON = {
@@ -44,6 +45,7 @@ _ONNX_TO_TRITON = {
 class BuildOptions:
     flavour: str = "python"
     variant: str = "auto"
+    runtime: str = "auto"  # GPT-2 on the CPU: onnxruntime | openvino | auto (the faster, measured)
     target: str = "cpu"  # what `auto` optimises for: cpu or gpu
     instance_count: int = 1
     max_batch_size: int = 64
@@ -67,6 +69,12 @@ class BuildOptions:
             raise ConfigError(f"--flavour must be one of {', '.join(FLAVOURS)}, got {self.flavour!r}")
         if self.target not in ("cpu", "gpu"):
             raise ConfigError(f"--target must be cpu or gpu, got {self.target!r}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime == "openvino" and self.target == "gpu":
+            raise ConfigError(
+                "--runtime openvino serves on the CPU; use --target cpu (or --runtime onnxruntime)"
+            )
         if not 1 <= self.instance_count <= 64:
             raise ConfigError(f"--instances must be in 1..64, got {self.instance_count}")
         if not 1 <= self.max_batch_size <= 4096:
@@ -254,12 +262,19 @@ def build_repository(
             except ExportError as exc:
                 raise BuildError(str(exc)) from None
             for comp in report["components"]:
-                variant, why = choose_variant(report, comp, opts.variant, opts.target, opts.workload)
+                variant, why = choose_variant(
+                    report, comp, opts.variant, opts.target, opts.workload, opts.runtime
+                )
                 detail = describe(comp, variant, why)
                 onnx_file = export_dir / report["variants"][variant]["files"][comp]
                 if not onnx_file.is_file():
                     raise BuildError(f"{comp}: {onnx_file} is missing (re-run `aigc export`)")
                 files: dict[str, Path] = {"model.onnx": onnx_file}
+                if onnx_file.suffix == ".xml":  # an OpenVINO IR: the graph and its weights
+                    files = {
+                        "openvino_model.xml": onnx_file,
+                        "openvino_model.bin": onnx_file.with_suffix(".bin"),
+                    }
                 if comp == "gpt2":
                     cfg = gpt2_config(report["model_info"], opts)
                     files["model.py"] = TRITON_MODELS / "gpt2_model.py"
@@ -291,6 +306,7 @@ def build_repository(
                 meta = {
                     "model": comp,
                     "variant": variant,
+                    "runtime": report["variants"][variant].get("runtime", "onnxruntime"),
                     "export": str(export_dir),
                     "flavour": opts.flavour,
                     "fidelity": report["variants"][variant].get("fidelity", {}).get(comp),

@@ -31,6 +31,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant", default="auto", help="auto (fastest variant that passed its gate) or a name"
     )
     parser.add_argument(
+        "--runtime",
+        choices=("auto", "onnxruntime", "openvino"),
+        default="auto",
+        help="GPT-2 on the CPU: which runtime runs the engine; auto compares the variants of both "
+        "by the expected request latency measured at export (default auto)",
+    )
+    parser.add_argument(
         "--target",
         choices=("cpu", "gpu"),
         default="cpu",
@@ -111,6 +118,7 @@ def run_build(args: argparse.Namespace) -> int:
     opts = BuildOptions(
         flavour=args.flavour,
         variant=args.variant,
+        runtime=args.runtime,
         target=args.target,
         instance_count=args.instances,
         max_batch_size=args.max_batch_size,

@@ -12,12 +12,20 @@ from aigc.errors import BuildError
 from export.latency_model import Workload, expected_request
 
 
-def _candidates(report: dict, component: str, target: str) -> list[str]:
+def runtime_of(variant: dict) -> str:
+    return variant.get("runtime", "onnxruntime")
+
+
+def _candidates(report: dict, component: str, target: str, runtime: str = "auto") -> list[str]:
     variants = report["variants"]
     passing = [
         name
         for name, v in variants.items()
-        if v["passed"] is True and v["target"] in (target, "cpu") and component in v["files"]
+        if v["passed"] is True
+        and v["target"] in (target, "cpu")
+        and component in v["files"]
+        and runtime in ("auto", runtime_of(v))
+        and (target == "cpu" or runtime_of(v) == "onnxruntime")  # OpenVINO here serves CPUs
     ]
     if target == "cpu":
         return [n for n in passing if variants[n]["target"] == "cpu"]
@@ -27,10 +35,16 @@ def _candidates(report: dict, component: str, target: str) -> list[str]:
 
 
 def choose_variant(
-    report: dict, component: str, variant: str, target: str, workload: Workload | None = None
+    report: dict,
+    component: str,
+    variant: str,
+    target: str,
+    workload: Workload | None = None,
+    runtime: str = "auto",
 ) -> tuple[str, dict]:
-    """(variant, why). `auto`: the passing variant for `target` with the lowest expected
-    latency; a named variant must exist and have passed, else BuildError says why."""
+    """(variant, why). `auto`: the passing variant for `target` (and `runtime`, unless `auto`)
+    with the lowest expected latency, whichever runtime runs it; a named variant must exist,
+    have passed and suit `runtime`, else BuildError says why."""
     variants = report["variants"]
     if variant != "auto":
         v = variants.get(variant)
@@ -40,10 +54,13 @@ def choose_variant(
             )
         if v["passed"] is not True:
             raise BuildError(f"--variant {variant} of {report['model']} did not pass its gate: {v['reason']}")
-        return variant, {"rule": "named by --variant"}
-    candidates = _candidates(report, component, target)
+        if runtime not in ("auto", runtime_of(v)):
+            raise BuildError(f"--variant {variant} runs on {runtime_of(v)}, not on --runtime {runtime}")
+        return variant, {"rule": "named by --variant", "runtime": runtime_of(v)}
+    candidates = _candidates(report, component, target, runtime)
     if not candidates:
-        raise BuildError(f"no variant of {report['model']} passed its gate for {component}")
+        scope = "" if runtime == "auto" else f" on --runtime {runtime}"
+        raise BuildError(f"no variant of {report['model']} passed its gate for {component}{scope}")
     workload = workload or Workload()
     profiled = all(
         isinstance(variants[n].get("decode_profile", {}).get("step_ms", {}).get("1"), dict)
@@ -54,6 +71,8 @@ def choose_variant(
         best = min(candidates, key=lambda n: (costs[n]["request_ms"], n))
         why = {
             "rule": "lowest expected request latency for the workload (profile measured at export)",
+            "runtime": runtime_of(variants[best]),
+            "runtimes_considered": sorted({runtime_of(variants[n]) for n in candidates}),
             "workload": workload.as_dict(),
             "expected": costs,
         }
@@ -69,7 +88,7 @@ def choose_variant(
     rule = "lowest batch-1 latency measured at export"
     if target == "gpu":
         rule = "made for GPUs (CPU-measured latencies do not rank GPU variants); then " + rule
-    return best, {"rule": rule, "latency_ms": costs}
+    return best, {"rule": rule, "runtime": runtime_of(variants[best]), "latency_ms": costs}
 
 
 def describe(component: str, variant: str, why: dict) -> str:
@@ -78,14 +97,15 @@ def describe(component: str, variant: str, why: dict) -> str:
         return f"{component}: {variant} ({why['rule']})"
     w = why["workload"]
     lines = [
-        f"{component}: {variant} - {why['rule']}: {w['streams']} streams, "
+        f"{component}: {variant} on {why['runtime']} - {why['rule']} "
+        f"(runtimes compared: {', '.join(why['runtimes_considered'])}): {w['streams']} streams, "
         f"{w['prompt_tokens']} prompt + {w['new_tokens']} new tokens"
     ]
     if why.get("note"):
         lines.append(f"  ({why['note']})")
     for name, e in sorted(why["expected"].items(), key=lambda kv: kv[1]["request_ms"]):
         lines.append(
-            f"  {name:5s} request {e['request_ms']:9.1f} ms = prefill {e['prefill_ms']:.1f} ms x {w['streams']} "
+            f"  {name:7s} request {e['request_ms']:9.1f} ms = prefill {e['prefill_ms']:.1f} ms x {w['streams']} "
             f"+ step {e['step_ms']:.2f} ms x {w['new_tokens'] - 1}  ({e['tokens_per_s_per_stream']} tok/s a stream)"
         )
     return "\n".join(lines)

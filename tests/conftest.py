@@ -14,6 +14,8 @@ from serving.server import EmbeddedTritonServer
 from training.api import TrainOptions, train
 
 TINY_STEPS = {"dcgan": 30, "vae": 30, "gpt2": 200}
+# ov-fp32: the OpenVINO runtime's f32 IR, so the engine tests run on both runtimes
+EXPORT_VARIANTS = {"dcgan": "fp32,int8", "vae": "fp32,int8", "gpt2": "fp32,int8,ov-fp32"}
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +31,7 @@ def checkpoints(tmp_path_factory):
 def exports(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     for m, ckpt in checkpoints.items():
-        export_model(m, ckpt, root / m, variants="fp32,int8")
+        export_model(m, ckpt, root / m, variants=EXPORT_VARIANTS[m])
     return {m: root / m for m in checkpoints}
 
 

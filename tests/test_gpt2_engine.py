@@ -47,10 +47,15 @@ class Recorder(Sink):
         self.finished.append(request)
 
 
-@pytest.fixture(scope="module")
-def version_dir(exports, tmp_path_factory):
-    d = tmp_path_factory.mktemp("engine")
-    shutil.copyfile(exports["gpt2"] / "fp32" / "gpt2.onnx", d / "model.onnx")
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def version_dir(request, exports, tmp_path_factory):
+    """A repository version folder of the tiny GPT-2's f32 weights on each runtime."""
+    d = tmp_path_factory.mktemp(f"engine-{request.param}")
+    if request.param == "openvino":
+        for f in ("openvino_model.xml", "openvino_model.bin"):
+            shutil.copyfile(exports["gpt2"] / "ov-fp32" / f, d / f)
+    else:
+        shutil.copyfile(exports["gpt2"] / "fp32" / "gpt2.onnx", d / "model.onnx")
     for f in ("tokenizer.json", "model_info.json"):
         shutil.copyfile(exports["gpt2"] / "assets" / f, d / f)
     return d

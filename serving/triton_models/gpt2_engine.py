@@ -126,10 +126,17 @@ class Sink:
 
 
 class KVSlots:
-    """`2 x layers` buffers of `(slots, heads, max_len, head_size)`, allocated and touched once."""
+    """`2 x layers` buffers of `(slots, heads, max_len, head_size)`, allocated and touched once;
+    with `block_size`, `(slots x max_len / block_size, heads, block_size, head_size)` blocks
+    (a paged-attention runner: slot `s` owns the `s`-th run of `max_len / block_size` blocks)."""
 
-    def __init__(self, n_layer, n_head, head_size, slots, max_len, dtype, device="cpu", device_id=0):
-        self.shape = (slots, n_head, max_len, head_size)
+    def __init__(
+        self, n_layer, n_head, head_size, slots, max_len, dtype, device="cpu", device_id=0, block_size=0
+    ):
+        if block_size:
+            self.shape = (slots * max_len // block_size, n_head, block_size, head_size)
+        else:
+            self.shape = (slots, n_head, max_len, head_size)
         self.dtype = np.dtype(dtype)
         self.device, self.device_id = device, device_id
         self.slot_bytes = n_head * max_len * head_size * self.dtype.itemsize
@@ -149,6 +156,11 @@ class KVSlots:
             self.ptrs = [v.data_ptr() for v in self._buffers]
         self._free = list(range(slots))
         heapq.heapify(self._free)
+
+    @property
+    def buffers(self) -> list:
+        """The host arrays (CPU) or device OrtValues, key then value per layer."""
+        return self._buffers
 
     @property
     def free(self) -> int:
@@ -254,6 +266,15 @@ class OrtGpt2:
         self._run_options: dict[int, object] = {}  # graph id -> RunOptions
         self._decode_bindings: dict[int, object] = {}
         self._prefill_bindings: dict[int, object] = {}
+
+    @property
+    def runtime_description(self) -> str:
+        import onnxruntime as ort
+
+        return (
+            f"onnxruntime {ort.__version__} from {os.path.dirname(ort.__file__)}, "
+            f"providers {self.session.get_providers()}"
+        )
 
     def _bind_kv(self, binding, first_slot: int, rows: int) -> None:
         shape = [rows, self.n_head, self.max_len, self.head_size]
@@ -662,6 +683,11 @@ class Engine:
         return req.tokens
 
 
+def runtime_of(model_dir: str) -> str:
+    """`openvino` for a folder holding an OpenVINO IR, else `onnxruntime`."""
+    return "openvino" if os.path.isfile(os.path.join(model_dir, "openvino_model.xml")) else "onnxruntime"
+
+
 def load_engine(
     model_dir: str,
     config: EngineConfig,
@@ -670,13 +696,21 @@ def load_engine(
     providers=None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Engine:
-    """The engine for a repository version folder (`model.onnx`, `tokenizer.json`, `model_info.json`)."""
+    """The engine for a repository version folder: `model.onnx` (run by ONNX Runtime) or
+    `openvino_model.xml` (run by OpenVINO), `tokenizer.json` and `model_info.json`."""
     from tokenizers import Tokenizer
 
     with open(os.path.join(model_dir, "model_info.json")) as f:
         n_positions = int(json.load(f)["n_positions"])
     config.check(n_positions)
     max_len = config.max_len or n_positions
-    model = OrtGpt2(model_dir, config.slots, max_len, intra_op_threads, providers, config.cuda_graph)
+    if runtime_of(model_dir) == "openvino":
+        try:
+            from .gpt2_openvino import OvGpt2
+        except ImportError:
+            from gpt2_openvino import OvGpt2
+        model = OvGpt2(model_dir, config.slots, max_len, intra_op_threads)
+    else:
+        model = OrtGpt2(model_dir, config.slots, max_len, intra_op_threads, providers, config.cuda_graph)
     tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     return Engine(model, tokenizer, config, sink, clock)

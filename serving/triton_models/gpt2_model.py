@@ -161,14 +161,9 @@ class TritonPythonModel:
         self.thread = threading.Thread(target=self._loop, name="gpt2-generation", daemon=True)
         self.thread.start()
         model = self.engine.model
-        import onnxruntime
-
+        pb_utils.Logger.log_info(f"gpt2: {model.runtime_description}, numpy {np.__version__}")
         pb_utils.Logger.log_info(
-            f"gpt2: onnxruntime {onnxruntime.__version__} from {onnxruntime.__file__}, numpy {np.__version__}"
-        )
-        pb_utils.Logger.log_info(
-            f"gpt2 ready: {model.n_layer} layers, context {model.n_positions}, providers "
-            f"{model.session.get_providers()}; KV cache {engine_config.slots} slots x {model.max_len} "
+            f"gpt2 ready: {model.n_layer} layers, context {model.n_positions}; KV cache {engine_config.slots} slots x {model.max_len} "
             f"positions, {np.dtype(model.kv_dtype).name}, {model.kv.nbytes / 2**20:.0f} MiB on {model.device}, "
             f"allocated once"
         )

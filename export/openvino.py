@@ -1,0 +1,162 @@
+"""OpenVINO IRs of a GPT-2 checkpoint: the second runtime's variants (and the OpenVINO GenAI peer's).
+
+`optimum-intel` converts the checkpoint into a stateful causal-LM IR (`openvino_model.xml` and
+`.bin`); NNCF compresses its weights (int8 per channel, int4 in groups). The serving engine
+turns the IR's attention into paged attention when it loads it
+(`serving/triton_models/gpt2_openvino.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from aigc.errors import ExportError
+
+logger = logging.getLogger(__name__)
+
+IR_FILES = ("openvino_model.xml", "openvino_model.bin")
+
+
+@dataclass(frozen=True)
+class Compression:
+    """NNCF weight compression of an IR: `bits` 0 = none (f32 weights)."""
+
+    bits: int = 0
+    group_size: int = -1  # -1: per output channel
+    symmetric: bool = True
+    all_layers: bool = False  # True: the embedding / vocabulary projection too, at `bits`
+
+    def describe(self) -> dict:
+        if not self.bits:
+            return {"method": "none", "weights": "f32"}
+        return {
+            "method": "NNCF weight-only compression",
+            "weights": f"int{self.bits} {'sym' if self.symmetric else 'asym'}",
+            "group_size": self.group_size,
+            "embedding_and_head": f"int{self.bits}" if self.all_layers else "int8 (NNCF default)",
+        }
+
+
+def available() -> str | None:
+    """None when the conversion can run here, else why not."""
+    for module, package in (("openvino", "openvino"), ("optimum.intel", "optimum-intel"), ("nncf", "nncf")):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            return f"{package} is not installed ({exc}); `pip install -e .` installs it"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The conversion traces the PyTorch model: its tracer warnings and NNCF's per-layer
+    statistics table are noise to a user of `aigc export` (kept at --verbose)."""
+    nncf_logger = logging.getLogger("nncf")
+    level = nncf_logger.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        nncf_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            if not logger.isEnabledFor(logging.DEBUG):
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        nncf_logger.setLevel(level)
+
+
+def _group_size(checkpoint: Path, wanted: int) -> int:
+    """`wanted`, halved until it divides the hidden size (a tiny model's 64 channels)."""
+    import json
+
+    if wanted <= 0:
+        return wanted
+    hidden = int(json.loads((Path(checkpoint) / "config.json").read_text())["n_embd"])
+    while wanted > 1 and hidden % wanted:
+        wanted //= 2
+    return wanted
+
+
+def convert_ir(checkpoint: Path, out: Path, compression: Compression = Compression()) -> Path:
+    """The checkpoint as a stateful OpenVINO IR in `out` (written whole or not at all); returns
+    the `.xml` path."""
+    why = available()
+    if why:
+        raise ExportError(f"OpenVINO variants: {why}")
+    os.environ.setdefault("OPENVINO_TELEMETRY_OPT_OUT", "1")  # no telemetry prompt or upload
+    from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
+
+    quant = None
+    if compression.bits:
+        quant = OVWeightQuantizationConfig(
+            bits=compression.bits,
+            sym=compression.symmetric,
+            group_size=_group_size(checkpoint, compression.group_size),
+            ratio=1.0,
+            all_layers=compression.all_layers or None,
+        )
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with _quiet():
+            model = OVModelForCausalLM.from_pretrained(
+                checkpoint,
+                export=True,
+                compile=False,
+                load_in_8bit=False,
+                quantization_config=quant,
+                stateful=True,
+            )
+            model.save_pretrained(tmp)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"OpenVINO conversion of {checkpoint} failed: {exc}") from exc
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out / IR_FILES[0]
+
+
+# The compression of each OpenVINO variant. int4 reads the vocabulary projection (a third of
+# GPT-2 124M's weights, read every step) in int4 too, in groups of 128.
+VARIANT_COMPRESSION = {
+    "ov-fp32": Compression(),
+    "ov-int8": Compression(bits=8),
+    "ov-int4": Compression(bits=4, group_size=128, all_layers=True),
+}
+
+
+@contextlib.contextmanager
+def ir_runner(xml: Path, model_info: Path, max_len: int, slots: int = 1, threads: int = 2):
+    """The serving engine's OpenVINO runner (`OvGpt2`) over an exported IR."""
+    import tempfile
+
+    from serving.triton_models.gpt2_openvino import OvGpt2
+
+    xml = Path(xml).absolute()
+    with tempfile.TemporaryDirectory(prefix="aigc-ov-") as tmp:
+        for name in IR_FILES:
+            (Path(tmp) / name).symlink_to(xml.with_suffix(Path(name).suffix))
+        shutil.copyfile(model_info, Path(tmp) / "model_info.json")
+        yield OvGpt2(tmp, slots=slots, max_len=max_len, threads=threads)
+
+
+def window_logits(runner, windows) -> list:
+    """(T, vocab) logits of each window, every position (slot 0 rewritten each time)."""
+    return [runner.all_logits(0, w) for w in windows]
+
+
+def greedy(runner, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy tokens after `prompt` through the engine's paged runner (slot 0)."""
+    import numpy as np
+
+    token, _ = runner.prefill(0, prompt, 0)
+    out = [token]
+    for i in range(new_tokens - 1):
+        tokens, _ = runner.decode(np.array([out[-1]]), np.array([len(prompt) + i]))
+        out.append(int(tokens[0]))
+    return out

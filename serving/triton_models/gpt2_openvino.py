@@ -1,0 +1,190 @@
+"""The GPT-2 engine's runner on OpenVINO: the same interface as `OrtGpt2` (`decode`,
+`prefill_rows`, `kv`), over an OpenVINO IR of the checkpoint whose attention is turned into
+OpenVINO's `PagedAttention` when it is loaded.
+
+`PagedAttention` reads and writes the KV cache through block tables: the cache is one
+`(blocks, heads, block_size, head_size)` tensor per layer and per K/V, allocated once and
+set on the infer request once; a call writes only the new positions of each sequence into
+its blocks, in place. Slot `s` owns blocks `s*B .. s*B+B-1` (B = max_len / block_size), so the
+engine's slots map onto contiguous blocks and rows of different lengths share one call.
+
+Two nodes are added to the graph when it is loaded: the hidden states of the positions named
+by a `logits_indices` input are gathered before the vocabulary projection (a prompt's other
+positions never pay for it), and `next_token` is their arg-max (greedy requests never copy
+the logits out).
+
+Only numpy and openvino: this file is copied into a repository version beside `model.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+try:
+    from .gpt2_engine import KVSlots
+except ImportError:
+    from gpt2_engine import KVSlots
+
+BLOCK_SIZE = 32  # OpenVINO's CPU PagedAttention block size
+IR_NAME = "openvino_model.xml"
+
+
+def _vocab_projection(model):
+    """The MatMul that makes the logits (walks up from the `logits` result)."""
+    node = model.output("logits").get_node().input_value(0).get_node()
+    while node.get_type_name() != "MatMul":
+        node = node.input_value(0).get_node()
+    return node
+
+
+def paged_model(xml_path: str, n_head: int, head_size: int, kv_type: str = "f32"):
+    """The IR with paged attention, `logits_indices` and `next_token`, caches typed and shaped."""
+    import openvino as ov
+    import openvino._offline_transformations as transforms
+    from openvino import opset13 as ops
+
+    model = ov.Core().read_model(xml_path)
+    names = {i.get_any_name() for i in model.inputs}
+    if "beam_idx" not in names or "input_ids" not in names:
+        raise RuntimeError(
+            f"{xml_path}: not a stateful causal-LM IR (input_ids, beam_idx); re-run `aigc export`"
+        )
+    transforms.paged_attention_transformation(model, False, False)
+    element = ov.Type(np.dtype({"f32": np.float32, "f16": np.float16}[kv_type]))
+    for param in model.get_parameters():
+        if param.get_output_tensor(0).get_any_name().startswith(("key_cache.", "value_cache.")):
+            param.set_element_type(element)
+            param.set_partial_shape(ov.PartialShape([-1, n_head, BLOCK_SIZE, head_size]))
+    proj = _vocab_projection(model)
+    indices = ops.parameter([-1], ov.Type.i64, name="logits_indices")
+    indices.output(0).get_tensor().set_names({"logits_indices"})
+    hidden = proj.input_value(0)
+    proj.input(0).replace_source_output(ops.gather(hidden, indices, 0).output(0))
+    top = ops.topk(proj.output(0), 1, -1, "max", "none", ov.Type.i64)
+    top.output(1).get_tensor().set_names({"next_token"})
+    model.add_parameters([indices])
+    model.add_results([ops.result(top.output(1))])
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+class OvGpt2:
+    """The paged-attention IR compiled for the CPU; the KV blocks set on the request once."""
+
+    def __init__(self, model_dir: str, slots: int, max_len: int, threads: int = 0, kv_type: str = "f32"):
+        import openvino as ov
+
+        with open(os.path.join(model_dir, "model_info.json")) as f:
+            self.info = json.load(f)
+        self.n_layer, self.n_head = int(self.info["n_layer"]), int(self.info["n_head"])
+        self.head_size, self.n_positions = int(self.info["head_size"]), int(self.info["n_positions"])
+        self.vocab = int(self.info["vocab_size"])
+        self.slots, self.max_len = slots, max_len
+        self.device = "cpu"
+        model = paged_model(os.path.join(model_dir, IR_NAME), self.n_head, self.head_size, kv_type)
+        config = {
+            # f32 activations: OpenVINO's default on AMX CPUs is bf16, slower for this model
+            # with int8/int4 weights and further from the fp32 reference.
+            "INFERENCE_PRECISION_HINT": "f32",
+            "KV_CACHE_PRECISION": kv_type,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.blocks_per_slot = -(-max_len // BLOCK_SIZE)
+        self.kv = KVSlots(
+            self.n_layer,
+            self.n_head,
+            self.head_size,
+            slots,
+            self.blocks_per_slot * BLOCK_SIZE,
+            np.float32 if kv_type == "f32" else np.float16,
+            block_size=BLOCK_SIZE,
+        )
+        self.kv_dtype = self.kv.dtype.type
+        cache_names = [f"{kv}_cache.{i}" for i in range(self.n_layer) for kv in ("key", "value")]
+        for name, buf in zip(cache_names, self.kv.buffers):
+            self.request.set_tensor(name, ov.Tensor(buf, shared_memory=True))
+        self._ov = ov
+        self._slot_blocks = np.arange(slots * self.blocks_per_slot, dtype=np.int32).reshape(
+            slots, self.blocks_per_slot
+        )
+
+    @property
+    def runtime_description(self) -> str:
+        return (
+            f"openvino {self._ov.get_version()} from {os.path.dirname(self._ov.__file__)}, CPU, "
+            f"f32 activations, {self.kv.dtype.name} paged KV cache in blocks of {BLOCK_SIZE}"
+        )
+
+    def _run(
+        self,
+        ids: np.ndarray,
+        positions: np.ndarray,
+        lens: np.ndarray,
+        slots: np.ndarray,
+        logits_at: np.ndarray,
+    ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """`ids`/`positions` (tokens,) for sequences of `lens` new tokens each, in `slots`,
+        starting at `positions[begin]`; logits and greedy tokens of the rows `logits_at`."""
+        begins = np.zeros(len(lens) + 1, np.int32)
+        np.cumsum(lens, out=begins[1:])
+        past = positions[begins[:-1]].astype(np.int32)
+        ends = past + lens
+        blocks_each = -(-ends // BLOCK_SIZE)
+        table = np.concatenate([self._slot_blocks[s, :b] for s, b in zip(slots, blocks_each)])
+        table_begins = np.zeros(len(lens) + 1, np.int32)
+        np.cumsum(blocks_each, out=table_begins[1:])
+        feeds = {
+            "input_ids": ids.astype(np.int64, copy=False),
+            "position_ids": positions.astype(np.int64, copy=False),
+            "past_lens": past,
+            "subsequence_begins": begins,
+            "block_indices": table.astype(np.int32, copy=False),
+            "block_indices_begins": table_begins,
+            "max_context_len": np.array(int(ends.max()), np.int32),
+            "logits_indices": logits_at.astype(np.int64, copy=False),
+        }
+        for name, arr in feeds.items():
+            self.request.set_tensor(name, self._ov.Tensor(arr, shared_memory=True))
+        self.request.infer()
+        tokens = self.request.get_tensor("next_token").data.reshape(-1).copy()
+        return tokens, lambda: self.request.get_tensor("logits").data.reshape(len(logits_at), -1)
+
+    def decode(self, tokens: np.ndarray, positions: np.ndarray):
+        """One token for slots `0..n-1` at `positions`; greedy tokens and a logits function."""
+        n = len(tokens)
+        rows = np.arange(n)
+        return self._run(
+            np.asarray(tokens, np.int64), np.asarray(positions, np.int64), np.ones(n, np.int32), rows, rows
+        )
+
+    def prefill(self, slot: int, ids, start: int):
+        tokens, logits = self.prefill_rows(slot, np.asarray(ids, np.int64)[None], start)
+        return int(tokens[0]), lambda: logits()[0]
+
+    def prefill_rows(self, first_slot: int, ids: np.ndarray, start: int):
+        """`ids` (k, t) for slots `first_slot..first_slot+k-1` at positions `start..`."""
+        k, t = ids.shape
+        positions = np.tile(np.arange(start, start + t, dtype=np.int64), k)
+        last = np.arange(1, k + 1) * t - 1
+        return self._run(
+            ids.reshape(-1), positions, np.full(k, t, np.int32), np.arange(first_slot, first_slot + k), last
+        )
+
+    def all_logits(self, slot: int, ids: np.ndarray, start: int = 0) -> np.ndarray:
+        """(t, vocab) logits of every position of `ids` written at `start..` of `slot` (fidelity
+        measurements: perplexity needs each position)."""
+        t = len(ids)
+        positions = np.arange(start, start + t, dtype=np.int64)
+        _, logits = self._run(
+            np.asarray(ids, np.int64), positions, np.array([t], np.int32), np.array([slot]), np.arange(t)
+        )
+        return logits().copy()
