@@ -3,12 +3,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build that these machines carry; on a GPU host use e.g. TORCH_SPEC='torch' and EXTRAS=dev,gpu.
+# The CPU build that these machines carry; on a GPU host use e.g. TORCH_SPEC='torch' and EXTRAS=dev,peers,gpu.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+# peers: the runtimes `aigc bench` compares with (wheels); llama.cpp's is `make install-llamacpp`
+EXTRAS ?= dev,peers
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench bench-quick results clean
+.PHONY: install install-llamacpp demo test test-fast lint bench bench-quick results clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# llama-cpp-python, the llama.cpp peer of `aigc bench`, built from source (15+ minutes on 2 cores)
+# for this CPU's vector units but without -march=native: its AMX matmul crashed on GPT-2's
+# q8_0 / q4_0 (on a Xeon with AMX). AVX-512 kernels where the CPU has them.
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	$(if $(findstring avx512f,$(CPU_FLAGS)),-DGGML_AVX512=ON) \
+	$(if $(findstring avx512_vnni,$(CPU_FLAGS)),-DGGML_AVX512_VNNI=ON) \
+	$(if $(findstring avx512_bf16,$(CPU_FLAGS)),-DGGML_AVX512_BF16=ON)
+
+install-llamacpp: $(STAMP)
+	CMAKE_ARGS="$(strip $(LLAMA_CMAKE_ARGS))" $(BIN)/python -m pip install -q -e ".[llamacpp]"
 
 demo: $(STAMP)
 	$(BIN)/aigc demo
