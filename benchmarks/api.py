@@ -45,6 +45,9 @@ class BenchOptions:
     image_variant: str = "auto"
     models: tuple[str, ...] | None = None  # None: gpt2, dcgan, and vae_decoder when available
     baselines: tuple[str, ...] = BASELINES
+    # peer runtimes (benchmarks.peers): names, engine families, "all" or "none"; None: all
+    # of them (--quick: the 4-bit ones and CTranslate2's int8)
+    peers: tuple[str, ...] | None = None
     prompt_tokens: int = 16
     new_tokens: int = 64
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
@@ -108,6 +111,7 @@ class BenchOptions:
         for b in self.baselines:
             if b not in BASELINES:
                 raise ConfigError(f"--baselines: unknown baseline {b!r}; allowed: {', '.join(BASELINES)}")
+        self.peer_names()
         if self.models is not None:
             if not self.models:
                 raise ConfigError("--models: name at least one model")
@@ -120,6 +124,12 @@ class BenchOptions:
         for e in self.exports:
             if not (Path(e) / "export_report.json").is_file():
                 raise ConfigError(f"--exports {e}: no export_report.json (an `aigc export` folder?)")
+
+    def peer_names(self) -> tuple[str, ...]:
+        """The peers to measure (raises ConfigError naming --peers for an unknown one)."""
+        from benchmarks.peers import resolve
+
+        return resolve(self.peers, self.quick)
 
     def quick_mode(self) -> BenchOptions:
         """The CI setting: a few minutes of measuring on 2 cores. 8 streams stay: the gate
@@ -329,6 +339,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
             # with --url the server's own thread count is whatever it was started with
             "server_threads": opts.threads if opts.url is None else None,
             "baselines": list(opts.baselines),
+            "peers": list(opts.peer_names()),
         },
     }
     with contextlib.ExitStack() as stack:
@@ -340,6 +351,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
         gpt2 = [s for s in subs if s.model == "gpt2"]
         images = [s for s in subs if s.model != "gpt2"]
         per_gpt2 = len(opts.concurrency) + len(opts.long_concurrency) + 2 + len(opts.baselines)
+        per_gpt2 += len(opts.peer_names()) + (1 if opts.peer_names() and opts.long_prompt_tokens else 0)
         steps = len(gpt2) * per_gpt2 + len(images) * 3
         with tqdm(total=steps, desc="bench", disable=not opts.progress) as bar:
             for s in gpt2:
@@ -536,7 +548,43 @@ def _bench_gpt2(opts: BenchOptions, url: str, s: Subject, variant: str | None, b
         )
         del model
         bar.update()
+    if opts.peer_names():
+        _bench_peers(opts, s, tok, text, ids[0].tolist(), out, bar)
     return out
+
+
+def _bench_peers(opts: BenchOptions, s: Subject, tok, text: str, ids: list[int], out: dict, bar) -> None:
+    """The peer runtimes on the short workload (same ids, tokens and threads as the served
+    run), then the long one for the fastest peer (each engine's fastest in a full run)."""
+    from benchmarks import peers
+
+    def progress(name: str) -> None:
+        _step(bar, f"gpt2 peer {name}")
+
+    names = opts.peer_names()
+    short = [{"key": "short", "ids": ids, "new_tokens": opts.new_tokens, "repeats": opts.repeats}]
+    figures = peers.bench(names, s.checkpoint, opts.cache, opts.threads, short, progress)
+    bar.update(len(names))
+    out["peers"] = {
+        n: f if "skipped" in f else {**{k: v for k, v in f.items() if k != "short"}, **f["short"]}
+        for n, f in figures.items()
+    }
+    if not opts.long_prompt_tokens:
+        return
+    if "long" not in out:  # not measured served (the context window): nothing to compare with
+        bar.update()
+        return
+    picks = [peers.best(out["peers"])] if opts.quick else peers.best_per_family(out["peers"])
+    picks = [p for p in picks if p is not None]
+    if picks:
+        long_ids = tok.encode(build_prompt(tok, opts.long_prompt_tokens, text)).ids
+        # 2 timed requests after a warm-up, as the served long workload at one stream
+        work = [{"key": "long", "ids": long_ids, "new_tokens": opts.long_new_tokens, "repeats": 2}]
+        long = peers.bench(
+            picks, s.checkpoint, opts.cache, opts.threads, work, lambda n: progress(f"{n} long")
+        )
+        out["long"]["peers"] = {n: f if "skipped" in f else f["long"] for n, f in long.items()}
+    bar.update()
 
 
 def _long_and_mixed(

@@ -70,6 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=("eager", "optimum"),
         help="comma-separated in-process baselines: eager,optimum (default both)",
     )
+    src.add_argument(
+        "--peers",
+        type=_names,
+        default=None,
+        help="comma-separated peer runtimes run in-process on the same checkpoint: openvino_int8, "
+        "openvino_int4, llamacpp_q8_0, llamacpp_q4_0, ctranslate2_int8, an engine (openvino, "
+        "llamacpp, ctranslate2), all, or none (default all; with --quick openvino_int4, "
+        "llamacpp_q4_0, ctranslate2_int8). A peer that is not installed is reported as skipped",
+    )
     load = parser.add_argument_group("load")
     load.add_argument("--prompt-tokens", type=int, default=16, help="prompt length in tokens (default 16)")
     load.add_argument(
@@ -143,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help="CI mode: concurrency 1, 4 and 8, long requests at 1 stream, 2 mixed arrivals, "
-        "batch 1 and 8, 3 repetitions",
+        "batch 1 and 8, 3 repetitions, the 4-bit peers and CTranslate2's int8",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -193,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         image_variant=args.image_variant,
         models=args.models,
         baselines=args.baselines,
+        peers=args.peers,
         prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens,
         concurrency=args.concurrency,

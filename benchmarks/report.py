@@ -13,6 +13,9 @@ from importlib import metadata
 from pathlib import Path
 
 from aigc.errors import BenchmarkError, ConfigError
+from benchmarks.peers import PEERS
+from benchmarks.peers import best as best_peer
+from benchmarks.peers import measured as measured_peers
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +217,39 @@ def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
     return out
 
 
+def _gpt2_peer_ratios(g: dict) -> dict:
+    """Served figures against the fastest peer runtime (highest tokens/s at one stream)."""
+    out: dict[str, float | None] = {}
+    served = g.get("served") or {}
+    c1 = served.get("1")
+    name = best_peer(g.get("peers"))
+    if name is not None:
+        peer = g["peers"][name]
+        if c1:
+            out["gpt2_tokens_per_s_vs_best_peer"] = _div(c1["per_stream_tokens_per_s"], peer["tokens_per_s"])
+            if c1["ttft_ms"].get("p50") is not None and peer["ttft_ms"].get("p50") is not None:
+                out["gpt2_ttft_minus_best_peer_ms"] = round(c1["ttft_ms"]["p50"] - peer["ttft_ms"]["p50"], 3)
+        top = max(served, key=int, default=None)
+        if top is not None and top != "1":
+            # several streams served at once against the peer's one (it runs one request at a time)
+            out[f"gpt2_aggregate_c{top}_vs_best_peer"] = _div(
+                served[top]["aggregate_tokens_per_s"], peer["tokens_per_s"]
+            )
+    long = g.get("long") or {}
+    long_c1 = (long.get("served") or {}).get("1")
+    name = best_peer(long.get("peers"))
+    if name is not None and long_c1:
+        peer = long["peers"][name]
+        out["gpt2_long_tokens_per_s_vs_best_peer"] = _div(
+            long_c1["per_stream_tokens_per_s"], peer["tokens_per_s"]
+        )
+        if long_c1["ttft_ms"].get("p50") is not None and peer["ttft_ms"].get("p50") is not None:
+            out["gpt2_long_ttft_minus_best_peer_ms"] = round(
+                long_c1["ttft_ms"]["p50"] - peer["ttft_ms"]["p50"], 3
+            )
+    return out
+
+
 def ratios(results: dict) -> dict:
     """Served figures over the baselines measured in the same run (and the server hop in ms).
 
@@ -224,7 +260,9 @@ def ratios(results: dict) -> dict:
     (`gpt2_step_ceiling_cN_vs_c1`), the served share of it (`gpt2_aggregate_cN_vs_step_ceiling`),
     the step at a long cache over a short one (`gpt2_step_long_vs_short_bN`), the server's
     time to first token beyond the prefill (`gpt2_ttft_minus_prefill_ms`), and the batch-1
-    step over its read floor (`gpt2_step_b1_vs_read_floor`).
+    step over its read floor (`gpt2_step_b1_vs_read_floor`). Against the fastest peer runtime
+    (`gpt2_*_vs_best_peer`, `gpt2_*ttft_minus_best_peer_ms`), the peer with the highest
+    tokens/s at one stream on the same prompt, tokens and threads.
     """
     out: dict[str, float] = {}
     g = results.get("gpt2")
@@ -249,6 +287,7 @@ def ratios(results: dict) -> dict:
                     g["served"][c]["aggregate_tokens_per_s"], c1["aggregate_tokens_per_s"]
                 )
         out.update(_gpt2_profile_ratios(g, results.get("config", {})))
+        out.update(_gpt2_peer_ratios(g))
     for model, r in results.get("images", {}).items():
         served = r["served_ms"]["p50"]
         if "onnxruntime_ms" in r:
@@ -344,15 +383,75 @@ def _gpt2_table(g: dict, cfg: dict) -> list[str]:
         + "TTFT p50 ms | ITL p50 / p90 / p99 ms |",
         "|---|---:|---:|---:|" + "---:|" * len(bases) + "---:|---|",
     ]
-    rows = [
-        ("served (Triton gRPC stream)", c, r["per_stream_tokens_per_s"], r["aggregate_tokens_per_s"], r)
-        for c, r in sorted(g["served"].items(), key=lambda kv: int(kv[0]))
-    ] + [(BASELINE_LABELS[b], "1", g[b]["tokens_per_s"], g[b]["tokens_per_s"], g[b]) for b in bases]
+    ran = measured_peers(g.get("peers"))
+    rows = (
+        [
+            ("served (Triton gRPC stream)", c, r["per_stream_tokens_per_s"], r["aggregate_tokens_per_s"], r)
+            for c, r in sorted(g["served"].items(), key=lambda kv: int(kv[0]))
+        ]
+        + [(BASELINE_LABELS[b], "1", g[b]["tokens_per_s"], g[b]["tokens_per_s"], g[b]) for b in bases]
+        + [(peer_label(n, f), "1", f["tokens_per_s"], f["tokens_per_s"], f) for n, f in ran.items()]
+    )
     for label, c, per, agg, r in rows:
         lines.append(
             f"| {label} | {c} | {_f(per)} | {_f(agg)} | "
             + "".join(f"{_f(_div(agg, g[b]['tokens_per_s']), 2)} | " for b in bases)
             + f"{_f(r['ttft_ms']['p50'])} | {_itl(r['itl_ms'])} |"
+        )
+    for n, f in (g.get("peers") or {}).items():
+        if n not in ran:
+            lines.append(
+                f"| {peer_label(n, f)}: skipped ({f.get('skipped', 'not measured')}) | - | - | - | "
+                + "- | " * len(bases)
+                + "- | - |"
+            )
+    best = best_peer(g.get("peers"))
+    c1 = g["served"].get("1")
+    if best is not None and c1:
+        peer = g["peers"][best]
+        top = max(g["served"], key=int)
+        agg = _div(g["served"][top]["aggregate_tokens_per_s"], peer["tokens_per_s"])
+        ttft = None
+        if c1["ttft_ms"].get("p50") is not None and peer["ttft_ms"].get("p50") is not None:
+            ttft = c1["ttft_ms"]["p50"] - peer["ttft_ms"]["p50"]
+        lines.append(
+            f"| served vs best peer ({peer_label(best, peer)}): served / peer, TTFT served − peer | "
+            f"1 / {top} | {_f(_div(c1['per_stream_tokens_per_s'], peer['tokens_per_s']), 2)}× | "
+            f"{_f(agg, 2)}× ({top} streams) | "
+            + "- | "
+            * len(bases)
+            + f"{'-' if ttft is None else f'{ttft:+.1f}'} | "
+            f"p50 {_f(_div(c1['itl_ms'].get('p50'), peer['itl_ms'].get('p50')), 2)}× |"
+        )
+    lines += _peer_details(g.get("peers") or {})
+    return lines
+
+
+def peer_label(name: str, figures: dict | None = None) -> str:
+    """A peer's row label: its runtime as measured, or as registered when it did not run."""
+    return (figures or {}).get("runtime") or (PEERS[name].label if name in PEERS else name)
+
+
+def _peer_details(figures: dict) -> list[str]:
+    """What each peer ran: package version, weights, file size, runtime settings, conversion."""
+    ran = measured_peers(figures)
+    if not ran:
+        return []
+    lines = [
+        "",
+        "Peer runtimes: each in a process of its own, on the same checkpoint converted once (cached "
+        "by checkpoint hash), fed the same prompt ids:",
+        "",
+        "| peer | package | weights | file MB | settings | conversion |",
+        "|---|---|---|---:|---|---|",
+    ]
+    for n, f in ran.items():
+        props = ", ".join(f"{k}={v}" for k, v in (f.get("properties") or {}).items())
+        conv = f.get("conversion") or {}
+        how = conv.get("equivalent") or conv.get("tool") or "-"
+        lines.append(
+            f"| {n} | {f.get('package')} {f.get('version')} | {f.get('weights')} | "
+            f"{_f((f.get('file_bytes') or 0) / 1e6)} | {props} | {how} |"
         )
     return lines
 
@@ -442,6 +541,14 @@ def _workload_tables(g: dict) -> list[str]:
                 f"| served (Triton gRPC stream) | {c} | {_f(r['per_stream_tokens_per_s'])} | "
                 f"{_f(r['aggregate_tokens_per_s'])} | {_f(r['ttft_ms']['p50'])} | {_itl(r['itl_ms'])} |"
             )
+        for n, r in (long.get("peers") or {}).items():
+            if "tokens_per_s" in r:
+                lines.append(
+                    f"| {peer_label(n)} | 1 | {_f(r['tokens_per_s'])} | {_f(r['tokens_per_s'])} | "
+                    f"{_f(r['ttft_ms']['p50'])} | {_itl(r['itl_ms'])} |"
+                )
+            else:
+                lines.append(f"| {peer_label(n)}: skipped ({r.get('skipped')}) | - | - | - | - | - |")
         lines.append("")
     elif g.get("long_skipped"):
         lines += [f"Long and mixed workloads not measured: {g['long_skipped']}.", ""]
@@ -534,7 +641,7 @@ def plots(results: dict, out: Path) -> list[Path]:
     written = []
     g = results.get("gpt2")
     if g and g.get("served"):
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14 if g.get("peers") else 11, 4.5))
         conc = sorted(g["served"], key=int)
         xs = [int(c) for c in conc]
         ax1.plot(xs, [g["served"][c]["aggregate_tokens_per_s"] for c in conc], "o-", label="served aggregate")
@@ -544,6 +651,11 @@ def plots(results: dict, out: Path) -> list[Path]:
         for base, color in (("eager", "grey"), ("optimum", "tab:red")):
             if base in g:
                 ax1.axhline(g[base]["tokens_per_s"], linestyle=":", color=color, label=f"{base} (1 stream)")
+        peers = measured_peers(g.get("peers"))
+        for i, (name, f) in enumerate(peers.items()):
+            ax1.axhline(
+                f["tokens_per_s"], linestyle="--", color=f"C{i + 3}", lw=1, label=f"{name} (1 stream)"
+            )
         long = (g.get("long") or {}).get("served") or {}
         if long:
             lc = sorted(long, key=int)
@@ -556,16 +668,20 @@ def plots(results: dict, out: Path) -> list[Path]:
         ax1.set(xlabel="concurrent streams", ylabel="tokens/s", title="GPT-2 tokens/s vs concurrency")
         ax1.set_xticks(xs)
         ax1.set_ylim(bottom=0)
-        ax1.legend()
+        ax1.legend(fontsize=7 if peers else None)
         c1 = g["served"].get("1") or g["served"][conc[0]]
         bars = [("served TTFT", c1["ttft_ms"]), ("served ITL", c1["itl_ms"])]
         for b in ("eager", "optimum"):
             if b in g:
                 bars += [(f"{b} TTFT", g[b]["ttft_ms"]), (f"{b} ITL", g[b]["itl_ms"])]
+        for name, f in peers.items():
+            bars += [(f"{name} TTFT", f["ttft_ms"]), (f"{name} ITL", f["itl_ms"])]
         x = list(range(len(bars)))
         for offset, key in ((-0.25, "p50"), (0.0, "p90"), (0.25, "p99")):
             ax2.bar([i + offset for i in x], [d.get(key) or 0 for _, d in bars], 0.25, label=key)
-        ax2.set_xticks(x, [n for n, _ in bars], rotation=20)
+        # with the peers' bars the names are many: smaller, slanted, anchored at their bar
+        ticks = {"rotation": 35, "ha": "right", "fontsize": 7} if peers else {"rotation": 20}
+        ax2.set_xticks(x, [n for n, _ in bars], **ticks)
         ax2.set(ylabel="ms", title=f"GPT-2 latency percentiles ({conc[0]} stream)")
         ax2.legend()
         fig.tight_layout()
