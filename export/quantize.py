@@ -313,7 +313,7 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
             to_fp16(src, dst, keep_io_types=["logits", "last_logits"])
         else:
             raise ExportError(f"variant {variant} does not apply to gpt2")
-        extra = {"quantization": _describe(variant, options), "runtime": "onnxruntime"}
+        extra = {"quantization": _describe(variant, options)}
         if not cpu_can_run(dst):
             result[variant] = variant_entry(
                 target,

@@ -18,10 +18,19 @@ def files_size(files: dict[str, str], root: Path) -> int:
 
 
 def variant_entry(
-    target: str, files: dict, root: Path, fidelity: dict, latency: dict, passed=True, reason=None, **extra
+    target: str,
+    files: dict,
+    root: Path,
+    fidelity: dict,
+    latency: dict,
+    passed=True,
+    reason=None,
+    runtime: str = "onnxruntime",
+    **extra,
 ) -> dict:
     return {
         "target": target,
+        "runtime": runtime,  # what runs the files: onnxruntime | openvino
         "passed": passed,
         "reason": reason,
         "files": files,

@@ -60,6 +60,32 @@ def server(fp32_repository):
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def ov_server(exports, tmp_path_factory):
+    """GPT-2's f32 weights served on the OpenVINO runtime."""
+    repo = tmp_path_factory.mktemp("served-ov") / "model_repository"
+    build_repository(
+        [exports["gpt2"]], repo, BuildOptions(variant="ov-fp32", runtime="openvino", intra_op_threads=1)
+    )
+    srv = start_server(repo)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["onnxruntime", "openvino"])
+def gpt2_server(request):
+    """The served GPT-2 on each runtime of its engine."""
+    return request.getfixturevalue("server" if request.param == "onnxruntime" else "ov_server")
+
+
+@pytest.fixture()
+def gpt2_client(gpt2_server):
+    from serving.client import AigcClient
+
+    with AigcClient(gpt2_server.grpc_url, timeout_s=60) as c:
+        yield c
+
+
 @pytest.fixture()
 def client(server):
     from serving.client import AigcClient

@@ -15,6 +15,7 @@ from aigc.cli import main as aigc_main
 from aigc.errors import BuildError, ConfigError, ServerError
 from serving.builder import BuildOptions, build_repository, choose_variant, read_config, versions
 from serving.server import EmbeddedTritonServer
+from serving.variant_choice import describe
 
 
 def test_build_adds_a_version_beside_the_old_one(exports, tmp_path):
@@ -70,12 +71,13 @@ def test_auto_ranks_gpt2_variants_by_the_expected_latency_of_the_workload(export
     from export.latency_model import Workload, expected_request, step_ms_at
 
     report = read_report(exports["gpt2"])
-    for name in ("fp32", "int8"):
+    for name in ("fp32", "int8", "ov-fp32"):
         profile = report["variants"][name]["decode_profile"]
         assert set(profile["step_ms"]) == {"1", "4", "8"}
         assert all(ms > 0 for by_past in profile["step_ms"].values() for ms in by_past.values())
         assert all(v > 0 for v in profile["prefill_ms"].values())
-    assert report["expected_latency"]["fastest"] in ("fp32", "int8")
+    assert report["expected_latency"]["fastest"] in ("fp32", "int8", "ov-fp32")
+    del report["variants"]["ov-fp32"]  # the ONNX variants alone below; runtimes: the next test
     # As measured on a Xeon: int4 steps faster alone, int8 prefills 2.5x faster and batches better.
     int4 = _profile(step_1=5.0, step_8=17.8, growth=1.2, prefill_16=18.2, prefill_128=140.0)
     int8 = _profile(step_1=5.5, step_8=10.7, growth=1.2, prefill_16=7.3, prefill_128=55.0)
@@ -104,6 +106,41 @@ def test_auto_ranks_gpt2_variants_by_the_expected_latency_of_the_workload(export
         BuildOptions(workload=Workload(streams=0)).validate()
 
 
+def test_auto_picks_the_runtime_whose_profile_is_faster(exports):
+    """`--runtime auto` ranks the variants of both runtimes together; a named runtime limits
+    the choice to its variants. Fed profiles: no timing here."""
+    from export.api import read_report
+
+    report = read_report(exports["gpt2"])
+    variants = report["variants"]
+    assert variants["ov-fp32"]["runtime"] == "openvino" and variants["fp32"]["runtime"] == "onnxruntime"
+    del variants["int8"]
+    fast = _profile(step_1=3.1, step_8=6.0, growth=1.1, prefill_16=8.7, prefill_128=60.0)
+    slow = _profile(step_1=5.5, step_8=10.7, growth=1.2, prefill_16=7.3, prefill_128=55.0)
+    variants["ov-fp32"]["decode_profile"], variants["fp32"]["decode_profile"] = fast, slow
+    name, why = choose_variant(report, "gpt2", "auto", "cpu")
+    assert (name, why["runtime"]) == ("ov-fp32", "openvino")
+    assert why["runtimes_considered"] == ["onnxruntime", "openvino"]
+    assert "ov-fp32 on openvino" in describe("gpt2", name, why)
+    assert choose_variant(report, "gpt2", "auto", "cpu", runtime="onnxruntime")[0] == "fp32"
+    variants["ov-fp32"]["decode_profile"], variants["fp32"]["decode_profile"] = slow, fast
+    name, why = choose_variant(report, "gpt2", "auto", "cpu")
+    assert (name, why["runtime"]) == ("fp32", "onnxruntime")
+    assert choose_variant(report, "gpt2", "auto", "cpu", runtime="openvino")[0] == "ov-fp32"
+    # GPUs: OpenVINO here serves CPUs only.
+    assert choose_variant(report, "gpt2", "auto", "gpu")[0] == "fp32"
+    with pytest.raises(BuildError, match="runs on openvino, not on --runtime onnxruntime"):
+        choose_variant(report, "gpt2", "ov-fp32", "cpu", runtime="onnxruntime")
+    variants["ov-fp32"]["passed"] = False
+    variants["ov-fp32"]["reason"] = "perplexity too high"
+    with pytest.raises(BuildError, match="on --runtime openvino"):
+        choose_variant(report, "gpt2", "auto", "cpu", runtime="openvino")
+    with pytest.raises(ConfigError, match="--runtime openvino serves on the CPU"):
+        BuildOptions(runtime="openvino", target="gpu").validate()
+    with pytest.raises(ConfigError, match="--runtime must be one of auto, onnxruntime, openvino"):
+        BuildOptions(runtime="tensorrt").validate()
+
+
 def test_gpt2_engine_settings_reach_the_config_and_build_reports_the_cache(exports, tmp_path):
     built = build_repository(
         [exports["gpt2"]],
@@ -111,7 +148,9 @@ def test_gpt2_engine_settings_reach_the_config_and_build_reports_the_cache(expor
         BuildOptions(variant="fp32", kv_slots=3, kv_max_len=48, prefill_chunk=5, max_queue=7),
     )
     params = read_config(tmp_path / "repo" / "gpt2").parameters
-    assert {k: params[k].string_value for k in ("kv_slots", "kv_max_len", "prefill_chunk", "max_queue_size")} == {
+    assert {
+        k: params[k].string_value for k in ("kv_slots", "kv_max_len", "prefill_chunk", "max_queue_size")
+    } == {
         "kv_slots": "3",
         "kv_max_len": "48",
         "prefill_chunk": "5",

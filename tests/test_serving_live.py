@@ -91,7 +91,8 @@ def test_seeded_latents_repeat(client):
 
 
 @pytest.mark.parametrize("prompt", PROMPTS[:2])
-def test_greedy_text_equals_transformers_streamed_and_not(client, checkpoints, prompt):
+def test_greedy_text_equals_transformers_streamed_and_not(gpt2_client, checkpoints, prompt):
+    client = gpt2_client
     ref = _hf_greedy_text(checkpoints["gpt2"], prompt, 24)
     deltas = list(client.generate_text(prompt, max_tokens=24, ignore_eos=True, stream=True))
     assert "".join(deltas) == ref
@@ -99,7 +100,8 @@ def test_greedy_text_equals_transformers_streamed_and_not(client, checkpoints, p
     assert client.generate_text(prompt, max_tokens=24, ignore_eos=True, stream=False) == ref
 
 
-def test_exclude_input_in_output_false_prepends_prompt(client):
+def test_exclude_input_in_output_false_prepends_prompt(gpt2_client):
+    client = gpt2_client
     text = client.generate_text("The class", max_tokens=5, ignore_eos=True, stream=False)
     full = client.generate_text(
         "The class", max_tokens=5, ignore_eos=True, stream=False, exclude_input_in_output=False
@@ -107,7 +109,8 @@ def test_exclude_input_in_output_false_prepends_prompt(client):
     assert full == "The class" + text
 
 
-def test_seeded_sampling_repeats_and_seeds_differ(client):
+def test_seeded_sampling_repeats_and_seeds_differ(gpt2_client):
+    client = gpt2_client
     kw = dict(max_tokens=24, temperature=1.0, top_p=0.95, ignore_eos=True, stream=False)
     a = client.generate_text("The class", seed=11, **kw)
     assert a == client.generate_text("The class", seed=11, **kw)
@@ -115,11 +118,12 @@ def test_seeded_sampling_repeats_and_seeds_differ(client):
     assert others != {a}
 
 
-def test_concurrent_streams_each_equal_their_solo_output(server, checkpoints):
+def test_concurrent_streams_each_equal_their_solo_output(gpt2_server, checkpoints):
     """In-flight batching: concurrent requests of different lengths, joining at different
     times, each get exactly the greedy tokens they get alone."""
     from serving.client import AigcClient
 
+    server = gpt2_server
     lengths = [30, 12, 20, 8]
     with AigcClient(server.grpc_url) as c:
         solo = [
@@ -218,9 +222,11 @@ def _raw_text(server, prompt: str, sampling: str) -> str:
         "top-p",
     ],
 )
-def test_bad_text_requests_name_the_field_and_server_keeps_serving(server, client, prompt, sampling, field):
-    assert field in _raw_text(server, prompt, sampling)
-    assert client.generate_text("The class", max_tokens=3, ignore_eos=True, stream=False)
+def test_bad_text_requests_name_the_field_and_server_keeps_serving(
+    gpt2_server, gpt2_client, prompt, sampling, field
+):
+    assert field in _raw_text(gpt2_server, prompt, sampling)
+    assert gpt2_client.generate_text("The class", max_tokens=3, ignore_eos=True, stream=False)
 
 
 def test_client_checks_arguments_before_sending(client):
