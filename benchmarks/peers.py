@@ -10,9 +10,10 @@ same prompt ids, the same number of greedy tokens with EOS ignored, on the same 
   `write_gguf` writes from the checkpoint (f32) and llama.cpp quantizes.
 - `ctranslate2_int8`: CTranslate2's `Generator` on its int8 conversion.
 
-Each peer runs in a child process (`python -m benchmarks.peers JOB RESULT`): a native crash,
-a hang or a failed conversion there becomes `{"skipped": reason}` in the results, never a
-failed benchmark, and the peer's thread pool and memory go away with it.
+A missing conversion is made in one child process and the peer is measured in another
+(`python -m benchmarks.peers convert|measure JOB RESULT`): a native crash, a hang or a failed
+conversion there becomes `{"skipped": reason}` in the results, never a failed benchmark, and
+the converters' PyTorch threads, the peer's thread pool and its memory go away with it.
 """
 
 from __future__ import annotations
@@ -391,7 +392,21 @@ def _llamacpp_convert(checkpoint: Path, out: Path, settings: dict, threads: int)
     quantize_gguf(f32, out / GGUF_FILE, LLAMA_FTYPES[settings["quantize"]], threads)
     f32_bytes = f32.stat().st_size
     f32.unlink()
-    return {"gguf_hparams": hparams, "f32_gguf_bytes": f32_bytes}
+    return {"gguf_hparams": hparams, "f32_gguf_bytes": f32_bytes, **gguf_tensor_types(out / GGUF_FILE)}
+
+
+def gguf_tensor_types(path: Path) -> dict:
+    """The tensor types llama.cpp chose for a quantized file: counts, and those of the
+    tensors outside the blocks (it keeps the output head at higher precision)."""
+    from collections import Counter
+
+    import gguf
+
+    tensors = gguf.GGUFReader(str(path)).tensors
+    return {
+        "tensor_types": dict(Counter(t.tensor_type.name for t in tensors)),
+        "outside_blocks": {t.name: t.tensor_type.name for t in tensors if not t.name.startswith("blk.")},
+    }
 
 
 class _LlamaCppRunner(Runner):

@@ -652,9 +652,11 @@ def plots(results: dict, out: Path) -> list[Path]:
             if base in g:
                 ax1.axhline(g[base]["tokens_per_s"], linestyle=":", color=color, label=f"{base} (1 stream)")
         peers = measured_peers(g.get("peers"))
-        for i, (name, f) in enumerate(peers.items()):
+        # colours apart from the served lines (C0-C2) and Optimum's red
+        colors = dict(zip(PEERS, ("C4", "C5", "C6", "C8", "C9"), strict=False))
+        for name, f in peers.items():
             ax1.axhline(
-                f["tokens_per_s"], linestyle="--", color=f"C{i + 3}", lw=1, label=f"{name} (1 stream)"
+                f["tokens_per_s"], linestyle="--", color=colors.get(name), lw=1, label=f"{name} (1 stream)"
             )
         long = (g.get("long") or {}).get("served") or {}
         if long:
@@ -665,6 +667,14 @@ def plots(results: dict, out: Path) -> list[Path]:
                 "^-",
                 label=f"served aggregate, {g['long']['prompt_tokens']}-token prompts",
             )
+            for name, f in measured_peers(g["long"].get("peers")).items():
+                ax1.plot(
+                    [1],
+                    [f["tokens_per_s"]],
+                    "v",
+                    color=colors.get(name),
+                    label=f"{name}, {g['long']['prompt_tokens']}-token prompts",
+                )
         ax1.set(xlabel="concurrent streams", ylabel="tokens/s", title="GPT-2 tokens/s vs concurrency")
         ax1.set_xticks(xs)
         ax1.set_ylim(bottom=0)
