@@ -484,6 +484,8 @@ def _offline(opts: BenchOptions, export: Path, export_report: dict, variant: str
     )
     floors = {}
     for name, profile in profiles.items():
+        if paths[name].suffix != ".onnx":
+            continue  # an OpenVINO IR (ov-* variants): its bytes per step are not counted here
         weights, itemsize = step_read_bytes(paths[name])
         own = measure.read_bandwidth(weights, opts.threads)
         floors[name] = report.read_floors(
