@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--peers",
         type=_names,
         default=None,
-        help="comma-separated peer runtimes run in-process on the same checkpoint: openvino_int8, "
+        help="comma-separated peer runtimes, each run in a process of its own on the same checkpoint: "
+        "openvino_int8, "
         "openvino_int4, llamacpp_q8_0, llamacpp_q4_0, ctranslate2_int8, an engine (openvino, "
         "llamacpp, ctranslate2), all, or none (default all; with --quick openvino_int4, "
         "llamacpp_q4_0, ctranslate2_int8). A peer that is not installed is reported as skipped",
