@@ -83,3 +83,39 @@ def rank(profiles: dict[str, dict], workload: Workload) -> dict:
     expected = {name: expected_request(p, workload) for name, p in profiles.items()}
     fastest = min(expected, key=lambda n: (expected[n]["request_ms"], n)) if expected else None
     return {"workload": workload.as_dict(), "expected": expected, "fastest": fastest}
+
+
+def routing(main: dict, companion: dict, workload: Workload, max_rows: int = 8) -> dict:
+    """Which calls a companion graph (same model, other weights, sharing the KV slots) takes
+    over from the main one: the prefills when its prefill of the workload's prompt is faster,
+    and the decode steps from the smallest row count at and above which its step is faster
+    (0 = none), at the workload's mean cache length."""
+    cached = workload.prompt_tokens + workload.new_tokens / 2
+    from_rows = 0
+    for rows in range(max_rows, 0, -1):
+        if step_ms_at(companion, rows, cached) < step_ms_at(main, rows, cached):
+            from_rows = rows
+        else:
+            break
+    prefill = prefill_ms_at(companion, workload.prompt_tokens) < prefill_ms_at(main, workload.prompt_tokens)
+    return {"companion_prefill": prefill, "companion_from_rows": from_rows}
+
+
+def expected_request_pair(main: dict, companion: dict, workload: Workload, max_rows: int = 8) -> dict:
+    """`expected_request` when each call runs on whichever of the two graphs `routing` gives it."""
+    route = routing(main, companion, workload, max_rows)
+    prefill = prefill_ms_at(companion if route["companion_prefill"] else main, workload.prompt_tokens)
+    decoder = (
+        companion
+        if route["companion_from_rows"] and workload.streams >= route["companion_from_rows"]
+        else main
+    )
+    step = step_ms_at(decoder, workload.streams, workload.prompt_tokens + workload.new_tokens / 2)
+    total = workload.streams * prefill + (workload.new_tokens - 1) * step
+    return {
+        "prefill_ms": round(prefill, 3),
+        "step_ms": round(step, 3),
+        "request_ms": round(total, 3),
+        "tokens_per_s_per_stream": round(1e3 * workload.new_tokens / total, 2) if total > 0 else None,
+        "routing": route,
+    }

@@ -55,19 +55,24 @@ def available() -> str | None:
 
 @contextlib.contextmanager
 def _quiet():
-    """The conversion traces the PyTorch model: its tracer warnings and NNCF's per-layer
-    statistics table are noise to a user of `aigc export` (kept at --verbose)."""
-    nncf_logger = logging.getLogger("nncf")
-    level = nncf_logger.level
+    """The conversion traces the PyTorch model: its tracer warnings, NNCF's per-layer
+    statistics table and a frontend fallback note are noise to a user of `aigc export` (kept
+    at --verbose)."""
+    # "Failed to build model wrapper." is logged at ERROR by OpenVINO's PyTorch frontend when
+    # its first tracing attempt falls back to another; the conversion then succeeds.
+    quieted = {"nncf": logging.ERROR, "openvino.frontend.pytorch.utils": logging.CRITICAL}
+    levels = {name: logging.getLogger(name).level for name in quieted}
     if not logger.isEnabledFor(logging.DEBUG):
-        nncf_logger.setLevel(logging.ERROR)
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
     try:
         with warnings.catch_warnings():
             if not logger.isEnabledFor(logging.DEBUG):
                 warnings.simplefilter("ignore")
             yield
     finally:
-        nncf_logger.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _group_size(checkpoint: Path, wanted: int) -> int:

@@ -21,7 +21,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError, ConfigError, ExportError
-from serving.variant_choice import Workload, choose_variant, describe
+from serving.variant_choice import Workload, choose_variant, describe, split_pair
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +266,7 @@ def build_repository(
                     report, comp, opts.variant, opts.target, opts.workload, opts.runtime
                 )
                 detail = describe(comp, variant, why)
+                variant, companion = split_pair(variant)
                 onnx_file = export_dir / report["variants"][variant]["files"][comp]
                 if not onnx_file.is_file():
                     raise BuildError(f"{comp}: {onnx_file} is missing (re-run `aigc export`)")
@@ -277,6 +278,14 @@ def build_repository(
                     }
                 if comp == "gpt2":
                     cfg = gpt2_config(report["model_info"], opts)
+                    if companion:
+                        files["companion.onnx"] = export_dir / report["variants"][companion]["files"][comp]
+                        cfg.parameters["companion_prefill"].string_value = str(
+                            why["routing"]["companion_prefill"]
+                        ).lower()
+                        cfg.parameters["companion_from_rows"].string_value = str(
+                            why["routing"]["companion_from_rows"]
+                        )
                     files["model.py"] = TRITON_MODELS / "gpt2_model.py"
                     for module in ENGINE_MODULES:
                         files[module] = TRITON_MODELS / module
@@ -306,6 +315,7 @@ def build_repository(
                 meta = {
                     "model": comp,
                     "variant": variant,
+                    "companion": companion,
                     "runtime": report["variants"][variant].get("runtime", "onnxruntime"),
                     "export": str(export_dir),
                     "flavour": opts.flavour,
@@ -313,6 +323,9 @@ def build_repository(
                     "export_created": report.get("created"),
                     "choice": why,
                 }
+                if companion:
+                    meta["companion_fidelity"] = report["variants"][companion].get("fidelity", {}).get(comp)
+                    variant = f"{variant}+{companion}"
                 plans.append((comp, variant, cfg, _stage_version(comp, files, meta, staging), detail))
         built = []
         for comp, variant, cfg, stage, detail in plans:

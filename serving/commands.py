@@ -162,14 +162,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=30,
         help="seconds a stop waits for active generations to finish before cutting them (default 30)",
     )
+    parser.add_argument(
+        "--openai-port",
+        type=int,
+        default=None,
+        help="also serve an OpenAI-compatible HTTP API (/v1/models, /v1/completions, "
+        "/v1/chat/completions) on this port, talking to Triton over gRPC (0 = any free port; "
+        "default: off)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from serving.server import EmbeddedTritonServer
 
-    for flag in ("grpc_port", "http_port", "metrics_port"):
-        if not 0 <= getattr(args, flag) <= 65535:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be in 0..65535, got {getattr(args, flag)}")
+    for flag in ("grpc_port", "http_port", "metrics_port", "openai_port"):
+        value = getattr(args, flag, None)
+        if value is not None and not 0 <= value <= 65535:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be in 0..65535, got {value}")
     if not 0 <= args.exit_timeout <= 3600:
         raise ConfigError(f"--exit-timeout must be in 0..3600 seconds, got {args.exit_timeout}")
     stop = threading.Event()
@@ -187,10 +196,26 @@ def run_serve(args: argparse.Namespace) -> int:
         logger.info(
             "serving %s — gRPC %s, HTTP %s; Ctrl-C stops", args.repository, server.grpc_url, server.http_url
         )
-        while not stop.wait(0.5):
-            if server.process.poll() is not None:
-                logger.error("Triton exited: %s", server.failure_reason())
-                return 1
+        frontend = None
+        if getattr(args, "openai_port", None) is not None:
+            from serving.openai_api import OpenAIFrontend
+
+            frontend = OpenAIFrontend(
+                server.grpc_url,
+                args.repository,
+                host=args.host,
+                port=args.openai_port,
+                graceful_s=args.exit_timeout,
+            ).start()
+        try:
+            while not stop.wait(0.5):
+                if server.process.poll() is not None:
+                    logger.error("Triton exited: %s", server.failure_reason())
+                    return 1
+        finally:
+            if frontend is not None:  # first, so that no new request reaches a stopping Triton
+                logger.info("stopping the OpenAI API")
+                frontend.stop()
         logger.info("stopping Triton")
     return 0
 

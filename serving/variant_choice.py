@@ -9,7 +9,23 @@ batch-1 latency.
 from __future__ import annotations
 
 from aigc.errors import BuildError
-from export.latency_model import Workload, expected_request
+from export.latency_model import Workload, expected_request, expected_request_pair
+
+PAIR = "+"  # "int4+int8": int4's graph with int8's as its companion (shared KV slots)
+
+
+def split_pair(name: str) -> tuple[str, str | None]:
+    main, _, companion = name.partition(PAIR)
+    return main, companion or None
+
+
+def _pairs(report: dict, candidates: list[str]) -> list[tuple[str, str]]:
+    """Two profiled ONNX Runtime CPU variants can share the KV slots (same cache layout)."""
+    variants = report["variants"]
+    onnx = [
+        n for n in candidates if runtime_of(variants[n]) == "onnxruntime" and variants[n]["target"] == "cpu"
+    ]
+    return [(a, b) for a in onnx for b in onnx if a != b]
 
 
 def runtime_of(variant: dict) -> str:
@@ -46,6 +62,8 @@ def choose_variant(
     with the lowest expected latency, whichever runtime runs it; a named variant must exist,
     have passed and suit `runtime`, else BuildError says why."""
     variants = report["variants"]
+    if variant != "auto" and PAIR in variant:
+        return _named_pair(report, component, variant, target, workload or Workload(), runtime)
     if variant != "auto":
         v = variants.get(variant)
         if v is None:
@@ -68,14 +86,29 @@ def choose_variant(
     )
     if profiled and target == "cpu":
         costs = {n: expected_request(variants[n]["decode_profile"], workload) for n in candidates}
-        best = min(candidates, key=lambda n: (costs[n]["request_ms"], n))
+        for main, companion in _pairs(report, candidates):
+            pair = expected_request_pair(
+                variants[main]["decode_profile"], variants[companion]["decode_profile"], workload
+            )
+            route = pair["routing"]
+            companion_used = route["companion_prefill"] or route["companion_from_rows"]
+            main_used = route["companion_from_rows"] != 1  # 1: the companion decodes every step
+            if companion_used and main_used:
+                costs[f"{main}{PAIR}{companion}"] = pair
+        # Ties at the workload's stream count (a pair whose companion decodes those steps) go
+        # to the lower latency for one stream, then to a single graph (less memory).
+        alone = Workload(workload.prompt_tokens, workload.new_tokens, 1)
+        one = {n: _cost(variants, n, alone) for n in costs}
+        best = min(costs, key=lambda n: (costs[n]["request_ms"], one[n], PAIR in n, n))
         why = {
             "rule": "lowest expected request latency for the workload (profile measured at export)",
-            "runtime": runtime_of(variants[best]),
+            "runtime": runtime_of(variants[split_pair(best)[0]]),
             "runtimes_considered": sorted({runtime_of(variants[n]) for n in candidates}),
             "workload": workload.as_dict(),
             "expected": costs,
         }
+        if PAIR in best:
+            why["routing"] = costs[best]["routing"]
         window = int(report.get("model_info", {}).get("n_positions", 0))
         if window and workload.prompt_tokens + workload.new_tokens > window:
             why["note"] = (
@@ -91,6 +124,40 @@ def choose_variant(
     return best, {"rule": rule, "runtime": runtime_of(variants[best]), "latency_ms": costs}
 
 
+def _cost(variants: dict, name: str, workload: Workload) -> float:
+    main, companion = split_pair(name)
+    if companion is None:
+        return expected_request(variants[main]["decode_profile"], workload)["request_ms"]
+    pair = expected_request_pair(
+        variants[main]["decode_profile"], variants[companion]["decode_profile"], workload
+    )
+    return pair["request_ms"]
+
+
+def _named_pair(report, component, name, target, workload, runtime) -> tuple[str, dict]:
+    variants = report["variants"]
+    main, companion = split_pair(name)
+    for v in (main, companion):
+        if v not in variants:
+            raise BuildError(
+                f"--variant {name}: {v} is not in the export of {report['model']} (has {', '.join(variants)})"
+            )
+        if variants[v]["passed"] is not True:
+            raise BuildError(f"--variant {name}: {v} did not pass its gate: {variants[v]['reason']}")
+        if runtime_of(variants[v]) != "onnxruntime" or variants[v]["target"] != "cpu" or target != "cpu":
+            raise BuildError(f"--variant {name}: a pair needs two ONNX Runtime CPU variants and --target cpu")
+        if not isinstance(variants[v].get("decode_profile", {}).get("step_ms"), dict):
+            raise BuildError(
+                f"--variant {name}: {v} has no decode profile to route calls by (re-run `aigc export`)"
+            )
+    if runtime not in ("auto", "onnxruntime"):
+        raise BuildError(f"--variant {name} runs on onnxruntime, not on --runtime {runtime}")
+    pair = expected_request_pair(
+        variants[main]["decode_profile"], variants[companion]["decode_profile"], workload
+    )
+    return name, {"rule": "named by --variant", "runtime": "onnxruntime", "routing": pair["routing"]}
+
+
 def describe(component: str, variant: str, why: dict) -> str:
     """One readable paragraph for `aigc build` and the export report."""
     if "expected" not in why:
@@ -103,9 +170,16 @@ def describe(component: str, variant: str, why: dict) -> str:
     ]
     if why.get("note"):
         lines.append(f"  ({why['note']})")
+    if why.get("routing"):
+        main, companion = split_pair(variant)
+        r = why["routing"]
+        parts = (["prefills"] if r["companion_prefill"] else []) + (
+            [f"decode steps of {r['companion_from_rows']}+ streams"] if r["companion_from_rows"] else []
+        )
+        lines.append(f"  {main} decodes; {companion} (sharing its KV slots) runs the {' and '.join(parts)}")
     for name, e in sorted(why["expected"].items(), key=lambda kv: kv[1]["request_ms"]):
         lines.append(
-            f"  {name:7s} request {e['request_ms']:9.1f} ms = prefill {e['prefill_ms']:.1f} ms x {w['streams']} "
+            f"  {name:9s} request {e['request_ms']:9.1f} ms = prefill {e['prefill_ms']:.1f} ms x {w['streams']} "
             f"+ step {e['step_ms']:.2f} ms x {w['new_tokens'] - 1}  ({e['tokens_per_s_per_stream']} tok/s a stream)"
         )
     return "\n".join(lines)

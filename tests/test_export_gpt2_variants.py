@@ -89,7 +89,9 @@ def test_gpt2_report_has_fidelity_figures(gpt2_export):
     # ONNX Runtime's CPU provider runs the fp16 graph (GroupQueryAttention has fp16 CPU kernels),
     # so its gate is judged here too, though it is made for GPUs.
     assert fp16["target"] == "gpu" and fp16["validated_on"] == "cpu"
-    assert fp16["passed"] is (fp16["fidelity"]["gpt2"]["perplexity_increase"] <= quantize.GATES.ppl_bound("fp16"))
+    assert fp16["passed"] is (
+        fp16["fidelity"]["gpt2"]["perplexity_increase"] <= quantize.GATES.ppl_bound("fp16")
+    )
 
 
 def test_gpt2_gate_rejects_damaged_int8(gpt2_export, tmp_path, monkeypatch):

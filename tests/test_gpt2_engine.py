@@ -399,3 +399,50 @@ def test_memory_is_allocated_once_over_a_thousand_requests(version_dir):
     growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert growth < 256 * 1024, f"memory grew by {growth} bytes over 1000 requests"
     assert engine.model.kv.ptrs == ptrs and engine.free_slots == 4
+
+
+class _CallCounter:
+    """Counts the runs of an ONNX Runtime session (the engine's companion graph)."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def io_binding(self):
+        return self.session.io_binding()
+
+    def run_with_iobinding(self, *args):
+        self.runs += 1
+        return self.session.run_with_iobinding(*args)
+
+
+def test_a_companion_graph_sharing_the_slots_takes_the_calls_routed_to_it(exports, checkpoints, tmp_path):
+    """A second graph (here the same f32 weights) bound to the same KV slots runs the prefills
+    and the decode steps of 2+ rows; each request's tokens still equal transformers'."""
+    d = tmp_path / "pair"
+    d.mkdir()
+    for name in ("model.onnx", "companion.onnx"):
+        shutil.copyfile(exports["gpt2"] / "fp32" / "gpt2.onnx", d / name)
+    for f in ("tokenizer.json", "model_info.json"):
+        shutil.copyfile(exports["gpt2"] / "assets" / f, d / f)
+    engine, _, _ = make_engine(d, slots=2, companion_prefill=True, companion_from_rows=2)
+    engine.model.companion = companion = _CallCounter(engine.model.companion)
+    main_runs = []
+    real_decode = engine.model.decode
+
+    def decode(tokens, positions):
+        if len(tokens) < 2:
+            main_runs.append(len(tokens))
+        return real_decode(tokens, positions)
+
+    engine.model.decode = decode
+    prompts = [engine.tokenizer.encode(t).ids for t in ("The class", "import")]
+    solo = engine.generate_ids(
+        prompts[0], greedy(12)
+    )  # 1 prefill on the companion, 11 steps on the main graph
+    assert companion.runs == 1 and len(main_runs) == 11
+    assert solo == transformers_greedy(checkpoints["gpt2"], prompts[0], 12)
+    reqs = [engine.submit(p, greedy(12)) for p in prompts]
+    engine.run_until_done(reqs)
+    assert companion.runs > 1 + 2  # the prefills and the steps of two rows
+    assert reqs[0].tokens == solo
+    assert reqs[1].tokens == transformers_greedy(checkpoints["gpt2"], prompts[1], 12)

@@ -15,7 +15,7 @@ from aigc.cli import main as aigc_main
 from aigc.errors import BuildError, ConfigError, ServerError
 from serving.builder import BuildOptions, build_repository, choose_variant, read_config, versions
 from serving.server import EmbeddedTritonServer
-from serving.variant_choice import describe
+from serving.variant_choice import Workload, describe
 
 
 def test_build_adds_a_version_beside_the_old_one(exports, tmp_path):
@@ -88,12 +88,18 @@ def test_auto_ranks_gpt2_variants_by_the_expected_latency_of_the_workload(export
     assert step_ms_at(int8, 1, 272) == pytest.approx(5.5 * 1.1)
     e = expected_request(int8, Workload(prompt_tokens=16, new_tokens=65, streams=1))
     assert e["request_ms"] == pytest.approx(7.3 + 64 * step_ms_at(int8, 1, 16 + 32.5), abs=1e-3)
-    # One user with a short prompt: the faster step wins; several users: int8.
+    # One user with a short prompt: the faster step wins alone; several users: int8. (The pair
+    # that decodes one stream with the first and prefills and batches with int8 beats both.)
     one = Workload(prompt_tokens=16, new_tokens=256, streams=1)
-    assert choose_variant(report, "gpt2", "auto", "cpu", one)[0] == "fp32"
+    _, why_one = choose_variant(report, "gpt2", "auto", "cpu", one)
+    singles = {n: e["request_ms"] for n, e in why_one["expected"].items() if "+" not in n}
+    assert min(singles, key=singles.get) == "fp32"
     name, why = choose_variant(report, "gpt2", "auto", "cpu")
-    assert name == "int8" and why["workload"] == Workload().as_dict()
+    assert why["workload"] == Workload().as_dict()
     assert why["expected"]["int8"]["request_ms"] < why["expected"]["fp32"]["request_ms"]
+    assert (
+        name == "fp32+int8" and why["expected"][name]["request_ms"] <= why["expected"]["int8"]["request_ms"]
+    )
     # Without a profile for every candidate, ranking falls back to the batch-1 latency.
     del report["variants"]["int8"]["decode_profile"]
     report["variants"]["int8"]["latency_ms"]["gpt2"] = 99.0
@@ -139,6 +145,52 @@ def test_auto_picks_the_runtime_whose_profile_is_faster(exports):
         BuildOptions(runtime="openvino", target="gpu").validate()
     with pytest.raises(ConfigError, match="--runtime must be one of auto, onnxruntime, openvino"):
         BuildOptions(runtime="tensorrt").validate()
+
+
+def test_auto_pairs_two_graphs_when_each_is_faster_at_its_own_calls(exports, tmp_path):
+    """int4-like steps alone, int8-like prefills and batches (fed profiles): `auto` serves the
+    pair, the companion's file and routing reach the version folder and the config."""
+    from export.api import read_report
+
+    report = read_report(exports["gpt2"])
+    variants = report["variants"]
+    del variants["ov-fp32"]
+    variants["fp32"]["decode_profile"] = _profile(
+        step_1=5.0, step_8=17.8, growth=1.2, prefill_16=18.2, prefill_128=140.0
+    )
+    variants["int8"]["decode_profile"] = _profile(
+        step_1=5.5, step_8=10.7, growth=1.2, prefill_16=7.3, prefill_128=55.0
+    )
+    name, why = choose_variant(
+        report, "gpt2", "auto", "cpu", Workload(prompt_tokens=16, new_tokens=64, streams=1)
+    )
+    assert name == "fp32+int8"
+    assert why["routing"]["companion_prefill"] is True
+    assert 2 <= why["routing"]["companion_from_rows"] <= 8
+    assert "int8 (sharing its KV slots) runs the prefills" in describe("gpt2", name, why)
+    # Each graph alone is slower than the pair: the pair is chosen at 4 streams too.
+    assert choose_variant(report, "gpt2", "auto", "cpu")[0] == "fp32+int8"
+    with pytest.raises(BuildError, match="int9 is not in the export"):
+        choose_variant(report, "gpt2", "fp32+int9", "cpu")
+    with pytest.raises(BuildError, match="needs two ONNX Runtime CPU variants"):
+        choose_variant(report, "gpt2", "fp32+int8", "gpu")
+    with open(exports["gpt2"] / "export_report.json") as f:
+        original = f.read()
+    try:  # the builder reads the report from the export folder
+        (exports["gpt2"] / "export_report.json").write_text(json.dumps(report))
+        built = build_repository(
+            [exports["gpt2"]], tmp_path / "repo", BuildOptions(variant="fp32+int8", intra_op_threads=1)
+        )
+    finally:
+        (exports["gpt2"] / "export_report.json").write_text(original)
+    version = built[0].path
+    assert built[0].variant == "fp32+int8"
+    assert (version / "companion.onnx").read_bytes() == (exports["gpt2"] / "int8" / "gpt2.onnx").read_bytes()
+    cfg = read_config(version.parent)
+    assert cfg.parameters["companion_prefill"].string_value == "true"
+    assert cfg.parameters["companion_from_rows"].string_value == str(why["routing"]["companion_from_rows"])
+    meta = json.loads((version / "aigc_version.json").read_text())
+    assert meta["companion"] == "int8" and meta["companion_fidelity"]["perplexity"] > 0
 
 
 def test_gpt2_engine_settings_reach_the_config_and_build_reports_the_cache(exports, tmp_path):

@@ -94,6 +94,10 @@ class EngineConfig:
     max_queue: int = 64  # requests waiting for a slot before new ones are refused
     max_request_seconds: float = 300.0
     cuda_graph: bool = False  # on a GPU: replay captured CUDA graphs for decode steps
+    # A CPU version folder with `companion.onnx`: it runs the prefills and/or the decode steps
+    # of at least this many rows (0 = none), where the build measured it faster.
+    companion_prefill: bool = False
+    companion_from_rows: int = 0
 
     def check(self, n_positions: int) -> None:
         if not 1 <= self.slots <= 1024:
@@ -186,6 +190,8 @@ class OrtGpt2:
         intra_op_threads: int = 0,
         providers=None,
         cuda_graph: bool = False,
+        companion_prefill: bool = False,
+        companion_from_rows: int = 0,
     ):
         import onnxruntime as ort
 
@@ -212,6 +218,16 @@ class OrtGpt2:
             ]
         self.session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=providers)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        # A companion graph (`companion.onnx`: the same model with other weights, e.g. int8
+        # beside int4) shares the KV slots: it runs the prefills and/or the decode steps from
+        # `companion_from_rows` rows, where its measured profile is faster (`aigc build`).
+        self.companion = None
+        self.companion_prefill = False
+        self.companion_from_rows = 0
+        companion = os.path.join(model_dir, "companion.onnx")
+        if os.path.isfile(companion) and self.device == "cpu" and (companion_prefill or companion_from_rows):
+            self.companion = ort.InferenceSession(companion, opts, providers=providers)
+            self.companion_prefill, self.companion_from_rows = companion_prefill, companion_from_rows
         if "CUDAExecutionProvider" in providers and self.device != "cuda":
             raise RuntimeError(
                 f"CUDA was asked for but this onnxruntime ({ort.__version__} at {os.path.dirname(ort.__file__)}) "
@@ -274,6 +290,13 @@ class OrtGpt2:
         return (
             f"onnxruntime {ort.__version__} from {os.path.dirname(ort.__file__)}, "
             f"providers {self.session.get_providers()}"
+            + (
+                f"; companion graph for {'prefills' if self.companion_prefill else ''}"
+                f"{' and ' if self.companion_prefill and self.companion_from_rows else ''}"
+                f"{f'decode steps of {self.companion_from_rows}+ rows' if self.companion_from_rows else ''}"
+                if self.companion is not None
+                else ""
+            )
         )
 
     def _bind_kv(self, binding, first_slot: int, rows: int) -> None:
@@ -307,10 +330,15 @@ class OrtGpt2:
                 "last_logits", self.device, 0, np.float32, [rows, self.vocab], self._logits_dev.data_ptr()
             )
 
+    def _decode_session(self, rows: int):
+        if self.companion is not None and self.companion_from_rows and rows >= self.companion_from_rows:
+            return self.companion
+        return self.session
+
     def _decode_binding(self, rows: int):
         binding = self._decode_bindings.get(rows)
         if binding is None:
-            binding = self.session.io_binding()
+            binding = self._decode_session(rows).io_binding()
             shapes = {"input_ids": [rows, 1], "position_ids": [rows, 1], "seqlens_k": [rows]}
             hosts = {"input_ids": self._ids, "position_ids": self._pos, "seqlens_k": self._seqlens}
             for name, host in hosts.items():
@@ -349,7 +377,7 @@ class OrtGpt2:
         if self._graphs:
             self.session.run_with_iobinding(self._decode_binding(n), self._graph_options(n))
             return self._tokens_dev.numpy()[:n], lambda: self._logits_rows(n)
-        self.session.run_with_iobinding(self._decode_binding(n))
+        self._decode_session(n).run_with_iobinding(self._decode_binding(n))
         return self._tokens[:n].copy(), lambda: self._logits_rows(n)
 
     def prefill(
@@ -367,9 +395,10 @@ class OrtGpt2:
         each written at positions `start..start+t-1`; returns greedy tokens (k,) and a function
         giving the (k, vocab) logits."""
         k, t = ids.shape
+        session = self.companion if self.companion_prefill else self.session
         binding = self._prefill_bindings.get((first_slot, k))
         if binding is None:
-            binding = self.session.io_binding()
+            binding = session.io_binding()
             self._bind_kv(binding, first_slot, k)
             self._bind_outputs(binding, k)
             self._prefill_bindings[(first_slot, k)] = binding
@@ -380,7 +409,7 @@ class OrtGpt2:
         )
         binding.bind_cpu_input("seqlens_k", np.full(k, start + t - 1, np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(start + t, np.int32))
-        self.session.run_with_iobinding(binding, self._graph_options(-1) if self._graphs else None)
+        session.run_with_iobinding(binding, self._graph_options(-1) if self._graphs else None)
         return self._tokens[:k].copy(), lambda: self._logits_rows(k)
 
     def _logits_rows(self, n: int) -> np.ndarray:
@@ -711,6 +740,15 @@ def load_engine(
             from gpt2_openvino import OvGpt2
         model = OvGpt2(model_dir, config.slots, max_len, intra_op_threads)
     else:
-        model = OrtGpt2(model_dir, config.slots, max_len, intra_op_threads, providers, config.cuda_graph)
+        model = OrtGpt2(
+            model_dir,
+            config.slots,
+            max_len,
+            intra_op_threads,
+            providers,
+            config.cuda_graph,
+            config.companion_prefill,
+            config.companion_from_rows,
+        )
     tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     return Engine(model, tokenizer, config, sink, clock)

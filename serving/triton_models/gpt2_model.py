@@ -141,6 +141,8 @@ class TritonPythonModel:
             max_queue=_param(config, "max_queue_size", 64),
             max_request_seconds=_param(config, "max_request_seconds", 300.0),
             cuda_graph=_param(config, "cuda_graph", "false").lower() == "true",
+            companion_prefill=_param(config, "companion_prefill", "false").lower() == "true",
+            companion_from_rows=_param(config, "companion_from_rows", 0),
         )
         providers = None
         if args.get("model_instance_kind") == "GPU":

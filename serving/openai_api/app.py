@@ -1,0 +1,452 @@
+"""The OpenAI-compatible HTTP frontend: FastAPI over the Triton server's gRPC API.
+
+Threads: the event loop never waits on gRPC. The model index and configs come from
+tritonclient's asyncio client; a generation runs `AigcClient.generate_text` (a blocking
+iterator) on a worker thread of its own, which hands each delta to the loop through an
+asyncio queue. When the HTTP client goes away mid-request (Starlette cancels the stream's
+task; a waiting handler polls `request.is_disconnected()`), the worker stops at the next
+delta and closes the client's generator, which cancels the request on the server and so
+frees its KV slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from aigc.errors import ClientError, ServerError
+from serving.client import AigcClient
+from serving.openai_api.protocol import (
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
+    SSE_DONE,
+    APIError,
+    ChatTemplate,
+    Generation,
+    ResponseWriter,
+    bad_request,
+    finish_reason,
+    model_not_found,
+    parse_chat,
+    parse_completion,
+    server_error,
+    sse,
+    usage,
+)
+from serving.triton_models.sampling import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+# How often a handler waiting for the next delta checks that its HTTP client is still there.
+DISCONNECT_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A served text model's version with what the frontend needs from its repository folder."""
+
+    name: str
+    version: str
+    tokenizer: object  # tokenizers.Tokenizer, the server's own tokenizer.json
+    template: ChatTemplate
+    window: int  # positions a request may fill: prompt + max_tokens
+    max_tokens_limit: int
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text).ids) if text else 0
+
+    def default_max_tokens(self, gen: Generation, prompt_tokens: int) -> int:
+        """Completions: OpenAI's 16. Chat: what fits the window (at least 1, so that an
+        overlong prompt gets the server's own error naming its length)."""
+        if gen.kind == "completion":
+            return min(COMPLETIONS_DEFAULT_MAX_TOKENS, self.max_tokens_limit)
+        return max(1, min(self.max_tokens_limit, self.window - prompt_tokens))
+
+
+class TritonModels:
+    """The server's text models (those with the `text_input` / `text_output` interface):
+    READY entries of Triton's repository index, asked on every request so that a version
+    switch (`aigc build --url`, `aigc rollback`) is followed; a version's tokenizer, limits
+    and chat template are read once."""
+
+    def __init__(self, url: str, repository: Path, timeout_s: float = 10.0):
+        self.url, self.repository, self.timeout_s = url, Path(repository), timeout_s
+        self._client = None
+        self._is_text: dict[tuple[str, str], bool] = {}
+        self._loaded: dict[tuple[str, str], ServedModel] = {}
+
+    def _grpc(self):
+        if self._client is None:  # created on the event loop it will run on
+            import tritonclient.grpc.aio as grpcaio
+
+            self._client = grpcaio.InferenceServerClient(self.url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    async def _ask(self, method: str, *args, **kwargs):
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return await getattr(self._grpc(), method)(
+                *args, as_json=True, client_timeout=self.timeout_s, **kwargs
+            )
+        except InferenceServerException as exc:
+            status = 503 if str(exc.status()) == "StatusCode.UNAVAILABLE" else 500
+            raise APIError(
+                status, f"the inference server at {self.url}: {exc.message()}", type="server_error"
+            ) from None
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._grpc().is_server_ready(client_timeout=self.timeout_s))
+        except Exception:  # unreachable counts as not ready
+            return False
+
+    async def text_models(self) -> list[tuple[str, str]]:
+        """(name, version) of every READY text model; the newest version where several are."""
+        index = await self._ask("get_model_repository_index")
+        newest: dict[str, str] = {}
+        for entry in index.get("models", []):
+            name, version = entry.get("name"), entry.get("version", "")
+            if entry.get("state") != "READY" or not version:
+                continue
+            if (name, version) not in self._is_text:
+                meta = await self._ask("get_model_metadata", name, model_version=version)
+                inputs = {i["name"] for i in meta.get("inputs", [])}
+                outputs = {o["name"] for o in meta.get("outputs", [])}
+                self._is_text[(name, version)] = "text_input" in inputs and "text_output" in outputs
+            if self._is_text[(name, version)] and int(version) > int(newest.get(name, "0")):
+                newest[name] = version
+        return sorted(newest.items())
+
+    async def get(self, name: str) -> ServedModel:
+        served = dict(await self.text_models())
+        if name not in served:
+            raise model_not_found(name, sorted(served))
+        key = (name, served[name])
+        if key not in self._loaded:
+            config = await self._ask("get_model_config", name, model_version=served[name])
+            self._loaded[key] = await asyncio.to_thread(self._load, name, served[name], config["config"])
+        return self._loaded[key]
+
+    def _load(self, name: str, version: str, config: dict) -> ServedModel:
+        from tokenizers import Tokenizer
+
+        folder = self.repository / name / version
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        try:
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            info = json.loads((folder / "model_info.json").read_text())
+            template = ChatTemplate.from_parameters(params)
+        except Exception as exc:  # missing or unreadable files, a bad template parameter
+            raise APIError(
+                500, f"model {name} version {version} in {self.repository}: {exc}", type="server_error"
+            ) from None
+        window = int(info["n_positions"])
+        if int(params.get("kv_max_len") or 0) > 0:
+            window = min(window, int(params["kv_max_len"]))
+        return ServedModel(
+            name=name,
+            version=version,
+            tokenizer=tokenizer,
+            template=template,
+            window=window,
+            max_tokens_limit=int(params.get("max_tokens_limit") or 512),
+        )
+
+
+class _ClientGone(Exception):
+    """The HTTP client disconnected; its generation has been cancelled."""
+
+
+class _Run:
+    """One generation on a worker thread (the gRPC client's iterator blocks); its events reach
+    the event loop through a queue: ("delta", text), ("end", None) or ("error", message)."""
+
+    def __init__(self, client: AigcClient, model: str, prompt: str, params: SamplingParams):
+        self.client, self.model, self.prompt, self.params = client, model, prompt, params
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self._get: asyncio.Future | None = None
+        threading.Thread(target=self._work, name="openai-generation", daemon=True).start()
+
+    def _put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop has closed (frontend stopping): nobody is listening
+            self.cancelled.set()
+
+    def _work(self) -> None:
+        deltas, n = None, 0
+        try:
+            p = self.params
+            deltas = self.client.generate_text(
+                self.prompt,
+                max_tokens=p.max_tokens,
+                temperature=p.temperature,
+                top_k=p.top_k,
+                top_p=p.top_p,
+                seed=p.seed,
+                stop=list(p.stop) or None,
+                ignore_eos=p.ignore_eos,
+                stream=True,
+                model=self.model,
+            )
+            for delta in deltas:
+                if self.cancelled.is_set():
+                    logger.info("HTTP client went away after %d deltas: cancelling its Triton request", n)
+                    break
+                n += 1
+                self._put(("delta", delta))
+            else:
+                self._put(("end", None))
+        except ClientError as exc:
+            self._put(("error", str(exc)))
+        except Exception as exc:  # a bug here must still answer the HTTP request
+            logger.exception("generation failed")
+            self._put(("error", f"internal error: {exc}"))
+        finally:
+            if deltas is not None:
+                deltas.close()  # before the final response: stops the stream with cancel_requests
+
+    async def next(self, request: Request) -> tuple[str, str | None]:
+        """The next event; _ClientGone (the generation cancelled) if the client disconnects."""
+        while True:
+            if self._get is None:
+                self._get = asyncio.ensure_future(self.queue.get())
+            done, _ = await asyncio.wait({self._get}, timeout=DISCONNECT_POLL_S)
+            if done:
+                item, self._get = self._get.result(), None
+                return item
+            if await request.is_disconnected():
+                self.cancel()
+                raise _ClientGone
+
+    def cancel(self) -> None:
+        """Stop the generation (no-op once it has ended); safe to call from `finally`."""
+        self.cancelled.set()
+        if self._get is not None:
+            self._get.cancel()
+
+
+def create_app(grpc_url: str, repository: Path, timeout_s: float = 600.0) -> FastAPI:
+    """The FastAPI app for the Triton server at `grpc_url` serving `repository`.
+    `timeout_s`: longest wait for a model's next response (queued requests included)."""
+    models = TritonModels(grpc_url, repository)
+    client = AigcClient(grpc_url, timeout_s=timeout_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await models.close()
+        client.close()
+
+    app = FastAPI(title="aigc-serve OpenAI-compatible API", lifespan=lifespan)
+    app.state.models = models
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            APIError(500, f"internal error: {exc}", type="server_error").body(), status_code=500
+        )
+
+    @app.get("/health")
+    async def health() -> Response:
+        ok = await models.ready()
+        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    def model_card(name: str, version: str) -> dict:
+        folder = Path(repository) / name / version  # created: when its version was built
+        created = int(folder.stat().st_mtime) if folder.is_dir() else 0
+        return {"id": name, "object": "model", "created": created, "owned_by": "aigc-serve"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [model_card(*m) for m in await models.text_models()]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str) -> dict:
+        served = await models.get(name)
+        return model_card(served.name, served.version)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await generate(request, parse_completion(await _json(request)))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, parse_chat(await _json(request)))
+
+    async def generate(request: Request, gen: Generation) -> Response:
+        model = await models.get(gen.model)
+        if gen.kind == "chat":
+            gen = replace(gen, prompt=model.template.render(gen.messages))
+        prompt_tokens = model.count(gen.prompt)
+        params = gen.params(model.default_max_tokens(gen, prompt_tokens), model.max_tokens_limit)
+        run = _Run(client, model.name, gen.prompt, params)
+        try:
+            first = await run.next(request)  # an error before any text keeps its HTTP status
+        except _ClientGone:
+            return Response(status_code=499)
+        if first[0] == "error":
+            raise server_error(first[1], gen)
+        writer = ResponseWriter(gen)
+        if gen.stream:
+            events = _events(request, run, first, gen, writer, model, prompt_tokens, params.max_tokens)
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        parts, item = [], first
+        try:
+            while item[0] == "delta":
+                parts.append(item[1])
+                item = await run.next(request)
+        except _ClientGone:
+            return Response(status_code=499)
+        if item[0] == "error":
+            raise server_error(item[1], gen)
+        text = "".join(parts)
+        completion_tokens = model.count(text)
+        reason = finish_reason(completion_tokens, params.max_tokens)
+        body = writer.response(
+            gen.prompt + text if gen.echo else text, reason, usage(prompt_tokens, completion_tokens)
+        )
+        return JSONResponse(body)
+
+    return app
+
+
+async def _events(
+    request: Request,
+    run: _Run,
+    item: tuple[str, str | None],
+    gen: Generation,
+    writer: ResponseWriter,
+    model: ServedModel,
+    prompt_tokens: int,
+    max_tokens: int,
+) -> AsyncIterator[bytes]:
+    """Server-sent events of one stream. Starlette cancels this generator's task when the
+    client disconnects; `finally` then cancels the generation."""
+    parts = []
+    try:
+        if gen.kind == "chat":
+            yield sse(writer.chunk(first=True))
+        if gen.echo:
+            yield sse(writer.chunk(gen.prompt))
+        while True:
+            kind, value = item
+            if kind == "delta":
+                parts.append(value)
+                yield sse(writer.chunk(value))
+            elif kind == "error":  # after text went out the status is sent: OpenAI's error event
+                yield sse(server_error(value, gen).body())
+                break
+            else:
+                completion_tokens = model.count("".join(parts))
+                yield sse(writer.chunk(reason=finish_reason(completion_tokens, max_tokens)))
+                if gen.include_usage:
+                    yield sse(writer.usage_chunk(usage(prompt_tokens, completion_tokens)))
+                break
+            item = await run.next(request)
+        yield SSE_DONE
+    except _ClientGone:
+        return
+    finally:
+        run.cancel()
+
+
+async def _json(request: Request):
+    try:
+        return json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the request body is not valid JSON ({exc})", None) from None
+
+
+class OpenAIFrontend:
+    """uvicorn serving `create_app` on a thread of its own, beside the Triton server; port 0
+    picks a free port. The socket is bound here, so a taken port is a ServerError."""
+
+    def __init__(
+        self,
+        grpc_url: str,
+        repository: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        graceful_s: float = 30.0,
+    ):
+        self.grpc_url, self.repository, self.host, self.port = grpc_url, Path(repository), host, port
+        self.graceful_s = graceful_s
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> OpenAIFrontend:
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            sock = socket.create_server((self.host, self.port), family=family)
+        except OSError as exc:
+            raise ServerError(
+                f"port {self.port} (OpenAI API) on {self.host} is not available ({exc.strerror}); "
+                "stop what holds it or pass another --openai-port"
+            ) from None
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.grpc_url, self.repository),
+            host=self.host,
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(self.graceful_s),
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="openai-frontend", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise ServerError(f"the OpenAI API frontend on {self.url} did not start")
+            time.sleep(0.01)
+        logger.info("OpenAI-compatible API on %s/v1 (Triton gRPC %s)", self.url, self.grpc_url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout=self.graceful_s + 5)
+        self._server = None
+
+    def __enter__(self) -> OpenAIFrontend:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

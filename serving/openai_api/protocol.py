@@ -1,0 +1,343 @@
+"""OpenAI's request and response shapes, mapped onto the served text model's interface.
+
+Plain functions and dataclasses (no FastAPI, no Triton) so that tests can call them without a
+server. A request becomes one `Generation`: the prompt text the server receives and the
+sampling fields that `SamplingParams` (the client's and the server's one validated object)
+checks; OpenAI's own limits (n = 1, temperature 0..2) are checked here first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from serving.triton_models.sampling import SAMPLING_KEYS, RequestError, SamplingParams
+
+# OpenAI's documented default for /v1/completions; chat defaults to what fits the window.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+OPENAI_MAX_TEMPERATURE = 2.0
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+# Fields of OpenAI's requests this server cannot honour: accepted only at a value that asks
+# for nothing (what the official clients send when the caller leaves them out).
+_NEUTRAL = {
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "parallel_tool_calls": (None, False, True),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+}
+# Bookkeeping fields with no effect on the text: accepted and ignored.
+_IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key", "verbosity")
+# vLLM's extra sampling fields (the openai client sends them through `extra_body`).
+_EXTRA_SAMPLING = ("top_k", "ignore_eos")
+_COMMON = ("model", "stream", "stream_options", "n", "seed", "stop", "temperature", "top_p", "max_tokens")
+COMPLETION_FIELDS = frozenset(_COMMON + ("prompt", "echo") + _EXTRA_SAMPLING)
+CHAT_FIELDS = frozenset(_COMMON + ("messages", "max_completion_tokens") + _EXTRA_SAMPLING)
+
+
+class APIError(Exception):
+    """An error answered as OpenAI's error object with an HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None) -> APIError:
+    return APIError(400, message, param=param)
+
+
+def model_not_found(model: str, served: list[str]) -> APIError:
+    return APIError(
+        404,
+        f"The model '{model}' does not exist or is not a text model; served text models: "
+        f"{', '.join(served) or 'none'}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """GPT-2 has no chat format of its own: each message is `message` with `{role}` and
+    `{content}` replaced, then `generation` starts the assistant's turn. The served model's
+    config.pbtxt parameters `chat_message_template` and `chat_generation_prompt` override
+    the defaults."""
+
+    message: str = "{role}: {content}\n"
+    generation: str = "assistant:"
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, str]) -> ChatTemplate:
+        default = cls()
+        message = parameters.get("chat_message_template") or default.message
+        if "{content}" not in message:
+            raise ValueError(f"chat_message_template must contain {{content}}, got {message!r}")
+        return cls(message, parameters.get("chat_generation_prompt", default.generation))
+
+    def render(self, messages) -> str:
+        """`messages`: (role, content) pairs."""
+        # str.replace, not str.format: braces in a message are text, not fields.
+        turns = (self.message.replace("{role}", r).replace("{content}", c) for r, c in messages)
+        return "".join(turns) + self.generation
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One checked request: what goes to the server and how the answer is shaped."""
+
+    kind: str  # "completion" | "chat"
+    model: str
+    prompt: str  # the text the server receives (chat: set by `ChatTemplate.render(messages)`)
+    sampling: dict  # SamplingParams fields; max_tokens None = the endpoint's default
+    stream: bool
+    include_usage: bool
+    echo: bool = False
+    max_tokens_field: str = "max_tokens"  # how the caller named it, for error messages
+    messages: tuple[tuple[str, str], ...] = ()  # chat: (role, content) pairs
+
+    def params(self, default_max_tokens: int, max_tokens_limit: int | None = None) -> SamplingParams:
+        fields = dict(self.sampling)
+        if fields.get("max_tokens") is None:
+            fields["max_tokens"] = default_max_tokens
+        return check_sampling(fields, self.max_tokens_field, max_tokens_limit)
+
+
+def check_sampling(
+    fields: dict, max_tokens_field: str = "max_tokens", max_tokens_limit: int | None = None
+) -> SamplingParams:
+    """SamplingParams' own checks, with the served model's max_tokens limit when known (the
+    server checks it again); a RequestError becomes a 400 naming the field."""
+    try:
+        return SamplingParams.from_dict(fields, max_tokens_limit=max_tokens_limit)
+    except RequestError as exc:
+        raise field_error(str(exc), max_tokens_field) from None
+
+
+def field_error(message: str, max_tokens_field: str = "max_tokens", prompt_field: str = "prompt") -> APIError:
+    """A 400 for a RequestError message (client- or server-side), `param` set from the field
+    it names (its first word) in OpenAI's spelling."""
+    head = message.split(" ", 1)[0].rstrip(":")
+    if head == "max_tokens" and max_tokens_field != "max_tokens":
+        message = max_tokens_field + message[len("max_tokens") :]
+        head = max_tokens_field
+    elif head == "text_input":
+        head = prompt_field
+    elif head not in SAMPLING_KEYS:
+        head = None
+    return bad_request(message, head)
+
+
+def server_error(message: str, gen: Generation) -> APIError:
+    """The APIError for an error the server (or the client on its behalf) answered."""
+    if message.startswith(("server busy", "server is shutting down")):
+        return APIError(503, message, type="server_error", code="server_busy")
+    if message.startswith("Request for unknown model"):  # unloaded since it was looked up
+        return APIError(404, message, param="model", code="model_not_found")
+    if message.split(" ", 1)[0].rstrip(":") in (*SAMPLING_KEYS, "text_input", "sampling_parameters"):
+        return field_error(message, gen.max_tokens_field, "messages" if gen.kind == "chat" else "prompt")
+    if "StatusCode.UNAVAILABLE" in message or "failed to connect" in message:
+        return APIError(503, f"the inference server is unreachable: {message}", type="server_error")
+    return APIError(500, message, type="server_error")
+
+
+def _check_object(body) -> dict:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", None)
+    return body
+
+
+def _check_fields(body: dict, allowed: frozenset) -> None:
+    for key, value in body.items():
+        if key in allowed or key in _IGNORED:
+            continue
+        if key in _NEUTRAL:
+            if value not in _NEUTRAL[key]:
+                raise bad_request(f"{key} is not supported by this server (got {value!r})", key)
+            continue
+        raise bad_request(f"Unrecognized request argument supplied: {key}", key)
+
+
+def _common(body: dict) -> tuple[str, dict, bool, bool]:
+    """(model, sampling fields, stream, include_usage) of either endpoint."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("model is required: the name of a served text model (GET /v1/models)", "model")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise bad_request(f"n must be 1 (one choice per request on this server), got {n!r}", "n")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request(f"stream must be true or false, got {stream!r}", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request(
+            'stream_options must be an object such as {"include_usage": true}', "stream_options"
+        )
+    include_usage = bool((options or {}).get("include_usage", False))
+    sampling = {k: body[k] for k in ("temperature", "top_p", "seed", "stop") + _EXTRA_SAMPLING if k in body}
+    sampling = {k: v for k, v in sampling.items() if v is not None}
+    if isinstance(sampling.get("stop"), list) and not sampling["stop"]:
+        del sampling["stop"]
+    t = sampling.get("temperature")
+    # OpenAI's range is narrower than SamplingParams' [0, 100]: say OpenAI's.
+    if t is not None and not (
+        isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= OPENAI_MAX_TEMPERATURE
+    ):
+        raise bad_request(
+            f"temperature must be a number in 0..{OPENAI_MAX_TEMPERATURE:g} (0 = greedy), got {t!r}",
+            "temperature",
+        )
+    check_sampling(sampling)  # types and ranges: SamplingParams' own checks
+    return model, sampling, bool(stream), include_usage
+
+
+def parse_completion(body) -> Generation:
+    body = _check_object(body)
+    _check_fields(body, COMPLETION_FIELDS)
+    model, sampling, stream, include_usage = _common(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise bad_request(
+            "prompt must be a non-empty string (or a list holding one; token-id prompts are not supported)",
+            "prompt",
+        )
+    echo = body.get("echo") or False
+    if not isinstance(echo, bool):
+        raise bad_request(f"echo must be true or false, got {echo!r}", "echo")
+    sampling["max_tokens"] = body.get("max_tokens")
+    return Generation("completion", model, prompt, sampling, stream, include_usage, echo)
+
+
+def parse_chat(body) -> Generation:
+    """The prompt is left empty: the served model's ChatTemplate renders `messages` into it."""
+    body = _check_object(body)
+    _check_fields(body, CHAT_FIELDS)
+    model, sampling, stream, include_usage = _common(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages must be a non-empty list of {role, content} objects", "messages")
+    turns = tuple(_message(i, m) for i, m in enumerate(messages))
+    field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    sampling["max_tokens"] = body.get(field)
+    return Generation(
+        "chat", model, "", sampling, stream, include_usage, max_tokens_field=field, messages=turns
+    )
+
+
+def _message(i: int, m) -> tuple[str, str]:
+    where = f"messages[{i}]"
+    if not isinstance(m, dict):
+        raise bad_request(f"{where} must be an object with role and content", "messages")
+    role = m.get("role")
+    if role not in CHAT_ROLES:
+        raise bad_request(f"{where}.role must be one of {', '.join(CHAT_ROLES)}, got {role!r}", "messages")
+    content = m.get("content")
+    if isinstance(content, list):  # content parts: only text ones can reach GPT-2
+        if not all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content
+        ):
+            raise bad_request(f"{where}.content: only text parts are supported", "messages")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise bad_request(f"{where}.content must be a string or a list of text parts", "messages")
+    return role, content
+
+
+# -- responses --------------------------------------------------------------------------
+def finish_reason(completion_tokens: int, max_tokens: int) -> str:
+    """ "length" when the text reached max_tokens, else "stop" (end of text or a stop string).
+    The server streams text, not token ids: the count is the text re-encoded by the model's
+    tokenizer, which is the generated count whenever the text encodes back to the same ids."""
+    return "length" if completion_tokens >= max_tokens else "stop"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+class ResponseWriter:
+    """Builds one request's response or stream chunks in OpenAI's format."""
+
+    def __init__(self, gen: Generation):
+        self.gen = gen
+        prefix, self.object = (
+            ("chatcmpl", "chat.completion") if gen.kind == "chat" else ("cmpl", "text_completion")
+        )
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _envelope(self, obj: str, choices: list, extra: dict | None = None) -> dict:
+        out = {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.gen.model,
+            "choices": choices,
+        }
+        out.update(extra or {})
+        return out
+
+    def response(self, text: str, reason: str, counts: dict) -> dict:
+        if self.gen.kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None}
+        choice["finish_reason"] = reason
+        return self._envelope(self.object, [choice], {"usage": counts})
+
+    def chunk(self, text: str | None = None, reason: str | None = None, first: bool = False) -> dict:
+        if self.gen.kind == "chat":
+            delta = {"role": "assistant", "content": ""} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            return self._envelope("chat.completion.chunk", [choice])
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+        return self._envelope("text_completion", [choice])
+
+    def usage_chunk(self, counts: dict) -> dict:
+        obj = "chat.completion.chunk" if self.gen.kind == "chat" else "text_completion"
+        return self._envelope(obj, [], {"usage": counts})
+
+
+def sse(data: dict | str) -> bytes:
+    """One server-sent event: `data: <json>` and a blank line."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+SSE_DONE = sse("[DONE]")
