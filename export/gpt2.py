@@ -41,10 +41,7 @@ def load_gpt2_checkpoint(path: Path):
         raise CheckpointError(
             f"checkpoint {path}: model.safetensors missing (only safetensors weights are loaded)"
         )
-    if not (path / "tokenizer.json").is_file():
-        raise CheckpointError(
-            f"checkpoint {path}: tokenizer.json missing (save the tokenizer with save_pretrained)"
-        )
+    tokenizer_files(path)  # refuse a folder without a tokenizer before loading the weights
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -221,19 +218,62 @@ def export_gpt2_fp32(checkpoint: Path, out_file: Path, hf_model=None) -> dict:
     return model_info(model.config)
 
 
+def tokenizer_files(checkpoint: Path) -> list[Path]:
+    """The tokenizer files of a GPT-2 folder: `tokenizer.json` (the fast tokenizer), else the
+    classic `vocab.json` + `merges.txt` (older `save_pretrained` folders, the slow tokenizer)."""
+    checkpoint = Path(checkpoint)
+    fast = checkpoint / "tokenizer.json"
+    if fast.is_file():
+        return [fast]
+    classic = [checkpoint / "vocab.json", checkpoint / "merges.txt"]
+    if all(f.is_file() for f in classic):
+        return classic
+    missing = ", ".join(f.name for f in classic if not f.is_file())
+    raise CheckpointError(
+        f"checkpoint {checkpoint}: no tokenizer: needs tokenizer.json, or vocab.json + merges.txt "
+        f"({missing} missing); save the tokenizer with save_pretrained"
+    )
+
+
+def load_gpt2_tokenizer(checkpoint: Path):
+    """The checkpoint's tokenizer as a `tokenizers.Tokenizer`, which is what the server runs.
+
+    A classic folder (vocab.json + merges.txt) is converted by `transformers`: its
+    `GPT2TokenizerFast` builds the byte-level BPE from the two files and the folder's
+    tokenizer_config.json (special tokens, add_prefix_space), exactly the tokenizer that
+    `AutoTokenizer.from_pretrained` gives for the folder."""
+    from tokenizers import Tokenizer
+
+    files = tokenizer_files(checkpoint)
+    if files[0].name == "tokenizer.json":
+        try:
+            return Tokenizer.from_file(str(files[0]))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad files
+            raise CheckpointError(f"checkpoint {files[0]}: unreadable tokenizer ({exc})") from exc
+    from transformers import GPT2TokenizerFast
+
+    try:
+        tok = GPT2TokenizerFast.from_pretrained(str(checkpoint), local_files_only=True)
+    except Exception as exc:  # JSON, OSError or the converter's errors
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: cannot build a tokenizer from vocab.json + merges.txt ({exc})"
+        ) from exc
+    logger.info("converted %s (vocab.json + merges.txt) to tokenizer.json", checkpoint)
+    return tok.backend_tokenizer
+
+
 def write_gpt2_assets(checkpoint: Path, assets_dir: Path, info: dict) -> dict:
     """tokenizer.json and model_info.json: what the server needs beside the graph.
 
+    A `tokenizer.json` is copied as it is; a classic tokenizer is converted once, here.
     Returns `info` with the EOS id the tokenizer really uses."""
-    from tokenizers import Tokenizer
-
     assets_dir.mkdir(parents=True, exist_ok=True)
-    src = Path(checkpoint) / "tokenizer.json"
-    try:
-        tok = Tokenizer.from_file(str(src))
-    except Exception as exc:  # tokenizers raises a bare Exception on bad files
-        raise CheckpointError(f"checkpoint {src}: unreadable tokenizer ({exc})") from exc
-    shutil.copyfile(src, assets_dir / "tokenizer.json")
+    tok = load_gpt2_tokenizer(checkpoint)
+    src = tokenizer_files(checkpoint)[0]
+    if src.name == "tokenizer.json":
+        shutil.copyfile(src, assets_dir / "tokenizer.json")
+    else:
+        tok.save(str(assets_dir / "tokenizer.json"))
     eos = tok.token_to_id("<|endoftext|>")
     info = dict(info, eos_token_id=info["eos_token_id"] if eos is None else eos)
     (assets_dir / "model_info.json").write_text(json.dumps(info, indent=2) + "\n")
