@@ -151,21 +151,15 @@ class TritonModels:
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             info = json.loads((folder / "model_info.json").read_text())
             template = ChatTemplate.from_parameters(params)
-        except Exception as exc:  # missing or unreadable files, a bad template parameter
+            window = int(info["n_positions"])
+            if int(params.get("kv_max_len") or 0) > 0:
+                window = min(window, int(params["kv_max_len"]))
+            max_tokens_limit = int(params.get("max_tokens_limit") or 512)
+        except Exception as exc:  # missing or unreadable files, a bad parameter
             raise APIError(
-                500, f"model {name} version {version} in {self.repository}: {exc}", type="server_error"
+                500, f"model {name} version {version} in {self.repository}: {exc!r}", type="server_error"
             ) from None
-        window = int(info["n_positions"])
-        if int(params.get("kv_max_len") or 0) > 0:
-            window = min(window, int(params["kv_max_len"]))
-        return ServedModel(
-            name=name,
-            version=version,
-            tokenizer=tokenizer,
-            template=template,
-            window=window,
-            max_tokens_limit=int(params.get("max_tokens_limit") or 512),
-        )
+        return ServedModel(name, version, tokenizer, template, window, max_tokens_limit)
 
 
 class _ClientGone(Exception):
@@ -221,7 +215,9 @@ class _Run:
             self._put(("error", f"internal error: {exc}"))
         finally:
             if deltas is not None:
-                deltas.close()  # before the final response: stops the stream with cancel_requests
+                # Closed before the server's final response, the client stops its gRPC
+                # stream with cancel_requests: the server ends the request and frees its slot.
+                deltas.close()
 
     async def next(self, request: Request) -> tuple[str, str | None]:
         """The next event; _ClientGone (the generation cancelled) if the client disconnects."""

@@ -1,0 +1,361 @@
+"""The OpenAI-compatible frontend (serving/openai_api) against the real Triton server through
+the real `openai` client; `aigc serve --openai-port` as a process for the disconnect test; the
+request parsing without a server."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from google.protobuf import text_format
+from tokenizers import Tokenizer
+
+from aigc.errors import ConfigError
+from serving.builder import BuildOptions, build_repository, read_config
+from serving.client import AigcClient
+from serving.openai_api import OpenAIFrontend
+from serving.openai_api.protocol import APIError, ChatTemplate, parse_chat, parse_completion
+
+PROMPT = "The class"
+N = 12
+
+
+def _newest_version(repository: Path, model: str = "gpt2") -> Path:
+    return max((p for p in (repository / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+@pytest.fixture(scope="module")
+def api(server, fp32_repository):
+    with OpenAIFrontend(server.grpc_url, fp32_repository) as frontend:
+        yield frontend
+
+
+@pytest.fixture()
+def oai(api):
+    return openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(fp32_repository):
+    return Tokenizer.from_file(str(_newest_version(fp32_repository) / "tokenizer.json"))
+
+
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer.encode(text).ids) if text else 0
+
+
+def _post(url: str, path: str, body, timeout: float = 60) -> tuple[int, dict]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        conn.request("POST", path, data, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+# -- against the live server -----------------------------------------------------------------
+@pytest.mark.server
+def test_models_lists_the_text_models_only(oai):
+    assert [m.id for m in oai.models.list().data] == ["gpt2"]  # not dcgan / vae_*
+    assert oai.models.retrieve("gpt2").id == "gpt2"
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("dcgan")
+
+
+@pytest.mark.server
+def test_completion_equals_the_client_with_usage(oai, client, tokenizer):
+    ref = client.generate_text(PROMPT, max_tokens=N, stream=False)
+    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, temperature=0)
+    assert r.object == "text_completion" and r.model == "gpt2" and len(r.choices) == 1
+    assert r.choices[0].text == ref
+    assert r.usage.prompt_tokens == _count(tokenizer, PROMPT)
+    assert r.usage.completion_tokens == _count(tokenizer, ref)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.choices[0].finish_reason == ("length" if r.usage.completion_tokens == N else "stop")
+
+    # EOS ignored (vLLM's extra field): exactly N tokens, finish_reason "length"
+    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == N and r.choices[0].finish_reason == "length"
+    assert r.choices[0].text == client.generate_text(PROMPT, max_tokens=N, ignore_eos=True, stream=False)
+
+    echoed = oai.completions.create(model="gpt2", prompt=[PROMPT], max_tokens=N, echo=True)
+    assert echoed.choices[0].text == PROMPT + ref
+
+
+@pytest.mark.server
+def test_completion_stream_equals_the_client(oai, client, tokenizer):
+    ref = client.generate_text(PROMPT, max_tokens=N, stream=False)
+    chunks = list(
+        oai.completions.create(
+            model="gpt2",
+            prompt=PROMPT,
+            max_tokens=N,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    *text_chunks, last, usage_chunk = chunks
+    assert len({c.id for c in chunks}) == 1
+    assert "".join(c.choices[0].text for c in text_chunks) == ref
+    assert all(c.choices[0].finish_reason is None for c in text_chunks)
+    assert last.choices[0].finish_reason in ("stop", "length") and last.choices[0].text == ""
+    assert usage_chunk.choices == []
+    assert usage_chunk.usage.prompt_tokens == _count(tokenizer, PROMPT)
+    assert usage_chunk.usage.completion_tokens == _count(tokenizer, ref)
+
+
+@pytest.mark.server
+def test_chat_uses_the_plain_template_and_equals_the_client(oai, client, tokenizer):
+    messages = [
+        {"role": "system", "content": "You write Python."},
+        {"role": "user", "content": "Define a class"},
+    ]
+    prompt = "system: You write Python.\nuser: Define a class\nassistant:"
+    ref = client.generate_text(prompt, max_tokens=N, stream=False)
+    r = oai.chat.completions.create(model="gpt2", messages=messages, max_completion_tokens=N)
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == ref
+    assert r.usage.prompt_tokens == _count(tokenizer, prompt)
+    assert r.usage.completion_tokens == _count(tokenizer, ref)
+
+    stream = oai.chat.completions.create(model="gpt2", messages=messages, max_tokens=N, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ref
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+
+
+@pytest.mark.server
+def test_stop_and_seed_map_onto_the_sampling_parameters(oai, client):
+    ref = client.generate_text(PROMPT, max_tokens=N, stream=False)
+    stop = ref[len(ref) // 2 : len(ref) // 2 + 3]
+    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, stop=["\x00never", stop])
+    assert r.choices[0].text == ref[: ref.find(stop)] and r.choices[0].finish_reason == "stop"
+
+    sampled = dict(temperature=0.9, top_p=0.95, seed=7)
+    a = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, **sampled)
+    b = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, **sampled)
+    assert a.choices[0].text == b.choices[0].text
+    assert a.choices[0].text == client.generate_text(PROMPT, max_tokens=N, stream=False, **sampled)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    "fields, param, words",
+    [
+        ({"temperature": 5}, "temperature", ["temperature", "0..2"]),
+        ({"top_p": 0}, "top_p", ["top_p", "(0, 1]"]),
+        ({"n": 2}, "n", ["n must be 1"]),
+        ({"max_tokens": 0}, "max_tokens", ["max_tokens", "1..127"]),
+        ({"max_tokens": 1000}, "max_tokens", ["max_tokens", "1..127"]),
+        ({"prompt": "x " * 200}, "prompt", ["text_input has 400 tokens", "limit is 127"]),  # the server's
+        ({"max_tokens": 127}, "max_tokens", ["context window of 128"]),  # the server's
+        ({"logprobs": 2}, "logprobs", ["not supported"]),
+        ({"stream": True, "temperature": -1}, "temperature", ["0..2"]),
+    ],
+)
+def test_bad_completion_fields_are_400s_naming_the_field(oai, fields, param, words):
+    args = {"model": "gpt2", "prompt": PROMPT, "max_tokens": 4} | fields
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.completions.create(**args)
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == param and err.value.body["type"] == "invalid_request_error"
+    for w in words:
+        assert w in err.value.body["message"]
+
+
+@pytest.mark.server
+def test_bad_chat_fields_unknown_models_and_bad_json(oai, api):
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(
+            model="gpt2", messages=[{"role": "user", "content": "x"}], max_completion_tokens=0
+        )
+    assert err.value.body["param"] == "max_completion_tokens"
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(model="gpt2", messages=[{"role": "robot", "content": "x"}])
+    assert err.value.body["param"] == "messages" and "role" in err.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as err:
+        oai.completions.create(model="gpt-4o", prompt=PROMPT)
+    assert err.value.body["code"] == "model_not_found" and "gpt2" in err.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        oai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}], stream=True)
+    status, body = _post(api.url, "/v1/completions", b"{not json")
+    assert status == 400 and set(body["error"]) == {"message", "type", "param", "code"}
+    # the server answers as usual afterwards
+    assert oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=2).choices[0].text is not None
+
+
+CUSTOM_TEMPLATE = {
+    "chat_message_template": "<{role}>{content}</{role}>\n",
+    "chat_generation_prompt": "<assistant>",
+}
+
+
+@pytest.fixture(scope="module")
+def one_slot_serve(exports, tmp_path_factory):
+    """`aigc serve --openai-port 0` as a process over a GPT-2 with one KV slot and no wait queue
+    (a second request while one runs gets 'server busy') and a chat template of its own in
+    config.pbtxt. Yields (OpenAI API URL, Triton gRPC address, the process's log lines)."""
+    repo = tmp_path_factory.mktemp("one-slot") / "model_repository"
+    build_repository(
+        [exports["gpt2"]], repo, BuildOptions(variant="fp32", kv_slots=1, max_queue=0, intra_op_threads=1)
+    )
+    config = read_config(repo / "gpt2")
+    for key, value in CUSTOM_TEMPLATE.items():
+        config.parameters[key].string_value = value
+    (repo / "gpt2" / "config.pbtxt").write_text(text_format.MessageToString(config))
+    cmd = [sys.executable, "-m", "aigc.cli", "serve", "--repository", str(repo), "--openai-port", "0"]
+    cmd += ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+    cmd += ["--log-file", str(repo.parent / "triton.log"), "--exit-timeout", "1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    pattern = re.compile(r"OpenAI-compatible API on (http://\S+)/v1 \(Triton gRPC (\S+)\)")
+    deadline, found = time.monotonic() + 180, None
+    while found is None and time.monotonic() < deadline and proc.poll() is None:
+        found = next((m for line in list(lines) if (m := pattern.search(line))), None)
+        time.sleep(0.1)
+    try:
+        assert found, "aigc serve did not start the OpenAI API:\n" + "".join(lines)
+        yield found.group(1), found.group(2), lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+
+
+@pytest.mark.server
+def test_chat_template_from_the_model_config(one_slot_serve):
+    url, grpc_url, _ = one_slot_serve
+    oai = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "Define a class"}]
+    r = oai.chat.completions.create(model="gpt2", messages=messages, max_tokens=N)
+    prompt = ChatTemplate.from_parameters(CUSTOM_TEMPLATE).render([("user", "Define a class")])
+    assert prompt == "<user>Define a class</user>\n<assistant>"
+    with AigcClient(grpc_url) as client:
+        assert r.choices[0].message.content == client.generate_text(prompt, max_tokens=N, stream=False)
+
+
+def _open_stream(url: str, max_tokens: int) -> socket.socket:
+    """A streaming completion on a raw connection, returned once its first event has arrived."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    body = json.dumps(
+        {"model": "gpt2", "prompt": PROMPT, "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+    ).encode()
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    received = b""
+    while not re.search(rb"data: .*\n\n", received):
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 200"), received
+    return sock
+
+
+@pytest.mark.server
+def test_disconnect_mid_stream_cancels_the_request_and_frees_the_slot(one_slot_serve):
+    url, _, log = one_slot_serve
+    small = {"model": "gpt2", "prompt": PROMPT, "max_tokens": 1}
+    long_tokens = 127 - 2  # the rest of the tiny model's 128-token window after the prompt
+    # The tiny model generates the whole window in ~0.1 s: on a loaded machine the long request
+    # can end before the busy check answers; then the check is not what this test is about.
+    for _attempt in range(5):
+        sock = _open_stream(url, long_tokens)
+        status, body = _post(url, "/v1/completions", small)  # while the long one holds the slot
+        if status == 503:
+            break
+        sock.close()
+    else:
+        pytest.fail(f"the long stream never held the slot during the check: {status} {body}")
+    assert body["error"]["code"] == "server_busy" and "server busy" in body["error"]["message"]
+    cancels_before = sum("went away" in line for line in log)
+    sock.close()  # hang up after one event, with the request still running
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, body = _post(url, "/v1/completions", small)
+        if status == 200:
+            break
+        assert status == 503, body
+        time.sleep(0.1)
+    assert status == 200, f"the slot was not freed within 30 s of the disconnect: {body}"
+    # the frontend stopped before the server's last token and cancelled the request there
+    deadline = time.monotonic() + 10
+    while sum("went away" in line for line in log) == cancels_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gone = [line for line in log if "went away" in line]
+    assert len(gone) > cancels_before, "".join(log)
+    assert int(re.search(r"after (\d+) deltas", gone[-1]).group(1)) < long_tokens
+
+
+def test_serve_rejects_a_bad_openai_port():
+    from aigc.cli import build_parser
+    from serving.commands import run_serve
+
+    args = build_parser().parse_args(["serve", "--openai-port", "70000"])
+    with pytest.raises(ConfigError, match="--openai-port must be in 0..65535"):
+        run_serve(args)
+
+
+# -- without a server ------------------------------------------------------------------------
+def test_chat_template_default_and_override():
+    turns = (("system", "Be {brief}."), ("user", "Hi"))
+    assert ChatTemplate().render(turns) == "system: Be {brief}.\nuser: Hi\nassistant:"
+    custom = ChatTemplate.from_parameters(
+        {"chat_message_template": "<{role}>{content}</{role}>", "chat_generation_prompt": "<assistant>"}
+    )
+    assert custom.render(turns) == "<system>Be {brief}.</system><user>Hi</user><assistant>"
+    with pytest.raises(ValueError, match="content"):
+        ChatTemplate.from_parameters({"chat_message_template": "{role}"})
+
+
+def test_requests_map_onto_sampling_parameters():
+    gen = parse_completion(
+        {
+            "model": "gpt2",
+            "prompt": "x",
+            "max_tokens": 5,
+            "temperature": 0.5,
+            "seed": 3,
+            "stop": "\n",
+            "user": "u",
+        }
+    )
+    p = gen.params(default_max_tokens=16)
+    assert (p.max_tokens, p.temperature, p.seed, p.stop) == (5, 0.5, 3, ("\n",))
+    assert parse_completion({"model": "gpt2", "prompt": "x"}).params(16).max_tokens == 16
+    chat = parse_chat(
+        {"model": "gpt2", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]}
+    )
+    assert chat.messages == (("user", "a"),) and chat.max_tokens_field == "max_tokens"
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"prompt": "x"}, "model"),
+        ({"model": "gpt2", "prompt": [1, 2]}, "prompt"),
+        ({"model": "gpt2", "prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"model": "gpt2", "prompt": "x", "beam_width": 2}, "beam_width"),
+        ({"model": "gpt2", "prompt": "x", "seed": "7"}, "seed"),
+        ({"model": "gpt2", "prompt": "x", "temperature": float("nan")}, "temperature"),
+    ],
+)
+def test_bad_requests_name_the_field(body, param):
+    with pytest.raises(APIError) as err:
+        parse_completion(body)
+    assert err.value.status == 400 and err.value.param == param
