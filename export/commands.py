@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=None, help="seed of the validation inputs (default: fresh)"
     )
     parser.add_argument(
-        "--int4-block-size", type=int, default=32, help="GPT-2 int4: weights per scale (default 32)"
+        "--int4-block-size", type=int, default=64, help="GPT-2 int4: weights per scale (default 64)"
     )
     parser.add_argument(
         "--int4-accuracy-level",
