@@ -27,7 +27,8 @@ BASELINES = ("eager", "optimum")
 # export report "model" -> the served component a benchmark measures
 COMPONENT_OF = {"gpt2": "gpt2", "dcgan": "dcgan", "vae": "vae_decoder"}
 KIND_OF = {v: k for k, v in COMPONENT_OF.items()}
-GPT2_VARIANTS = "fp32,int8,int4"  # `auto` serves the fastest that passes its gate
+# `auto` serves the fastest that passes its gate, on either runtime, or a pair of ONNX graphs
+GPT2_VARIANTS = "fp32,int8,int4,ov-int8,ov-int4"
 IMAGE_VARIANTS = "fp32,int8"
 TINY_IMAGE_STEPS = 20  # speed does not depend on how well the generator was trained
 
@@ -473,15 +474,25 @@ def _offline(opts: BenchOptions, export: Path, export_report: dict, variant: str
         for n, v in variants.items()
         if v.get("decode_profile") and v.get("target") == "cpu" and "gpt2" in v.get("files", {})
     }
+    from export.latency_model import routed_profile
+    from serving.variant_choice import choose_variant, split_pair
+
+    main, companion = split_pair(variant or "")
+    members = {main, companion} - {None}
     served = tuple(sorted({1, 8} | {c for c in opts.concurrency if c <= 8}))
     gib = measure.read_bandwidth(2**30, opts.threads)
     profiles = decode_profiles(
         paths,
         int(info["n_positions"]),
-        batches={n: served if n == variant else (1,) for n in paths},
+        batches={n: served if n in members else (1,) for n in paths},
         prefill_lens=(opts.prompt_tokens,),
         threads=opts.threads,
     )
+    served_profile = profiles.get(main)
+    if companion and served_profile and companion in profiles:
+        # a pair: what it serves is each call on the graph the build routed it to
+        route = choose_variant(export_report, "gpt2", variant, "cpu")[1]["routing"]
+        served_profile = routed_profile(served_profile, profiles[companion], route)
     floors = {}
     for name, profile in profiles.items():
         if paths[name].suffix != ".onnx":
@@ -493,7 +504,7 @@ def _offline(opts: BenchOptions, export: Path, export_report: dict, variant: str
         )
         floors[name]["bandwidth_at_model_size"] = own
     return {
-        "decode_profile": profiles.get(variant or ""),
+        "decode_profile": served_profile,
         "decode_profiles": profiles,
         "export_decode_profiles": {
             n: v["decode_profile"] for n, v in variants.items() if v.get("decode_profile")

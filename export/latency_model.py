@@ -119,3 +119,16 @@ def expected_request_pair(main: dict, companion: dict, workload: Workload, max_r
         "tokens_per_s_per_stream": round(1e3 * workload.new_tokens / total, 2) if total > 0 else None,
         "routing": route,
     }
+
+
+def routed_profile(main: dict, companion: dict, route: dict) -> dict:
+    """The profile of a pair as it serves: each batch size's steps from the graph that
+    `route` gives them, the prefills from the prefilling graph."""
+    from_rows = route["companion_from_rows"]
+    steps = {
+        b: (companion if from_rows and int(b) >= from_rows else main)["step_ms"][b]
+        for b in main["step_ms"]
+        if b in companion["step_ms"]
+    }
+    prefill = (companion if route["companion_prefill"] else main)["prefill_ms"]
+    return {**main, "step_ms": steps, "prefill_ms": prefill, "routing": route}
