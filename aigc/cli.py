@@ -53,7 +53,34 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 # Third-party loggers that narrate their internals at INFO/WARNING (shown with --verbose).
+# torch's own logging (torch._logging) resets the levels of its `torch.*` loggers when the
+# exporter loads, so for those the exact lines below are dropped instead.
 NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._export", "onnxruntime", "root.quantize")
+
+# (logger, start of the message): third-party lines that say nothing to an aigc user, dropped
+# on the logger that emits them, only when the message matches (shown with --verbose).
+NOISE: tuple[tuple[str, str], ...] = (
+    # The ONNX exporter's op registry also registers torchvision's ops and warns, once per
+    # op, that torchvision is absent; aigc's models use no torchvision op.
+    ("torch.onnx._internal.exporter._registration", "torchvision is not installed"),
+)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_third_party() -> None:
+    """The non-verbose CLI's view of third-party logging: narrators at ERROR, known noise dropped."""
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    for name, prefix in NOISE:
+        logging.getLogger(name).addFilter(_DropMessage(prefix))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        for noisy in NOISY_LOGGERS:
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        quiet_third_party()
     module, _add, run, _help = COMMANDS[args.command]
     try:
         return int(getattr(importlib.import_module(module), run)(args) or 0)

@@ -52,7 +52,7 @@ def train_tokenizer(text: str, vocab_size: int):
 def _model(cfg: GPT2TrainConfig, vocab: int, eos_id: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(
+    model = GPT2LMHeadModel(
         GPT2Config(
             vocab_size=vocab,
             n_positions=cfg.n_positions,
@@ -63,6 +63,10 @@ def _model(cfg: GPT2TrainConfig, vocab: int, eos_id: int):
             eos_token_id=eos_id,
         )
     )
+    # transformers derives the loss from the class name and finds none in "GPT2LMHeadModel",
+    # so it warns and falls back to the causal-LM loss; name that loss explicitly.
+    model.loss_type = "ForCausalLM"
+    return model
 
 
 def _save(model, tok, out: Path, files: dict[str, str]) -> None:
