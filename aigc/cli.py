@@ -63,6 +63,13 @@ NOISE: tuple[tuple[str, str], ...] = (
     # The ONNX exporter's op registry also registers torchvision's ops and warns, once per
     # op, that torchvision is absent; aigc's models use no torchvision op.
     ("torch.onnx._internal.exporter._registration", "torchvision is not installed"),
+    # optimum-intel 1.27's exporter (the OpenVINO variants) reads `config.torch_dtype`, an alias
+    # transformers 4.56+ deprecates; aigc passes `dtype` itself, the user can change nothing.
+    ("transformers.configuration_utils", "`torch_dtype` is deprecated! Use `dtype` instead!"),
+    # transformers looks the loss up by class name and finds none for GPT2LMHeadModel, then
+    # uses the causal-LM loss, the right one. Training sets it; the OpenVINO conversion loads
+    # the model afresh and touches `loss_function` while tracing (no loss is computed there).
+    ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized"),
 )
 
 
