@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         report = export_model(model, checkpoints[model], exports[model], seed=args.seed)
         for name, v in report["variants"].items():
             logger.info(
-                "  %-5s %s",
+                "  %-7s %s",
                 name,
                 {True: "passed", False: f"failed: {v['reason']}", None: v["reason"]}[v["passed"]],
             )
@@ -62,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     with EmbeddedTritonServer(
         args.repository, grpc_port=0, http_port=0, metrics_port=0, log_file=out / "triton.log"
     ) as server:
-        logger.info("  gRPC %s, HTTP %s, log %s", server.grpc_url, server.http_url, server.log_file)
         with AigcClient(server.grpc_url) as client:
             _step("generate images over gRPC")
             for model, images in (
