@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
+import warnings
 
 # name -> (module, add-arguments function, run function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -70,6 +72,19 @@ NOISE: tuple[tuple[str, str], ...] = (
     # uses the causal-LM loss, the right one. Training sets it; the OpenVINO conversion loads
     # the model afresh and touches `loss_function` while tracing (no loss is computed there).
     ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized"),
+    # `aigc bench` exports its Optimum baseline without `accelerate`, so Optimum keeps the tied
+    # embedding / LM-head weight twice in the file (size only: each is read as before).
+    ("optimum.exporters.onnx.base", "Weight deduplication check in the ONNX export requires accelerate"),
+)
+
+# (start of the message, module the warning is attributed to): Python warnings dropped the same
+# way. Both come from tracing transformers' GPT-2 for the Optimum baseline of `aigc bench`
+# (only timed there), and are notes about tracing in general, not about this model.
+WARNINGS_NOISE: tuple[tuple[str, str], ...] = (
+    # transformers' cache and mask code branch on tensor values, frozen into the trace.
+    ("Converting a tensor to a Python boolean might cause the trace to be incorrect", r"transformers\."),
+    # TorchScript exporter: a caveat printed for every advanced-indexing op it converts.
+    ("Exporting aten::index operator of advanced indexing", r"torch\.onnx\."),
 )
 
 
@@ -88,6 +103,8 @@ def quiet_third_party() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     for name, prefix in NOISE:
         logging.getLogger(name).addFilter(_DropMessage(prefix))
+    for message, module in WARNINGS_NOISE:
+        warnings.filterwarnings("ignore", message=re.escape(message), module=module)
 
 
 def build_parser() -> argparse.ArgumentParser:
