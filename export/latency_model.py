@@ -69,6 +69,10 @@ def expected_request(profile: dict, workload: Workload) -> dict:
     """The latency model above, with its parts (ms) and the tokens/s it implies per stream."""
     prefill = prefill_ms_at(profile, workload.prompt_tokens)
     step = step_ms_at(profile, workload.streams, workload.prompt_tokens + workload.new_tokens / 2)
+    return _figures(prefill, step, workload)
+
+
+def _figures(prefill: float, step: float, workload: Workload) -> dict:
     total = workload.streams * prefill + (workload.new_tokens - 1) * step
     return {
         "prefill_ms": round(prefill, 3),
@@ -111,14 +115,7 @@ def expected_request_pair(main: dict, companion: dict, workload: Workload, max_r
         else main
     )
     step = step_ms_at(decoder, workload.streams, workload.prompt_tokens + workload.new_tokens / 2)
-    total = workload.streams * prefill + (workload.new_tokens - 1) * step
-    return {
-        "prefill_ms": round(prefill, 3),
-        "step_ms": round(step, 3),
-        "request_ms": round(total, 3),
-        "tokens_per_s_per_stream": round(1e3 * workload.new_tokens / total, 2) if total > 0 else None,
-        "routing": route,
-    }
+    return {**_figures(prefill, step, workload), "routing": route}
 
 
 def routed_profile(main: dict, companion: dict, route: dict) -> dict:
