@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -85,7 +86,7 @@ def greedy(n):
         ('{"max_tokens": 513}', "max_tokens"),
         ('{"max_tokens": 1.5}', "max_tokens"),
         ('{"temperature": -0.1}', "temperature"),
-        ('{"top_k": -1}', "top_k"),
+        ('{"top_k": -2}', "top_k"),
         ('{"top_p": 0}', "top_p"),
         ('{"seed": "x"}', "seed"),
         ('{"stop": [1]}', "stop"),
@@ -446,3 +447,185 @@ def test_a_companion_graph_sharing_the_slots_takes_the_calls_routed_to_it(export
     assert companion.runs > 1 + 2  # the prefills and the steps of two rows
     assert reqs[0].tokens == solo
     assert reqs[1].tokens == transformers_greedy(checkpoints["gpt2"], prompts[1], 12)
+
+
+# -- penalties, min_tokens and banned tokens (vLLM's semantics) ------------------------------
+
+
+def _vllm_penalize(logits, prompt, output, presence, frequency, repetition):
+    """vLLM's apply_penalties on (V,) logits, written over the whole vocabulary: repetition
+    over prompt and output tokens, then frequency x count and presence over the output."""
+    x = logits.astype(np.float64).copy()
+    counts = np.bincount(np.asarray(output, np.int64), minlength=x.size)[: x.size]
+    seen = (np.bincount(np.asarray(prompt, np.int64), minlength=x.size)[: x.size] > 0) | (counts > 0)
+    x = np.where(seen, np.where(x > 0, x / repetition, x * repetition), x)
+    x -= frequency * counts
+    x -= presence * (counts > 0)
+    return x
+
+
+def test_penalties_follow_vllm_formula_on_fixed_logits():
+    from serving.triton_models.sampling import TokenHistory
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(300).astype(np.float32) * 3
+    prompt = [5, 9, 9, 200]
+    output = [9, 17, 17, 17, 250, 5, 17]
+    for presence, frequency, repetition in [
+        (0.5, 0.0, 1.0),
+        (0.0, 0.7, 1.0),
+        (-1.0, 0.3, 1.7),
+        (1.5, -0.5, 0.6),
+    ]:
+        params = SamplingParams(
+            presence_penalty=presence, frequency_penalty=frequency, repetition_penalty=repetition
+        )
+        history = TokenHistory(prompt)
+        for t in output:
+            history.add(t)
+        x = logits.astype(np.float64)
+        history.apply(x, params)
+        ref = _vllm_penalize(logits, prompt, output, presence, frequency, repetition)
+        np.testing.assert_allclose(x, ref, rtol=0, atol=1e-12)
+        assert sample_token(logits, params, None, history) == int(np.argmax(ref))
+    # the greedy pick moves off a token the penalty hits
+    top = int(np.argmax(logits))
+    history = TokenHistory([])
+    for _ in range(3):
+        history.add(top)
+    assert sample_token(logits, SamplingParams(frequency_penalty=2.0), None, history) != top
+    assert sample_token(logits, SamplingParams(), None, history) == top  # no penalty: plain argmax
+
+
+def test_banned_tokens_are_never_sampled():
+    logits = np.log(np.array([0.7, 0.2, 0.05, 0.05]))
+    rng = np.random.Generator(np.random.PCG64(0))
+    params = SamplingParams(temperature=1.0)
+    assert {sample_token(logits, params, rng, banned=[0]) for _ in range(200)} == {1, 2, 3}
+    assert sample_token(logits, SamplingParams(), None, banned=[0]) == 1
+    keep = SamplingParams(temperature=1.0, min_p=0.2)  # min_p: at least 0.2 x the top probability
+    assert {sample_token(logits, keep, rng) for _ in range(200)} == {0, 1}
+
+
+def test_stop_strings_do_not_end_the_text_before_min_tokens(engine):
+    ids = engine.tokenizer.encode("alpha beta gamma beta delta").ids
+    first = len(engine.tokenizer.encode("alpha beta").ids)
+    d = Detokenizer(engine.tokenizer, stop=(" beta",), min_tokens=first + 1)
+    out = "".join(d.push(t) for t in ids) + d.flush()
+    assert out == "alpha beta gamma" and d.stopped
+
+
+def _reference_greedy(checkpoint, prompt, n, end, min_tokens=0, presence=0.0, frequency=0.0, repetition=1.0):
+    """Greedy tokens from transformers' logits, penalized by `_vllm_penalize` (vLLM's formula),
+    `end` masked until `min_tokens` tokens exist; stops after `end`."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(checkpoint).eval()
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = hf(torch.tensor([prompt + out])).logits[0, -1].double().numpy()
+            x = _vllm_penalize(logits, prompt, out, presence, frequency, repetition)
+            if len(out) < min_tokens:
+                x[end] = -np.inf
+            out.append(int(np.argmax(x)))
+            if out[-1] == end:
+                break
+    return out
+
+
+def _transformers_generate(checkpoint, prompt, n, end, **kw):
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor([prompt]),
+            do_sample=False,
+            max_new_tokens=n,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            eos_token_id=end,
+            pad_token_id=end,
+            **kw,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+def test_repetition_penalty_and_min_tokens_equal_transformers(version_dir, checkpoints):
+    """transformers' RepetitionPenaltyLogitsProcessor (prompt and output) and
+    MinNewTokensLengthLogitsProcessor against the engine's greedy path. The tiny model never
+    ends a text by itself, so a token of its plain greedy output is made the end token: the
+    model's EOS (the engine's), TensorRT-LLM's end_id and vLLM's stop_token_ids each."""
+    engine, _, _ = make_engine(version_dir, slots=2)
+    ckpt = checkpoints["gpt2"]
+    for text in ("The class", "Python is"):
+        ids = engine.tokenizer.encode(text).ids
+        plain = engine.generate_ids(ids, greedy(24))
+        # the tiny model repeats itself: the first new token after the first, else the first
+        at = next((k for k, t in enumerate(plain) if k >= 1 and t not in plain[:k]), 0)
+        end = plain[at]
+        for r, m in [(1.3, 0), (1.3, 8), (1.0, 8), (2.0, 5)]:
+            ref = _transformers_generate(ckpt, ids, 24, end, repetition_penalty=r, min_new_tokens=m)
+            params = SamplingParams(max_tokens=24, repetition_penalty=r, min_tokens=m)
+            assert end not in ref[:m] and (ref[-1] == end or len(ref) == 24)
+            assert engine.generate_ids(ids, replace(params, end_id=end)) == ref, (text, r, m)
+            assert engine.generate_ids(ids, replace(params, stop_token_ids=(end,))) == ref, (text, r, m)
+            engine.eos, eos = end, engine.eos
+            try:
+                assert engine.generate_ids(ids, params) == ref, (text, r, m)
+            finally:
+                engine.eos = eos
+        assert engine.generate_ids(ids, SamplingParams(max_tokens=24, end_id=end)) == plain[: at + 1]
+
+
+def test_presence_and_frequency_penalties_equal_the_reference(version_dir, checkpoints):
+    engine, _, _ = make_engine(version_dir, slots=2)
+    ids = engine.tokenizer.encode("Python is").ids
+    plain = engine.generate_ids(ids, greedy(20))
+    for presence, frequency, repetition in [
+        (0.8, 0.0, 1.0),
+        (0.0, 0.6, 1.0),
+        (0.5, 0.5, 1.2),
+        (-0.5, 0.0, 1.0),
+    ]:
+        params = SamplingParams(
+            max_tokens=20,
+            ignore_eos=True,
+            presence_penalty=presence,
+            frequency_penalty=frequency,
+            repetition_penalty=repetition,
+        )
+        ref = _reference_greedy(checkpoints["gpt2"], ids, 20, engine.eos, 0, presence, frequency, repetition)
+        got = engine.generate_ids(ids, params)
+        assert got == ref, (presence, frequency, repetition)
+        if presence > 0 or frequency > 0:
+            assert got != plain  # the penalty really changed the text
+
+
+def test_penalized_and_banned_rows_in_a_batch_equal_their_solo_tokens(version_dir):
+    """The penalized path reads its own row of the batch's logits: three requests decoding
+    together (penalized greedy, plain greedy, seeded sampling with penalties) each get their
+    solo tokens."""
+    engine, _, _ = make_engine(version_dir, slots=3)
+    prompts = [engine.tokenizer.encode(t).ids for t in ("The class", "import", "Python is")]
+    params = [
+        SamplingParams(max_tokens=15, ignore_eos=True, repetition_penalty=1.4, frequency_penalty=0.3),
+        greedy(15),
+        SamplingParams(max_tokens=15, ignore_eos=True, temperature=0.9, seed=5, presence_penalty=1.0),
+    ]
+    solo = [engine.generate_ids(i, p) for i, p in zip(prompts, params)]
+    reqs = [engine.submit(i, p) for i, p in zip(prompts, params)]
+    engine.run_until_done(reqs)
+    assert [r.tokens for r in reqs] == solo
+
+
+def test_bad_words_are_banned_with_and_without_a_leading_space(engine):
+    ids = engine.tokenizer.encode("The class").ids
+    plain = engine.generate_ids(ids, greedy(20))
+    word = engine.tokenizer.decode(plain[1:2]).strip()
+    assert word
+    got = engine.generate_ids(ids, SamplingParams(max_tokens=20, ignore_eos=True, bad_words=(word,)))
+    banned = {s[-1] for s in engine._bad_word_ids((word,)) if len(s) == 1}
+    assert banned and not banned & set(got) and got != plain

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 try:  # in the package (tests, benchmarks) or flat in a repository version folder (Triton)
-    from .sampling import Detokenizer, RequestError, SamplingParams, sample_token
+    from .sampling import Detokenizer, RequestError, SamplingParams, TokenHistory, sample_token
 except ImportError:
-    from sampling import Detokenizer, RequestError, SamplingParams, sample_token
+    from sampling import Detokenizer, RequestError, SamplingParams, TokenHistory, sample_token
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -79,6 +79,9 @@ class Request:
     arrived: float = 0.0
     first_token_at: float | None = None
     tokens: list[int] = field(default_factory=list)
+    eos: int | None = None  # the token that ends it: the model's EOS, or the request's end_id
+    history: TokenHistory | None = None  # only with penalties
+    bad_ids: tuple[tuple[int, ...], ...] = ()  # banned token sequences (bad_words)
 
 
 @dataclass(frozen=True)
@@ -520,6 +523,11 @@ class Engine:
                 f"max_tokens {params.max_tokens} + {len(ids)} prompt tokens exceed the context window of "
                 f"{window}; max_tokens must be <= {window - len(ids)} for this prompt"
             )
+        vocab = int(self.model.info["vocab_size"])
+        if params.end_id is not None and params.end_id >= vocab:
+            raise RequestError(f"end_id must be a token id in 0..{vocab - 1}, got {params.end_id}")
+        if any(t >= vocab for t in params.stop_token_ids):
+            raise RequestError(f"stop_token_ids must be token ids in 0..{vocab - 1}")
         return list(ids)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, context=None) -> Request:
@@ -530,8 +538,11 @@ class Engine:
             list(prompt_ids), params, deadline=now + self.config.max_request_seconds, context=context
         )
         req.arrived = now
-        req.detok = Detokenizer(self.tokenizer, params.stop)
+        req.detok = Detokenizer(self.tokenizer, params.stop, params.min_tokens)
         req.rng = None if params.greedy else np.random.Generator(np.random.PCG64(params.seed))
+        req.eos = self.eos if params.end_id is None else params.end_id
+        req.history = TokenHistory(req.prompt_ids) if params.penalized else None
+        req.bad_ids = self._bad_word_ids(params.bad_words)
         with self._lock:
             # Requests beyond the free slots wait; at most `max_queue` of them.
             if len(self._waiting) >= self.model.kv.free + self.config.max_queue:
@@ -624,19 +635,59 @@ class Engine:
             r.filled += 1
             self._guard(self._advance, r, int(greedy[r.slot]), lambda r=r: logits()[r.slot])
 
+    def _bad_word_ids(self, words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+        """Each bad word's token ids, spelt with and without a leading space (as vLLM bans
+        them at the start of the text and after a word)."""
+        seqs = {}
+        for word in words:
+            for text in (word.lstrip(), " " + word.lstrip()):
+                ids = tuple(self.tokenizer.encode(text).ids)
+                if ids:
+                    seqs[ids] = None
+        return tuple(seqs)
+
+    def _banned(self, req: Request) -> list[int]:
+        """Tokens `req` may not produce next: its end tokens before `min_tokens` (vLLM's
+        min_tokens, transformers' MinNewTokensLength), and the last token of a bad word whose
+        other tokens the output ends with."""
+        p = req.params
+        banned = []
+        if req.generated < p.min_tokens:
+            if not p.ignore_eos and req.eos is not None:
+                banned.append(req.eos)
+            banned.extend(p.stop_token_ids)
+        for seq in req.bad_ids:
+            k = len(seq) - 1
+            if k == 0 or (len(req.tokens) >= k and tuple(req.tokens[-k:]) == seq[:-1]):
+                banned.append(seq[-1])
+        return banned
+
+    def _next_token(self, req: Request, greedy_token: int, logits: Callable[[], np.ndarray]) -> int:
+        """The graph's arg-max when it is the answer (greedy, no penalty, not banned); else
+        the sampler over the logits."""
+        banned = self._banned(req) if req.bad_ids or req.generated < req.params.min_tokens else ()
+        if req.params.greedy and req.history is None and greedy_token not in banned:
+            return greedy_token
+        return sample_token(logits(), req.params, req.rng, req.history, banned)
+
     def _advance(self, req: Request, greedy_token: int, logits: Callable[[], np.ndarray]) -> None:
-        token = greedy_token if req.params.greedy else sample_token(logits(), req.params, req.rng)
+        token = self._next_token(req, greedy_token, logits)
         if req.first_token_at is None:
             req.first_token_at = self.clock()
         req.generated += 1
         req.next_token = token
         req.tokens.append(token)
-        if token == self.eos and not req.params.ignore_eos:
+        if req.history is not None:
+            req.history.add(token)
+        if token == req.eos and not req.params.ignore_eos:
             text, reason = req.detok.flush(), FinishReason.EOS
         else:
             text = req.detok.push(token)
             reason = None
             if req.detok.stopped:
+                reason = FinishReason.STOP
+            elif token in req.params.stop_token_ids:
+                text += req.detok.flush()
                 reason = FinishReason.STOP
             elif req.generated >= req.params.max_tokens or req.filled >= self.max_len:
                 text += req.detok.flush()
