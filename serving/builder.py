@@ -173,12 +173,19 @@ def image_config(name: str, onnx_file: Path, opts: BuildOptions) -> mc.ModelConf
 
 def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
     """The decoupled text-generation interface of Triton's LLM backends."""
+    from serving.triton_models.sampling import TENSOR_INPUTS
+
     cfg = mc.ModelConfig(name="gpt2", backend="python", max_batch_size=0)
     cfg.model_transaction_policy.decoupled = True
     cfg.input.add(name="text_input", data_type=mc.TYPE_STRING, dims=[1])
     cfg.input.add(name="stream", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
     cfg.input.add(name="sampling_parameters", data_type=mc.TYPE_STRING, dims=[1], optional=True)
     cfg.input.add(name="exclude_input_in_output", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
+    # TensorRT-LLM's sampling tensors, so its clients (genai-perf --backend tensorrtllm,
+    # perf_analyzer) can send any of them; the model maps them onto the same SamplingParams.
+    for name, dtype, dims, _ in TENSOR_INPUTS:
+        data_type = mc.TYPE_STRING if dtype == "BYTES" else getattr(mc, f"TYPE_{dtype}")
+        cfg.input.add(name=name, data_type=data_type, dims=list(dims), optional=True)
     cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[-1])
     # One instance: its generation loop batches every concurrent request itself.
     kind = mc.ModelInstanceGroup.KIND_GPU if opts.target == "gpu" else mc.ModelInstanceGroup.KIND_CPU

@@ -168,9 +168,28 @@ class AigcClient:
         exclude_input_in_output: bool = True,
         timeout_s: float | None = None,
         model: str = "gpt2",
+        min_tokens: int = 0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repetition_penalty: float = 1.0,
+        **extra,
     ) -> Iterator[str] | str:
-        """Text from the served GPT-2: an iterator of deltas (stream=True) or the whole string."""
-        params = sampling_parameters(max_tokens, temperature, top_k, top_p, seed, stop, ignore_eos)
+        """Text from the served GPT-2: an iterator of deltas (stream=True) or the whole string.
+        `extra`: further `sampling_parameters` fields (`min_p`, `stop_token_ids`, `bad_words`)."""
+        params = sampling_parameters(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop,
+            ignore_eos,
+            min_tokens=min_tokens,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            repetition_penalty=repetition_penalty,
+            **extra,
+        )
         if not isinstance(prompt, str) or not prompt:
             raise ClientError("prompt (text_input) must be a non-empty string")
         deltas = self._stream(
@@ -243,14 +262,15 @@ class _Stream:
 
 
 def sampling_parameters(
-    max_tokens=64, temperature=0.0, top_k=0, top_p=1.0, seed=None, stop=None, ignore_eos=False
+    max_tokens=64, temperature=0.0, top_k=0, top_p=1.0, seed=None, stop=None, ignore_eos=False, **extra
 ) -> dict:
     """Check sampling arguments with the server's own `SamplingParams` (the same fields and
-    ranges; only the server knows its max_tokens limit); the JSON `sampling_parameters` takes."""
+    ranges; only the server knows its max_tokens limit); the JSON `sampling_parameters` takes.
+    `extra`: any other field of the schema (`min_tokens`, the penalties, ...)."""
     from serving.triton_models.sampling import RequestError, SamplingParams
 
     fields = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-    fields.update({"seed": seed, "stop": stop or None, "ignore_eos": ignore_eos})
+    fields.update({"seed": seed, "stop": stop or None, "ignore_eos": ignore_eos, **extra})
     try:
         return SamplingParams.from_dict(fields, max_tokens_limit=None).to_dict()
     except RequestError as exc:

@@ -1,8 +1,10 @@
 """Triton Python-backend model `gpt2`: decoupled streaming text generation.
 
 The interface of Triton's LLM backends (vLLM, TensorRT-LLM): in `text_input` BYTES,
-optional `stream` BOOL, `sampling_parameters` BYTES (JSON), `exclude_input_in_output`
-BOOL; out `text_output` BYTES. This file only converts Triton requests into engine
+optional `stream` BOOL, `sampling_parameters` BYTES (vLLM's JSON), `exclude_input_in_output`
+BOOL and TensorRT-LLM's optional sampling tensors (`sampling.TENSOR_INPUTS`: `max_tokens`,
+`temperature`, `random_seed`, `stop_words`, ...); out `text_output` BYTES. Both schemas become
+one `SamplingParams`. This file only converts Triton requests into engine
 requests and engine results into responses; the generation itself (KV slots, chunked
 prefill, in-flight batching, sampling) is `gpt2_engine.Engine`, which knows nothing of
 Triton.
@@ -26,10 +28,11 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpt2_engine import EngineConfig, FinishReason, Sink, load_engine  # noqa: E402
-from sampling import SAMPLING_KEYS, RequestError, parse_sampling_parameters  # noqa: E402
+from sampling import SAMPLING_KEYS, TENSOR_INPUTS, RequestError, params_from_request  # noqa: E402
 
 # Asking Triton whether a client cancelled is an IPC round trip (~0.1-0.2 ms): every N steps.
 CANCEL_CHECK_EVERY = 8
+_SAMPLING_TENSORS = frozenset(name for name, _, _, _ in TENSOR_INPUTS)
 
 
 def _param(config, key, default):
@@ -196,7 +199,8 @@ class TritonPythonModel:
             raise RequestError("text_input must be UTF-8 text") from None
         sp = _optional_scalar(request, "sampling_parameters")
         sp = sp if sp is not None else _request_parameters(request)
-        params = parse_sampling_parameters(sp, self.max_tokens_limit)
+        tensors = {t.name(): t.as_numpy() for t in request.inputs() if t.name() in _SAMPLING_TENSORS}
+        params = params_from_request(sp, tensors, self.max_tokens_limit)
         stream = _optional_scalar(request, "stream")
         exclude = _optional_scalar(request, "exclude_input_in_output")
         ids = self.engine.encode_prompt(prompt, params, self.max_prompt_tokens or None)
