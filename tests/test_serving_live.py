@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from aigc.errors import ClientError
 from export.ortutil import make_session
 from serving.builder import read_config
+from serving.triton_models.sampling import TENSOR_INPUTS
 
 pytestmark = pytest.mark.server
 
@@ -48,12 +49,19 @@ def test_config_files_parse_back_with_the_public_tensors(fp32_repository):
     assert cfg["vae_encoder"].input[0].data_type == mc.TYPE_UINT8
     g = cfg["gpt2"]
     assert g.model_transaction_policy.decoupled
-    assert {i.name: i.data_type for i in g.input} == {
-        "text_input": mc.TYPE_STRING,
-        "stream": mc.TYPE_BOOL,
-        "sampling_parameters": mc.TYPE_STRING,
-        "exclude_input_in_output": mc.TYPE_BOOL,
-    }
+    inputs = {i.name: i.data_type for i in g.input}
+    assert (
+        inputs.items()
+        >= {
+            "text_input": mc.TYPE_STRING,
+            "stream": mc.TYPE_BOOL,
+            "sampling_parameters": mc.TYPE_STRING,
+            "exclude_input_in_output": mc.TYPE_BOOL,
+        }.items()
+    )
+    # TensorRT-LLM's optional sampling tensors are declared too, all optional
+    assert {name for name, *_ in TENSOR_INPUTS} <= set(inputs)
+    assert all(i.optional for i in g.input if i.name != "text_input")
     assert [o.name for o in g.output] == ["text_output"]
     for m in cfg.values():
         assert m.backend == "python"
