@@ -15,7 +15,7 @@ from aigc.cli import main as aigc_main
 from aigc.errors import BuildError, ConfigError, ServerError
 from serving.builder import BuildOptions, build_repository, choose_variant, read_config, versions
 from serving.server import EmbeddedTritonServer
-from serving.variant_choice import Workload, describe
+from serving.variant_choice import Workload, describe, split_pair
 
 
 def test_build_adds_a_version_beside_the_old_one(exports, tmp_path):
@@ -47,7 +47,9 @@ def test_variant_choice(exports):
     from export.api import read_report
 
     report = read_report(exports["gpt2"])
-    assert choose_variant(report, "gpt2", "auto", "cpu")[0] in ("fp32", "int8")
+    del report["variants"]["ov-fp32"]  # the ONNX variants here; the runtimes: test_auto_picks_the_runtime...
+    main, companion = split_pair(choose_variant(report, "gpt2", "auto", "cpu")[0])
+    assert {main, companion} - {None} <= {"fp32", "int8"}  # one graph, or a pair over one set of slots
     report["variants"]["int8"]["passed"] = False
     report["variants"]["int8"]["reason"] = "perplexity +9%"
     assert choose_variant(report, "gpt2", "auto", "cpu")[0] == "fp32"
