@@ -53,26 +53,43 @@ def available() -> str | None:
     return None
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, message: str):
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
+
+
 @contextlib.contextmanager
 def _quiet():
-    """The conversion traces the PyTorch model: its tracer warnings, NNCF's per-layer
-    statistics table and a frontend fallback note are noise to a user of `aigc export` (kept
-    at --verbose)."""
-    # "Failed to build model wrapper." is logged at ERROR by OpenVINO's PyTorch frontend when
-    # its first tracing attempt falls back to another; the conversion then succeeds.
-    quieted = {"nncf": logging.ERROR, "openvino.frontend.pytorch.utils": logging.CRITICAL}
-    levels = {name: logging.getLogger(name).level for name in quieted}
-    if not logger.isEnabledFor(logging.DEBUG):
-        for name, level in quieted.items():
-            logging.getLogger(name).setLevel(level)
+    """The conversion's noise, kept at --verbose: tracer warnings from tracing the PyTorch
+    model, NNCF's per-layer statistics table and its rich progress bar, and the PyTorch
+    frontend's "Failed to build model wrapper." (logged at ERROR when its first way of
+    wrapping `forward` falls back to the module itself; the conversion then succeeds)."""
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    import rich
+    import torch
+
+    frontend = logging.getLogger("openvino.frontend.pytorch.utils")
+    wrapper_note = _DropMessage("Failed to build model wrapper.")
+    frontend.addFilter(wrapper_note)
+    nncf_logger = logging.getLogger("nncf")
+    nncf_level = nncf_logger.level
+    nncf_logger.setLevel(logging.WARNING)  # its statistics table is INFO
+    console = rich.get_console()  # NNCF draws "Applying Weight Compression" there, no option to stop it
+    was_quiet, console.quiet = console.quiet, True
     try:
         with warnings.catch_warnings():
-            if not logger.isEnabledFor(logging.DEBUG):
-                warnings.simplefilter("ignore")
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             yield
     finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+        console.quiet = was_quiet
+        nncf_logger.setLevel(nncf_level)
+        frontend.removeFilter(wrapper_note)
 
 
 def _group_size(checkpoint: Path, wanted: int) -> int:
