@@ -277,7 +277,8 @@ def _offline(offline, prompt: str, params: SamplingParams) -> tuple[str, list[in
     engine, sink = offline
     req = engine.submit(engine.encode_prompt(prompt, params), params)
     engine.run_until_done([req])
-    return sink.text.get(id(req), ""), req.tokens
+    # popped while `req` is alive: a later request may reuse its id() once it is freed
+    return sink.text.pop(id(req), ""), req.tokens
 
 
 def _new_token(tokens: list[int]) -> int:
@@ -395,12 +396,8 @@ def test_penalties_change_the_greedy_text_as_the_engine_predicts(offline, client
         {"repetition_penalty": 1.2, "presence_penalty": 0.4, "frequency_penalty": 0.4},
     ):
         served = client.generate_text(prompt, max_tokens=24, ignore_eos=True, stream=False, **kw)
-        ref = _offline(offline, prompt, SamplingParams(max_tokens=24, ignore_eos=True, **kw))[0]
-        # The served text follows the offline engine's; penalties leave near-ties in the tiny
-        # model's logits, and one CI run diverged after the first words (under investigation),
-        # so the opening is compared exactly and the whole text must differ from the plain one.
-        assert served[:4] == ref[:4], (kw, served, ref)
-        assert served != plain and ref != plain, kw
+        assert served == _offline(offline, prompt, SamplingParams(max_tokens=24, ignore_eos=True, **kw))[0]
+        assert served != plain, kw
         streamed = "".join(client.generate_text(prompt, max_tokens=24, ignore_eos=True, **kw))
         assert streamed == served
 
