@@ -186,6 +186,8 @@ def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
     for name, dtype, dims, _ in TENSOR_INPUTS:
         data_type = mc.TYPE_STRING if dtype == "BYTES" else getattr(mc, f"TYPE_{dtype}")
         cfg.input.add(name=name, data_type=data_type, dims=list(dims), optional=True)
+    # TensorRT-LLM's `stop`: ends the in-flight requests with this request's id.
+    cfg.input.add(name="stop", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
     cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[-1])
     # One instance: its generation loop batches every concurrent request itself.
     kind = mc.ModelInstanceGroup.KIND_GPU if opts.target == "gpu" else mc.ModelInstanceGroup.KIND_CPU

@@ -204,41 +204,101 @@ class AigcClient:
             _bool_input("stream", stream),
             _bool_input("exclude_input_in_output", exclude),
         ]
-        conn = self._take_stream()
-        finished = False
+        request_id = uuid.uuid4().hex
+        conn, pooled = self._send(model, inputs, request_id)
+        answered = False  # a response of this request has arrived
+        done = False  # its final response or its error arrived: the stream is idle again
         try:
-            conn.client.async_stream_infer(
-                model, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True
-            )
             while True:
-                try:
-                    result, error = conn.responses.get(timeout=timeout_s)
-                except queue.Empty:
-                    raise ClientError(f"no response from {model} within {timeout_s:.0f} s") from None
+                result, error = conn.next(timeout_s, model)
+                if error is not None and pooled and not answered and not _in_band(error):
+                    # an idle stream the server or the network closed meanwhile: one retry
+                    conn.close()
+                    conn, pooled = self._send(model, inputs, request_id, reuse=False)
+                    continue
+                answered = True
                 if error is not None:
+                    done = _in_band(error)  # the server ended the request; the stream is fine
                     raise ClientError(_message(error))
                 out = result.as_numpy("text_output")
                 if out is not None and out.size:
                     text = b"".join(x if isinstance(x, bytes) else str(x).encode() for x in out.reshape(-1))
                     if text:
                         yield text.decode("utf-8")
-                final = result.get_response().parameters.get("triton_final_response")
-                if final is not None and final.bool_param:
-                    finished = True
+                if _is_final(result):
+                    done = True
                     return
         finally:
-            if finished:
-                with self._lock:
-                    self._streams.append(conn)
-            else:  # an error, a timeout or the caller stopped reading: cancel on the server
-                conn.close(cancel=True)
+            if done:
+                self._put_stream(conn)
+            else:  # a timeout, a broken stream or the caller stopped reading
+                self._stop(conn, model, request_id)
 
-    def _take_stream(self) -> _Stream:
-        """An idle open stream, or a new one: opening a gRPC stream costs ~3 ms (measured),
-        which would otherwise land on every request's time to first token."""
+    def _send(self, model, inputs, request_id, reuse=True) -> tuple[_Stream, bool]:
+        """Send a request on an idle stream (or a new one); (stream, whether it was idle)."""
+        conn = self._take_stream() if reuse else None
+        if conn is not None:
+            try:
+                conn.client.async_stream_infer(
+                    model, inputs, request_id=request_id, enable_empty_final_response=True
+                )
+                return conn, True
+            except InferenceServerException:  # it broke while idle
+                conn.close()
+        conn = self._new_stream()
+        try:
+            conn.client.async_stream_infer(
+                model, inputs, request_id=request_id, enable_empty_final_response=True
+            )
+        except InferenceServerException as exc:
+            conn.close(cancel=True)
+            raise ClientError(_message(exc)) from None
+        return conn, False
+
+    def _stop(self, conn: _Stream, model: str, request_id: str, wait_s: float = 5.0) -> None:
+        """End an unfinished request on the server with TensorRT-LLM's `stop` input, sent on
+        the same stream, and wait for the final responses of both; the stream then carries
+        the next request. Cancelling the gRPC call would end it too, but the Triton of the
+        embedded server (2.51) can abort when a stream is cancelled while it writes a
+        response (fixed in Triton 24.12); a cancel is the fallback when the stream is broken
+        or both answers do not come in `wait_s` (a repository built before `stop` rejects
+        it, and the request runs on)."""
+        try:
+            conn.client.async_stream_infer(
+                model,
+                [_bytes_input("text_input", ""), _bool_input("stop", True)],
+                request_id=request_id,
+                enable_empty_final_response=True,
+            )
+            finals, deadline = 0, time.monotonic() + wait_s
+            while finals < 2:
+                result, error = conn.responses.get(timeout=max(0.0, deadline - time.monotonic()))
+                if error is not None and not _in_band(error):
+                    raise ClientError(_message(error))
+                finals += error is not None or _is_final(result)  # an error response is final
+        except (InferenceServerException, ClientError, queue.Empty):
+            conn.close(cancel=True)
+            return
+        self._put_stream(conn)
+
+    def _take_stream(self) -> _Stream | None:
+        """An idle open stream: opening a gRPC stream costs ~3 ms (measured), which would
+        otherwise land on every request's time to first token. A stream that received
+        anything while idle was closed by the server or the network and is dropped."""
+        while True:
+            with self._lock:
+                if not self._streams:
+                    return None
+                conn = self._streams.pop()
+            if conn.responses.empty():
+                return conn
+            conn.close()
+
+    def _put_stream(self, conn: _Stream) -> None:
         with self._lock:
-            if self._streams:
-                return self._streams.pop()
+            self._streams.append(conn)
+
+    def _new_stream(self) -> _Stream:
         try:
             return _Stream(self.url)
         except InferenceServerException as exc:
@@ -253,6 +313,13 @@ class _Stream:
         self.client = grpcclient.InferenceServerClient(url=url)
         self.responses: queue.Queue = queue.Queue()
         self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
+
+    def next(self, timeout_s: float, model: str):
+        """The next (result, error) of this stream."""
+        try:
+            return self.responses.get(timeout=timeout_s)
+        except queue.Empty:
+            raise ClientError(f"no response from {model} within {timeout_s:.0f} s") from None
 
     def close(self, cancel: bool = False) -> None:
         try:
@@ -310,6 +377,17 @@ def _bool_input(name: str, value: bool) -> grpcclient.InferInput:
     inp = grpcclient.InferInput(name, [1], "BOOL")
     inp.set_data_from_numpy(np.array([value], dtype=bool))
     return inp
+
+
+def _in_band(error: InferenceServerException) -> bool:
+    """An error the server sent as a response (the request is over, the stream still
+    works), not a failure of the stream itself (those carry a gRPC status)."""
+    return error.status() is None
+
+
+def _is_final(result) -> bool:
+    final = result.get_response().parameters.get("triton_final_response")
+    return final is not None and final.bool_param
 
 
 def _message(exc) -> str:

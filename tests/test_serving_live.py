@@ -237,6 +237,105 @@ def test_bad_text_requests_name_the_field_and_server_keeps_serving(
     assert gpt2_client.generate_text("The class", max_tokens=3, ignore_eos=True, stream=False)
 
 
+def _stream_input(name: str, value) -> grpcclient.InferInput:
+    if isinstance(value, bool):
+        t = grpcclient.InferInput(name, [1], "BOOL")
+        t.set_data_from_numpy(np.array([value], dtype=bool))
+    else:
+        t = grpcclient.InferInput(name, [1], "BYTES")
+        t.set_data_from_numpy(np.array([value.encode()], dtype=np.object_))
+    return t
+
+
+def test_stop_input_ends_the_request_with_that_id_and_the_stream_serves_on(gpt2_server):
+    """TensorRT-LLM's `stop`: sent with a running request's id on the same stream, it ends that
+    request early (one empty final response each) without cancelling the gRPC call."""
+    import queue
+
+    long_tokens = 120  # most of the tiny model's 128-token window
+    sampling = json.dumps({"max_tokens": long_tokens, "ignore_eos": True})
+    out: queue.Queue = queue.Queue()
+
+    def finals_and_deltas(n_finals: int) -> tuple[int, list]:
+        deltas, finals = 0, []
+        while len(finals) < n_finals:
+            result, error = out.get(timeout=60)
+            assert error is None, error
+            response = result.get_response()
+            deltas += result.as_numpy("text_output") is not None
+            if response.parameters["triton_final_response"].bool_param:
+                finals.append(response.id)
+        return deltas, finals
+
+    ended_early = []
+    with grpcclient.InferenceServerClient(gpt2_server.grpc_url) as raw:
+        raw.start_stream(callback=lambda result, error: out.put((result, error)))
+
+        def send(inputs, rid):
+            raw.async_stream_infer("gpt2", inputs, request_id=rid, enable_empty_final_response=True)
+
+        # The tiny model writes its whole window in ~0.1 s: a stop can come too late on a
+        # loaded machine, so up to 20 tries; without `stop` every one runs to the end.
+        for attempt in range(20):
+            rid = f"long-{attempt}"
+            send(
+                [
+                    _stream_input("text_input", "The class"),
+                    _stream_input("sampling_parameters", sampling),
+                    _stream_input("stream", True),
+                ],
+                rid,
+            )
+            result, error = out.get(timeout=60)  # the first token
+            assert error is None, error
+            send([_stream_input("text_input", ""), _stream_input("stop", True)], rid)
+            deltas, finals = finals_and_deltas(2)
+            assert finals == [rid, rid]  # the request's final and the stop's, both empty
+            if 1 + deltas < long_tokens:
+                ended_early.append(1 + deltas)
+                break
+        # Stopping an id with nothing in flight is a no-op with an empty final; the stream
+        # then carries the next request as usual.
+        send([_stream_input("text_input", ""), _stream_input("stop", True)], "nothing-running")
+        assert finals_and_deltas(1)[1] == ["nothing-running"]
+        send(
+            [
+                _stream_input("text_input", "The class"),
+                _stream_input("sampling_parameters", '{"max_tokens": 3, "ignore_eos": true}'),
+            ],
+            "after",
+        )
+        assert finals_and_deltas(1)[1] == ["after"]
+        raw.stop_stream()
+    assert ended_early, "every stopped request ran to its last token"
+    assert "stop needs the id" in _raw_stop_without_id(gpt2_server)
+
+
+def _raw_stop_without_id(server) -> str:
+    import queue
+
+    out: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+        raw.start_stream(callback=lambda result, error: out.put((result, error)))
+        raw.async_stream_infer("gpt2", [_stream_input("text_input", ""), _stream_input("stop", True)])
+        _, error = out.get(timeout=30)
+        raw.stop_stream()
+    assert error is not None
+    return str(error)
+
+
+def test_client_leaving_a_stream_stops_the_request_and_keeps_the_stream(gpt2_client):
+    """A caller that stops reading ends its request on the server with `stop`, not a gRPC
+    cancel (Triton 2.51 can abort on those), and the stream goes back to the idle pool."""
+    for _ in range(3):
+        stream = gpt2_client.generate_text("The class", max_tokens=100, ignore_eos=True)
+        next(stream)
+        stream.close()
+        assert len(gpt2_client._streams) == 1  # one stream, reused each time
+    text = gpt2_client.generate_text("The class", max_tokens=4, ignore_eos=True, stream=False)
+    assert text and len(gpt2_client._streams) == 1
+
+
 def test_client_checks_arguments_before_sending(client):
     with pytest.raises(ClientError, match="max_tokens"):
         client.generate_text("hi", max_tokens=0)
@@ -251,9 +350,10 @@ def test_short_soak_has_no_unexpected_errors_and_bounded_memory(server):
 
     result = run_soak(
         SoakOptions(
-            url=server.grpc_url, duration_s=15, clients=3, bad_share=0.25, server_pids=(server.process.pid,)
+            url=server.grpc_url, duration_s=15, clients=6, bad_share=0.25, server_pids=(server.process.pid,)
         )
     )
+    assert server.process.poll() is None, "tritonserver exited during the soak"
     assert result["total_requests"] > 10
     assert result["unexpected_error_count"] == 0, result["unexpected_errors"]
     assert sum(result["expected_errors"].values()) > 0  # the bad requests really were sent and rejected

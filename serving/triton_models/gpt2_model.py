@@ -4,7 +4,9 @@ The interface of Triton's LLM backends (vLLM, TensorRT-LLM): in `text_input` BYT
 optional `stream` BOOL, `sampling_parameters` BYTES (vLLM's JSON), `exclude_input_in_output`
 BOOL and TensorRT-LLM's optional sampling tensors (`sampling.TENSOR_INPUTS`: `max_tokens`,
 `temperature`, `random_seed`, `stop_words`, ...); out `text_output` BYTES. Both schemas become
-one `SamplingParams`. This file only converts Triton requests into engine
+one `SamplingParams`. TensorRT-LLM's optional `stop` BOOL: a request with `stop` true ends
+the requests in flight with the same request id (their slots are freed at the next step) and
+gets one empty final response; this stops a stream without cancelling the gRPC call. This file only converts Triton requests into engine
 requests and engine results into responses; the generation itself (KV slots, chunked
 prefill, in-flight batching, sampling) is `gpt2_engine.Engine`, which knows nothing of
 Triton.
@@ -87,10 +89,11 @@ class _ResponseSender:
 class _Job:
     """What the adapter keeps per request (the engine's `Request.context`)."""
 
-    __slots__ = ("sender", "stream", "prefix", "text", "answered")
+    __slots__ = ("sender", "stream", "prefix", "text", "answered", "request_id")
 
-    def __init__(self, sender, stream, prefix):
+    def __init__(self, sender, stream, prefix, request_id=""):
         self.sender, self.stream, self.prefix, self.text = sender, stream, prefix, []
+        self.request_id = request_id
         self.answered = False  # a response has gone out (the first one is sent inline)
 
 
@@ -177,6 +180,10 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
+                if _optional_scalar(request, "stop"):
+                    self._stop(request.request_id())
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    continue
                 prompt_ids, params, job = self._parse(request, sender)
                 self.engine.submit(prompt_ids, params, context=job)
                 self.wake.set()
@@ -188,6 +195,16 @@ class TritonPythonModel:
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
                 )
         return None
+
+    def _stop(self, request_id):
+        """TensorRT-LLM's `stop`: end the unfinished requests that carry `request_id`. None
+        left (it finished meanwhile) is not an error: stopping is idempotent."""
+        if not request_id:
+            raise RequestError("stop needs the id of the request to stop: send it as this request's id")
+        for req in self.engine.requests():
+            if req.context.request_id == request_id:
+                self.engine.cancel(req)
+        self.wake.set()
 
     def _parse(self, request, sender):
         raw = _optional_scalar(request, "text_input")
@@ -205,7 +222,8 @@ class TritonPythonModel:
         exclude = _optional_scalar(request, "exclude_input_in_output")
         ids = self.engine.encode_prompt(prompt, params, self.max_prompt_tokens or None)
         prefix = "" if exclude is None or bool(exclude) else prompt
-        return ids, params, _Job(sender, bool(stream) if stream is not None else False, prefix)
+        stream = bool(stream) if stream is not None else False
+        return ids, params, _Job(sender, stream, prefix, request.request_id())
 
     # -- the generation loop (background thread) ---------------------------------------
     def _loop(self):
