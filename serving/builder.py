@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 TRITON_MODELS = Path(__file__).parent / "triton_models"
 # The runtime modules copied beside gpt2's model.py (they import each other flat).
-ENGINE_MODULES = ("gpt2_engine.py", "gpt2_openvino.py", "sampling.py")
+ENGINE_MODULES = ("gpt2_engine.py", "gpt2_openvino.py", "sampling.py", "llm_metrics.py")
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 IMAGE_COMPONENTS = ("dcgan", "vae_encoder", "vae_decoder")
 FLAVOURS = ("python", "onnxruntime")
@@ -195,6 +195,8 @@ def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
     window = opts.kv_max_len or int(model_info["n_positions"])
     limit = min(opts.max_tokens_limit, window - 1)
     cfg.parameters["max_tokens_limit"].string_value = str(limit)
+    # how often the engine's TTFT, ITL, token and slot figures reach the metrics endpoint (0 = off)
+    cfg.parameters["metrics_interval_s"].string_value = "1"
     cfg.parameters["max_prompt_tokens"].string_value = str(window - 1)
     if opts.kv_max_len > int(model_info["n_positions"]):
         raise ConfigError(

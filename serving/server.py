@@ -155,6 +155,11 @@ class EmbeddedTritonServer:
         return f"{self._client_host}:{self.http_port}"
 
     @property
+    def metrics_url(self) -> str:
+        """Prometheus text of the server's metrics (Triton's and the models' own)."""
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
     def _client_host(self) -> str:
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 

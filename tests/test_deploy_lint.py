@@ -89,8 +89,15 @@ def test_prometheus_adapter_rules_are_yaml_with_the_hpa_metric():
     (cm,) = [doc for _, doc in _documents() if doc.get("kind") == "ConfigMap"]
     rules = yaml.safe_load(cm["data"]["config.yaml"])["rules"]
     (hpa,) = [doc for _, doc in _documents() if doc.get("kind") == "HorizontalPodAutoscaler"]
-    metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
-    assert [r["name"]["as"] for r in rules] == [metric]
+    metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]]
+    # each metric the HPA scales on is served by exactly one rule, and no rule is unused
+    assert sorted(r["name"]["as"] for r in rules) == sorted(metrics)
+    assert "llm_requests_waiting" in metrics
+    # the rules read series this project's server exports (Triton's, and gpt2's own)
+    from serving.triton_models import llm_metrics
+
+    series = {r["seriesQuery"].split("{")[0] for r in rules}
+    assert series == {"nv_inference_queue_duration_us", llm_metrics.WAITING}
 
 
 def _hadolint() -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from serving.triton_models.sampling import TENSOR_INPUTS
 pytestmark = pytest.mark.server
 
 PROMPTS = ["The class", "def ", "Python is", "x = 1"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _hf_greedy_text(checkpoint, prompt: str, n: int) -> str:
@@ -334,6 +337,84 @@ def test_client_leaving_a_stream_stops_the_request_and_keeps_the_stream(gpt2_cli
         assert len(gpt2_client._streams) == 1  # one stream, reused each time
     text = gpt2_client.generate_text("The class", max_tokens=4, ignore_eos=True, stream=False)
     assert text and len(gpt2_client._streams) == 1
+
+
+def _scrape(server) -> dict[tuple[str, frozenset], float]:
+    """The metrics endpoint as {(name, labels): value} (Prometheus text format)."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def _settled_scrape(server) -> dict:
+    """A scrape once the model's exporter (1 s interval) has nothing left to flush: two scrapes
+    2.5 s apart agree."""
+    import time
+
+    last = _scrape(server)
+    for _ in range(20):
+        time.sleep(2.5)
+        now = _scrape(server)
+        llm = {k: v for k, v in now.items() if k[0].startswith(("vllm:", "aigc:"))}
+        if llm and llm == {k: v for k, v in last.items() if k[0].startswith(("vllm:", "aigc:"))}:
+            return now
+        last = now
+    raise AssertionError("the gpt2 metrics kept changing with no request running")
+
+
+def test_metrics_endpoint_reports_llm_latency_tokens_and_slots(server, client, fp32_repository):
+    from tokenizers import Tokenizer
+
+    from serving.builder import versions
+    from serving.triton_models import llm_metrics as lm
+
+    version = str(versions(fp32_repository / "gpt2")[-1])
+    gpt2 = {("model", "gpt2"), ("version", version)}
+
+    def value(scrape, name, **extra):
+        return scrape.get((name, frozenset(gpt2 | set(extra.items()))), 0.0)
+
+    prompt, n_req, n_tok = "The class", 3, 6
+    before = _settled_scrape(server)
+    for _ in range(n_req):
+        assert client.generate_text(prompt, max_tokens=n_tok, ignore_eos=True, stream=False)
+    assert "max_tokens" in _raw_text(server, "hi", '{"max_tokens": 0}')
+    after = _settled_scrape(server)
+
+    def delta(name, **extra):
+        return value(after, name, **extra) - value(before, name, **extra)
+
+    tokenizer = Tokenizer.from_file(str(fp32_repository / "gpt2" / version / "tokenizer.json"))
+    assert delta(lm.PROMPT_TOKENS) == n_req * len(tokenizer.encode(prompt).ids)
+    assert delta(lm.GENERATION_TOKENS) == n_req * n_tok
+    assert delta(lm.SUCCESS, finished_reason="length") == n_req
+    assert delta(lm.FAILURE, reason="rejected") == 1
+    assert delta(lm.TTFT + "_count") == n_req
+    assert delta(lm.ITL + "_count") == n_req * (n_tok - 1)
+    assert delta(lm.E2E + "_count") == n_req
+    for name in (lm.TTFT, lm.ITL, lm.E2E):  # plausible seconds, and the buckets add up
+        mean = delta(name + "_sum") / delta(name + "_count")
+        assert 0 < mean < 30, (name, mean)
+        assert delta(name + "_bucket", le="+Inf") == delta(name + "_count")
+    assert value(after, lm.TTFT + "_sum") > 0
+    slots = int(read_config(fp32_repository / "gpt2").parameters["kv_slots"].string_value)
+    assert value(after, lm.KV_TOTAL) == slots and value(after, lm.KV_FREE) == slots
+    assert value(after, lm.RUNNING) == 0 and value(after, lm.WAITING) == 0
+    assert value(after, lm.KV_USAGE) == 0
+    # Triton's own per-model counters sit beside them
+    assert value(after, "nv_inference_request_success") > value(before, "nv_inference_request_success")
+    # every series the sample Grafana dashboard queries is one this server exports
+    dashboard = json.loads((REPO_ROOT / "deploy" / "grafana" / "aigc-llm-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queried = {name for e in exprs for name in re.findall(r"([a-z_][a-z0-9_]*(?::[a-z0-9_]+)?)\{", e)}
+    exported = {name for name, _ in after}
+    assert queried and queried <= exported, sorted(queried - exported)
 
 
 def test_client_checks_arguments_before_sending(client):

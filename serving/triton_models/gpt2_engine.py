@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 try:  # in the package (tests, benchmarks) or flat in a repository version folder (Triton)
+    from .llm_metrics import EngineStats
     from .sampling import Detokenizer, RequestError, SamplingParams, TokenHistory, sample_token
 except ImportError:
+    from llm_metrics import EngineStats
     from sampling import Detokenizer, RequestError, SamplingParams, TokenHistory, sample_token
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -78,6 +80,7 @@ class Request:
     rng: np.random.Generator | None = None
     arrived: float = 0.0
     first_token_at: float | None = None
+    last_token_at: float = 0.0
     tokens: list[int] = field(default_factory=list)
     eos: int | None = None  # the token that ends it: the model's EOS, or the request's end_id
     history: TokenHistory | None = None  # only with penalties
@@ -481,6 +484,7 @@ class Engine:
         self._lock = threading.Lock()
         self._prefill_cost = _CostFit()
         self._decode_ms = _Ema()
+        self.stats = EngineStats()  # for the metrics endpoint (llm_metrics)
 
     @property
     def waiting(self) -> int:
@@ -551,6 +555,7 @@ class Engine:
                     f"waiting (max_queue_size {self.config.max_queue}); retry later"
                 )
             self._waiting.append(req)
+        self.stats.prompt_tokens += len(req.prompt_ids)
         return req
 
     def cancel(self, req: Request) -> None:
@@ -672,8 +677,14 @@ class Engine:
 
     def _advance(self, req: Request, greedy_token: int, logits: Callable[[], np.ndarray]) -> None:
         token = self._next_token(req, greedy_token, logits)
+        now = self.clock()
         if req.first_token_at is None:
-            req.first_token_at = self.clock()
+            req.first_token_at = now
+            self.stats.ttft.append(now - req.arrived)
+        else:
+            self.stats.itl.append(now - req.last_token_at)
+        req.last_token_at = now
+        self.stats.generation_tokens += 1
         req.generated += 1
         req.next_token = token
         req.tokens.append(token)
@@ -732,6 +743,9 @@ class Engine:
             self.running.remove(req)
             self.model.kv.release(req.slot)
         req.status, req.finish_reason, req.error = Status.FINISHED, reason, error
+        self.stats.ended[reason.value] += 1
+        if req.first_token_at is not None:
+            self.stats.e2e.append(self.clock() - req.arrived)
         self.sink.on_finish(req)
 
     def _guard(self, fn, *args) -> None:

@@ -14,7 +14,8 @@ Triton.
 Threads: `execute` checks and tokenizes each request and submits it; one generation thread
 runs `Engine.step()`; responses go out on a sender thread so Triton's IPC (~0.5 ms a
 response) overlaps the next step, except a request's first response, which the generation
-thread sends at once (time to first token).
+thread sends at once (time to first token). A metrics thread moves the engine's counts and
+latency samples into Triton's metrics endpoint every `metrics_interval_s` (`llm_metrics`).
 """
 
 import json
@@ -29,7 +30,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpt2_engine import EngineConfig, FinishReason, Sink, load_engine  # noqa: E402
+import llm_metrics  # noqa: E402
+from gpt2_engine import EngineConfig, FinishReason, QueueFullError, Sink, load_engine  # noqa: E402
 from sampling import SAMPLING_KEYS, TENSOR_INPUTS, RequestError, params_from_request  # noqa: E402
 
 # Asking Triton whether a client cancelled is an IPC round trip (~0.1-0.2 ms): every N steps.
@@ -128,6 +130,91 @@ class _TritonSink(Sink):
             self.responses.send(job.sender, _text_response(job.prefix + "".join(job.text)), flags=final)
 
 
+class _MetricsExporter:
+    """The engine's `EngineStats` as Python-backend custom metrics (`llm_metrics.METRICS`),
+    labelled with the model and version, flushed from this thread every `interval_s`."""
+
+    def __init__(self, engine, labels, interval_s):
+        self.engine, self.interval_s = engine, interval_s
+        kinds = {
+            "histogram": pb_utils.MetricFamily.HISTOGRAM,
+            "counter": pb_utils.MetricFamily.COUNTER,
+            "gauge": pb_utils.MetricFamily.GAUGE,
+        }
+        self.families = {
+            name: (pb_utils.MetricFamily(name=name, description=text, kind=kinds[kind]), buckets)
+            for name, kind, text, buckets in llm_metrics.METRICS
+        }
+        self.labels = labels
+        self.metrics = {}
+        self.sent = {}  # counter -> the total sent so far (counters take increments)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="gpt2-metrics", daemon=True)
+        self.thread.start()
+
+    def metric(self, name, **extra):
+        key = (name, tuple(sorted(extra.items())))
+        if key not in self.metrics:
+            family, buckets = self.families[name]
+            labels = {**self.labels, **extra}
+            self.metrics[key] = (
+                family.Metric(labels=labels, buckets=list(buckets))
+                if buckets
+                else family.Metric(labels=labels)
+            )
+        return self.metrics[key]
+
+    def count(self, name, total, **extra):
+        key = (name, tuple(sorted(extra.items())))
+        delta = total - self.sent.get(key, 0)
+        if delta > 0:
+            self.metric(name, **extra).increment(delta)
+            self.sent[key] = total
+
+    def flush(self):
+        stats, engine = self.engine.stats, self.engine
+        for name, samples in (
+            (llm_metrics.TTFT, stats.ttft),
+            (llm_metrics.ITL, stats.itl),
+            (llm_metrics.E2E, stats.e2e),
+        ):
+            values = llm_metrics.drain(samples)
+            if values:
+                metric = self.metric(name)
+                for value in values:
+                    metric.observe(value)
+        self.count(llm_metrics.PROMPT_TOKENS, stats.prompt_tokens)
+        self.count(llm_metrics.GENERATION_TOKENS, stats.generation_tokens)
+        totals = {}
+        for reason, n in list(stats.ended.items()):
+            family, label = llm_metrics.FINISH_LABELS[reason]
+            totals[(family, label)] = totals.get((family, label), 0) + n
+        for reason, n in list(stats.refused.items()):
+            totals[(llm_metrics.FAILURE, reason)] = n
+        for (family, label), n in totals.items():
+            if family == llm_metrics.SUCCESS:
+                self.count(family, n, finished_reason=label)
+            else:
+                self.count(family, n, reason=label)
+        slots, free = engine.config.slots, engine.free_slots
+        self.metric(llm_metrics.RUNNING).set(len(engine.running))
+        self.metric(llm_metrics.WAITING).set(engine.waiting)
+        self.metric(llm_metrics.KV_FREE).set(free)
+        self.metric(llm_metrics.KV_TOTAL).set(slots)
+        self.metric(llm_metrics.KV_USAGE).set((slots - free) / slots)
+
+    def _run(self):
+        while not self.stop.wait(self.interval_s):
+            try:
+                self.flush()
+            except Exception as exc:  # metrics must never take generation down
+                pb_utils.Logger.log_warn(f"gpt2 metrics: {exc}")
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         self.model_config = config = json.loads(args["model_config"])
@@ -168,6 +255,11 @@ class TritonPythonModel:
         self.running = True
         self.thread = threading.Thread(target=self._loop, name="gpt2-generation", daemon=True)
         self.thread.start()
+        self.metrics = None
+        interval = _param(config, "metrics_interval_s", 1.0)
+        if interval > 0 and hasattr(pb_utils, "MetricFamily"):
+            labels = {"model": args["model_name"], "version": args["model_version"]}
+            self.metrics = _MetricsExporter(self.engine, labels, interval)
         model = self.engine.model
         pb_utils.Logger.log_info(f"gpt2: {model.runtime_description}, numpy {np.__version__}")
         pb_utils.Logger.log_info(
@@ -188,6 +280,7 @@ class TritonPythonModel:
                 self.engine.submit(prompt_ids, params, context=job)
                 self.wake.set()
             except RequestError as exc:
+                self.engine.stats.refused["busy" if isinstance(exc, QueueFullError) else "rejected"] += 1
                 sender.send(_error_response(str(exc)), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             except Exception as exc:  # never let one bad request take the model down
                 sender.send(
@@ -253,6 +346,8 @@ class TritonPythonModel:
         self.wake.set()
         self.thread.join(timeout=5)
         self.responses.close(timeout=5)
+        if self.metrics is not None:
+            self.metrics.close()
         pb_utils.Logger.log_info(
             f"gpt2 finalize: generation loop {'still running' if self.thread.is_alive() else 'stopped'} "
             f"after {time.monotonic() - started:.2f} s"
