@@ -71,6 +71,9 @@ class BenchOptions:
     throughput_seconds: float = 3.0
     quick: bool = False
     progress: bool = True
+    # genai-perf beside the bench's own client (benchmarks.genai_perf): auto (when on PATH),
+    # off, or the path of its executable
+    genai_perf: str = "auto"
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -113,6 +116,10 @@ class BenchOptions:
             if b not in BASELINES:
                 raise ConfigError(f"--baselines: unknown baseline {b!r}; allowed: {', '.join(BASELINES)}")
         self.peer_names()
+        if self.genai_perf not in ("auto", "off"):
+            from benchmarks.genai_perf import locate
+
+            locate(self.genai_perf)  # a path that is no executable fails now, not after the run
         if self.models is not None:
             if not self.models:
                 raise ConfigError("--models: name at least one model")
@@ -341,6 +348,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
             "server_threads": opts.threads if opts.url is None else None,
             "baselines": list(opts.baselines),
             "peers": list(opts.peer_names()),
+            "genai_perf": opts.genai_perf,
         },
     }
     with contextlib.ExitStack() as stack:
@@ -532,6 +540,20 @@ def _bench_gpt2(opts: BenchOptions, url: str, s: Subject, variant: str | None, b
             url, prompt, opts.new_tokens, c, max(2, opts.repeats) if c == 1 else 2
         )
         bar.update()
+    if "1" in out["served"]:
+        from benchmarks import genai_perf
+
+        _step(bar, "gpt2 genai-perf")
+        out["genai_perf"] = genai_perf.run_beside(
+            opts.genai_perf,
+            url,
+            s.checkpoint,
+            out["served"]["1"],
+            opts.prompt_tokens,
+            opts.new_tokens,
+            max(16, 2 * opts.repeats),
+            opts.out,
+        )
     _long_and_mixed(opts, url, s, tok, text, prompt, out, bar)
     _step(bar, "gpt2 offline decode profile and read floors")
     if s.export is not None:

@@ -80,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "llamacpp, ctranslate2), all, or none (default all; with --quick openvino_int4, "
         "llamacpp_q4_0, ctranslate2_int8). A peer that is not installed is reported as skipped",
     )
+    src.add_argument(
+        "--genai-perf",
+        default="auto",
+        metavar="auto|off|PATH",
+        help="also profile the served gpt2 with NVIDIA's genai-perf (both Triton LLM schemas) and put "
+        "its TTFT, ITL and tokens/s beside ours: auto when genai-perf and perf_analyzer are on PATH "
+        "(default), off, or the genai-perf executable (perf_analyzer beside it or on PATH)",
+    )
     load = parser.add_argument_group("load")
     load.add_argument("--prompt-tokens", type=int, default=16, help="prompt length in tokens (default 16)")
     load.add_argument(
@@ -221,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         throughput_seconds=args.throughput_seconds,
         quick=args.quick,
         progress=not args.no_progress and sys.stderr.isatty(),
+        genai_perf=args.genai_perf,
     )
     opts.validate()
     # Bad thresholds or README fail now, not after minutes of measuring.

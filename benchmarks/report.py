@@ -608,6 +608,31 @@ def _images_table(imgs: dict) -> list[str]:
     return lines
 
 
+def _genai_perf_table(g: dict) -> list[str]:
+    """The bench's one-stream figures beside genai-perf's on the same workload."""
+    gp, ours = g.get("genai_perf"), g.get("served", {}).get("1")
+    if not gp or not ours:
+        return []
+    if "skipped" in gp:
+        return [f"genai-perf: not run ({gp['skipped']}).", ""]
+    lines = [
+        "| one stream, same workload | TTFT mean ms | ITL mean ms | output tokens/s | vs ours (TTFT / ITL / tokens/s) |",
+        "|---|---:|---:|---:|---|",
+        f"| aigc bench client | {ours['ttft_ms']['mean']:.1f} | {ours['itl_ms']['mean']:.2f} | "
+        f"{ours['aggregate_tokens_per_s']:.1f} | |",
+    ]
+    for backend, r in gp.items():
+        if "skipped" in r:
+            lines.append(f"| genai-perf --backend {backend} | not run: {r['skipped'][:120]} | | | |")
+            continue
+        v = r["vs_ours"]
+        lines.append(
+            f"| genai-perf --backend {backend} | {r['ttft_ms']['avg']:.1f} | {r['itl_ms']['avg']:.2f} | "
+            f"{r['output_tokens_per_s']:.1f} | {v['ttft_mean']} / {v['itl_mean']} / {v['tokens_per_s']} |"
+        )
+    return lines + [""]
+
+
 def markdown(results: dict) -> str:
     env, cfg = results["env"], results["config"]
     gpu = ", ".join(env.get("gpus") or []) or ("yes" if env.get("gpu") else "none")
@@ -619,6 +644,7 @@ def markdown(results: dict) -> str:
     if results.get("gpt2"):
         g = results["gpt2"]
         lines += _gpt2_table(g, cfg) + [""]
+        lines += _genai_perf_table(g)
         lines += _workload_tables(g)
         profile = _profile_tables(g)
         lines += profile + ([""] if profile else [])
