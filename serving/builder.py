@@ -188,7 +188,13 @@ def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
         cfg.input.add(name=name, data_type=data_type, dims=list(dims), optional=True)
     # TensorRT-LLM's `stop`: ends the in-flight requests with this request's id.
     cfg.input.add(name="stop", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
+    # the vLLM backend's additional outputs, each asked for by its return_* flag
+    for flag in ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens"):
+        cfg.input.add(name=flag, data_type=mc.TYPE_BOOL, dims=[1], optional=True)
     cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[-1])
+    cfg.output.add(name="finish_reason", data_type=mc.TYPE_STRING, dims=[-1])
+    cfg.output.add(name="num_input_tokens", data_type=mc.TYPE_UINT32, dims=[-1])
+    cfg.output.add(name="num_output_tokens", data_type=mc.TYPE_UINT32, dims=[-1])
     # One instance: its generation loop batches every concurrent request itself.
     kind = mc.ModelInstanceGroup.KIND_GPU if opts.target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     cfg.instance_group.add(kind=kind, count=1)

@@ -172,10 +172,14 @@ class AigcClient:
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
         repetition_penalty: float = 1.0,
+        details: dict | None = None,
         **extra,
     ) -> Iterator[str] | str:
         """Text from the served GPT-2: an iterator of deltas (stream=True) or the whole string.
-        `extra`: further `sampling_parameters` fields (`min_p`, `stop_token_ids`, `bad_words`)."""
+        `extra`: further `sampling_parameters` fields (`min_p`, `stop_token_ids`, `bad_words`).
+        `details`: a dict the server's counts fill once the text is complete (the vLLM
+        backend's additional outputs): `finish_reason` ("stop", "length"), `prompt_tokens`,
+        `completion_tokens`."""
         params = sampling_parameters(
             max_tokens,
             temperature,
@@ -193,17 +197,20 @@ class AigcClient:
         if not isinstance(prompt, str) or not prompt:
             raise ClientError("prompt (text_input) must be a non-empty string")
         deltas = self._stream(
-            model, prompt, params, stream, exclude_input_in_output, timeout_s or self.timeout_s
+            model, prompt, params, stream, exclude_input_in_output, timeout_s or self.timeout_s, details
         )
         return deltas if stream else "".join(deltas)
 
-    def _stream(self, model, prompt, params, stream, exclude, timeout_s) -> Iterator[str]:
+    def _stream(self, model, prompt, params, stream, exclude, timeout_s, details=None) -> Iterator[str]:
         inputs = [
             _bytes_input("text_input", prompt),
             _bytes_input("sampling_parameters", json.dumps(params)),
             _bool_input("stream", stream),
             _bool_input("exclude_input_in_output", exclude),
         ]
+        if details is not None:
+            details.update(finish_reason=None, prompt_tokens=None, completion_tokens=0)
+            inputs += [_bool_input(flag, True) for flag in _DETAIL_FLAGS]
         request_id = uuid.uuid4().hex
         conn, pooled = self._send(model, inputs, request_id)
         answered = False  # a response of this request has arrived
@@ -220,6 +227,8 @@ class AigcClient:
                 if error is not None:
                     done = _in_band(error)  # the server ended the request; the stream is fine
                     raise ClientError(_message(error))
+                if details is not None:
+                    _add_details(details, result)
                 out = result.as_numpy("text_output")
                 if out is not None and out.size:
                     text = b"".join(x if isinstance(x, bytes) else str(x).encode() for x in out.reshape(-1))
@@ -377,6 +386,24 @@ def _bool_input(name: str, value: bool) -> grpcclient.InferInput:
     inp = grpcclient.InferInput(name, [1], "BOOL")
     inp.set_data_from_numpy(np.array([value], dtype=bool))
     return inp
+
+
+_DETAIL_FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
+
+
+def _add_details(details: dict, result) -> None:
+    """Fold one response's additional outputs into `details`: output tokens add up, the
+    prompt's count and the finish reason are taken as they come."""
+    reason = result.as_numpy("finish_reason")
+    if reason is not None and reason.size and reason.reshape(-1)[0]:
+        word = reason.reshape(-1)[0]
+        details["finish_reason"] = word.decode() if isinstance(word, bytes) else str(word)
+    prompt = result.as_numpy("num_input_tokens")
+    if prompt is not None and prompt.size:
+        details["prompt_tokens"] = int(prompt.reshape(-1)[0])
+    generated = result.as_numpy("num_output_tokens")
+    if generated is not None and generated.size:
+        details["completion_tokens"] += int(generated.reshape(-1)[0])
 
 
 def _in_band(error: InferenceServerException) -> bool:

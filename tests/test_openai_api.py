@@ -153,6 +153,51 @@ def test_stop_and_seed_map_onto_the_sampling_parameters(oai, client):
 
 
 @pytest.mark.server
+def test_penalties_reach_the_server_sampler(oai, client):
+    """OpenAI's presence and frequency penalties, and vLLM's repetition_penalty and min_tokens
+    through extra_body, generate what the same fields do through the gRPC client."""
+    plain = client.generate_text(PROMPT, max_tokens=N, ignore_eos=True, stream=False)
+    fields = dict(presence_penalty=0.8, frequency_penalty=0.6)
+    extra = {"repetition_penalty": 1.3, "min_tokens": 4, "ignore_eos": True}
+    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, extra_body=extra, **fields)
+    ref = client.generate_text(PROMPT, max_tokens=N, stream=False, **fields, **extra)
+    assert r.choices[0].text == ref and ref != plain
+    chat = [{"role": "user", "content": PROMPT}]
+    streamed = oai.chat.completions.create(
+        model="gpt2", messages=chat, max_tokens=N, stream=True, extra_body=extra, **fields
+    )
+    whole = oai.chat.completions.create(model="gpt2", messages=chat, max_tokens=N, extra_body=extra, **fields)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == whole.choices[0].message.content
+
+
+@pytest.mark.server
+def test_usage_and_finish_reason_are_the_servers_counts(oai, client):
+    """usage and finish_reason come from the server's own counts (the model's return_* outputs):
+    a stop string's tokens count as generated though the text ends before them."""
+    plain = client.generate_text(PROMPT, max_tokens=N, ignore_eos=True, stream=False)
+    stop = plain[len(plain) // 2 :][:3]
+    info: dict = {}
+    ref = client.generate_text(PROMPT, max_tokens=N, ignore_eos=True, stop=stop, stream=False, details=info)
+    extra = {"ignore_eos": True}
+    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, stop=stop, extra_body=extra)
+    assert r.choices[0].text == ref and r.choices[0].finish_reason == info["finish_reason"] == "stop"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (
+        info["prompt_tokens"],
+        info["completion_tokens"],
+    )
+    stream = oai.completions.create(
+        model="gpt2",
+        prompt=PROMPT,
+        max_tokens=N,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=extra,
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens == N and chunks[-2].choices[0].finish_reason == "length"
+
+
+@pytest.mark.server
 @pytest.mark.parametrize(
     "fields, param, words",
     [
@@ -353,7 +398,8 @@ def test_requests_map_onto_sampling_parameters():
     [
         ({"prompt": "x"}, "model"),
         ({"model": "gpt2", "prompt": [1, 2]}, "prompt"),
-        ({"model": "gpt2", "prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"model": "gpt2", "prompt": "x", "frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"model": "gpt2", "prompt": "x", "logit_bias": {"50256": -100}}, "logit_bias"),
         ({"model": "gpt2", "prompt": "x", "beam_width": 2}, "beam_width"),
         ({"model": "gpt2", "prompt": "x", "seed": "7"}, "seed"),
         ({"model": "gpt2", "prompt": "x", "temperature": float("nan")}, "temperature"),

@@ -528,3 +528,25 @@ def test_genai_perf_profiles_the_served_model(server, checkpoints, tmp_path, bac
     sent = json.loads(next(artifacts.glob("*/inputs.json")).read_text())["data"][0]
     expected = {"vllm": "sampling_parameters", "tensorrtllm": "min_length"}[backend]
     assert expected in sent  # the schema genai-perf really sent
+
+
+@pytest.mark.server
+def test_bench_puts_genai_perf_beside_its_own_client(server, checkpoints, tmp_path):
+    """`aigc bench`'s genai-perf step on the served model: both schemas profiled with the
+    bench's workload, each with its ratios to the bench's own one-stream figures (the
+    agreement itself is a measurement, recorded in benchmarks/, not asserted here)."""
+    from benchmarks import genai_perf, measure
+
+    if genai_perf.locate("auto") is None:
+        pytest.skip(
+            "genai-perf or perf_analyzer is not on PATH (see test_genai_perf_profiles_the_served_model)"
+        )
+    ours = measure.served_concurrency(server.grpc_url, "The class", 12, 1, 4)
+    out = genai_perf.run_beside("auto", server.grpc_url, checkpoints["gpt2"], ours, 8, 12, 8, tmp_path)
+    assert set(out) == set(genai_perf.BACKENDS)
+    for backend, r in out.items():
+        assert "skipped" not in r, (backend, r)
+        # genai-perf counts output tokens by re-encoding the text: the tiny model's repetitive
+        # text re-encodes into fewer tokens than the 12 generated
+        assert r["requests"] == 8 and 0 < r["output_tokens_per_request"] <= 12
+        assert all(v > 0 for v in r["vs_ours"].values()), r["vs_ours"]

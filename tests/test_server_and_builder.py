@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 
@@ -258,7 +259,7 @@ def test_model_that_fails_to_load_reports_tritons_reason(exports, tmp_path):
     (repo / "dcgan" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
     with pytest.raises(ServerError, match="dcgan") as err:
         start_server(repo, startup_timeout_s=120)
-    assert "failed to load" in str(err.value) or "dcgan" in str(err.value)
+    assert "failed to load 'dcgan'" in str(err.value)
 
 
 def test_empty_repository_is_refused(tmp_path):
@@ -337,12 +338,12 @@ def test_stream_cut_by_server_stop_ends_with_an_error_not_a_hang(fp32_repository
     repo = tmp_path / "repo"
     shutil.copytree(fp32_repository, repo)
     srv = start_server(repo, exit_timeout_s=1)
-    outcome = {}
+    outcome, details = {}, {}
 
     def stream():
         try:
             with AigcClient(srv.grpc_url, timeout_s=20) as c:
-                for _ in c.generate_text("The class", max_tokens=120, ignore_eos=True):
+                for _ in c.generate_text("The class", max_tokens=120, ignore_eos=True, details=details):
                     time.sleep(0.05)  # a slow reader keeps the stream open
             outcome["result"] = "completed"
         except ClientError as exc:
@@ -356,7 +357,14 @@ def test_stream_cut_by_server_stop_ends_with_an_error_not_a_hang(fp32_repository
     t.join(30)
     assert not t.is_alive(), "the client hung after the server stopped"
     assert time.monotonic() - t0 < 30
-    assert outcome["result"] == "completed" or outcome["result"].startswith("error")
+    # The tiny model may write all 120 tokens before the stop (the slow reader drains them from
+    # the client's buffer): then the text is whole. Otherwise the error says the server went.
+    if outcome["result"] == "completed":
+        assert details["completion_tokens"] == 120 and details["finish_reason"] == "length"
+    else:
+        assert re.search(
+            r"shutting down|UNAVAILABLE|Socket closed|Stream removed|no response|connect", outcome["result"]
+        ), outcome["result"]
 
 
 @pytest.mark.server

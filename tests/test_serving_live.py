@@ -65,7 +65,16 @@ def test_config_files_parse_back_with_the_public_tensors(fp32_repository):
     # TensorRT-LLM's optional sampling tensors are declared too, all optional
     assert {name for name, *_ in TENSOR_INPUTS} <= set(inputs)
     assert all(i.optional for i in g.input if i.name != "text_input")
-    assert [o.name for o in g.output] == ["text_output"]
+    # TensorRT-LLM's stop, and the vLLM backend's additional outputs with their flags
+    assert {"stop", "return_finish_reason", "return_num_input_tokens", "return_num_output_tokens"} <= set(
+        inputs
+    )
+    assert [o.name for o in g.output] == [
+        "text_output",
+        "finish_reason",
+        "num_input_tokens",
+        "num_output_tokens",
+    ]
     for m in cfg.values():
         assert m.backend == "python"
 
@@ -417,12 +426,58 @@ def test_metrics_endpoint_reports_llm_latency_tokens_and_slots(server, client, f
     assert queried and queried <= exported, sorted(queried - exported)
 
 
+def test_finish_reason_and_token_counts_come_from_the_server(gpt2_client, gpt2_server, fp32_repository):
+    """The vLLM backend's additional outputs (return_finish_reason, return_num_input_tokens,
+    return_num_output_tokens): exact counts and the reason, streamed and not."""
+    from tokenizers import Tokenizer
+
+    from serving.builder import versions
+
+    folder = fp32_repository / "gpt2" / str(versions(fp32_repository / "gpt2")[-1])
+    prompt_ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode("The class").ids
+    for stream in (True, False):
+        info: dict = {}
+        out = gpt2_client.generate_text(
+            "The class", max_tokens=9, ignore_eos=True, stream=stream, details=info
+        )
+        text = out if isinstance(out, str) else "".join(out)
+        assert text and info == {
+            "finish_reason": "length",
+            "prompt_tokens": len(prompt_ids),
+            "completion_tokens": 9,
+        }
+    # a stop string ends the text early: "stop", and the tokens generated up to it
+    plain = gpt2_client.generate_text("The class", max_tokens=20, ignore_eos=True, stream=False)
+    stop = plain[len(plain) // 2 :][:3]
+    info = {}
+    text = "".join(
+        gpt2_client.generate_text("The class", max_tokens=20, ignore_eos=True, stop=stop, details=info)
+    )
+    assert text == plain[: plain.find(stop)]
+    assert info["finish_reason"] == "stop" and 0 < info["completion_tokens"] < 20
+    # without the flags a response carries text only
+    import queue
+
+    out: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(gpt2_server.grpc_url) as raw:
+        raw.start_stream(callback=lambda result, error: out.put((result, error)))
+        sampling = _stream_input("sampling_parameters", '{"max_tokens": 2, "ignore_eos": true}')
+        raw.async_stream_infer("gpt2", [_stream_input("text_input", "The class"), sampling])
+        result, error = out.get(timeout=30)
+        raw.stop_stream()
+    assert (
+        error is None
+        and result.as_numpy("finish_reason") is None
+        and result.as_numpy("text_output") is not None
+    )
+
+
 def test_client_checks_arguments_before_sending(client):
-    with pytest.raises(ClientError, match="max_tokens"):
+    with pytest.raises(ClientError, match="max_tokens must be an integer in >= 1, got 0"):
         client.generate_text("hi", max_tokens=0)
-    with pytest.raises(ClientError, match="z"):
+    with pytest.raises(ClientError, match="z: contains NaN or infinite values"):
         client.generate_images("dcgan", z=np.full((1, 100), np.inf, np.float32))
-    with pytest.raises(ClientError, match="n must"):
+    with pytest.raises(ClientError, match="n must be an integer in 1..4096, got 0"):
         client.generate_images("dcgan", n=0)
 
 

@@ -61,6 +61,7 @@ class ServedModel:
     template: ChatTemplate
     window: int  # positions a request may fill: prompt + max_tokens
     max_tokens_limit: int
+    counts: bool = False  # the model returns finish_reason and token counts (vLLM's return_* flags)
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text).ids) if text else 0
@@ -155,11 +156,12 @@ class TritonModels:
             if int(params.get("kv_max_len") or 0) > 0:
                 window = min(window, int(params["kv_max_len"]))
             max_tokens_limit = int(params.get("max_tokens_limit") or 512)
+            counts = any(i.get("name") == "return_finish_reason" for i in config.get("input", []))
         except Exception as exc:  # missing or unreadable files, a bad parameter
             raise APIError(
                 500, f"model {name} version {version} in {self.repository}: {exc!r}", type="server_error"
             ) from None
-        return ServedModel(name, version, tokenizer, template, window, max_tokens_limit)
+        return ServedModel(name, version, tokenizer, template, window, max_tokens_limit, counts)
 
 
 class _ClientGone(Exception):
@@ -168,10 +170,15 @@ class _ClientGone(Exception):
 
 class _Run:
     """One generation on a worker thread (the gRPC client's iterator blocks); its events reach
-    the event loop through a queue: ("delta", text), ("end", None) or ("error", message)."""
+    the event loop through a queue: ("delta", text), ("end", None) or ("error", message).
+    `details` (when the model returns them): the server's finish_reason and token counts,
+    complete once "end" has arrived."""
 
-    def __init__(self, client: AigcClient, model: str, prompt: str, params: SamplingParams):
+    def __init__(
+        self, client: AigcClient, model: str, prompt: str, params: SamplingParams, details: dict | None = None
+    ):
         self.client, self.model, self.prompt, self.params = client, model, prompt, params
+        self.details = details
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
@@ -199,6 +206,11 @@ class _Run:
                 ignore_eos=p.ignore_eos,
                 stream=True,
                 model=self.model,
+                min_tokens=p.min_tokens,
+                presence_penalty=p.presence_penalty,
+                frequency_penalty=p.frequency_penalty,
+                repetition_penalty=p.repetition_penalty,
+                details=self.details,
             )
             for delta in deltas:
                 if self.cancelled.is_set():
@@ -299,7 +311,7 @@ def create_app(grpc_url: str, repository: Path, timeout_s: float = 600.0) -> Fas
             gen = replace(gen, prompt=model.template.render(gen.messages))
         prompt_tokens = model.count(gen.prompt)
         params = gen.params(model.default_max_tokens(gen, prompt_tokens), model.max_tokens_limit)
-        run = _Run(client, model.name, gen.prompt, params)
+        run = _Run(client, model.name, gen.prompt, params, {} if model.counts else None)
         try:
             first = await run.next(request)  # an error before any text keeps its HTTP status
         except _ClientGone:
@@ -321,11 +333,8 @@ def create_app(grpc_url: str, repository: Path, timeout_s: float = 600.0) -> Fas
         if item[0] == "error":
             raise server_error(item[1], gen)
         text = "".join(parts)
-        completion_tokens = model.count(text)
-        reason = finish_reason(completion_tokens, params.max_tokens)
-        body = writer.response(
-            gen.prompt + text if gen.echo else text, reason, usage(prompt_tokens, completion_tokens)
-        )
+        reason, counts = _outcome(run, model, prompt_tokens, text, params.max_tokens)
+        body = writer.response(gen.prompt + text if gen.echo else text, reason, counts)
         return JSONResponse(body)
 
     return app
@@ -358,10 +367,10 @@ async def _events(
                 yield sse(server_error(value, gen).body())
                 break
             else:
-                completion_tokens = model.count("".join(parts))
-                yield sse(writer.chunk(reason=finish_reason(completion_tokens, max_tokens)))
+                reason, counts = _outcome(run, model, prompt_tokens, "".join(parts), max_tokens)
+                yield sse(writer.chunk(reason=reason))
                 if gen.include_usage:
-                    yield sse(writer.usage_chunk(usage(prompt_tokens, completion_tokens)))
+                    yield sse(writer.usage_chunk(counts))
                 break
             item = await run.next(request)
         yield SSE_DONE
@@ -369,6 +378,18 @@ async def _events(
         return
     finally:
         run.cancel()
+
+
+def _outcome(
+    run: _Run, model: ServedModel, prompt_tokens: int, text: str, max_tokens: int
+) -> tuple[str, dict]:
+    """(finish_reason, usage) of a finished generation: the server's own when the model
+    returns them, else counted here with the model's tokenizer."""
+    d = run.details
+    if d and d.get("finish_reason") and d.get("prompt_tokens") is not None:
+        return d["finish_reason"], usage(d["prompt_tokens"], d["completion_tokens"])
+    completion_tokens = model.count(text)
+    return finish_reason(completion_tokens, max_tokens), usage(prompt_tokens, completion_tokens)
 
 
 async def _json(request: Request):

@@ -23,8 +23,6 @@ CHAT_ROLES = ("system", "developer", "user", "assistant")
 # Fields of OpenAI's requests this server cannot honour: accepted only at a value that asks
 # for nothing (what the official clients send when the caller leaves them out).
 _NEUTRAL = {
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
     "logprobs": (None, False, 0),
     "top_logprobs": (None, 0),
@@ -45,8 +43,11 @@ _NEUTRAL = {
 # Bookkeeping fields with no effect on the text: accepted and ignored.
 _IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key", "verbosity")
 # vLLM's extra sampling fields (the openai client sends them through `extra_body`).
-_EXTRA_SAMPLING = ("top_k", "ignore_eos")
-_COMMON = ("model", "stream", "stream_options", "n", "seed", "stop", "temperature", "top_p", "max_tokens")
+_EXTRA_SAMPLING = ("top_k", "ignore_eos", "repetition_penalty", "min_tokens")
+# OpenAI's sampling fields, passed on as the same SamplingParams fields (the same ranges:
+# penalties in [-2, 2])
+_SAMPLING = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+_COMMON = ("model", "stream", "stream_options", "n", "max_tokens") + _SAMPLING
 COMPLETION_FIELDS = frozenset(_COMMON + ("prompt", "echo") + _EXTRA_SAMPLING)
 CHAT_FIELDS = frozenset(_COMMON + ("messages", "max_completion_tokens") + _EXTRA_SAMPLING)
 
@@ -201,7 +202,7 @@ def _common(body: dict) -> tuple[str, dict, bool, bool]:
             'stream_options must be an object such as {"include_usage": true}', "stream_options"
         )
     include_usage = bool((options or {}).get("include_usage", False))
-    sampling = {k: body[k] for k in ("temperature", "top_p", "seed", "stop") + _EXTRA_SAMPLING if k in body}
+    sampling = {k: body[k] for k in _SAMPLING + _EXTRA_SAMPLING if k in body}
     sampling = {k: v for k, v in sampling.items() if v is not None}
     if isinstance(sampling.get("stop"), list) and not sampling["stop"]:
         del sampling["stop"]

@@ -34,6 +34,19 @@ import llm_metrics  # noqa: E402
 from gpt2_engine import EngineConfig, FinishReason, QueueFullError, Sink, load_engine  # noqa: E402
 from sampling import SAMPLING_KEYS, TENSOR_INPUTS, RequestError, params_from_request  # noqa: E402
 
+# The vLLM backend's optional additional outputs: (input flag, output).
+EXTRA_OUTPUTS = (
+    ("return_finish_reason", "finish_reason"),
+    ("return_num_input_tokens", "num_input_tokens"),
+    ("return_num_output_tokens", "num_output_tokens"),
+)
+# The engine's reasons in vLLM's words (OpenAI's finish_reason): EOS and stop strings are "stop".
+FINISH_REASONS = {
+    FinishReason.STOP: "stop",
+    FinishReason.EOS: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.CANCELLED: "abort",
+}
 # Asking Triton whether a client cancelled is an IPC round trip (~0.1-0.2 ms): every N steps.
 CANCEL_CHECK_EVERY = 8
 _SAMPLING_TENSORS = frozenset(name for name, _, _, _ in TENSOR_INPUTS)
@@ -91,11 +104,13 @@ class _ResponseSender:
 class _Job:
     """What the adapter keeps per request (the engine's `Request.context`)."""
 
-    __slots__ = ("sender", "stream", "prefix", "text", "answered", "request_id")
+    __slots__ = ("sender", "stream", "prefix", "text", "answered", "request_id", "extras", "reported")
 
-    def __init__(self, sender, stream, prefix, request_id=""):
+    def __init__(self, sender, stream, prefix, request_id="", extras=()):
         self.sender, self.stream, self.prefix, self.text = sender, stream, prefix, []
         self.request_id = request_id
+        self.extras = extras  # the vLLM backend's additional outputs asked for (EXTRA_OUTPUTS)
+        self.reported = 0  # output tokens counted in the responses sent so far
         self.answered = False  # a response has gone out (the first one is sent inline)
 
 
@@ -110,9 +125,9 @@ class _TritonSink(Sink):
             return
         if not job.answered:  # first token: send from the generation thread, now
             job.answered = True
-            self.responses.send_now(job.sender, _text_response(job.prefix + text))
+            self.responses.send_now(job.sender, _text_response(job.prefix + text, _extras(request)))
         else:
-            self.responses.send(job.sender, _text_response(text))
+            self.responses.send(job.sender, _text_response(text, _extras(request)))
 
     def on_finish(self, request):
         job = request.context
@@ -121,13 +136,14 @@ class _TritonSink(Sink):
         if reason in (FinishReason.ERROR, FinishReason.TIMEOUT):
             self.responses.send(job.sender, _error_response(request.error), flags=final)
         elif reason is FinishReason.CANCELLED:
-            self.responses.send(job.sender, flags=final)
+            self.responses.send(job.sender, _outputs_response(_extras(request, final=True)), flags=final)
         elif job.stream:
             if not job.answered and job.prefix:
                 self.responses.send(job.sender, _text_response(job.prefix))
-            self.responses.send(job.sender, flags=final)
+            self.responses.send(job.sender, _outputs_response(_extras(request, final=True)), flags=final)
         else:
-            self.responses.send(job.sender, _text_response(job.prefix + "".join(job.text)), flags=final)
+            text = job.prefix + "".join(job.text)
+            self.responses.send(job.sender, _text_response(text, _extras(request, final=True)), flags=final)
 
 
 class _MetricsExporter:
@@ -316,7 +332,8 @@ class TritonPythonModel:
         ids = self.engine.encode_prompt(prompt, params, self.max_prompt_tokens or None)
         prefix = "" if exclude is None or bool(exclude) else prompt
         stream = bool(stream) if stream is not None else False
-        return ids, params, _Job(sender, stream, prefix, request.request_id())
+        extras = tuple(name for flag, name in EXTRA_OUTPUTS if _optional_scalar(request, flag))
+        return ids, params, _Job(sender, stream, prefix, request.request_id(), extras)
 
     # -- the generation loop (background thread) ---------------------------------------
     def _loop(self):
@@ -358,9 +375,34 @@ def _error_response(message):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
 
-def _text_response(text):
+def _text_response(text, extras=()):
     out = pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))
-    return pb_utils.InferenceResponse(output_tensors=[out])
+    return pb_utils.InferenceResponse(output_tensors=[out, *extras])
+
+
+def _outputs_response(extras):
+    """The last response of a stream: no text, the additional outputs asked for (if any)."""
+    return pb_utils.InferenceResponse(output_tensors=list(extras)) if extras else None
+
+
+def _extras(request, final=False):
+    """The vLLM backend's additional outputs a request asked for, for the response going out
+    now: `num_output_tokens` the tokens since the previous response, `num_input_tokens` the
+    prompt's, `finish_reason` vLLM's word on the last response ("" before it)."""
+    job = request.context
+    if not job.extras:
+        return ()
+    out = []
+    for name in job.extras:
+        if name == "finish_reason":
+            word = FINISH_REASONS.get(request.finish_reason, "") if final else ""
+            out.append(pb_utils.Tensor(name, np.array([word.encode()], dtype=np.object_)))
+        elif name == "num_input_tokens":
+            out.append(pb_utils.Tensor(name, np.array([len(request.prompt_ids)], dtype=np.uint32)))
+        else:
+            out.append(pb_utils.Tensor(name, np.array([request.generated - job.reported], dtype=np.uint32)))
+    job.reported = request.generated
+    return out
 
 
 def _request_parameters(request):
