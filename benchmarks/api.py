@@ -741,7 +741,7 @@ def _bench_image(opts: BenchOptions, url: str, s: Subject, variant: str | None, 
         )
     if s.checkpoint is not None and "eager" in opts.baselines:
         from export.images import wrap_components
-        from training.checkpoint import load_image_checkpoint
+        from training.models import load_image_checkpoint
 
         module, _ = load_image_checkpoint(s.checkpoint, expected=KIND_OF[s.model])
         eager = wrap_components(KIND_OF[s.model], module)[s.model]

@@ -86,7 +86,7 @@ def _base_report(spec: ExportSpec, checkpoint: Path) -> dict:
 def _export_images(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng) -> dict:
     from export import images
     from export.ortutil import make_session, median_ms
-    from training.checkpoint import load_image_checkpoint
+    from training.models import load_image_checkpoint
 
     module, meta = load_image_checkpoint(checkpoint, expected=spec.model)
     wrapped = images.wrap_components(spec.model, module)

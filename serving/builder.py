@@ -16,11 +16,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError, ConfigError, ExportError
+from serving.onnx_io import graph_inputs, triton_tensors
 from serving.variant_choice import Workload, choose_variant, describe, split_pair
 
 logger = logging.getLogger(__name__)
@@ -31,14 +31,6 @@ ENGINE_MODULES = ("gpt2_engine.py", "gpt2_openvino.py", "sampling.py", "llm_metr
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 IMAGE_COMPONENTS = ("dcgan", "vae_encoder", "vae_decoder")
 FLAVOURS = ("python", "onnxruntime")
-_ONNX_TO_TRITON = {
-    onnx.TensorProto.FLOAT: mc.TYPE_FP32,
-    onnx.TensorProto.FLOAT16: mc.TYPE_FP16,
-    onnx.TensorProto.UINT8: mc.TYPE_UINT8,
-    onnx.TensorProto.INT8: mc.TYPE_INT8,
-    onnx.TensorProto.INT32: mc.TYPE_INT32,
-    onnx.TensorProto.INT64: mc.TYPE_INT64,
-}
 
 
 @dataclass
@@ -125,27 +117,10 @@ def kv_cache_bytes(model_info: dict, opts: BuildOptions, dtype_bytes: int = 4) -
     )
 
 
-def _dims_from_onnx(onnx_file: Path) -> dict[str, tuple[int, list[int]]]:
-    """name -> (Triton dtype, dims without the batch axis) for every graph input/output."""
-    graph = onnx.load(str(onnx_file), load_external_data=False).graph
-    out = {}
-    for vi in list(graph.input) + list(graph.output):
-        t = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim][1:]
-        if t.elem_type not in _ONNX_TO_TRITON:
-            raise BuildError(f"{onnx_file}: tensor {vi.name} has an ONNX type with no Triton type")
-        out[vi.name] = (_ONNX_TO_TRITON[t.elem_type], dims)
-    return out
-
-
-def _graph_inputs(onnx_file: Path) -> list[str]:
-    return [i.name for i in onnx.load(str(onnx_file), load_external_data=False).graph.input]
-
-
 def image_config(name: str, onnx_file: Path, opts: BuildOptions) -> mc.ModelConfig:
     """Python-backend config of an image component, tensors read from its ONNX file."""
-    tensors = _dims_from_onnx(onnx_file)
-    inputs = _graph_inputs(onnx_file)
+    tensors = triton_tensors(onnx_file)
+    inputs = graph_inputs(onnx_file)
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=opts.max_batch_size)
     for n in inputs:
         dtype, dims = tensors[n]

@@ -12,6 +12,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError, ConfigError
+from serving.onnx_io import graph_inputs, triton_tensors
 
 ACCELERATORS = ("tensorrt", "cuda", "none")
 
@@ -25,12 +26,11 @@ def native_model_config(
     fp16: bool = True,
     instance_count: int = 1,
 ) -> mc.ModelConfig:
-    from serving.builder import _dims_from_onnx, _graph_inputs
 
     if accelerator not in ACCELERATORS:
         raise ConfigError(f"--accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}")
-    tensors = _dims_from_onnx(onnx_path)
-    inputs = _graph_inputs(onnx_path)
+    tensors = triton_tensors(onnx_path)
+    inputs = graph_inputs(onnx_path)
     cfg = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
     for n, (dtype, dims) in tensors.items():
         if any(d < 0 for d in dims):
@@ -58,10 +58,9 @@ def native_model_config(
 
 def config_matches_onnx(config: mc.ModelConfig, onnx_path: Path) -> list[str]:
     """What Triton would reject at load time: tensor names, types or dims that differ."""
-    from serving.builder import _dims_from_onnx, _graph_inputs
 
-    tensors = _dims_from_onnx(onnx_path)
-    inputs = _graph_inputs(onnx_path)
+    tensors = triton_tensors(onnx_path)
+    inputs = graph_inputs(onnx_path)
     problems = []
     declared = {t.name: (t.data_type, list(t.dims), "input") for t in config.input}
     declared.update({t.name: (t.data_type, list(t.dims), "output") for t in config.output})

@@ -17,7 +17,7 @@ from export.api import export_model
 from export.images import FromUint8Image, ToUint8Image
 from export.ortutil import make_session
 from export.spec import SPECS
-from training.checkpoint import load_image_checkpoint
+from training.models import load_image_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from aigc.errors import CheckpointError, ConfigError, DataError
 from training.api import TrainOptions, train
-from training.checkpoint import detect_checkpoint_kind, load_image_checkpoint
+from training.checkpoint import detect_checkpoint_kind
+from training.models import load_image_checkpoint
 
 
 @pytest.mark.parametrize("model", ["dcgan", "vae"])

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from aigc.errors import CheckpointError, ConfigError
+from aigc.errors import CheckpointError
 from aigc.fsutil import atomic_dir  # noqa: F401 - re-exported for the trainers
 
 FORMAT = "aigc-checkpoint"
@@ -68,45 +68,3 @@ def detect_checkpoint_kind(path: Path) -> str:
     if meta.get("model_type") == "gpt2":
         return "gpt2"
     raise CheckpointError(f"checkpoint {cfg}: neither an aigc checkpoint nor a Hugging Face GPT-2 config")
-
-
-def load_image_checkpoint(path: Path, expected: str | None = None):
-    """Rebuild the model from the checkpoint alone; returns (module in eval mode, meta)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    kind = detect_checkpoint_kind(path)
-    if expected is not None and kind != expected:
-        raise CheckpointError(f"checkpoint at {path} is a {kind!r} checkpoint, expected {expected!r}")
-    if kind not in IMAGE_KINDS:
-        raise CheckpointError(f"checkpoint at {path} is a {kind!r} checkpoint, not an image model")
-    meta = json.loads((path / "config.json").read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path}: format_version {meta.get('format_version')} is not supported"
-        )
-    if kind == "dcgan":
-        from training.dcgan import DCGANConfig as Config
-        from training.dcgan import Generator as Model
-    else:
-        from training.vae import VAE as Model
-        from training.vae import VAEConfig as Config
-    try:
-        config = Config(**meta["config"])
-        config.validate()
-    except (TypeError, KeyError, ConfigError) as exc:
-        raise CheckpointError(f"checkpoint {path / 'config.json'}: bad model config ({exc})") from exc
-    weights = path / "model.safetensors"
-    try:
-        state = load_file(str(weights))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path}: model.safetensors missing") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {weights}: corrupt model.safetensors ({exc})") from exc
-    module = Model(config)
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {weights}: weights do not match config.json ({exc})") from exc
-    return module.eval(), meta
