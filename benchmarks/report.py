@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import subprocess
 from importlib import metadata
@@ -857,9 +856,8 @@ def write_readme(results: dict, out: Path, readme: Path) -> None:
             images.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(out) / name, images / f"bench-{name}")
             links.append(f"![{title}](docs/images/bench-{name})")
-    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
-    body = readme_section(results, links)
-    readme.write_text(
-        pattern.sub(lambda _m: f"{README_START}\n{body}{README_END}", readme.read_text(), count=1)
-    )
+    from export.results import replace_between_markers
+
+    body = readme_section(results, links).removesuffix("\n")
+    readme.write_text(replace_between_markers(readme.read_text(), README_START, README_END, body))
     logger.info("benchmark table written to %s", readme)

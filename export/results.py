@@ -53,10 +53,12 @@ def render_table(export_dirs: list[Path]) -> str:
 
 
 def replace_between_markers(text: str, start: str, end: str, body: str) -> str:
+    """`text` with what lies between the first `start` ... `end` markers replaced by `body`
+    (the README tables of `aigc results` and `aigc bench`)."""
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         raise ConfigError(f"markers {start} ... {end} not found in the README")
-    return pattern.sub(lambda _m: f"{start}\n{body}\n{end}", text)
+    return pattern.sub(lambda _m: f"{start}\n{body}\n{end}", text, count=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
