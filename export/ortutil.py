@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from serving.triton_models.ortsession import session_options
+
 
 def cpu_can_run(path: Path) -> bool:
     """Whether the CPU execution provider can create a session for this model."""
@@ -23,12 +25,7 @@ def cpu_can_run(path: Path) -> bool:
 def make_session(
     path: Path, threads: int | None = None, providers: list[str] | None = None
 ) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+    opts = session_options(threads or 0)
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
 
 

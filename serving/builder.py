@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 TRITON_MODELS = Path(__file__).parent / "triton_models"
 # The runtime modules copied beside gpt2's model.py (they import each other flat).
-ENGINE_MODULES = ("gpt2_engine.py", "gpt2_openvino.py", "sampling.py", "llm_metrics.py")
+ENGINE_MODULES = ("gpt2_engine.py", "gpt2_openvino.py", "sampling.py", "llm_metrics.py", "ortsession.py")
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 IMAGE_COMPONENTS = ("dcgan", "vae_encoder", "vae_decoder")
 FLAVOURS = ("python", "onnxruntime")
@@ -304,6 +304,7 @@ def build_repository(
                 else:
                     cfg = image_config(comp, onnx_file, opts)
                     files["model.py"] = TRITON_MODELS / "image_model.py"
+                    files["ortsession.py"] = TRITON_MODELS / "ortsession.py"
                 meta = {
                     "model": comp,
                     "variant": variant,

@@ -33,9 +33,11 @@ import numpy as np
 
 try:  # in the package (tests, benchmarks) or flat in a repository version folder (Triton)
     from .llm_metrics import EngineStats
+    from .ortsession import session_options
     from .sampling import Detokenizer, RequestError, SamplingParams, TokenHistory, sample_token
 except ImportError:
     from llm_metrics import EngineStats
+    from ortsession import session_options
     from sampling import Detokenizer, RequestError, SamplingParams, TokenHistory, sample_token
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -203,12 +205,7 @@ class OrtGpt2:
 
         with open(os.path.join(model_dir, "model_info.json")) as f:
             self.info = json.load(f)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
+        opts = session_options(intra_op_threads)
         available = ort.get_available_providers()
         providers = providers or [
             p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available

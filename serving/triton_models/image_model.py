@@ -7,9 +7,13 @@ error and does not fail the others), then the valid ones run as one ONNX Runtime
 
 import json
 import os
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ortsession import session_options  # noqa: E402
 
 
 class InputError(ValueError):
@@ -56,10 +60,7 @@ class TritonPythonModel:
             params.get("max_request_batch", {}).get("string_value") or self.config["max_batch_size"]
         )
         threads = int(params.get("intra_op_threads", {}).get("string_value") or 0)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = session_options(threads)
         providers = ["CPUExecutionProvider"]
         if (
             args.get("model_instance_kind") == "GPU"
