@@ -20,7 +20,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError, ConfigError, ExportError
-from serving.onnx_io import graph_inputs, triton_tensors
+from serving import config_gen
+from serving.config_gen import Tensor
+from serving.onnx_io import io_tensors
 from serving.variant_choice import Workload, choose_variant, describe, split_pair
 
 logger = logging.getLogger(__name__)
@@ -119,80 +121,80 @@ def kv_cache_bytes(model_info: dict, opts: BuildOptions, dtype_bytes: int = 4) -
 
 def image_config(name: str, onnx_file: Path, opts: BuildOptions) -> mc.ModelConfig:
     """Python-backend config of an image component, tensors read from its ONNX file."""
-    tensors = triton_tensors(onnx_file)
-    inputs = graph_inputs(onnx_file)
-    cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=opts.max_batch_size)
-    for n in inputs:
-        dtype, dims = tensors[n]
-        if any(d < 0 for d in dims):
-            raise BuildError(f"{onnx_file}: input {n} has a dynamic non-batch axis {dims}")
-        cfg.input.add(name=n, data_type=dtype, dims=dims)
-    for n, (dtype, dims) in tensors.items():
-        if n not in inputs:
-            cfg.output.add(name=n, data_type=dtype, dims=dims)
-    cfg.dynamic_batching.preferred_batch_size.extend([b for b in (4, 8, 16, 32) if b <= opts.max_batch_size])
-    cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
-    # No default_queue_policy: with a queue timeout set, Triton 2.x's dynamic batcher left
-    # requests waiting ~500 ms at a time under concurrency (measured: p99 505-513 ms at 2-8
-    # clients, 4-10 ms without). Callers bound their wait with the client deadline instead.
-    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.instance_count)
-    warm = cfg.model_warmup.add(name="zeros", batch_size=1)
-    for inp in cfg.input:
-        warm.inputs[inp.name].data_type = inp.data_type
-        warm.inputs[inp.name].dims.extend(inp.dims)
-        warm.inputs[inp.name].zero_data = True
-    cfg.parameters["max_request_batch"].string_value = str(opts.max_batch_size)
-    cfg.parameters["intra_op_threads"].string_value = str(opts.intra_op_threads)
+    inputs, outputs = io_tensors(onnx_file, fixed="inputs")
+    cfg = config_gen.model(name, opts.max_batch_size, backend="python")
+    config_gen.tensors(cfg, inputs, outputs)
+    config_gen.dynamic_batching(cfg, opts.max_queue_delay_us)
+    config_gen.instances(cfg, gpu=False, count=opts.instance_count)
+    config_gen.zero_warmup(cfg)
+    config_gen.parameters(
+        cfg, {"max_request_batch": opts.max_batch_size, "intra_op_threads": opts.intra_op_threads}
+    )
     return cfg
 
 
-def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
-    """The decoupled text-generation interface of Triton's LLM backends."""
+# The vLLM backend's additional outputs, each asked for by its return_* input flag.
+GPT2_EXTRA_OUTPUTS = (
+    ("return_finish_reason", Tensor("finish_reason", mc.TYPE_STRING, (-1,))),
+    ("return_num_input_tokens", Tensor("num_input_tokens", mc.TYPE_UINT32, (-1,))),
+    ("return_num_output_tokens", Tensor("num_output_tokens", mc.TYPE_UINT32, (-1,))),
+)
+
+
+def gpt2_tensors() -> tuple[list[Tensor], list[Tensor]]:
+    """The decoupled text-generation interface of Triton's LLM backends: vLLM's inputs,
+    TensorRT-LLM's sampling tensors (so genai-perf --backend tensorrtllm and perf_analyzer
+    can send any of them; the model maps them onto the same SamplingParams) and `stop`, and
+    the vLLM backend's additional outputs."""
     from serving.triton_models.sampling import TENSOR_INPUTS
 
-    cfg = mc.ModelConfig(name="gpt2", backend="python", max_batch_size=0)
-    cfg.model_transaction_policy.decoupled = True
-    cfg.input.add(name="text_input", data_type=mc.TYPE_STRING, dims=[1])
-    cfg.input.add(name="stream", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
-    cfg.input.add(name="sampling_parameters", data_type=mc.TYPE_STRING, dims=[1], optional=True)
-    cfg.input.add(name="exclude_input_in_output", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
-    # TensorRT-LLM's sampling tensors, so its clients (genai-perf --backend tensorrtllm,
-    # perf_analyzer) can send any of them; the model maps them onto the same SamplingParams.
+    flag = mc.TYPE_BOOL
+    inputs = [
+        Tensor("text_input", mc.TYPE_STRING, (1,)),
+        Tensor("stream", flag, (1,), optional=True),
+        Tensor("sampling_parameters", mc.TYPE_STRING, (1,), optional=True),
+        Tensor("exclude_input_in_output", flag, (1,), optional=True),
+    ]
     for name, dtype, dims, _ in TENSOR_INPUTS:
         data_type = mc.TYPE_STRING if dtype == "BYTES" else getattr(mc, f"TYPE_{dtype}")
-        cfg.input.add(name=name, data_type=data_type, dims=list(dims), optional=True)
-    # TensorRT-LLM's `stop`: ends the in-flight requests with this request's id.
-    cfg.input.add(name="stop", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
-    # the vLLM backend's additional outputs, each asked for by its return_* flag
-    for flag in ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens"):
-        cfg.input.add(name=flag, data_type=mc.TYPE_BOOL, dims=[1], optional=True)
-    cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[-1])
-    cfg.output.add(name="finish_reason", data_type=mc.TYPE_STRING, dims=[-1])
-    cfg.output.add(name="num_input_tokens", data_type=mc.TYPE_UINT32, dims=[-1])
-    cfg.output.add(name="num_output_tokens", data_type=mc.TYPE_UINT32, dims=[-1])
-    # One instance: its generation loop batches every concurrent request itself.
-    kind = mc.ModelInstanceGroup.KIND_GPU if opts.target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
-    cfg.instance_group.add(kind=kind, count=1)
-    window = opts.kv_max_len or int(model_info["n_positions"])
-    limit = min(opts.max_tokens_limit, window - 1)
-    cfg.parameters["max_tokens_limit"].string_value = str(limit)
-    # how often the engine's TTFT, ITL, token and slot figures reach the metrics endpoint (0 = off)
-    cfg.parameters["metrics_interval_s"].string_value = "1"
-    cfg.parameters["max_prompt_tokens"].string_value = str(window - 1)
+        inputs.append(Tensor(name, data_type, tuple(dims), optional=True))
+    inputs.append(Tensor("stop", flag, (1,), optional=True))  # ends the requests with this id
+    inputs += [Tensor(name, flag, (1,), optional=True) for name, _ in GPT2_EXTRA_OUTPUTS]
+    outputs = [Tensor("text_output", mc.TYPE_STRING, (-1,))] + [out for _, out in GPT2_EXTRA_OUTPUTS]
+    return inputs, outputs
+
+
+def gpt2_parameters(model_info: dict, opts: BuildOptions) -> dict[str, object]:
+    """What the engine reads from config.pbtxt: limits, KV cache, scheduling, threads."""
     if opts.kv_max_len > int(model_info["n_positions"]):
         raise ConfigError(
             f"--max-len must be <= the context window {model_info['n_positions']}, got {opts.kv_max_len}"
         )
-    cfg.parameters["kv_slots"].string_value = str(opts.kv_slots)
-    cfg.parameters["kv_max_len"].string_value = str(opts.kv_max_len)
-    cfg.parameters["prefill_chunk"].string_value = str(opts.prefill_chunk)
-    cfg.parameters["prefill_budget"].string_value = str(opts.prefill_budget)
-    cfg.parameters["max_queue_size"].string_value = str(opts.max_queue)
-    cfg.parameters["cuda_graph"].string_value = (
-        "true" if opts.cuda_graph and opts.target == "gpu" else "false"
-    )
-    cfg.parameters["max_request_seconds"].string_value = str(opts.max_request_seconds)
-    cfg.parameters["intra_op_threads"].string_value = str(opts.intra_op_threads)
+    window = opts.kv_max_len or int(model_info["n_positions"])
+    return {
+        "max_tokens_limit": min(opts.max_tokens_limit, window - 1),
+        "max_prompt_tokens": window - 1,
+        # how often the engine's TTFT, ITL, token and slot figures reach the metrics endpoint (0 = off)
+        "metrics_interval_s": 1,
+        "kv_slots": opts.kv_slots,
+        "kv_max_len": opts.kv_max_len,
+        "prefill_chunk": opts.prefill_chunk,
+        "prefill_budget": opts.prefill_budget,
+        "max_queue_size": opts.max_queue,
+        "cuda_graph": bool(opts.cuda_graph and opts.target == "gpu"),
+        "max_request_seconds": opts.max_request_seconds,
+        "intra_op_threads": opts.intra_op_threads,
+    }
+
+
+def gpt2_config(model_info: dict, opts: BuildOptions) -> mc.ModelConfig:
+    """Decoupled Python-backend `gpt2`; one instance: its generation loop batches every
+    concurrent request itself."""
+    cfg = config_gen.model("gpt2", 0, backend="python")
+    config_gen.decoupled(cfg)
+    config_gen.tensors(cfg, *gpt2_tensors())
+    config_gen.instances(cfg, gpu=opts.target == "gpu", count=1)
+    config_gen.parameters(cfg, gpt2_parameters(model_info, opts))
     return cfg
 
 

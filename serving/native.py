@@ -11,8 +11,9 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from aigc.errors import BuildError, ConfigError
-from serving.onnx_io import graph_inputs, triton_tensors
+from aigc.errors import ConfigError
+from serving import config_gen
+from serving.onnx_io import graph_inputs, io_tensors, triton_tensors
 
 ACCELERATORS = ("tensorrt", "cuda", "none")
 
@@ -26,33 +27,17 @@ def native_model_config(
     fp16: bool = True,
     instance_count: int = 1,
 ) -> mc.ModelConfig:
-
+    """Native ONNX Runtime backend config of an image component, tensors from its ONNX file."""
     if accelerator not in ACCELERATORS:
         raise ConfigError(f"--accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}")
-    tensors = triton_tensors(onnx_path)
-    inputs = graph_inputs(onnx_path)
-    cfg = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
-    for n, (dtype, dims) in tensors.items():
-        if any(d < 0 for d in dims):
-            raise BuildError(
-                f"{onnx_path}: tensor {n} has a dynamic non-batch axis {dims}; Triton needs fixed dims"
-            )
-        (cfg.input if n in inputs else cfg.output).add(name=n, data_type=dtype, dims=dims)
-    cfg.dynamic_batching.preferred_batch_size.extend([b for b in (4, 8, 16, 32) if b <= max_batch_size])
-    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-    cfg.instance_group.add(kind=kind, count=instance_count)
+    inputs, outputs = io_tensors(onnx_path, fixed="all")
+    cfg = config_gen.model(name, max_batch_size, platform="onnxruntime_onnx")
+    config_gen.tensors(cfg, inputs, outputs)
+    config_gen.dynamic_batching(cfg)
+    config_gen.instances(cfg, gpu=gpu, count=instance_count)
     if gpu and accelerator != "none":
-        acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name=accelerator)
-        if accelerator == "tensorrt":
-            acc.parameters["precision_mode"] = "FP16" if fp16 else "FP32"
-            acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
-            acc.parameters["trt_engine_cache_enable"] = "1"
-            acc.parameters["trt_engine_cache_path"] = "/tmp/trt_cache"
-    warm = cfg.model_warmup.add(name="zeros", batch_size=1)
-    for inp in cfg.input:
-        warm.inputs[inp.name].data_type = inp.data_type
-        warm.inputs[inp.name].dims.extend(inp.dims)
-        warm.inputs[inp.name].zero_data = True
+        config_gen.gpu_accelerator(cfg, accelerator, fp16)
+    config_gen.zero_warmup(cfg)
     return cfg
 
 

@@ -8,6 +8,7 @@ import onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError
+from serving.config_gen import Tensor
 
 ONNX_TO_TRITON = {
     onnx.TensorProto.FLOAT: mc.TYPE_FP32,
@@ -34,3 +35,20 @@ def triton_tensors(onnx_file: Path) -> dict[str, tuple[int, list[int]]]:
 
 def graph_inputs(onnx_file: Path) -> list[str]:
     return [i.name for i in onnx.load(str(onnx_file), load_external_data=False).graph.input]
+
+
+def io_tensors(onnx_file: Path, fixed: str = "inputs") -> tuple[list[Tensor], list[Tensor]]:
+    """(inputs, outputs) of the graph in its order; `fixed` ("inputs" or "all"): which of
+    them must have fixed non-batch dims (a dynamic one is a BuildError naming it)."""
+    tensors = triton_tensors(onnx_file)
+    names = graph_inputs(onnx_file)
+    inputs, outputs = [], []
+    for name, (dtype, dims) in tensors.items():
+        is_input = name in names
+        if (is_input or fixed == "all") and any(d < 0 for d in dims):
+            role = "input" if is_input else "output"
+            raise BuildError(
+                f"{onnx_file}: {role} {name} has a dynamic non-batch axis {dims}; Triton needs fixed dims"
+            )
+        (inputs if is_input else outputs).append(Tensor(name, dtype, tuple(dims)))
+    return inputs, outputs
