@@ -7,10 +7,10 @@ Everything is built once per test session in a temporary folder; the server is t
 from __future__ import annotations
 
 import pytest
+from support import start_server
 
 from export.api import export_model
 from serving.builder import BuildOptions, build_repository
-from serving.server import EmbeddedTritonServer
 from training.api import TrainOptions, train
 
 TINY_STEPS = {"dcgan": 30, "vae": 30, "gpt2": 200}
@@ -33,17 +33,6 @@ def exports(checkpoints, tmp_path_factory):
     for m, ckpt in checkpoints.items():
         export_model(m, ckpt, root / m, variants=EXPORT_VARIANTS[m])
     return {m: root / m for m in checkpoints}
-
-
-def start_server(repository, **kwargs) -> EmbeddedTritonServer:
-    return EmbeddedTritonServer(
-        repository,
-        grpc_port=0,
-        http_port=0,
-        metrics_port=0,
-        log_file=repository.parent / "triton.log",
-        **kwargs,
-    ).start()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("aigc", "training", "export", "serving", "benchmarks")
 LAYERS = (
     ("aigc.errors", "aigc.fsutil"),

@@ -22,7 +22,7 @@ from serving.triton_models.sampling import TENSOR_INPUTS
 pytestmark = pytest.mark.server
 
 PROMPTS = ["The class", "def ", "Python is", "x = 1"]
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _hf_greedy_text(checkpoint, prompt: str, n: int) -> str:

@@ -13,7 +13,7 @@ from aigc.errors import BuildError
 from serving.builder import BuildOptions, build_repository, read_config
 from serving.native import config_matches_onnx, native_model_config
 
-DEPLOY = Path(__file__).parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 @pytest.fixture(scope="module")

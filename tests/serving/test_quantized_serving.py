@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import start_server
+from support import start_server
 
 from export.api import read_report
 from export.ortutil import make_session

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-DEPLOY = Path(__file__).parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
 # Kustomize's own build file, not a Kubernetes API object: no API schema exists for it.
 NOT_API_OBJECTS = {("kustomize.config.k8s.io/v1beta1", "Kustomization")}

@@ -1,0 +1,68 @@
+"""The OpenAI-compatible frontend without a server: request parsing onto the sampling
+parameters, the chat template, field errors, and `aigc serve`'s port check."""
+
+from __future__ import annotations
+
+import pytest
+
+from aigc.errors import ConfigError
+from serving.openai_api.protocol import APIError, ChatTemplate, parse_chat, parse_completion
+
+
+def test_serve_rejects_a_bad_openai_port():
+    from aigc.cli import build_parser
+    from serving.commands import run_serve
+
+    args = build_parser().parse_args(["serve", "--openai-port", "70000"])
+    with pytest.raises(ConfigError, match="--openai-port must be in 0..65535"):
+        run_serve(args)
+
+
+def test_chat_template_default_and_override():
+    turns = (("system", "Be {brief}."), ("user", "Hi"))
+    assert ChatTemplate().render(turns) == "system: Be {brief}.\nuser: Hi\nassistant:"
+    custom = ChatTemplate.from_parameters(
+        {"chat_message_template": "<{role}>{content}</{role}>", "chat_generation_prompt": "<assistant>"}
+    )
+    assert custom.render(turns) == "<system>Be {brief}.</system><user>Hi</user><assistant>"
+    with pytest.raises(ValueError, match="content"):
+        ChatTemplate.from_parameters({"chat_message_template": "{role}"})
+
+
+def test_requests_map_onto_sampling_parameters():
+    gen = parse_completion(
+        {
+            "model": "gpt2",
+            "prompt": "x",
+            "max_tokens": 5,
+            "temperature": 0.5,
+            "seed": 3,
+            "stop": "\n",
+            "user": "u",
+        }
+    )
+    p = gen.params(default_max_tokens=16)
+    assert (p.max_tokens, p.temperature, p.seed, p.stop) == (5, 0.5, 3, ("\n",))
+    assert parse_completion({"model": "gpt2", "prompt": "x"}).params(16).max_tokens == 16
+    chat = parse_chat(
+        {"model": "gpt2", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]}
+    )
+    assert chat.messages == (("user", "a"),) and chat.max_tokens_field == "max_tokens"
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"prompt": "x"}, "model"),
+        ({"model": "gpt2", "prompt": [1, 2]}, "prompt"),
+        ({"model": "gpt2", "prompt": "x", "frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"model": "gpt2", "prompt": "x", "logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"model": "gpt2", "prompt": "x", "beam_width": 2}, "beam_width"),
+        ({"model": "gpt2", "prompt": "x", "seed": "7"}, "seed"),
+        ({"model": "gpt2", "prompt": "x", "temperature": float("nan")}, "temperature"),
+    ],
+)
+def test_bad_requests_name_the_field(body, param):
+    with pytest.raises(APIError) as err:
+        parse_completion(body)
+    assert err.value.status == 400 and err.value.param == param

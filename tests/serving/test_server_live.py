@@ -1,0 +1,165 @@
+"""The real Triton server's lifecycle: a port in use named, a model failing to load reported with
+Triton's reason, version switch and rollback, a stream cut by a stop ending with an error, the
+drain within the exit timeout, the request timeout from the repository config."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+
+import pytest
+from support import start_server
+
+from aigc.errors import ServerError
+from serving.builder import BuildOptions, build_repository, read_config
+from serving.server import EmbeddedTritonServer
+
+
+@pytest.mark.server
+def test_port_in_use_is_named(fp32_repository, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        srv = EmbeddedTritonServer(
+            fp32_repository, grpc_port=port, http_port=0, metrics_port=0, log_file=tmp_path / "t.log"
+        )
+        with pytest.raises(ServerError, match=f"port {port} \\(gRPC\\).*in use"):
+            srv.start()
+
+
+@pytest.mark.server
+def test_model_that_fails_to_load_reports_tritons_reason(exports, tmp_path):
+    repo = tmp_path / "repo"
+    build_repository([exports["dcgan"]], repo, BuildOptions(variant="fp32"))
+    (repo / "dcgan" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    with pytest.raises(ServerError, match="dcgan") as err:
+        start_server(repo, startup_timeout_s=120)
+    assert "failed to load 'dcgan'" in str(err.value)
+
+
+@pytest.mark.server
+def test_new_version_switches_after_load_and_rollback_returns(exports, tmp_path):
+    """Build v1, serve it, build v2 and switch the running server to it, then roll back."""
+    from serving.control import reload, rollback, served_versions
+
+    repo = tmp_path / "repo"
+    build_repository([exports["dcgan"]], repo, BuildOptions(variant="fp32"))
+    srv = start_server(repo)
+    try:
+        assert served_versions(srv.grpc_url, "dcgan") == [1]
+        build_repository([exports["dcgan"]], repo, BuildOptions(variant="int8"))
+        assert reload(srv.grpc_url, "dcgan") == 2
+        assert served_versions(srv.grpc_url, "dcgan") == [2]
+        # A broken version 3 fails to load; version 2 keeps serving.
+        build_repository([exports["dcgan"]], repo, BuildOptions(variant="fp32"))
+        (repo / "dcgan" / "3" / "model.onnx").write_bytes(b"broken")
+        with pytest.raises(ServerError, match="previous one keeps serving"):
+            reload(srv.grpc_url, "dcgan")
+        from serving.client import AigcClient
+
+        with AigcClient(srv.grpc_url) as c:
+            assert c.generate_images("dcgan", n=1, seed=0).shape == (1, 32, 32, 1)
+        assert rollback(repo, "dcgan", srv.grpc_url) == 2
+        assert rollback(repo, "dcgan", srv.grpc_url) == 1
+        assert served_versions(srv.grpc_url, "dcgan") == [1]
+        assert sorted(p.name.split("-")[0] for p in (tmp_path / "repo.retired" / "dcgan").iterdir()) == [
+            "2",
+            "3",
+        ]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.server
+def test_stream_cut_by_server_stop_ends_with_an_error_not_a_hang(fp32_repository, tmp_path):
+    import threading
+    import time
+
+    from aigc.errors import ClientError
+    from serving.client import AigcClient
+
+    repo = tmp_path / "repo"
+    shutil.copytree(fp32_repository, repo)
+    srv = start_server(repo, exit_timeout_s=1)
+    outcome, details = {}, {}
+
+    def stream():
+        try:
+            with AigcClient(srv.grpc_url, timeout_s=20) as c:
+                for _ in c.generate_text("The class", max_tokens=120, ignore_eos=True, details=details):
+                    time.sleep(0.05)  # a slow reader keeps the stream open
+            outcome["result"] = "completed"
+        except ClientError as exc:
+            outcome["result"] = f"error: {exc}"
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    srv.stop()
+    t.join(30)
+    assert not t.is_alive(), "the client hung after the server stopped"
+    assert time.monotonic() - t0 < 30
+    # The tiny model may write all 120 tokens before the stop (the slow reader drains them from
+    # the client's buffer): then the text is whole. Otherwise the error says the server went.
+    if outcome["result"] == "completed":
+        assert details["completion_tokens"] == 120 and details["finish_reason"] == "length"
+    else:
+        assert re.search(
+            r"shutting down|UNAVAILABLE|Socket closed|Stream removed|no response|connect", outcome["result"]
+        ), outcome["result"]
+
+
+@pytest.mark.server
+def test_stop_drains_a_stream_in_flight_within_the_exit_timeout(fp32_repository, tmp_path):
+    """SIGTERM with a generous exit timeout lets an active stream finish, every token delivered."""
+    import threading
+    import time
+
+    from serving.client import AigcClient
+
+    repo = tmp_path / "repo"
+    shutil.copytree(fp32_repository, repo)
+    srv = start_server(repo, exit_timeout_s=30)
+    with AigcClient(srv.grpc_url, timeout_s=30) as c:
+        solo = c.generate_text("The class", max_tokens=120, ignore_eos=True, stream=False)
+    pieces = []
+
+    def stream():
+        with AigcClient(srv.grpc_url, timeout_s=30) as c:
+            for piece in c.generate_text("The class", max_tokens=120, ignore_eos=True):
+                pieces.append(piece)
+                time.sleep(0.01)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    while not pieces and t.is_alive():
+        time.sleep(0.01)
+    srv.stop()
+    t.join(30)
+    assert not t.is_alive()
+    assert "".join(pieces) == solo
+
+
+@pytest.mark.server
+def test_request_timeout_comes_from_the_repository_config(exports, tmp_path):
+    """A deadline shorter than any step (a microsecond) ends every request with the named error,
+    whatever the machine's speed; the model keeps answering."""
+    from aigc.errors import ClientError
+    from serving.client import AigcClient
+
+    repo = tmp_path / "repo"
+    build_repository([exports["gpt2"]], repo, BuildOptions(variant="fp32", max_request_seconds=1e-6))
+    assert read_config(repo / "gpt2").parameters["max_request_seconds"].string_value == "1e-06"
+    srv = start_server(repo)
+    try:
+        with AigcClient(srv.grpc_url) as c:
+            for stream in (True, False):
+                with pytest.raises(ClientError, match=r"max_request_seconds \(1e-06 s\)"):
+                    out = c.generate_text("The class", max_tokens=120, ignore_eos=True, stream=stream)
+                    list(out) if stream else None
+            assert c.is_ready("gpt2")
+    finally:
+        srv.stop()
