@@ -1,0 +1,63 @@
+"""`aigc bench` through the real server: a tiny run with served streams, both baselines, a peer,
+the long and mixed workloads, read floors and dcgan, its ratios, table and plot."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.api import BenchOptions
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_live_quick_run_against_the_server(server, exports, tmp_path):
+    """A tiny quick run through the real server: served streams, both baselines, a peer, dcgan."""
+    from benchmarks.api import run_benchmark
+
+    results = run_benchmark(
+        BenchOptions(
+            url=server.grpc_url,
+            exports=(exports["gpt2"], exports["dcgan"]),
+            image_variant="fp32",  # what the test server serves
+            prompt_tokens=8,
+            new_tokens=8,
+            concurrency=(1, 2),
+            # the tiny model's window is 128 tokens: a "long" prompt of 64
+            long_prompt_tokens=64,
+            long_new_tokens=8,
+            long_concurrency=(1, 2),
+            mixed_streams=2,
+            mixed_new_tokens=16,
+            mixed_arrivals=2,
+            mixed_period_s=0.3,
+            batch_sizes=(1, 4),
+            repeats=2,
+            image_requests=20,
+            throughput_seconds=0.3,
+            peers=("ctranslate2_int8",),  # the quickest conversion of the peers
+            out=tmp_path / "out",
+            cache=tmp_path / "cache",
+            progress=False,
+        )
+    )
+    g = results["gpt2"]
+    assert g["served"]["2"]["requests"] == 4 and g["served"]["1"]["itl_ms"]["n"] >= 2 * 7
+    assert g["eager"]["tokens_per_s"] > 0 and g["optimum"]["tokens_per_s"] > 0
+    assert {"gpt2_tokens_per_s_vs_eager", "gpt2_tokens_per_s_vs_optimum"} <= set(results["ratios"])
+    assert "dcgan_served_minus_inprocess_p50_ms" in results["ratios"]
+    from benchmarks.peers import PEERS
+
+    peer = g["peers"]["ctranslate2_int8"]
+    if PEERS["ctranslate2_int8"].missing() is None:  # installed: the same ids, then the long prompt
+        assert "skipped" not in peer, peer["skipped"]
+        assert peer["itl_ms"]["n"] == 2 * 7 and peer["prompt_tokens"] == 8
+        assert g["long"]["peers"]["ctranslate2_int8"]["prompt_tokens"] == 64
+        assert "gpt2_tokens_per_s_vs_best_peer" in results["ratios"]
+    long, mixed = g["long"], g["mixed"]
+    assert long["prompt_tokens"] == 64 and long["served"]["2"]["requests"] == 4
+    assert mixed["long_requests"] == 2 and mixed["long_ttft_ms"]["n"] == 2 and mixed["short"]["requests"] >= 2
+    assert mixed["short_itl_other_ms"]["n"] + mixed["short_itl_during_long_prefill_ms"]["n"] >= 2 * 15
+    # both exported variants against their read floors (served figures need not be fast)
+    assert set(g["read_floors"]) == {"fp32", "int8"} and g["memory_bandwidth_1gib"]["gb_per_s"] > 0
+    assert all(r["step_over_floor"]["1gib"] > 0 for f in g["read_floors"].values() for r in f["rows"])
+    assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "gpt2.png").is_file()
