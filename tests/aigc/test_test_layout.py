@@ -1,0 +1,45 @@
+"""The test tree itself: it mirrors the packages, and live-server tests never share a file with
+unit tests (so `make test-fast` is the unit files, and a live file is all live)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+PACKAGES = {"aigc", "training", "export", "serving", "benchmarks"}
+
+
+def _marks(node: ast.AST) -> set[str]:
+    """The `pytest.mark.<name>` decorators of a function."""
+    out = set()
+    for d in getattr(node, "decorator_list", []):
+        target = d.func if isinstance(d, ast.Call) else d
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute):
+            if target.value.attr == "mark":
+                out.add(target.attr)
+    return out
+
+
+def _is_live_module(tree: ast.Module) -> bool:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in node.targets):
+            return "server" in ast.unparse(node.value)
+    return False
+
+
+def test_every_test_file_sits_in_the_folder_of_its_package():
+    files = sorted(TESTS.rglob("test_*.py"))
+    assert files
+    assert {f.parent.name for f in files} <= PACKAGES, sorted({f.parent.name for f in files} - PACKAGES)
+
+
+def test_no_file_mixes_live_server_tests_and_unit_tests():
+    mixed = []
+    for f in sorted(TESTS.rglob("test_*.py")):
+        tree = ast.parse(f.read_text())
+        tests = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+        live = {n.name for n in tests if _is_live_module(tree) or "server" in _marks(n)}
+        if live and len(live) != len(tests):
+            mixed.append(f"{f.relative_to(TESTS)}: {len(live)} of {len(tests)} live")
+    assert mixed == []
