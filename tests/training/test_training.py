@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -126,3 +127,13 @@ def test_random_gpt2_loads_back(tmp_path):
     model = GPT2LMHeadModel.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.n_layer == 4 and model.config.vocab_size >= len(tok)
+
+
+def test_digits_read_from_the_file_equal_scikit_learns():
+    from sklearn.datasets import load_digits
+
+    from training.data import digits_8x8
+
+    ours = digits_8x8()
+    assert ours.shape == (1797, 8, 8)
+    assert np.array_equal(ours, load_digits().images)
