@@ -205,7 +205,6 @@ class OrtGpt2:
 
         with open(os.path.join(model_dir, "model_info.json")) as f:
             self.info = json.load(f)
-        opts = session_options(intra_op_threads)
         available = ort.get_available_providers()
         providers = providers or [
             p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
@@ -219,16 +218,28 @@ class OrtGpt2:
                 ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}) if p == "CUDAExecutionProvider" else p
                 for p in providers
             ]
-        self.session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=providers)
-        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         # A companion graph (`companion.onnx`: the same model with other weights, e.g. int8
         # beside int4) shares the KV slots: it runs the prefills and/or the decode steps from
         # `companion_from_rows` rows, where its measured profile is faster (`aigc build`).
+        companion = os.path.join(model_dir, "companion.onnx")
+        pair = (
+            os.path.isfile(companion)
+            and "CUDAExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in providers]
+            and bool(companion_prefill or companion_from_rows)
+        )
+        opts = session_options(intra_op_threads)
+        if pair:
+            # Both graphs on one thread pool: with a pool each, the threads of the graph that
+            # just ran spin on the cores the other needs (benchmarks/pair-thread-pool.md: a
+            # 16-token int8 prefill after int4 steps took 64 ms instead of 30 on 2 cores).
+            ort.set_global_thread_pool_sizes(intra_op_threads, 1)
+            opts = session_options(shared_pool=True)
+        self.session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=providers)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.companion = None
         self.companion_prefill = False
         self.companion_from_rows = 0
-        companion = os.path.join(model_dir, "companion.onnx")
-        if os.path.isfile(companion) and self.device == "cpu" and (companion_prefill or companion_from_rows):
+        if pair:
             self.companion = ort.InferenceSession(companion, opts, providers=providers)
             self.companion_prefill, self.companion_from_rows = companion_prefill, companion_from_rows
         if "CUDAExecutionProvider" in providers and self.device != "cuda":
