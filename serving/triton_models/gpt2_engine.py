@@ -200,6 +200,7 @@ class OrtGpt2:
         cuda_graph: bool = False,
         companion_prefill: bool = False,
         companion_from_rows: int = 0,
+        shared_pool: bool = False,
     ):
         import onnxruntime as ort
 
@@ -228,10 +229,12 @@ class OrtGpt2:
             and bool(companion_prefill or companion_from_rows)
         )
         opts = session_options(intra_op_threads)
-        if pair:
+        if pair and shared_pool:
             # Both graphs on one thread pool: with a pool each, the threads of the graph that
             # just ran spin on the cores the other needs (benchmarks/pair-thread-pool.md: a
             # 16-token int8 prefill after int4 steps took 64 ms instead of 30 on 2 cores).
+            # The pool is process-wide: once it exists, ONNX Runtime refuses sessions with
+            # their own pools, so only a process of its own (`shared_pool`) takes it.
             ort.set_global_thread_pool_sizes(intra_op_threads, 1)
             opts = session_options(shared_pool=True)
         self.session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=providers)
@@ -797,9 +800,12 @@ def load_engine(
     intra_op_threads: int = 0,
     providers=None,
     clock: Callable[[], float] = time.monotonic,
+    own_process: bool = False,
 ) -> Engine:
     """The engine for a repository version folder: `model.onnx` (run by ONNX Runtime) or
-    `openvino_model.xml` (run by OpenVINO), `tokenizer.json` and `model_info.json`."""
+    `openvino_model.xml` (run by OpenVINO), `tokenizer.json` and `model_info.json`.
+    `own_process`: the engine is the process's only ONNX Runtime user (a Triton Python-backend
+    stub), so a pair of graphs may take the process-wide thread pool (`OrtGpt2`)."""
     from tokenizers import Tokenizer
 
     with open(os.path.join(model_dir, "model_info.json")) as f:
@@ -822,6 +828,7 @@ def load_engine(
             config.cuda_graph,
             config.companion_prefill,
             config.companion_from_rows,
+            shared_pool=own_process,
         )
     tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     return Engine(model, tokenizer, config, sink, clock)

@@ -264,6 +264,7 @@ class TritonPythonModel:
                 _TritonSink(self.responses),
                 intra_op_threads=_param(config, "intra_op_threads", 0),
                 providers=providers,
+                own_process=True,  # this stub process runs gpt2 alone
             )
         except (ValueError, RuntimeError) as exc:
             raise pb_utils.TritonModelException(f"gpt2: {exc}") from exc
