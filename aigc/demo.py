@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from aigc import registry
+
 logger = logging.getLogger(__name__)
 
-MODELS = ("dcgan", "vae", "gpt2")
+MODELS = registry.names()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,13 +66,10 @@ def run(args: argparse.Namespace) -> int:
     ) as server:
         with AigcClient(server.grpc_url) as client:
             _step("generate images over gRPC")
-            for model, images in (
-                ("dcgan", client.generate_images("dcgan", n=64, seed=args.seed)),
-                ("vae_decoder", client.sample(n=64, seed=args.seed)),
-            ):
-                path = outputs / f"{model}.png"
-                save_image_grid(images, path)
-                logger.info("  %s -> %s", model, path)
+            for comp in registry.components(registry.IMAGE_GENERATOR):
+                path = outputs / f"{comp.name}.png"
+                save_image_grid(client.generate_images(comp.name, n=64, seed=args.seed), path)
+                logger.info("  %s -> %s", comp.name, path)
             _step(f"stream a GPT-2 completion of {args.prompt!r} over gRPC")
             sys.stdout.write(args.prompt)
             for delta in client.generate_text(args.prompt, max_tokens=48, stream=True):
@@ -86,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
             BenchOptions(
                 out=out / "bench",
                 cache=out / "bench-cache",
-                exports=(exports["dcgan"], exports["vae"]),
+                exports=tuple(
+                    exports[k.name] for k in registry.KINDS.values() if registry.TEXT_GENERATOR not in k.roles
+                ),
                 quick=True,
             )
         )

@@ -7,6 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
+from aigc import registry
+from benchmarks.options import bench_names
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,32 +40,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="export folders to serve and compare in-process (checkpoints read from their reports)",
     )
-    src.add_argument(
-        "--gpt2", type=Path, help="GPT-2 checkpoint (default: 124M architecture, random weights)"
-    )
+    for kind in registry.benchmarked():  # --gpt2, --dcgan, --vae: a checkpoint of each kind
+        if kind.bench.unasked:
+            made = registry.hook(kind.bench.default).__doc__.split("(")[0].strip().rstrip(".")
+            default = f"{made[0].lower()}{made[1:]}"
+        else:
+            default = "measured only when given or served"
+        src.add_argument(
+            f"--{kind.name}",
+            f"--{kind.name}-checkpoint",
+            dest=f"checkpoint_{kind.name}",
+            type=Path,
+            metavar="DIR",
+            help=f"{kind.title} checkpoint; its {kind.bench.component} is measured (default: {default})",
+        )
     src.add_argument(
         "--gpt2-variant", default="auto", help="GPT-2 variant to serve: auto (fastest passing) or a name"
-    )
-    src.add_argument(
-        "--dcgan",
-        "--dcgan-checkpoint",
-        dest="dcgan",
-        type=Path,
-        help="DCGAN checkpoint (default: a tiny one trained here)",
-    )
-    src.add_argument(
-        "--vae",
-        "--vae-checkpoint",
-        dest="vae",
-        type=Path,
-        help="VAE checkpoint whose decoder is measured (default: only when given or served)",
     )
     src.add_argument("--image-variant", default="auto", help="image model variant to serve: auto or a name")
     src.add_argument(
         "--models",
         type=_names,
         default=None,
-        help="comma-separated subset of gpt2,dcgan,vae_decoder (default: gpt2, dcgan, vae_decoder if available)",
+        help=f"comma-separated subset of {','.join(bench_names())} "
+        "(default: all of them, each image model where available)",
     )
     src.add_argument(
         "--baselines",
@@ -204,10 +205,12 @@ def run(args: argparse.Namespace) -> int:
         cache=args.cache,
         url=args.url,
         exports=tuple(args.exports),
-        gpt2=args.gpt2,
+        checkpoints={
+            k.name: getattr(args, f"checkpoint_{k.name}")
+            for k in registry.benchmarked()
+            if getattr(args, f"checkpoint_{k.name}") is not None
+        },
         gpt2_variant=args.gpt2_variant,
-        dcgan=args.dcgan,
-        vae=args.vae,
         image_variant=args.image_variant,
         models=args.models,
         baselines=args.baselines,

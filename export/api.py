@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from aigc import registry
 from aigc.errors import AigcError, ConfigError, ExportError
 from aigc.fsutil import atomic_dir
 from export.report import variant_entry
-from export.spec import VARIANTS, ExportSpec, get_spec
+from export.spec import VARIANTS, ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +55,15 @@ def export_model(
     GPT-2 quantizers. Other variants that fail their gate are reported
     with the reason and not offered to the repository builder.
     """
-    spec = get_spec(model)
+    kind = registry.get(model)
+    spec = kind.export
     if quant is not None:
         quant.validate()
     chosen = parse_variants(variants, spec)
     checkpoint = Path(checkpoint).absolute()
     rng = np.random.default_rng(seed)
     with atomic_dir(out) as tmp:
-        if model == "gpt2":
-            report = _export_gpt2(spec, checkpoint, tmp, chosen, rng, quant)
-        else:
-            report = _export_images(spec, checkpoint, tmp, chosen, rng)
+        report = registry.hook(kind.exporter)(spec, checkpoint, tmp, chosen, rng, quant)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     logger.info("export of %s written to %s", model, out)
     return report
@@ -83,7 +82,9 @@ def _base_report(spec: ExportSpec, checkpoint: Path) -> dict:
     }
 
 
-def _export_images(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng) -> dict:
+def export_images(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, quant=None) -> dict:
+    """The exporter of models in our checkpoint format: every component of the spec, its
+    parity check and latency, then the quantized variants (`quant` applies to GPT-2 only)."""
     from export import images
     from export.ortutil import make_session, median_ms
     from training.models import load_image_checkpoint
@@ -111,7 +112,9 @@ def _export_images(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng)
     return report
 
 
-def _export_gpt2(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, quant=None) -> dict:
+def export_gpt2(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, quant=None) -> dict:
+    """The exporter of a Hugging Face GPT-2 folder: the KV-cache graph, its tokenizer and
+    parity check, the quantized and OpenVINO variants, and every variant's decode profile."""
     from export import gpt2
 
     hf_model = gpt2.load_gpt2_checkpoint(checkpoint)

@@ -6,13 +6,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from export.spec import SPECS, VARIANTS
+from aigc import registry
+from export.spec import VARIANTS
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", choices=sorted(SPECS), help="model kind of the checkpoint")
+    parser.add_argument("model", choices=registry.names(), help="model kind of the checkpoint")
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder from `aigc train`")
     parser.add_argument(
         "--out", type=Path, required=True, help="export folder to write (replaced atomically)"

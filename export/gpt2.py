@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from aigc import registry
 from aigc.errors import CheckpointError, ExportError, ToleranceError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def load_gpt2_checkpoint(path: Path):
 
     path = Path(path)
     kind = detect_checkpoint_kind(path)
-    if kind != "gpt2":
+    if registry.get(kind).hf_model_type is None:
         raise CheckpointError(
             f"checkpoint at {path} is a {kind!r} checkpoint, expected a Hugging Face GPT-2 folder"
         )

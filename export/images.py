@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aigc import registry
 from aigc.errors import ExportError, ShapeError, ToleranceError
 from export.ortutil import make_session, max_abs_diff
 from export.spec import ComponentSpec, ExportSpec
@@ -47,15 +48,30 @@ class FromUint8Image(nn.Module):
 
 
 def wrap_components(model: str, module: nn.Module) -> dict[str, nn.Module]:
-    """The exportable (pre/post-processing included) module of each component."""
-    if model == "dcgan":
-        return {"dcgan": ToUint8Image(module).eval()}
-    if model == "vae":
-        return {
-            "vae_encoder": FromUint8Image(module.encoder).eval(),
-            "vae_decoder": ToUint8Image(module.decoder).eval(),
-        }
-    raise ExportError(f"no image export for model {model!r}")
+    """The exportable (pre/post-processing included) module of each component, by the
+    `export_modules` hook of the kind's registry entry."""
+    kind = registry.get(model)
+    if kind.export_modules is None:
+        raise ExportError(f"no image export for model {model!r}")
+    return registry.hook(kind.export_modules)(kind.export, module)
+
+
+def generator_modules(spec: ExportSpec, module: nn.Module) -> dict[str, nn.Module]:
+    """A generator served whole: latents in, uint8 images out."""
+    (component,) = spec.component_names
+    return {component: ToUint8Image(module).eval()}
+
+
+def vae_modules(spec: ExportSpec, module: nn.Module) -> dict[str, nn.Module]:
+    """A VAE served as its encoder (uint8 images in) and its decoder (uint8 images out)."""
+    return {
+        c.name: (
+            FromUint8Image(module.encoder)
+            if c.role is registry.IMAGE_ENCODER
+            else ToUint8Image(module.decoder)
+        ).eval()
+        for c in spec.components
+    }
 
 
 def example_inputs(component: ComponentSpec, meta: dict, batch: int, rng: np.random.Generator) -> dict:

@@ -7,6 +7,7 @@ import logging
 import re
 from pathlib import Path
 
+from aigc import registry
 from aigc.errors import ConfigError
 from export.api import read_report
 
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--exports",
         type=Path,
         nargs="+",
-        default=[Path("runs/demo/exports") / m for m in ("dcgan", "vae", "gpt2")],
+        default=[Path("runs/demo/exports") / m for m in registry.names()],
         help="export folders to tabulate (default: the demo's)",
     )
     parser.add_argument(

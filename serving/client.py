@@ -140,17 +140,17 @@ class AigcClient:
         """Images from the VAE decoder for latents drawn from N(0, I)."""
         return self.generate_images("vae_decoder", n=n, seed=seed)
 
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, images: np.ndarray, model: str = "vae_encoder") -> tuple[np.ndarray, np.ndarray]:
         """(mu, logvar) of uint8 images (N, H, W, C) from the VAE encoder."""
         images = np.asarray(images)
-        name, dims = self.input_shape("vae_encoder")
+        name, dims = self.input_shape(model)
         if images.dtype != np.uint8:
             raise ClientError(f"image: dtype {images.dtype} not allowed; expected uint8")
         if images.ndim != 4 or list(images.shape[1:]) != dims:
             raise ClientError(
                 f"image: shape {list(images.shape)} not allowed; expected [N, {', '.join(map(str, dims))}]"
             )
-        mu, logvar = self._infer("vae_encoder", name, images, ["mu", "logvar"])
+        mu, logvar = self._infer(model, name, images, ["mu", "logvar"])
         return mu, logvar
 
     # -- text ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from aigc import registry
 from aigc.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -223,7 +224,8 @@ def run_serve(args: argparse.Namespace) -> int:
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
     image = sub.add_parser("image", help="a PNG grid of generated images")
-    image.add_argument("--model", choices=("dcgan", "vae_decoder"), default="dcgan", help="image model")
+    generators = [c.name for c in registry.components(registry.IMAGE_GENERATOR)]
+    image.add_argument("--model", choices=generators, default=generators[0], help="image model")
     image.add_argument("--n", type=int, default=16, help="number of images (1..4096)")
     image.add_argument("--seed", type=int, default=None, help="seed of the latents")
     image.add_argument("--out", type=Path, required=True, help="PNG file to write")
@@ -267,9 +269,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def add_rollback_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", choices=("dcgan", "vae_encoder", "vae_decoder", "gpt2"), help="model to roll back"
-    )
+    parser.add_argument("model", choices=[c.name for c in registry.components()], help="model to roll back")
     parser.add_argument(
         "--repository", type=Path, default=Path("model_repository"), help="Triton model repository"
     )

@@ -1,5 +1,5 @@
 """The one Triton `config.pbtxt` generator: each section of a `ModelConfig` is one small
-function, and the model configs (`builder.image_config`, `builder.gpt2_config`,
+function, and the model configs (`model_versions.image_config`, `model_versions.gpt2_config`,
 `native.native_model_config`) are compositions of them. `tests/serving/test_config_gen.py` checks
 each section against the protobuf.
 """

@@ -18,8 +18,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from aigc import registry
 from aigc.errors import ServerError
-from serving.builder import versions
+from serving.repository import versions
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +33,29 @@ def served_versions(url: str, model: str) -> list[int]:
 
 
 def check_model(url: str, model: str, timeout_s: float = 30.0) -> None:
-    """A real request through the model: zero latents / a short greedy generation."""
+    """A real request through the model (its role's `check` hook in `aigc.registry`)."""
     from serving.client import AigcClient
 
+    role = registry.component(model)[1].role
     with AigcClient(url, timeout_s=timeout_s) as client:
-        if model == "gpt2":
-            client.generate_text("check", max_tokens=1, ignore_eos=True, stream=False)
-        elif model == "vae_encoder":
-            _, dims = client.input_shape(model)
-            client.encode(np.zeros((1, *dims), np.uint8))
-        else:
-            _, dims = client.input_shape(model)
-            client.decode(np.zeros((1, *dims), np.float32), model=model)
+        registry.hook(role.check)(client, model)
+
+
+def check_text(client, model: str) -> None:
+    """One greedy token."""
+    client.generate_text("check", max_tokens=1, ignore_eos=True, stream=False, model=model)
+
+
+def check_encoder(client, model: str) -> None:
+    """One black image."""
+    _, dims = client.input_shape(model)
+    client.encode(np.zeros((1, *dims), np.uint8), model=model)
+
+
+def check_decoder(client, model: str) -> None:
+    """Zero latents."""
+    _, dims = client.input_shape(model)
+    client.decode(np.zeros((1, *dims), np.float32), model=model)
 
 
 def reload(url: str, model: str, timeout_s: float = 120.0) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from aigc import registry
 from aigc.errors import ConfigError
 
-MODELS = ("dcgan", "vae", "gpt2")
+MODELS = registry.names()
 SIZES = ("tiny", "small", "124m")
 
 
@@ -51,10 +52,4 @@ def train(opts: TrainOptions) -> Path:
     """Train one model; returns the checkpoint folder (written atomically)."""
     opts.validate()
     opts.out = Path(opts.out)
-    if opts.model == "dcgan":
-        from training.dcgan import train as run
-    elif opts.model == "vae":
-        from training.vae import train as run
-    else:
-        from training.gpt2 import train as run
-    return run(opts)
+    return registry.hook(registry.get(opts.model).train)(opts)

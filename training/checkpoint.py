@@ -6,12 +6,12 @@ import dataclasses
 import json
 from pathlib import Path
 
+from aigc import registry
 from aigc.errors import CheckpointError
 from aigc.fsutil import atomic_dir  # noqa: F401 - re-exported for the trainers
 
 FORMAT = "aigc-checkpoint"
 FORMAT_VERSION = 1
-IMAGE_KINDS = ("dcgan", "vae")
 
 
 def save_image_checkpoint(
@@ -48,7 +48,8 @@ def save_image_checkpoint(
 
 
 def detect_checkpoint_kind(path: Path) -> str:
-    """'dcgan' | 'vae' (our format) or 'gpt2' (a Hugging Face GPT-2 folder)."""
+    """The registered kind of the checkpoint: ours (`config.json` names it) or a Hugging Face
+    folder whose `model_type` a kind registers."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path}: no such folder")
@@ -63,8 +64,14 @@ def detect_checkpoint_kind(path: Path) -> str:
         raise CheckpointError(f"checkpoint {cfg}: unreadable JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {cfg}: not a checkpoint config")
-    if meta.get("format") == FORMAT and meta.get("model") in IMAGE_KINDS:
-        return meta["model"]
-    if meta.get("model_type") == "gpt2":
-        return "gpt2"
-    raise CheckpointError(f"checkpoint {cfg}: neither an aigc checkpoint nor a Hugging Face GPT-2 config")
+    model = meta.get("model") if meta.get("format") == FORMAT else None
+    ours = registry.KINDS.get(model) if isinstance(model, str) else None
+    if ours is not None and ours.hf_model_type is None:
+        return ours.name
+    hf = registry.by_hf_model_type(meta.get("model_type"))
+    if hf is not None:
+        return hf.name
+    hf_types = ", ".join(k.hf_model_type for k in registry.KINDS.values() if k.hf_model_type)
+    raise CheckpointError(
+        f"checkpoint {cfg}: neither an aigc checkpoint nor a Hugging Face config of model_type {hf_types}"
+    )

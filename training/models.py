@@ -1,17 +1,14 @@
-"""The image model kinds rebuilt from their checkpoints (the inverse of the trainers' saves)."""
+"""Models in our checkpoint format rebuilt from their checkpoints (the inverse of the
+trainers' saves); the kind's registry entry names its config and model classes."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from aigc import registry
 from aigc.errors import CheckpointError, ConfigError
-from training.checkpoint import FORMAT_VERSION, IMAGE_KINDS, detect_checkpoint_kind
-from training.dcgan import DCGANConfig, Generator
-from training.vae import VAE, VAEConfig
-
-# kind -> (config class, model class)
-IMAGE_MODELS = {"dcgan": (DCGANConfig, Generator), "vae": (VAEConfig, VAE)}
+from training.checkpoint import FORMAT_VERSION, detect_checkpoint_kind
 
 
 def load_image_checkpoint(path: Path, expected: str | None = None):
@@ -23,14 +20,15 @@ def load_image_checkpoint(path: Path, expected: str | None = None):
     kind = detect_checkpoint_kind(path)
     if expected is not None and kind != expected:
         raise CheckpointError(f"checkpoint at {path} is a {kind!r} checkpoint, expected {expected!r}")
-    if kind not in IMAGE_KINDS:
+    entry = registry.get(kind)
+    if entry.image_model is None:
         raise CheckpointError(f"checkpoint at {path} is a {kind!r} checkpoint, not an image model")
     meta = json.loads((path / "config.json").read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path}: format_version {meta.get('format_version')} is not supported"
         )
-    Config, Model = IMAGE_MODELS[kind]
+    Config, Model = (registry.hook(ref) for ref in entry.image_model)
     try:
         config = Config(**meta["config"])
         config.validate()

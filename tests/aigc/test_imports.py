@@ -3,7 +3,9 @@
 Every `import` and `from ... import` in the project's packages counts, at module level or
 inside a function (a lazy import still ties the modules together). Layers, lowest first:
 
-- `aigc.errors`, `aigc.fsutil`: the exceptions and file helpers every package raises and uses;
+- `aigc.errors`, `aigc.fsutil`, `aigc.registry`: the exceptions, file helpers and model-kind
+  registry every package uses (the registry names its hooks as strings, each resolved by the
+  stage it belongs to);
 - `training`;
 - `serving.triton_models`: the GPT-2 engine and the Triton models, self-contained (they run
   from a flat repository version folder inside Triton's Python backend); `export` judges and
@@ -24,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("aigc", "training", "export", "serving", "benchmarks")
 LAYERS = (
-    ("aigc.errors", "aigc.fsutil"),
+    ("aigc.errors", "aigc.fsutil", "aigc.registry"),
     ("training",),
     ("serving.triton_models",),
     ("export",),
@@ -59,7 +61,9 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                # `from pkg import module` ties to the module; `from pkg import name` to pkg
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                names = [n for n in subs if n in mods] or [node.module]
             else:
                 continue
             for name in names:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.api import BenchOptions
+from benchmarks.options import BenchOptions
 
 
 @pytest.mark.server

@@ -13,7 +13,8 @@ import pytest
 
 from aigc.errors import BenchmarkError, ConfigError
 from benchmarks import measure, report
-from benchmarks.api import BenchOptions, build_prompt
+from benchmarks.options import BenchOptions
+from benchmarks.text import build_prompt
 
 
 def _served(ttft: float, agg: float, per: float, c: int) -> dict:
@@ -191,7 +192,7 @@ def test_step_read_bytes_leaves_out_gathered_tables(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from benchmarks.api import step_read_bytes
+    from benchmarks.text import step_read_bytes
 
     wte = numpy_helper.from_array(np.zeros((50, 8), np.float32), "wte")  # gathered only: left out
     head = numpy_helper.from_array(np.zeros((8, 50), np.int8), "head")  # read whole by MatMul
@@ -411,7 +412,7 @@ def test_bad_flags_are_named(field, value, flag):
 
 
 def test_url_needs_the_checkpoint_for_the_baselines(tmp_path):
-    from benchmarks.api import subjects
+    from benchmarks.subjects import subjects
 
     opts = BenchOptions(url="127.0.0.1:8001", cache=tmp_path)
     with pytest.raises(ConfigError, match="--gpt2"):

@@ -10,13 +10,13 @@ import onnx
 import pytest
 import torch
 
+from aigc import registry
 from aigc.cli import main as aigc_main
 from aigc.errors import CheckpointError, ConfigError
 from export import quantize
 from export.api import export_model
 from export.images import FromUint8Image, ToUint8Image
 from export.ortutil import make_session
-from export.spec import SPECS
 from training.models import load_image_checkpoint
 
 
@@ -184,5 +184,5 @@ def test_cli_exit_code_and_message(tmp_path, capsys):
 def test_every_registered_model_has_an_export_test():
     """A model added to the export registry must come with its parity test."""
     sources = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
-    for name in SPECS:
+    for name in registry.names():
         assert f"def test_{name}_fp32_matches_pytorch" in sources, f"no parity test for {name}"

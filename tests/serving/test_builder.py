@@ -11,7 +11,8 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError, ConfigError
-from serving.builder import BuildOptions, build_repository, choose_variant, read_config, versions
+from serving.builder import BuildOptions, build_repository, choose_variant
+from serving.repository import read_config, versions
 from serving.variant_choice import Workload, describe, split_pair
 
 

@@ -8,8 +8,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from serving import config_gen as cg
-from serving.builder import BuildOptions, gpt2_config, gpt2_parameters, gpt2_tensors
+from serving.builder import BuildOptions
 from serving.config_gen import Tensor
+from serving.model_versions import gpt2_config, gpt2_parameters, gpt2_tensors
 
 
 def test_header_names_a_backend_or_a_platform():

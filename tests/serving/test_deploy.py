@@ -10,8 +10,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError
-from serving.builder import BuildOptions, build_repository, read_config
+from serving.builder import BuildOptions, build_repository
 from serving.native import config_matches_onnx, native_model_config
+from serving.repository import read_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -20,10 +20,11 @@ import pytest
 from google.protobuf import text_format
 from tokenizers import Tokenizer
 
-from serving.builder import BuildOptions, build_repository, read_config
+from serving.builder import BuildOptions, build_repository
 from serving.client import AigcClient
 from serving.openai_api import OpenAIFrontend
 from serving.openai_api.protocol import ChatTemplate
+from serving.repository import read_config
 
 PROMPT = "The class"
 N = 12

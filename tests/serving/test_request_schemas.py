@@ -18,7 +18,9 @@ import pytest
 from support import f32, flag, i32, words
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.builder import BuildOptions, gpt2_config, read_config
+from serving.builder import BuildOptions
+from serving.model_versions import gpt2_config
+from serving.repository import read_config
 from serving.triton_models.sampling import (
     TENSOR_INPUTS,
     RequestError,

@@ -16,7 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from support import f32, flag, i32, words
 
-from serving.builder import versions
+from serving.repository import versions
 from serving.triton_models.gpt2_engine import EngineConfig, Sink, load_engine
 from serving.triton_models.sampling import SamplingParams
 

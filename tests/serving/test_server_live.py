@@ -12,7 +12,8 @@ import pytest
 from support import start_server
 
 from aigc.errors import ServerError
-from serving.builder import BuildOptions, build_repository, read_config
+from serving.builder import BuildOptions, build_repository
+from serving.repository import read_config
 from serving.server import EmbeddedTritonServer
 
 

@@ -16,7 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import ClientError
 from export.ortutil import make_session
-from serving.builder import read_config
+from serving.repository import read_config
 from serving.triton_models.sampling import TENSOR_INPUTS
 
 pytestmark = pytest.mark.server
@@ -380,7 +380,7 @@ def _settled_scrape(server) -> dict:
 def test_metrics_endpoint_reports_llm_latency_tokens_and_slots(server, client, fp32_repository):
     from tokenizers import Tokenizer
 
-    from serving.builder import versions
+    from serving.repository import versions
     from serving.triton_models import llm_metrics as lm
 
     version = str(versions(fp32_repository / "gpt2")[-1])
@@ -431,7 +431,7 @@ def test_finish_reason_and_token_counts_come_from_the_server(gpt2_client, gpt2_s
     return_num_output_tokens): exact counts and the reason, streamed and not."""
     from tokenizers import Tokenizer
 
-    from serving.builder import versions
+    from serving.repository import versions
 
     folder = fp32_repository / "gpt2" / str(versions(fp32_repository / "gpt2")[-1])
     prompt_ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode("The class").ids

@@ -1,0 +1,368 @@
+"""`aigc bench` of the text generator (GPT-2): the served streams at each concurrency, the
+long and mixed workloads, genai-perf beside, the offline decode profile and read floors, the
+in-process baselines (PyTorch eager, Optimum) and the peer runtimes on the same checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from aigc.errors import BenchmarkError, ConfigError
+from benchmarks.options import BenchOptions, Subject
+from benchmarks.progress import step
+from benchmarks.subjects import newest_mtime
+
+logger = logging.getLogger("benchmarks.api")
+
+# The baselines run the served checkpoint in-process: `--url` needs it, and a running
+# server's model is not exported again here.
+LOCAL_CHECKPOINT = True
+
+
+def variant(opts: BenchOptions) -> str:
+    return opts.gpt2_variant
+
+
+def steps(opts: BenchOptions) -> int:
+    names = opts.peer_names()
+    return (
+        len(opts.concurrency)
+        + len(opts.long_concurrency)
+        + 2
+        + len(opts.baselines)
+        + len(names)
+        + (1 if names and opts.long_prompt_tokens else 0)
+    )
+
+
+def record(results: dict, s: Subject, figures: dict) -> None:
+    results[s.model] = figures
+
+
+def build_prompt(tokenizer, n: int, text: str) -> str:
+    """A prompt that the model's tokenizer encodes to exactly `n` tokens.
+
+    Decoded from a window of token ids of `text`: `n` of them, or a few more where the
+    decoded text merges into fewer tokens (a short text repeated to length merges at each
+    seam); a window that encodes to anything but `n` tokens is skipped.
+    """
+    ids = tokenizer.encode(text).ids
+    while len(ids) < n + 256 + 16:
+        ids = ids + ids
+    for start in range(0, 256):
+        for extra in range(0, 17):
+            prompt = tokenizer.decode(ids[start : start + n + extra])
+            got = len(tokenizer.encode(prompt).ids)
+            if got == n and prompt.strip():
+                return prompt
+            if got > n:
+                break
+    raise BenchmarkError(f"--prompt-tokens {n}: found no text that encodes to exactly {n} tokens")
+
+
+def _tokenizer(s: Subject):
+    from tokenizers import Tokenizer
+
+    for folder in (s.export / "assets" if s.export else None, s.checkpoint):
+        if folder is not None and (Path(folder) / "tokenizer.json").is_file():
+            return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    raise ConfigError(f"--gpt2 {s.checkpoint}: no tokenizer.json (save the tokenizer with the model)")
+
+
+def _context_window(s: Subject) -> int | None:
+    """The model's context window from its export or checkpoint; None when neither says."""
+    for f in (
+        s.export / "assets" / "model_info.json" if s.export else None,
+        Path(s.checkpoint) / "config.json" if s.checkpoint else None,
+    ):
+        if f is not None and f.is_file():
+            n = json.loads(f.read_text()).get("n_positions")
+            if n:
+                return int(n)
+    return None
+
+
+def step_read_bytes(onnx_path: Path) -> tuple[int, int]:
+    """(initializer bytes that one decode step reads, bytes per KV cache element) of an
+    exported GPT-2 file.
+
+    Initializers that only `Gather` reads (the token and position embedding tables: a step
+    reads one row of each) and unused ones are left out; a table tied to the LM head is
+    read whole by its MatMul and counts.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    total = 0
+    for t in graph.initializer:
+        if consumers.get(t.name, {"Gather"}) == {"Gather"}:
+            continue
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            total += int({e.key: e.value for e in t.external_data}.get("length", 0))
+        elif t.HasField("raw_data"):
+            total += len(t.raw_data)
+        else:
+            total += onnx.numpy_helper.to_array(t).nbytes
+    past = next((i for i in graph.input if i.name == "past_key_0"), None)
+    if past is None:
+        raise BenchmarkError(f"{onnx_path}: no past_key_0 input; not an exported GPT-2 with a KV cache")
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(past.type.tensor_type.elem_type)).itemsize
+    return total, itemsize
+
+
+def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str | None) -> dict:
+    """Each CPU variant's decode profile, measured now through the serving engine's own
+    runner on the exported file with the server's threads (beside the served figures, so
+    that a slow minute on a shared machine moves both), and its step against the time the
+    step's reads take at the memory bandwidth measured now: at 1 GiB (past every cache) and
+    at the variant's own size.
+
+    The served variant gets every batch size up to 8 that is served; the others batch 1
+    (their read floor). The export's own profiles stay beside, as `export_decode_profiles`.
+    """
+    from benchmarks import measure, report
+    from export.gpt2_eval import decode_profiles
+
+    export = s.export
+    info = json.loads((export / "assets" / "model_info.json").read_text())
+    per_element = 2 * int(info["n_layer"]) * int(info["n_head"]) * int(info["head_size"])  # K and V
+    variants = export_report["variants"]
+    paths = {
+        n: export / v["files"][s.model]
+        for n, v in variants.items()
+        if v.get("decode_profile") and v.get("target") == "cpu" and s.model in v.get("files", {})
+    }
+    from export.latency_model import routed_profile
+    from serving.variant_choice import choose_variant, split_pair
+
+    main, companion = split_pair(variant or "")
+    members = {main, companion} - {None}
+    served = tuple(sorted({1, 8} | {c for c in opts.concurrency if c <= 8}))
+    gib = measure.read_bandwidth(2**30, opts.threads)
+    profiles = decode_profiles(
+        paths,
+        int(info["n_positions"]),
+        batches={n: served if n in members else (1,) for n in paths},
+        prefill_lens=(opts.prompt_tokens,),
+        threads=opts.threads,
+    )
+    served_profile = profiles.get(main)
+    if companion and served_profile and companion in profiles:
+        # a pair: what it serves is each call on the graph the build routed it to
+        route = choose_variant(export_report, s.model, variant, "cpu")[1]["routing"]
+        served_profile = routed_profile(served_profile, profiles[companion], route)
+    floors = {}
+    for name, profile in profiles.items():
+        if paths[name].suffix != ".onnx":
+            continue  # an OpenVINO IR (ov-* variants): its bytes per step are not counted here
+        weights, itemsize = step_read_bytes(paths[name])
+        own = measure.read_bandwidth(weights, opts.threads)
+        floors[name] = report.read_floors(
+            profile, weights, per_element * itemsize, {"1gib": gib["gb_per_s"], "model": own["gb_per_s"]}
+        )
+        floors[name]["bandwidth_at_model_size"] = own
+    return {
+        "decode_profile": served_profile,
+        "decode_profiles": profiles,
+        "export_decode_profiles": {
+            n: v["decode_profile"] for n, v in variants.items() if v.get("decode_profile")
+        },
+        "memory_bandwidth_1gib": gib,
+        "read_floors": floors,
+    }
+
+
+def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> dict:
+    """Every text workload served, genai-perf beside, the offline profile, the in-process
+    baselines and the peers: the figures `record` files under the component's name."""
+    import torch
+    from transformers import AutoConfig, GPT2LMHeadModel
+
+    from benchmarks import measure
+    from training.data import load_text_corpus
+
+    tok = _tokenizer(s)
+    text = load_text_corpus(None)[1]
+    prompt = build_prompt(tok, opts.prompt_tokens, text)
+    out: dict = {"model": str(s.checkpoint), "variant": variant, "prompt": prompt, "served": {}}
+    for c in opts.concurrency:
+        step(bar, f"gpt2 served c={c}")
+        # c=1 gives the latency percentiles: `repeats` requests; higher c: 2 per stream
+        out["served"][str(c)] = measure.served_concurrency(
+            url, prompt, opts.new_tokens, c, max(2, opts.repeats) if c == 1 else 2
+        )
+        bar.update()
+    if "1" in out["served"]:
+        from benchmarks import genai_perf
+
+        step(bar, "gpt2 genai-perf")
+        out["genai_perf"] = genai_perf.run_beside(
+            opts.genai_perf,
+            url,
+            s.checkpoint,
+            out["served"]["1"],
+            opts.prompt_tokens,
+            opts.new_tokens,
+            max(16, 2 * opts.repeats),
+            opts.out,
+        )
+    _long_and_mixed(opts, url, s, tok, text, prompt, out, bar)
+    step(bar, "gpt2 offline decode profile and read floors")
+    if s.export is not None:
+        from export.api import read_report
+
+        exp_report = read_report(s.export)
+        out["fidelity"] = exp_report["variants"].get(variant or "", {}).get("fidelity", {}).get(s.model)
+        # Offline step times of the same file and threads, measured while the server idles
+        # (after its streams, as the baselines are): what batching can give at best.
+        out.update(_offline(opts, s, exp_report, variant))
+    bar.update()
+    ids = torch.tensor([tok.encode(prompt).ids])
+    eos = AutoConfig.from_pretrained(s.checkpoint).eos_token_id
+    if "eager" in opts.baselines:
+        step(bar, "gpt2 eager")
+        model = GPT2LMHeadModel.from_pretrained(s.checkpoint).eval()
+        out["eager"] = measure.generate_baseline(
+            measure.hf_generate_fn(model, ids, eos), opts.new_tokens, opts.repeats
+        )
+        del model
+        bar.update()
+    if "optimum" in opts.baselines:
+        step(bar, "gpt2 optimum")
+        model = _optimum_model(opts, s.checkpoint)
+        out["optimum"] = measure.generate_baseline(
+            measure.hf_generate_fn(model, ids, eos), opts.new_tokens, opts.repeats
+        )
+        del model
+        bar.update()
+    if opts.peer_names():
+        _bench_peers(opts, s, tok, text, ids[0].tolist(), out, bar)
+    return out
+
+
+def _bench_peers(opts: BenchOptions, s: Subject, tok, text: str, ids: list[int], out: dict, bar) -> None:
+    """The peer runtimes on the short workload (same ids, tokens and threads as the served
+    run), then the long one for the fastest peer (each engine's fastest in a full run)."""
+    from benchmarks import peers
+
+    def progress(name: str) -> None:
+        step(bar, f"gpt2 peer {name}")
+
+    names = opts.peer_names()
+    short = [{"key": "short", "ids": ids, "new_tokens": opts.new_tokens, "repeats": opts.repeats}]
+    figures = peers.bench(names, s.checkpoint, opts.cache, opts.threads, short, progress)
+    bar.update(len(names))
+    out["peers"] = {
+        n: f if "skipped" in f else {**{k: v for k, v in f.items() if k != "short"}, **f["short"]}
+        for n, f in figures.items()
+    }
+    if not opts.long_prompt_tokens:
+        return
+    if "long" not in out:  # not measured served (the context window): nothing to compare with
+        bar.update()
+        return
+    picks = [peers.best(out["peers"])] if opts.quick else peers.best_per_family(out["peers"])
+    picks = [p for p in picks if p is not None]
+    if picks:
+        long_ids = tok.encode(build_prompt(tok, opts.long_prompt_tokens, text)).ids
+        # 2 timed requests after a warm-up, as the served long workload at one stream
+        work = [{"key": "long", "ids": long_ids, "new_tokens": opts.long_new_tokens, "repeats": 2}]
+        long = peers.bench(
+            picks, s.checkpoint, opts.cache, opts.threads, work, lambda n: progress(f"{n} long")
+        )
+        out["long"]["peers"] = {n: f if "skipped" in f else f["long"] for n, f in long.items()}
+    bar.update()
+
+
+def _long_and_mixed(
+    opts: BenchOptions, url: str, s: Subject, tok, text: str, prompt: str, out: dict, bar
+) -> None:
+    """The long workload at each `long_concurrency`, then the mixed one, into `out`."""
+    from benchmarks import measure
+
+    if not opts.long_prompt_tokens:
+        bar.update(len(opts.long_concurrency) + 1)
+        return
+    window = _context_window(s)
+    need = {
+        "long": opts.long_prompt_tokens + max(opts.long_new_tokens, opts.mixed_long_new_tokens),
+        "mixed short": opts.prompt_tokens + opts.mixed_new_tokens if opts.mixed_streams else 0,
+    }
+    too_long = {k: n for k, n in need.items() if window is not None and n > window}
+    if too_long:
+        out["long_skipped"] = (
+            f"{', '.join(f'{k} requests need {n} tokens' for k, n in too_long.items())}; "
+            f"the context window is {window}"
+        )
+        logger.warning("gpt2 long and mixed workloads not measured: %s", out["long_skipped"])
+        bar.update(len(opts.long_concurrency) + 1)
+        return
+    long_prompt = build_prompt(tok, opts.long_prompt_tokens, text)
+    out["long"] = {
+        "prompt_tokens": len(tok.encode(long_prompt).ids),
+        "new_tokens": opts.long_new_tokens,
+        "served": {},
+    }
+    for c in opts.long_concurrency:
+        step(bar, f"gpt2 long c={c}")
+        # Warm-up requests of 2 tokens: each connection's first call, and the long prefill's
+        # buffers, stay outside the timed requests without a full long generation each.
+        out["long"]["served"][str(c)] = measure.served_concurrency(
+            url, long_prompt, opts.long_new_tokens, c, 2, warmup_tokens=2
+        )
+        bar.update()
+    if opts.mixed_streams:
+        step(bar, "gpt2 mixed")
+        out["mixed"] = {
+            "short_prompt_tokens": opts.prompt_tokens,
+            "short_new_tokens": opts.mixed_new_tokens,
+            "long_prompt_tokens": out["long"]["prompt_tokens"],
+            "long_new_tokens": opts.mixed_long_new_tokens,
+            **measure.served_mixed(
+                url,
+                prompt,
+                opts.mixed_new_tokens,
+                opts.mixed_streams,
+                long_prompt,
+                opts.mixed_long_new_tokens,
+                opts.mixed_arrivals,
+                opts.mixed_period_s,
+            ),
+        }
+    bar.update()
+
+
+def _optimum_model(opts: BenchOptions, ckpt: Path):
+    """Optimum's ORTModelForCausalLM on the same checkpoint, exported once into the cache."""
+    import onnxruntime as ort
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    folder = opts.cache / f"optimum-{Path(ckpt).name}"
+    source = {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_mtime": newest_mtime(ckpt)}
+    marker = folder / "aigc_bench_source.json"
+    try:
+        fresh = json.loads(marker.read_text()) == source and (folder / "model.onnx").is_file()
+    except (OSError, json.JSONDecodeError):
+        fresh = False
+    if not fresh:
+        logger.info("exporting %s with Optimum into %s", ckpt, folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ORTModelForCausalLM.from_pretrained(ckpt, export=True, use_cache=True).save_pretrained(tmp)
+        (tmp / marker.name).write_text(json.dumps(source) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = opts.threads
+    so.inter_op_num_threads = 1
+    return ORTModelForCausalLM.from_pretrained(
+        folder, use_cache=True, session_options=so, provider="CPUExecutionProvider"
+    )

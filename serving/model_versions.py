@@ -1,0 +1,179 @@
+"""What one repository version of each served role holds: its `config.pbtxt` and files.
+
+The registry names these functions as the roles' `build` hooks (`aigc.registry`): an image
+generator or encoder is a batched Python-backend model (or, in the `onnxruntime` flavour,
+Triton's native ONNX Runtime backend); the text generator is the decoupled `gpt2` model with
+the generation engine and its tokenizer beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from aigc.errors import ConfigError
+from serving import config_gen
+from serving.config_gen import Tensor
+from serving.onnx_io import io_tensors
+
+if TYPE_CHECKING:
+    from serving.builder import BuildOptions
+
+TRITON_MODELS = Path(__file__).parent / "triton_models"
+# The runtime modules copied beside gpt2's model.py (they import each other flat).
+ENGINE_MODULES = ("gpt2_engine.py", "gpt2_openvino.py", "sampling.py", "llm_metrics.py", "ortsession.py")
+
+
+def kv_cache_bytes(model_info: dict, opts: BuildOptions, dtype_bytes: int = 4) -> int:
+    """What the gpt2 model allocates for its KV slots: 2 x layers x slots x heads x len x head size."""
+    max_len = opts.kv_max_len or int(model_info["n_positions"])
+    return (
+        2
+        * int(model_info["n_layer"])
+        * opts.kv_slots
+        * int(model_info["n_head"])
+        * max_len
+        * int(model_info["head_size"])
+        * dtype_bytes
+    )
+
+
+def image_config(name: str, onnx_file: Path, opts: BuildOptions) -> mc.ModelConfig:
+    """Python-backend config of an image component, tensors read from its ONNX file."""
+    inputs, outputs = io_tensors(onnx_file, fixed="inputs")
+    cfg = config_gen.model(name, opts.max_batch_size, backend="python")
+    config_gen.tensors(cfg, inputs, outputs)
+    config_gen.dynamic_batching(cfg, opts.max_queue_delay_us)
+    config_gen.instances(cfg, gpu=False, count=opts.instance_count)
+    config_gen.zero_warmup(cfg)
+    config_gen.parameters(
+        cfg, {"max_request_batch": opts.max_batch_size, "intra_op_threads": opts.intra_op_threads}
+    )
+    return cfg
+
+
+# The vLLM backend's additional outputs, each asked for by its return_* input flag.
+GPT2_EXTRA_OUTPUTS = (
+    ("return_finish_reason", Tensor("finish_reason", mc.TYPE_STRING, (-1,))),
+    ("return_num_input_tokens", Tensor("num_input_tokens", mc.TYPE_UINT32, (-1,))),
+    ("return_num_output_tokens", Tensor("num_output_tokens", mc.TYPE_UINT32, (-1,))),
+)
+
+
+def gpt2_tensors() -> tuple[list[Tensor], list[Tensor]]:
+    """The decoupled text-generation interface of Triton's LLM backends: vLLM's inputs,
+    TensorRT-LLM's sampling tensors (so genai-perf --backend tensorrtllm and perf_analyzer
+    can send any of them; the model maps them onto the same SamplingParams) and `stop`, and
+    the vLLM backend's additional outputs."""
+    from serving.triton_models.sampling import TENSOR_INPUTS
+
+    flag = mc.TYPE_BOOL
+    inputs = [
+        Tensor("text_input", mc.TYPE_STRING, (1,)),
+        Tensor("stream", flag, (1,), optional=True),
+        Tensor("sampling_parameters", mc.TYPE_STRING, (1,), optional=True),
+        Tensor("exclude_input_in_output", flag, (1,), optional=True),
+    ]
+    for name, dtype, dims, _ in TENSOR_INPUTS:
+        data_type = mc.TYPE_STRING if dtype == "BYTES" else getattr(mc, f"TYPE_{dtype}")
+        inputs.append(Tensor(name, data_type, tuple(dims), optional=True))
+    inputs.append(Tensor("stop", flag, (1,), optional=True))  # ends the requests with this id
+    inputs += [Tensor(name, flag, (1,), optional=True) for name, _ in GPT2_EXTRA_OUTPUTS]
+    outputs = [Tensor("text_output", mc.TYPE_STRING, (-1,))] + [out for _, out in GPT2_EXTRA_OUTPUTS]
+    return inputs, outputs
+
+
+def gpt2_parameters(model_info: dict, opts: BuildOptions) -> dict[str, object]:
+    """What the engine reads from config.pbtxt: limits, KV cache, scheduling, threads."""
+    if opts.kv_max_len > int(model_info["n_positions"]):
+        raise ConfigError(
+            f"--max-len must be <= the context window {model_info['n_positions']}, got {opts.kv_max_len}"
+        )
+    window = opts.kv_max_len or int(model_info["n_positions"])
+    return {
+        "max_tokens_limit": min(opts.max_tokens_limit, window - 1),
+        "max_prompt_tokens": window - 1,
+        # how often the engine's TTFT, ITL, token and slot figures reach the metrics endpoint (0 = off)
+        "metrics_interval_s": 1,
+        "kv_slots": opts.kv_slots,
+        "kv_max_len": opts.kv_max_len,
+        "prefill_chunk": opts.prefill_chunk,
+        "prefill_budget": opts.prefill_budget,
+        "max_queue_size": opts.max_queue,
+        "cuda_graph": bool(opts.cuda_graph and opts.target == "gpu"),
+        "max_request_seconds": opts.max_request_seconds,
+        "intra_op_threads": opts.intra_op_threads,
+    }
+
+
+def gpt2_config(model_info: dict, opts: BuildOptions, name: str = "gpt2") -> mc.ModelConfig:
+    """Decoupled Python-backend `gpt2`; one instance: its generation loop batches every
+    concurrent request itself."""
+    cfg = config_gen.model(name, 0, backend="python")
+    config_gen.decoupled(cfg)
+    config_gen.tensors(cfg, *gpt2_tensors())
+    config_gen.instances(cfg, gpu=opts.target == "gpu", count=1)
+    config_gen.parameters(cfg, gpt2_parameters(model_info, opts))
+    return cfg
+
+
+def image_version(
+    name: str,
+    export_dir: Path,
+    report: dict,
+    variant: str,
+    companion: str | None,
+    why: dict,
+    opts: BuildOptions,
+    files: dict[str, Path],
+) -> tuple[mc.ModelConfig, str]:
+    """An image component's config (adds its model code to `files`); (config, detail)."""
+    onnx_file = files["model.onnx"]
+    if opts.flavour == "onnxruntime":
+        from serving.native import native_model_config
+
+        cfg = native_model_config(
+            name,
+            onnx_file,
+            max_batch_size=opts.max_batch_size,
+            instance_count=opts.instance_count,
+            gpu=opts.target == "gpu",
+            accelerator=opts.accelerator,
+        )
+        return cfg, ""
+    files["model.py"] = TRITON_MODELS / "image_model.py"
+    files["ortsession.py"] = TRITON_MODELS / "ortsession.py"
+    return image_config(name, onnx_file, opts), ""
+
+
+def gpt2_version(
+    name: str,
+    export_dir: Path,
+    report: dict,
+    variant: str,
+    companion: str | None,
+    why: dict,
+    opts: BuildOptions,
+    files: dict[str, Path],
+) -> tuple[mc.ModelConfig, str]:
+    """The text generator's config, engine, tokenizer and the pair's companion graph (added to
+    `files`); (config, the KV cache it allocates)."""
+    info = report["model_info"]
+    cfg = gpt2_config(info, opts, name)
+    if companion:
+        files["companion.onnx"] = export_dir / report["variants"][companion]["files"][name]
+        cfg.parameters["companion_prefill"].string_value = str(why["routing"]["companion_prefill"]).lower()
+        cfg.parameters["companion_from_rows"].string_value = str(why["routing"]["companion_from_rows"])
+    files["model.py"] = TRITON_MODELS / "gpt2_model.py"
+    for module in ENGINE_MODULES:
+        files[module] = TRITON_MODELS / module
+    for asset in ("tokenizer.json", "model_info.json"):
+        files[asset] = export_dir / "assets" / asset
+    kv = kv_cache_bytes(info, opts, 2 if variant == "fp16" else 4)
+    detail = (
+        f"  KV cache: {opts.kv_slots} slots x {opts.kv_max_len or info['n_positions']} positions = "
+        f"{kv / 2**20:.0f} MiB, allocated once when the model loads"
+    )
+    return cfg, detail
