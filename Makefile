@@ -38,8 +38,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The unit tests on TEST_WORKERS pytest-xdist workers, whole files per worker (their
+# module fixtures are made once).
+TEST_WORKERS ?= 2
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not server and not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not server and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -107,7 +107,7 @@ def export_images(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, 
         from export import quantize
 
         report["variants"].update(
-            quantize.image_variants(spec, meta, wrapped, out, variants[1:], rng, report["variants"]["fp32"])
+            quantize.image_variants(spec, meta, out, variants[1:], rng, report["variants"]["fp32"])
         )
     return report
 

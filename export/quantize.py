@@ -126,7 +126,7 @@ def to_int8_static(src: Path, dst: Path, feeds: list[dict]) -> None:
         pre.unlink(missing_ok=True)
 
 
-def image_variants(spec: ExportSpec, meta: dict, wrapped: dict, out: Path, variants, rng, fp32: dict) -> dict:
+def image_variants(spec: ExportSpec, meta: dict, out: Path, variants, rng, fp32: dict) -> dict:
     """Derive fp16 / int8 variants of every component and gate them by PSNR vs fp32."""
     from export.images import example_inputs
 

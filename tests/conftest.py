@@ -1,17 +1,20 @@
 """Shared fixtures: tiny trained checkpoints, their exports, and the real Triton server.
 
-Everything is built once per test session in a temporary folder; the server is the real
-`tritonserver` binary from the nvidia-pytriton wheel on free loopback ports.
+The models are made once and kept in pytest's cache folder until the code or a library they
+depend on changes (`support.cached_artifact`); repositories and servers are made once per
+session in a temporary folder. The server is the real `tritonserver` binary from the
+nvidia-pytriton wheel on free loopback ports.
 """
 
 from __future__ import annotations
 
-import pytest
-from support import start_server
+import os
+from pathlib import Path
 
-from export.api import export_model
+import pytest
+from support import exported, start_server, trained
+
 from serving.builder import BuildOptions, build_repository
-from training.api import TrainOptions, train
 
 TINY_STEPS = {"dcgan": 30, "vae": 30, "gpt2": 200}
 # ov-fp32: the OpenVINO runtime's f32 IR, so the engine tests run on both runtimes
@@ -19,20 +22,24 @@ EXPORT_VARIANTS = {"dcgan": "fp32,int8", "vae": "fp32,int8", "gpt2": "fp32,int8,
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {
-        m: train(TrainOptions(model=m, out=root / m, steps=steps, progress=False))
-        for m, steps in TINY_STEPS.items()
-    }
+def artifacts(request, tmp_path_factory) -> Path:
+    """Where the test models are kept: pytest's cache folder, so that the next session reuses
+    what the same code made (`support.cached_artifact`); a fresh folder with `-p
+    no:cacheprovider`, or with AIGC_TEST_CACHE=0."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None or os.environ.get("AIGC_TEST_CACHE") == "0":
+        return tmp_path_factory.mktemp("artifacts")
+    return Path(cache.mkdir("aigc-artifacts"))
 
 
 @pytest.fixture(scope="session")
-def exports(checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("exports")
-    for m, ckpt in checkpoints.items():
-        export_model(m, ckpt, root / m, variants=EXPORT_VARIANTS[m])
-    return {m: root / m for m in checkpoints}
+def checkpoints(artifacts):
+    return {m: trained(artifacts, m, steps) for m, steps in TINY_STEPS.items()}
+
+
+@pytest.fixture(scope="session")
+def exports(checkpoints, artifacts):
+    return {m: exported(artifacts, m, ckpt, EXPORT_VARIANTS[m]) for m, ckpt in checkpoints.items()}
 
 
 @pytest.fixture(scope="session")

@@ -43,3 +43,30 @@ def test_no_file_mixes_live_server_tests_and_unit_tests():
         if live and len(live) != len(tests):
             mixed.append(f"{f.relative_to(TESTS)}: {len(live)} of {len(tests)} live")
     assert mixed == []
+
+
+def test_cached_artifacts_are_reused_remade_on_change_and_never_left_half_made(tmp_path, monkeypatch):
+    import pytest
+    import support
+
+    made = []
+
+    def build(out: Path, fail: bool = False) -> None:
+        out.mkdir()
+        (out / "weights").write_text(str(len(made)))
+        made.append(out)
+        if fail:
+            raise RuntimeError("interrupted")
+
+    first = support.cached_artifact(tmp_path, "model", {"steps": 1}, build)
+    assert support.cached_artifact(tmp_path, "model", {"steps": 1}, build) == first
+    assert len(made) == 1 and (first / "weights").read_text() == "0"
+    other = support.cached_artifact(tmp_path, "model", {"steps": 2}, build)
+    assert other != first and not first.exists()  # the older copy of "model" is removed
+    monkeypatch.setattr(support, "artifact_digest", lambda: "the code changed")
+    changed = support.cached_artifact(tmp_path, "model", {"steps": 2}, build)
+    assert changed != other and len(made) == 3
+    with pytest.raises(RuntimeError, match="interrupted"):
+        support.cached_artifact(tmp_path, "model", {"steps": 3}, lambda out: build(out, fail=True))
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
+    assert left == [changed.name]  # nothing half made, and the complete copy kept

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from support import cached_artifact
 
 from aigc.errors import CheckpointError
 from export import quantize
@@ -44,11 +45,18 @@ def _tiny_gpt2(folder, seed=0):
 
 
 @pytest.fixture(scope="module")
-def gpt2_export(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpt2")
-    ckpt = _tiny_gpt2(root / "ckpt")
-    out = root / "export"
-    return ckpt, out, export_model("gpt2", ckpt, out, variants="fp32,int8,int4,fp16,ov-int8,ov-int4")
+def gpt2_export(artifacts):
+    from export.api import read_report
+
+    ckpt = cached_artifact(artifacts, "checkpoint-gpt2-random", {"seed": 0}, _tiny_gpt2)
+    variants = "fp32,int8,int4,fp16,ov-int8,ov-int4"
+    out = cached_artifact(
+        artifacts,
+        "export-gpt2-random",
+        {"checkpoint": str(ckpt), "variants": variants},
+        lambda out: export_model("gpt2", ckpt, out, variants=variants),
+    )
+    return ckpt, out, read_report(out)
 
 
 def test_gpt2_fp32_matches_pytorch(gpt2_export):

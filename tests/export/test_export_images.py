@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from support import exported, trained
 
 from aigc import registry
 from aigc.cli import main as aigc_main
@@ -19,19 +21,24 @@ from export.images import FromUint8Image, ToUint8Image
 from export.ortutil import make_session
 from training.models import load_image_checkpoint
 
-
-@pytest.fixture(scope="module")
-def image_checkpoints(tmp_path_factory):
-    from training.api import TrainOptions, train
-
-    root = tmp_path_factory.mktemp("ckpt")
-    return {m: train(TrainOptions(model=m, out=root / m, steps=2, progress=False)) for m in ("dcgan", "vae")}
+IMAGE_KINDS = [k.name for k in registry.KINDS.values() if k.image_model]
 
 
 @pytest.fixture(scope="module")
-def image_exports(image_checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("exports")
-    return {m: (root / m, export_model(m, ckpt, root / m)) for m, ckpt in image_checkpoints.items()}
+def image_checkpoints(artifacts):
+    return {m: trained(artifacts, m, steps=2) for m in IMAGE_KINDS}
+
+
+@pytest.fixture(scope="module")
+def image_exports(image_checkpoints, artifacts):
+    """Every variant of each image kind."""
+    from export.api import read_report
+
+    out = {
+        m: exported(artifacts, m, ckpt, ",".join(registry.get(m).export.variants))
+        for m, ckpt in image_checkpoints.items()
+    }
+    return {m: (folder, read_report(folder)) for m, folder in out.items()}
 
 
 def _fresh_rng() -> np.random.Generator:
@@ -104,7 +111,7 @@ def test_fp16_variant_holds_half_weights(image_exports):
     assert report["variants"]["fp16"]["size_bytes"] < report["variants"]["fp32"]["size_bytes"]
 
 
-def test_gate_rejects_a_damaged_variant(image_checkpoints, tmp_path, monkeypatch):
+def test_gate_rejects_a_damaged_variant(image_exports, tmp_path, monkeypatch):
     def damaged_int8(src, dst, feeds):
         model = onnx.load(str(src))
         rng = np.random.default_rng(1)
@@ -116,11 +123,20 @@ def test_gate_rejects_a_damaged_variant(image_checkpoints, tmp_path, monkeypatch
         onnx.save(model, str(dst))
 
     monkeypatch.setattr(quantize, "to_int8_static", damaged_int8)
-    report = export_model("dcgan", image_checkpoints["dcgan"], tmp_path / "out", variants="fp32,int8")
-    int8 = report["variants"]["int8"]
+    src, report = image_exports["dcgan"]
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    info = report["model_info"]
+    int8 = quantize.image_variants(
+        registry.get("dcgan").export,
+        {"data": info["data"], "config": info["config"]},
+        out,
+        ["int8"],
+        np.random.default_rng(),
+        report["variants"]["fp32"],
+    )["int8"]
     assert int8["passed"] is False
     assert "PSNR" in int8["reason"]
-    assert report["variants"]["fp32"]["passed"] is True
 
 
 def test_missing_checkpoint_fails_cleanly(tmp_path):

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+from support import cached_artifact, exported
 
 from aigc.errors import CheckpointError
 from export.api import export_model
@@ -23,27 +24,29 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def classic_checkpoint(checkpoints, tmp_path_factory):
+def classic_checkpoint(checkpoints, artifacts):
     """The tiny trained GPT-2 with its tokenizer saved the classic way, as older Hugging Face
     folders (and the hub's original `gpt2`) carry it: vocab.json + merges.txt, no tokenizer.json."""
     from tokenizers import Tokenizer
 
     src = checkpoints["gpt2"]
-    dst = tmp_path_factory.mktemp("classic") / "gpt2"
-    shutil.copytree(src, dst)
-    Tokenizer.from_file(str(src / "tokenizer.json")).model.save(str(dst))  # vocab.json, merges.txt
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (dst / f).unlink(missing_ok=True)
-    (dst / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
+
+    def build(dst):
+        shutil.copytree(src, dst)
+        Tokenizer.from_file(str(src / "tokenizer.json")).model.save(str(dst))  # vocab.json, merges.txt
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", ".complete"):
+            (dst / f).unlink(missing_ok=True)
+        (dst / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
+
+    dst = cached_artifact(artifacts, "checkpoint-gpt2-classic", {"source": str(src)}, build)
     assert (dst / "vocab.json").is_file() and (dst / "merges.txt").is_file()
+    assert not (dst / "tokenizer.json").exists()
     return dst
 
 
 @pytest.fixture(scope="module")
-def classic_export(classic_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("classic-export") / "gpt2"
-    export_model("gpt2", classic_checkpoint, out, variants="fp32", seed=0)
-    return out
+def classic_export(classic_checkpoint, artifacts):
+    return exported(artifacts, "gpt2", classic_checkpoint, "fp32")
 
 
 @pytest.fixture(scope="module")
