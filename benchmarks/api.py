@@ -82,7 +82,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
     import torch
     from tqdm import tqdm
 
-    from benchmarks import report
+    from benchmarks import environment, ratios, report, tables
 
     if opts.quick:
         opts.quick_mode()
@@ -91,7 +91,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
     opts.cache.mkdir(parents=True, exist_ok=True)
     subs = subjects(opts)
     results: dict = {
-        "env": report.environment(opts.threads),
+        "env": environment.environment(opts.threads),
         "config": {
             "url": opts.url,
             "prompt_tokens": opts.prompt_tokens,
@@ -129,9 +129,9 @@ def run_benchmark(opts: BenchOptions) -> dict:
             for s in subs:
                 bench = _bench_module(s)
                 bench.record(results, s, bench.run(opts, url, s, variants.get(s.model), bar))
-    results["ratios"] = report.ratios(results)
+    results["ratios"] = ratios.ratios(results)
     report.write(results, opts.out)
-    logger.info("\n%s\n", report.markdown(results))
+    logger.info("\n%s\n", tables.markdown(results))
     logger.info("results in %s", opts.out)
     return results
 

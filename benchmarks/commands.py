@@ -197,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmarks import report
+    from benchmarks import gate, report
     from benchmarks.api import BenchOptions, run_benchmark
 
     opts = BenchOptions(
@@ -238,12 +238,12 @@ def run(args: argparse.Namespace) -> int:
     # Bad thresholds or README fail now, not after minutes of measuring.
     thresholds = None
     if args.gate is not None:
-        thresholds = report.load_thresholds(None if args.gate == "default" else Path(args.gate))
+        thresholds = gate.load_thresholds(None if args.gate == "default" else Path(args.gate))
     if args.write_readme is not None:
         report.check_readme(args.write_readme)
     results = run_benchmark(opts)
     if args.write_readme is not None:
         report.write_readme(results, args.out, args.write_readme)
     if thresholds is not None:
-        report.gate(results, thresholds)
+        gate.gate(results, thresholds)
     return 0

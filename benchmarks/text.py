@@ -128,7 +128,7 @@ def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str |
     The served variant gets every batch size up to 8 that is served; the others batch 1
     (their read floor). The export's own profiles stay beside, as `export_decode_profiles`.
     """
-    from benchmarks import measure, report
+    from benchmarks import measure, ratios
     from export.gpt2_eval import decode_profiles
 
     export = s.export
@@ -165,7 +165,7 @@ def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str |
             continue  # an OpenVINO IR (ov-* variants): its bytes per step are not counted here
         weights, itemsize = step_read_bytes(paths[name])
         own = measure.read_bandwidth(weights, opts.threads)
-        floors[name] = report.read_floors(
+        floors[name] = ratios.read_floors(
             profile, weights, per_element * itemsize, {"1gib": gib["gb_per_s"], "model": own["gb_per_s"]}
         )
         floors[name]["bandwidth_at_model_size"] = own

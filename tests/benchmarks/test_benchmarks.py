@@ -12,7 +12,7 @@ import time
 import pytest
 
 from aigc.errors import BenchmarkError, ConfigError
-from benchmarks import measure, report
+from benchmarks import gate, measure, ratios, report, tables
 from benchmarks.options import BenchOptions
 from benchmarks.text import build_prompt
 
@@ -80,7 +80,7 @@ def _results() -> dict:
             "memory_bandwidth_1gib": {"bytes": 2**30, "threads": 2, "gb_per_s": 25.0},
             "read_floors": {
                 "int8": dict(
-                    report.read_floors(int8, 124_000_000, KV_PER_TOKEN, {"1gib": 25.0, "model": 40.0}),
+                    ratios.read_floors(int8, 124_000_000, KV_PER_TOKEN, {"1gib": 25.0, "model": 40.0}),
                     bandwidth_at_model_size={"bytes": 124_000_000, "threads": 2, "gb_per_s": 40.0},
                 )
             },
@@ -112,7 +112,7 @@ def _results() -> dict:
             }
         },
     }
-    results["ratios"] = report.ratios(results)
+    results["ratios"] = ratios.ratios(results)
     return results
 
 
@@ -153,7 +153,7 @@ def test_ratios_against_the_offline_profile():
 def test_profile_ratios_follow_the_prompt_length():
     results = _results()
     results["config"].update(prompt_tokens=128, new_tokens=64)  # cache 160 on average, 128-token prefill
-    r = report.ratios(results)
+    r = ratios.ratios(results)
     step1, step8 = 7.5 * (1 + 0.5 * (160 - 48) / 448), 17.0 * (1 + 0.5 * (160 - 48) / 448)
     assert r["gpt2_step_ceiling_c8_vs_c1"] == pytest.approx(8 * step1 / step8, rel=1e-3)
     assert r["gpt2_ttft_minus_prefill_ms"] == pytest.approx(25.0 - 150.0)
@@ -162,7 +162,7 @@ def test_profile_ratios_follow_the_prompt_length():
 def test_profile_ratios_skip_an_old_flat_profile():
     results = _results()
     results["gpt2"]["decode_profile"] = {"step_ms": {"1": 7.5, "8": 17.0}, "prefill_ms": {"16": 19.0}}
-    r = report.ratios(results)
+    r = ratios.ratios(results)
     assert not {
         "gpt2_step_ceiling_c8_vs_c1",
         "gpt2_aggregate_c8_vs_step_ceiling",
@@ -173,7 +173,7 @@ def test_profile_ratios_skip_an_old_flat_profile():
 
 def test_read_floor_arithmetic():
     profile = _profile(8.0, 12.0, 20.0, 1.5)
-    floors = report.read_floors(profile, 100_000_000, KV_PER_TOKEN, {"1gib": 25.0, "model": 50.0})
+    floors = ratios.read_floors(profile, 100_000_000, KV_PER_TOKEN, {"1gib": 25.0, "model": 50.0})
     assert floors["kv_bytes_per_token"] == KV_PER_TOKEN == 73_728  # 2 x 12 layers x 12 heads x 64 x fp32
     rows = {(r["batch"], r["past"]): r for r in floors["rows"]}
     assert set(rows) == {(b, p) for b in (1, 4, 8) for p in (48, 496)}
@@ -238,21 +238,21 @@ def test_bandwidth_is_a_median_in_gb_per_s():
 def test_gate_fails_above_and_passes_below_what_was_measured():
     results = _results()
     measured = results["ratios"]["gpt2_tokens_per_s_vs_eager"]
-    report.gate(results, {"gpt2_tokens_per_s_vs_eager": {"min": measured - 0.5}})
-    report.gate(results, {"gpt2_tokens_per_s_vs_eager": measured - 0.5})  # a bare number is a minimum
+    gate.gate(results, {"gpt2_tokens_per_s_vs_eager": {"min": measured - 0.5}})
+    gate.gate(results, {"gpt2_tokens_per_s_vs_eager": measured - 0.5})  # a bare number is a minimum
     with pytest.raises(BenchmarkError, match="gpt2_tokens_per_s_vs_eager = .* below the threshold"):
-        report.gate(results, {"gpt2_tokens_per_s_vs_eager": {"min": measured + 0.5}})
+        gate.gate(results, {"gpt2_tokens_per_s_vs_eager": {"min": measured + 0.5}})
     with pytest.raises(BenchmarkError, match="above the threshold"):
-        report.gate(results, {"dcgan_served_minus_inprocess_p50_ms": {"max": 0.5}})
+        gate.gate(results, {"dcgan_served_minus_inprocess_p50_ms": {"max": 0.5}})
     with pytest.raises(BenchmarkError, match="not measured"):
-        report.gate(results, {"no_such_ratio": {"min": 1}})
+        gate.gate(results, {"no_such_ratio": {"min": 1}})
 
 
 def test_gate_lists_every_failing_ratio():
     results = _results()
     too_high = {k: {"min": v * 2} for k, v in results["ratios"].items() if v > 0}
     with pytest.raises(BenchmarkError) as info:
-        report.gate(results, too_high)
+        gate.gate(results, too_high)
     assert all(name in str(info.value) for name in too_high)
 
 
@@ -260,20 +260,20 @@ def _gated_results() -> dict:
     """The synthetic run with the one peer CI installs that is quickest to convert."""
     results = _results()
     results["gpt2"]["peers"] = {"ctranslate2_int8": _peer(85.0, 25.0, 11.5, "ctranslate2_int8")}
-    results["ratios"] = report.ratios(results)
+    results["ratios"] = ratios.ratios(results)
     return results
 
 
 def test_committed_thresholds_parse_and_name_measured_ratios():
-    thresholds = report.load_thresholds()
+    thresholds = gate.load_thresholds()
     names = [k for k in thresholds if not k.startswith("_")]
     assert names and set(names) <= set(_gated_results()["ratios"])
     # the committed bounds hold on the synthetic run (well above every lower bound)
-    assert report.check_gate(_gated_results()["ratios"], thresholds) == []
+    assert gate.check_gate(_gated_results()["ratios"], thresholds) == []
     # ...and catch requests stalling in Triton's queue: a few 500 ms waits pull the mean up
     stalled = _gated_results()
     stalled["images"]["dcgan"]["throughput_vs_concurrency"]["1"]["latency_ms"]["mean"] = 6.0
-    failures = report.check_gate(report.ratios(stalled), thresholds)
+    failures = gate.check_gate(ratios.ratios(stalled), thresholds)
     assert [f.split(" = ")[0] for f in failures] == ["dcgan_latency_p50_over_mean_c1"]
 
 
@@ -300,10 +300,10 @@ def test_committed_thresholds_parse_and_name_measured_ratios():
     ],
 )
 def test_committed_profile_gates_catch_regressions(change, failing):
-    thresholds = report.load_thresholds()
+    thresholds = gate.load_thresholds()
     results = _gated_results()
     change(results["gpt2"])
-    failures = report.check_gate(report.ratios(results), thresholds)
+    failures = gate.check_gate(ratios.ratios(results), thresholds)
     assert [f.split(" = ")[0] for f in failures] == [failing]
 
 
@@ -311,9 +311,9 @@ def test_bad_thresholds_name_the_flag(tmp_path):
     bad = tmp_path / "t.json"
     bad.write_text('{"gpt2_tokens_per_s_vs_eager": {"at_least": 2}}')
     with pytest.raises(ConfigError, match="--gate"):
-        report.load_thresholds(bad)
+        gate.load_thresholds(bad)
     with pytest.raises(ConfigError, match="--gate"):
-        report.load_thresholds(tmp_path / "missing.json")
+        gate.load_thresholds(tmp_path / "missing.json")
 
 
 def test_table_and_plots_are_written(tmp_path):
@@ -358,8 +358,8 @@ def test_table_without_long_workload_says_why(tmp_path):
     for key in ("long", "mixed", "decode_profiles", "read_floors", "decode_profile"):
         del g[key]
     g["long_skipped"] = "long requests need 516 tokens; the context window is 128"
-    results["ratios"] = report.ratios(results)
-    md = report.markdown(results)
+    results["ratios"] = ratios.ratios(results)
+    md = tables.markdown(results)
     assert "Long and mixed workloads not measured: long requests need 516 tokens" in md
     assert "**Mixed**" not in md and "Decode profile" not in md
     report.write(results, tmp_path)
@@ -509,7 +509,7 @@ def _results_with_peers() -> dict:
         "ctranslate2_int8": _peer(85.0, 25.0, 11.5, "ctranslate2_int8"),
     }
     g["long"]["peers"] = {"openvino_int4": _peer(150.0, 120.0, 6.0)}
-    results["ratios"] = report.ratios(results)
+    results["ratios"] = ratios.ratios(results)
     return results
 
 
@@ -530,9 +530,9 @@ def test_peer_ratios_are_against_the_fastest_peer():
 def test_every_peer_skipped_gives_no_peer_ratio():
     results = _results()
     results["gpt2"]["peers"] = {"openvino_int4": {"skipped": "conversion failed: no disk"}}
-    assert not any("peer" in k for k in report.ratios(results))
-    assert "| OpenVINO GenAI `LLMPipeline` int4: skipped (conversion failed: no disk) |" in report.markdown(
-        dict(results, ratios=report.ratios(results))
+    assert not any("peer" in k for k in ratios.ratios(results))
+    assert "| OpenVINO GenAI `LLMPipeline` int4: skipped (conversion failed: no disk) |" in tables.markdown(
+        dict(results, ratios=ratios.ratios(results))
     )
 
 
@@ -787,10 +787,10 @@ def test_genai_perf_figures_sit_beside_ours_with_their_ratios(tmp_path):
     ours = results["gpt2"]["served"]["1"]  # TTFT 25 ms, ITL 8 ms, 120 tok/s
     theirs = _genai_perf_figures(27.5, 8.4, 108.0)
     ours["ttft_ms"]["mean"], ours["itl_ms"]["mean"] = 25.0, 8.0
-    ratios = genai_perf.beside_ours(theirs, ours)
-    assert ratios == {"ttft_mean": 1.1, "itl_mean": 1.05, "tokens_per_s": 0.9}
+    got = genai_perf.beside_ours(theirs, ours)
+    assert got == {"ttft_mean": 1.1, "itl_mean": 1.05, "tokens_per_s": 0.9}
     results["gpt2"]["genai_perf"] = {
-        "vllm": {**theirs, "vs_ours": ratios},
+        "vllm": {**theirs, "vs_ours": got},
         "tensorrtllm": {"skipped": "BenchmarkError: genai-perf --backend tensorrtllm failed (1): boom"},
     }
     report.write(results, tmp_path)
@@ -799,7 +799,7 @@ def test_genai_perf_figures_sit_beside_ours_with_their_ratios(tmp_path):
     assert "| genai-perf --backend vllm | 27.5 | 8.40 | 108.0 | 1.1 / 1.05 / 0.9 |" in md
     assert "| genai-perf --backend tensorrtllm | not run: BenchmarkError: genai-perf" in md
     results["gpt2"]["genai_perf"] = {"skipped": "genai-perf or perf_analyzer is not on PATH"}
-    assert "genai-perf: not run (genai-perf or perf_analyzer is not on PATH)." in report.markdown(results)
+    assert "genai-perf: not run (genai-perf or perf_analyzer is not on PATH)." in tables.markdown(results)
 
 
 def test_genai_perf_is_found_or_named(tmp_path, monkeypatch):

@@ -1,0 +1,206 @@
+"""The ratios `aigc bench` reports and gates: served figures over the baselines and peers
+measured side by side in the same run, and each decode step against its memory-read floor."""
+
+from __future__ import annotations
+
+from benchmarks.peers import best as best_peer
+
+
+def div(a, b) -> float | None:
+    """a / b to 3 decimals; None when either is missing."""
+    return None if a is None or not b else round(a / b, 3)
+
+
+def _profiled_step(profile: dict | None, batch: int, cached: float) -> float | None:
+    """The offline decode step at `batch` rows (a measured batch size only) and `cached`
+    tokens (linear between the measured cache lengths)."""
+    from export.latency_model import step_ms_at
+
+    steps = (profile or {}).get("step_ms") or {}
+    if not isinstance(steps.get(str(batch)), dict) or not isinstance(steps.get("1"), dict):
+        return None  # not measured, or an export before the per-cache-length profile
+    return step_ms_at(profile, batch, cached)
+
+
+def read_floors(profile: dict, weight_bytes: int, kv_bytes_per_token: int, gb_per_s: dict) -> dict:
+    """Each profiled step against the time its reads take at each bandwidth (GB/s by label).
+
+    A step at `batch` rows of `past` cached tokens reads the weights once and every row's
+    keys and values: weight_bytes + kv_bytes_per_token x past x batch, where
+    kv_bytes_per_token = 2 (K, V) x layers x heads x head size x element bytes.
+    """
+    rows = []
+    for batch, by_past in sorted((profile.get("step_ms") or {}).items(), key=lambda kv: int(kv[0])):
+        if not isinstance(by_past, dict):
+            continue
+        for past, step in sorted(by_past.items(), key=lambda kv: int(kv[0])):
+            nbytes = weight_bytes + kv_bytes_per_token * int(past) * int(batch)
+            floor = {k: round(nbytes / (bw * 1e6), 3) for k, bw in gb_per_s.items() if bw}
+            rows.append(
+                {
+                    "batch": int(batch),
+                    "past": int(past),
+                    "bytes": nbytes,
+                    "step_ms": step,
+                    "floor_ms": floor,
+                    "step_over_floor": {k: div(step, f) for k, f in floor.items()},
+                }
+            )
+    return {
+        "weight_bytes": weight_bytes,
+        "kv_bytes_per_token": kv_bytes_per_token,
+        "gb_per_s": dict(gb_per_s),
+        "rows": rows,
+    }
+
+
+def _floor_row(floors: dict | None, batch: int) -> dict | None:
+    """The row of `read_floors` at `batch` and the shortest cache length."""
+    rows = [r for r in (floors or {}).get("rows", []) if r["batch"] == batch]
+    return min(rows, key=lambda r: r["past"], default=None)
+
+
+def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
+    """Served figures against the offline profile of the same file and threads.
+
+    The short workload's cache holds prompt + new/2 tokens on average (48 for 16 -> 64): the
+    profile is read there.
+    """
+    out: dict[str, float | None] = {}
+    profile = g.get("decode_profile")
+    served = g.get("served") or {}
+    c1 = served.get("1")
+    cached = cfg.get("prompt_tokens", 16) + cfg.get("new_tokens", 64) / 2
+    step1 = _profiled_step(profile, 1, cached)
+    for c in sorted(served, key=int):
+        step_c = _profiled_step(profile, int(c), cached)
+        if c == "1" or step1 is None or step_c is None:
+            continue
+        # Offline step times: c streams per step over one; served aggregate over that ceiling.
+        ceiling = int(c) * step1 / step_c
+        out[f"gpt2_step_ceiling_c{c}_vs_c1"] = round(ceiling, 3)
+        if c1:
+            gain = served[c]["aggregate_tokens_per_s"] / c1["aggregate_tokens_per_s"]
+            out[f"gpt2_aggregate_c{c}_vs_step_ceiling"] = div(gain, ceiling)
+    steps = (profile or {}).get("step_ms") or {}
+    pasts = sorted(int(p) for p in (profile or {}).get("past_lens", []))
+    for b in ("1", "8"):
+        by_past = steps.get(b)
+        if len(pasts) >= 2 and isinstance(by_past, dict):
+            # the cache's share of a step: what reading 10x more cached tokens costs
+            out[f"gpt2_step_long_vs_short_b{b}"] = div(
+                by_past.get(str(pasts[-1])), by_past.get(str(pasts[0]))
+            )
+    prefill = (profile or {}).get("prefill_ms") or {}
+    if c1 and c1["ttft_ms"].get("p50") is not None and prefill:
+        from export.latency_model import prefill_ms_at
+
+        # what the server adds to the prompt's own prefill before the first token arrives
+        out["gpt2_ttft_minus_prefill_ms"] = round(
+            c1["ttft_ms"]["p50"] - prefill_ms_at(profile, cfg.get("prompt_tokens", 16)), 3
+        )
+    row = _floor_row((g.get("read_floors") or {}).get(g.get("variant") or ""), 1)
+    if row:
+        out["gpt2_step_b1_vs_read_floor"] = row["step_over_floor"].get("1gib")
+    long = (g.get("long") or {}).get("served") or {}
+    top = max(long, key=int, default=None)
+    if top and top != "1" and "1" in long:
+        out[f"gpt2_long_aggregate_c{top}_vs_c1"] = div(
+            long[top]["aggregate_tokens_per_s"], long["1"]["aggregate_tokens_per_s"]
+        )
+    mixed = g.get("mixed")
+    if mixed:
+        out["gpt2_mixed_itl_p99_during_long_vs_other"] = div(
+            mixed["short_itl_during_long_prefill_ms"]["p99"], mixed["short_itl_other_ms"]["p99"]
+        )
+    return out
+
+
+def _gpt2_peer_ratios(g: dict) -> dict:
+    """Served figures against the fastest peer runtime (highest tokens/s at one stream)."""
+    out: dict[str, float | None] = {}
+    served = g.get("served") or {}
+    c1 = served.get("1")
+    name = best_peer(g.get("peers"))
+    if name is not None:
+        peer = g["peers"][name]
+        if c1:
+            out["gpt2_tokens_per_s_vs_best_peer"] = div(c1["per_stream_tokens_per_s"], peer["tokens_per_s"])
+            if c1["ttft_ms"].get("p50") is not None and peer["ttft_ms"].get("p50") is not None:
+                out["gpt2_ttft_minus_best_peer_ms"] = round(c1["ttft_ms"]["p50"] - peer["ttft_ms"]["p50"], 3)
+        top = max(served, key=int, default=None)
+        if top is not None and top != "1":
+            # several streams served at once against the peer's one (it runs one request at a time)
+            out[f"gpt2_aggregate_c{top}_vs_best_peer"] = div(
+                served[top]["aggregate_tokens_per_s"], peer["tokens_per_s"]
+            )
+    long = g.get("long") or {}
+    long_c1 = (long.get("served") or {}).get("1")
+    name = best_peer(long.get("peers"))
+    if name is not None and long_c1:
+        peer = long["peers"][name]
+        out["gpt2_long_tokens_per_s_vs_best_peer"] = div(
+            long_c1["per_stream_tokens_per_s"], peer["tokens_per_s"]
+        )
+        if long_c1["ttft_ms"].get("p50") is not None and peer["ttft_ms"].get("p50") is not None:
+            out["gpt2_long_ttft_minus_best_peer_ms"] = round(
+                long_c1["ttft_ms"]["p50"] - peer["ttft_ms"]["p50"], 3
+            )
+    return out
+
+
+def ratios(results: dict) -> dict:
+    """Served figures over the baselines measured in the same run (and the server hop in ms).
+
+    `*_vs_<baseline>` and `*_speedup_*` are ratios (> 1: the served model is better);
+    `*_minus_*_ms` are differences in milliseconds. GPT-2 also gets ratios against the
+    offline decode profile of the served file, measured in the same run through the serving
+    engine's own runner without the server: the step's batching ceiling
+    (`gpt2_step_ceiling_cN_vs_c1`), the served share of it (`gpt2_aggregate_cN_vs_step_ceiling`),
+    the step at a long cache over a short one (`gpt2_step_long_vs_short_bN`), the server's
+    time to first token beyond the prefill (`gpt2_ttft_minus_prefill_ms`), and the batch-1
+    step over its read floor (`gpt2_step_b1_vs_read_floor`). Against the fastest peer runtime
+    (`gpt2_*_vs_best_peer`, `gpt2_*ttft_minus_best_peer_ms`), the peer with the highest
+    tokens/s at one stream on the same prompt, tokens and threads.
+    """
+    out: dict[str, float] = {}
+    g = results.get("gpt2")
+    if g and g.get("served"):
+        c1 = g["served"].get("1")
+        top = max(g["served"], key=int)
+        for base in ("eager", "optimum"):
+            b = g.get(base)
+            if not b:
+                continue
+            if c1:
+                out[f"gpt2_tokens_per_s_vs_{base}"] = div(c1["per_stream_tokens_per_s"], b["tokens_per_s"])
+                out[f"gpt2_ttft_speedup_vs_{base}"] = div(b["ttft_ms"]["p50"], c1["ttft_ms"]["p50"])
+                out[f"gpt2_itl_speedup_vs_{base}"] = div(b["itl_ms"]["p50"], c1["itl_ms"]["p50"])
+            if top != "1":
+                out[f"gpt2_aggregate_c{top}_vs_{base}"] = div(
+                    g["served"][top]["aggregate_tokens_per_s"], b["tokens_per_s"]
+                )
+        for c in sorted(g["served"], key=int):
+            if c1 and c != "1":
+                out[f"gpt2_aggregate_c{c}_vs_c1"] = div(
+                    g["served"][c]["aggregate_tokens_per_s"], c1["aggregate_tokens_per_s"]
+                )
+        out.update(_gpt2_profile_ratios(g, results.get("config", {})))
+        out.update(_gpt2_peer_ratios(g))
+    for model, r in results.get("images", {}).items():
+        served = r["served_ms"]["p50"]
+        if "onnxruntime_ms" in r:
+            out[f"{model}_served_minus_inprocess_p50_ms"] = round(served - r["onnxruntime_ms"]["p50"], 3)
+        if "eager_ms" in r:
+            out[f"{model}_served_speedup_vs_eager_p50"] = div(r["eager_ms"]["p50"], served)
+        c1 = r.get("throughput_vs_concurrency", {}).get("1")
+        if c1 and c1["latency_ms"].get("mean"):
+            # One client back to back: about 0.9 when latency is steady; stalls pull the mean up.
+            out[f"{model}_latency_p50_over_mean_c1"] = div(c1["latency_ms"]["p50"], c1["latency_ms"]["mean"])
+        ort_b = r.get("onnxruntime_images_per_s_vs_batch") or {}
+        if ort_b:
+            b = max(ort_b, key=int)
+            served_b = r.get("throughput_vs_batch", {}).get(b)
+            if served_b:
+                out[f"{model}_images_per_s_b{b}_vs_inprocess"] = div(served_b["images_per_s"], ort_b[b])
+    return {k: v for k, v in out.items() if v is not None}
