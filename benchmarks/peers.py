@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "peer.json"
 # bumped when a conversion changes, so that older cached folders are converted again
 FORMAT = 1
-# OpenVINO's CPU plugin computes in bf16 on AMX CPUs unless told otherwise (1.7-2x slower here)
+# OpenVINO's CPU plugin computes in bf16 on AMX CPUs unless told otherwise, which generates
+# slower than f32 for this model (benchmarks/choices.md)
 OPENVINO_PRECISION = "f32"
 CHILD_TIMEOUT_S = 1800.0  # conversion (the 124M IR takes a minute or two on 2 cores) and measuring
 
@@ -215,8 +216,8 @@ class _OpenVINORunner(Runner):
 
         self.properties = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION}
         # LLMPipeline's own scheduler keeps a prefix cache across calls: a repeated prompt's
-        # full 32-token blocks would skip their prefill (a 512-token TTFT of ~25 ms). Off, so
-        # that every request prefills its prompt as the served path and the other peers do.
+        # full 32-token blocks would skip their prefill (benchmarks/choices.md). Off, so that
+        # every request prefills its prompt as the served path and the other peers do.
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = False
         self.pipe = openvino_genai.LLMPipeline(

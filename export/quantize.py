@@ -213,8 +213,8 @@ def _encoder_gate(out: Path, fp32: dict, mu_ref: np.ndarray, mu_got: np.ndarray,
 class QuantOptions:
     """Knobs of the GPT-2 weight quantizers (`aigc export --int4-block-size ...`)."""
 
-    # 64: one fp32 scale per 64 weights (4.5 bits a weight); on a 2-core AVX2 EPYC the batch-1
-    # step ran 7.6 ms at 64 vs 8.9 ms at 32 (fewer scale bytes and per-block work), int4 124M.
+    # 64: one fp32 scale per 64 weights (4.5 bits a weight); a faster decode step than 32 on
+    # the CPU (fewer scale bytes and per-block work; benchmarks/choices.md).
     int4_block_size: int = 64
     int4_accuracy_level: int = 4  # 4 = int8 compute of the int4 weights: the fast CPU path
     eval_windows: int = 8

@@ -231,8 +231,8 @@ class OrtGpt2:
         opts = session_options(intra_op_threads)
         if pair and shared_pool:
             # Both graphs on one thread pool: with a pool each, the threads of the graph that
-            # just ran spin on the cores the other needs (benchmarks/pair-thread-pool.md: a
-            # 16-token int8 prefill after int4 steps took 64 ms instead of 30 on 2 cores).
+            # just ran spin on the cores the other needs, which doubles the prefill after
+            # decode steps (benchmarks/pair-thread-pool.md).
             # The pool is process-wide: once it exists, ONNX Runtime refuses sessions with
             # their own pools, so only a process of its own (`shared_pool`) takes it.
             ort.set_global_thread_pool_sizes(intra_op_threads, 1)
