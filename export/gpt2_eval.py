@@ -74,14 +74,38 @@ def perplexity(all_logits: list[np.ndarray], windows: np.ndarray) -> float:
     return math.exp(nll / count)
 
 
-def greedy(session: ort.InferenceSession, prompt: list[int], new_tokens: int) -> list[int]:
-    """Greedy tokens after `prompt` (EOS not special-cased: a fixed count for comparison)."""
-    logits, past = forward(session, np.asarray([prompt]))
-    out = [int(logits[0, -1].argmax())]
+def greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy tokens after `prompt` (EOS not special-cased: a fixed count for comparison),
+    through an ONNX Runtime session of an exported graph (its KV cache handed back each call)
+    or through one of the engine's slot runners (`slot_runner`, OpenVINO's `ir_runner`; slot 0)."""
+    step = _session_step(model) if isinstance(model, ort.InferenceSession) else _runner_step(model)
+    out = [step(prompt, 0)]
     for i in range(new_tokens - 1):
-        logits, past = forward(session, np.asarray([[out[-1]]]), past, len(prompt) + i)
-        out.append(int(logits[0, -1].argmax()))
+        out.append(step([out[-1]], len(prompt) + i))
     return out
+
+
+def _session_step(session: ort.InferenceSession):
+    """(token ids, their first position) -> the greedy next token, the cache kept between calls."""
+    past = None
+
+    def step(ids: list[int], position: int) -> int:
+        nonlocal past
+        logits, past = forward(session, np.asarray([ids]), past, position)
+        return int(logits[0, -1].argmax())
+
+    return step
+
+
+def _runner_step(runner):
+    """The same through a slot runner: a prefill of the prompt, then one decode per token."""
+
+    def step(ids: list[int], position: int) -> int:
+        if position == 0:
+            return int(runner.prefill(0, ids, 0)[0])
+        return int(runner.decode(np.array(ids), np.array([position]))[0][0])
+
+    return step
 
 
 @contextlib.contextmanager

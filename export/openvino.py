@@ -170,15 +170,3 @@ def ir_runner(xml: Path, model_info: Path, max_len: int, slots: int = 1, threads
 def window_logits(runner, windows) -> list:
     """(T, vocab) logits of each window, every position (slot 0 rewritten each time)."""
     return [runner.all_logits(0, w) for w in windows]
-
-
-def greedy(runner, prompt: list[int], new_tokens: int) -> list[int]:
-    """Greedy tokens after `prompt` through the engine's paged runner (slot 0)."""
-    import numpy as np
-
-    token, _ = runner.prefill(0, prompt, 0)
-    out = [token]
-    for i in range(new_tokens - 1):
-        tokens, _ = runner.decode(np.array([out[-1]]), np.array([len(prompt) + i]))
-        out.append(int(tokens[0]))
-    return out

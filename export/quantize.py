@@ -397,6 +397,7 @@ class _Gate:
 def _openvino_variant(variant, checkpoint: Path, out: Path, windows, prompts, options, gate: _Gate) -> dict:
     """An OpenVINO IR of the checkpoint, compressed, run by the engine's paged runner and
     judged by the same gate; reported as not validated when OpenVINO is not installed."""
+    from export import gpt2_eval as ev
     from export import openvino as ovx
 
     compression = ovx.VARIANT_COMPRESSION[variant]
@@ -409,7 +410,7 @@ def _openvino_variant(variant, checkpoint: Path, out: Path, windows, prompts, op
     max_len = max(int(windows.shape[1]), max(len(p) for p in prompts) + options.greedy_tokens)
     with ovx.ir_runner(xml, out / "assets" / "model_info.json", max_len) as runner:
         logits = ovx.window_logits(runner, windows)
-        greedy = [ovx.greedy(runner, p, options.greedy_tokens) for p in prompts]
+        greedy = [ev.greedy(runner, p, options.greedy_tokens) for p in prompts]
     fid, passed, reason = gate.judge(variant, logits, greedy)
     return variant_entry(
         "cpu", files, out, {"gpt2": fid}, {}, passed=passed, reason=reason, validated_on="cpu", **extra

@@ -354,21 +354,10 @@ def sampling_parameters(
 
 
 def save_image_grid(images: np.ndarray, path: Path, ncol: int = 8) -> Path:
-    """Write uint8 (N, H, W, C) images as one PNG grid."""
-    from PIL import Image
+    """Write uint8 (N, H, W, C) images as one PNG grid (`aigc.imagegrid`)."""
+    from aigc.imagegrid import save_png_grid
 
-    images = np.asarray(images)
-    n, h, w, c = images.shape
-    ncol = min(ncol, n)
-    rows = (n + ncol - 1) // ncol
-    grid = np.zeros((rows * h, ncol * w, c), np.uint8)
-    for i in range(n):
-        r, col = divmod(i, ncol)
-        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = images[i]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
-    return path
+    return save_png_grid(images, path, ncol)
 
 
 def _check_count(n) -> None:

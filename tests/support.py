@@ -27,6 +27,7 @@ ARTIFACT_SOURCES = (
     "aigc/errors.py",
     "aigc/fsutil.py",
     "aigc/registry.py",
+    "aigc/imagegrid.py",
     "training",
     "serving/triton_models",
     "export",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 
 import numpy as np
@@ -26,19 +25,11 @@ def batches(data: torch.Tensor, batch_size: int, gen: torch.Generator):
 
 
 def grid_png(images: torch.Tensor, nrow: int = 8) -> bytes:
-    """(N, C, H, W) in [-1, 1] -> PNG bytes of a grid."""
-    from PIL import Image
+    """(N, C, H, W) in [-1, 1] -> PNG bytes of a grid (`aigc.imagegrid`)."""
+    from aigc.imagegrid import png_grid
 
-    x = ((images.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-    n, c, h, w = x.shape
-    rows = (n + nrow - 1) // nrow
-    canvas = np.zeros((rows * h, nrow * w, c), dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = x[i].transpose(1, 2, 0)
-    buf = io.BytesIO()
-    Image.fromarray(canvas[..., 0] if c == 1 else canvas).save(buf, format="PNG")
-    return buf.getvalue()
+    x = ((images.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return png_grid(x.permute(0, 2, 3, 1).numpy(), nrow)
 
 
 def image_data(opts):

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("aigc", "training", "export", "serving", "benchmarks")
 LAYERS = (
-    ("aigc.errors", "aigc.fsutil", "aigc.registry"),
+    ("aigc.errors", "aigc.fsutil", "aigc.registry", "aigc.imagegrid"),
     ("training",),
     ("serving.triton_models",),
     ("export",),
