@@ -37,8 +37,8 @@ class TensorSpec:
 class Role:
     """What a served component does, and the hook of each stage that serves it.
 
-    build: `serving` hook (component, export folder, report, variant, companion, choice,
-        options, version files) -> (ModelConfig, detail text), adding its files; check:
+    build: `serving` hook (`serving.repository.VersionPlan`, BuildOptions) -> (ModelConfig,
+        detail text), adding the role's files to the plan; check:
         `serving` hook (client, component) sending one real request; bench: the `benchmarks`
         module measuring a served component of the role (`variant`, `steps`, `run`,
         `record`; see `benchmarks.api`), None: not benchmarked.

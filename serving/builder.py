@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aigc import registry
 from aigc.errors import BuildError, ConfigError, ExportError
-from serving.repository import install_version, stage_version
+from serving.repository import VersionPlan, install_version, stage_version
 from serving.variant_choice import Workload, choose_variant, describe, split_pair
 
 logger = logging.getLogger(__name__)
@@ -134,9 +134,8 @@ def build_repository(
                         "openvino_model.bin": onnx_file.with_suffix(".bin"),
                     }
                 role = registry.component(comp)[1].role
-                cfg, extra = registry.hook(role.build)(
-                    comp, export_dir, report, variant, companion, why, opts, files
-                )
+                plan = VersionPlan(comp, export_dir, report, variant, companion, why, files)
+                cfg, extra = registry.hook(role.build)(plan, opts)
                 detail = f"{detail}\n{extra}" if extra else detail
                 meta = {
                     "model": comp,

@@ -20,6 +20,7 @@ from serving.onnx_io import io_tensors
 
 if TYPE_CHECKING:
     from serving.builder import BuildOptions
+    from serving.repository import VersionPlan
 
 TRITON_MODELS = Path(__file__).parent / "triton_models"
 # The runtime modules copied beside gpt2's model.py (they import each other flat).
@@ -119,17 +120,9 @@ def gpt2_config(model_info: dict, opts: BuildOptions, name: str = "gpt2") -> mc.
     return cfg
 
 
-def image_version(
-    name: str,
-    export_dir: Path,
-    report: dict,
-    variant: str,
-    companion: str | None,
-    why: dict,
-    opts: BuildOptions,
-    files: dict[str, Path],
-) -> tuple[mc.ModelConfig, str]:
-    """An image component's config (adds its model code to `files`); (config, detail)."""
+def image_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig, str]:
+    """An image component's config (adds its model code to the plan's files); (config, detail)."""
+    name, files = plan.name, plan.files
     onnx_file = files["model.onnx"]
     if opts.flavour == "onnxruntime":
         from serving.native import native_model_config
@@ -148,18 +141,11 @@ def image_version(
     return image_config(name, onnx_file, opts), ""
 
 
-def gpt2_version(
-    name: str,
-    export_dir: Path,
-    report: dict,
-    variant: str,
-    companion: str | None,
-    why: dict,
-    opts: BuildOptions,
-    files: dict[str, Path],
-) -> tuple[mc.ModelConfig, str]:
+def gpt2_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig, str]:
     """The text generator's config, engine, tokenizer and the pair's companion graph (added to
-    `files`); (config, the KV cache it allocates)."""
+    the plan's files); (config, the KV cache it allocates)."""
+    name, export_dir, report, files = plan.name, plan.export_dir, plan.report, plan.files
+    variant, companion, why = plan.variant, plan.companion, plan.why
     info = report["model_info"]
     cfg = gpt2_config(info, opts, name)
     if companion:

@@ -11,12 +11,28 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError
+
+
+@dataclass
+class VersionPlan:
+    """One version to build: the component, the export it comes from, the variant chosen (and
+    the pair's companion graph) with the reasons, and the files it will hold (name in the
+    version folder -> source), which the component's role adds to."""
+
+    name: str
+    export_dir: Path
+    report: dict
+    variant: str
+    companion: str | None
+    why: dict
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def write_config(model_dir: Path, cfg: mc.ModelConfig) -> None:
