@@ -1,0 +1,103 @@
+"""The ratios `aigc bench` reports and gates: served figures over the baselines, the
+offline decode profile, the read floors and the fastest peer."""
+
+from __future__ import annotations
+
+import pytest
+from bench_samples import KV_PER_TOKEN, sample_profile, sample_results, sample_results_with_peers
+
+from benchmarks import ratios, tables
+
+
+def test_ratios_are_measured_side_by_side():
+    r = sample_results()["ratios"]
+    assert r["gpt2_tokens_per_s_vs_eager"] == pytest.approx(118.0 / 20.0, rel=1e-3)
+    assert r["gpt2_tokens_per_s_vs_optimum"] == pytest.approx(118.0 / 30.0, rel=1e-3)
+    assert r["gpt2_ttft_speedup_vs_eager"] == pytest.approx(90.0 / 25.0, rel=1e-3)
+    assert r["gpt2_itl_speedup_vs_optimum"] == pytest.approx(45.0 / 8.0, rel=1e-3)
+    assert r["gpt2_aggregate_c4_vs_c1"] == pytest.approx(200.0 / 120.0, rel=1e-3)
+    assert r["gpt2_aggregate_c8_vs_eager"] == pytest.approx(360.0 / 20.0, rel=1e-3)
+    assert r["dcgan_served_minus_inprocess_p50_ms"] == pytest.approx(0.7)
+    assert r["dcgan_served_speedup_vs_eager_p50"] == pytest.approx(1.2)
+    assert r["dcgan_images_per_s_b8_vs_inprocess"] == pytest.approx(0.5)
+    assert r["dcgan_latency_p50_over_mean_c1"] == pytest.approx(1.2 / 1.25, rel=1e-3)
+    # the profile at the short requests' mean cache length: 16 + 64 / 2 = 48 tokens
+    assert r["gpt2_step_ceiling_c4_vs_c1"] == pytest.approx(4 * 7.5 / 12.0, rel=1e-3)
+    assert r["gpt2_step_ceiling_c8_vs_c1"] == pytest.approx(8 * 7.5 / 17.0, rel=1e-3)
+    assert "gpt2_step_ceiling_c2_vs_c1" not in r  # only for the concurrencies served
+
+
+def test_ratios_against_the_offline_profile():
+    r = sample_results()["ratios"]
+    # served gain at 8 streams over the gain the batch-8 step allows
+    assert r["gpt2_aggregate_c8_vs_step_ceiling"] == pytest.approx(
+        (360.0 / 120.0) / (8 * 7.5 / 17.0), rel=1e-3
+    )
+    assert r["gpt2_step_long_vs_short_b8"] == pytest.approx(1.5, rel=1e-3)
+    assert r["gpt2_step_long_vs_short_b1"] == pytest.approx(1.5, rel=1e-3)
+    assert r["gpt2_ttft_minus_prefill_ms"] == pytest.approx(25.0 - 19.0)
+    assert r["gpt2_step_b1_vs_read_floor"] == pytest.approx(
+        7.5 / ((124e6 + KV_PER_TOKEN * 48) / 25e6), rel=1e-3
+    )
+    assert r["gpt2_long_aggregate_c8_vs_c1"] == pytest.approx(160.0 / 70.0, rel=1e-3)
+    assert r["gpt2_mixed_itl_p99_during_long_vs_other"] == pytest.approx(2.0)
+
+
+def test_profile_ratios_follow_the_prompt_length():
+    results = sample_results()
+    results["config"].update(prompt_tokens=128, new_tokens=64)  # cache 160 on average, 128-token prefill
+    r = ratios.ratios(results)
+    step1, step8 = 7.5 * (1 + 0.5 * (160 - 48) / 448), 17.0 * (1 + 0.5 * (160 - 48) / 448)
+    assert r["gpt2_step_ceiling_c8_vs_c1"] == pytest.approx(8 * step1 / step8, rel=1e-3)
+    assert r["gpt2_ttft_minus_prefill_ms"] == pytest.approx(25.0 - 150.0)
+
+
+def test_profile_ratios_skip_an_old_flat_profile():
+    results = sample_results()
+    results["gpt2"]["decode_profile"] = {"step_ms": {"1": 7.5, "8": 17.0}, "prefill_ms": {"16": 19.0}}
+    r = ratios.ratios(results)
+    assert not {
+        "gpt2_step_ceiling_c8_vs_c1",
+        "gpt2_aggregate_c8_vs_step_ceiling",
+        "gpt2_step_long_vs_short_b8",
+    } & set(r)
+    assert r["gpt2_aggregate_c8_vs_c1"] == pytest.approx(3.0)
+
+
+def test_read_floor_arithmetic():
+    profile = sample_profile(8.0, 12.0, 20.0, 1.5)
+    floors = ratios.read_floors(profile, 100_000_000, KV_PER_TOKEN, {"1gib": 25.0, "model": 50.0})
+    assert floors["kv_bytes_per_token"] == KV_PER_TOKEN == 73_728  # 2 x 12 layers x 12 heads x 64 x fp32
+    rows = {(r["batch"], r["past"]): r for r in floors["rows"]}
+    assert set(rows) == {(b, p) for b in (1, 4, 8) for p in (48, 496)}
+    r = rows[(8, 496)]
+    assert r["bytes"] == 100_000_000 + 73_728 * 496 * 8  # the weights once, every row's cache
+    assert r["floor_ms"]["1gib"] == pytest.approx(r["bytes"] / 25e9 * 1e3, rel=1e-3)
+    assert r["floor_ms"]["model"] == pytest.approx(r["bytes"] / 50e9 * 1e3, rel=1e-3)
+    assert r["step_over_floor"]["1gib"] == pytest.approx(30.0 / r["floor_ms"]["1gib"], rel=1e-3)
+    r = rows[(1, 48)]
+    assert r["bytes"] == 100_000_000 + 73_728 * 48
+    assert r["step_over_floor"]["model"] == pytest.approx(8.0 / (r["bytes"] / 50e6), rel=1e-3)
+
+
+def test_peer_ratios_are_against_the_fastest_peer():
+    r = sample_results_with_peers()["ratios"]
+    # served c=1: 118 tok/s per stream, TTFT 25 ms; 8 streams 360 tok/s; the best peer 300 tok/s, 9 ms
+    assert r["gpt2_tokens_per_s_vs_best_peer"] == pytest.approx(118.0 / 300.0, rel=1e-3)
+    assert r["gpt2_ttft_minus_best_peer_ms"] == pytest.approx(25.0 - 9.0)
+    assert r["gpt2_aggregate_c8_vs_best_peer"] == pytest.approx(360.0 / 300.0, rel=1e-3)
+    # long: served 70 tok/s, TTFT 700 ms at one stream
+    assert r["gpt2_long_tokens_per_s_vs_best_peer"] == pytest.approx(70.0 / 150.0, rel=1e-3)
+    assert r["gpt2_long_ttft_minus_best_peer_ms"] == pytest.approx(700.0 - 120.0)
+    # the old ratios are untouched; without peers there is no peer ratio
+    assert r["gpt2_tokens_per_s_vs_eager"] == pytest.approx(118.0 / 20.0, rel=1e-3)
+    assert not any("peer" in k for k in sample_results()["ratios"])
+
+
+def test_every_peer_skipped_gives_no_peer_ratio():
+    results = sample_results()
+    results["gpt2"]["peers"] = {"openvino_int4": {"skipped": "conversion failed: no disk"}}
+    assert not any("peer" in k for k in ratios.ratios(results))
+    assert "| OpenVINO GenAI `LLMPipeline` int4: skipped (conversion failed: no disk) |" in tables.markdown(
+        dict(results, ratios=ratios.ratios(results))
+    )
