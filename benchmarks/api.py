@@ -32,6 +32,7 @@ __all__ = ["BenchOptions", "run_benchmark"]
 
 def _serve_embedded(opts: BenchOptions, subs: list[Subject], stack: contextlib.ExitStack):
     """Build a fresh repository from the subjects' exports and start Triton; (url, variants)."""
+    from engine.config import EngineConfig
     from serving.builder import BuildOptions, build_repository
     from serving.server import EmbeddedTritonServer
 
@@ -47,7 +48,9 @@ def _serve_embedded(opts: BenchOptions, subs: list[Subject], stack: contextlib.E
                 variant=bench.variant(opts),
                 intra_op_threads=opts.threads,  # the server runs on as many threads as the baselines
                 # a slot for every stream of every workload; the mixed one's long prompts may overlap
-                kv_slots=max(8, *opts.concurrency, *opts.long_concurrency, opts.mixed_streams + 2),
+                engine=EngineConfig(
+                    slots=max(8, *opts.concurrency, *opts.long_concurrency, opts.mixed_streams + 2)
+                ),
             ),
         )
         variants.update({b.name: b.variant for b in built})

@@ -122,8 +122,8 @@ def make_export(folder: Path, preset: str, tokenizer: Path) -> Path:
 def offline(export: Path, provider: str) -> dict:
     import tempfile
 
+    from engine.runners.onnxruntime import OrtRunner
     from export.ortutil import median_ms
-    from serving.triton_models.gpt2_engine import OrtGpt2
 
     n_pos = json.loads((export / "assets" / "model_info.json").read_text())["n_positions"]
     out = {}
@@ -131,13 +131,13 @@ def offline(export: Path, provider: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(export / "assets" / "model_info.json", Path(tmp) / "model_info.json")
         (Path(tmp) / "model.onnx").symlink_to((export / "fp16" / "gpt2.onnx").absolute())
-        gpu = OrtGpt2(
+        gpu = OrtRunner(
             tmp, slots=8, max_len=n_pos, providers=list(dict.fromkeys([provider, "CPUExecutionProvider"]))
         )
         out["providers"] = gpu.session.get_providers()
         out["kv_cache"] = {
             "device": gpu.device,
-            "dtype": np.dtype(gpu.kv_dtype).name,
+            "dtype": gpu.caps.kv_dtype.name,
             "mib": gpu.kv.nbytes / 2**20,
         }
         out["step_ms"] = _step_ms(gpu, n_pos)
@@ -149,7 +149,7 @@ def offline(export: Path, provider: str) -> dict:
         }
         out["fp16_gpu_vs_fp32_cpu"] = parity(export, tmp, gpu, n_pos)
         try:  # the same with decode steps replayed from captured CUDA graphs
-            graphs = OrtGpt2(tmp, slots=8, max_len=n_pos, providers=[provider], cuda_graph=True)
+            graphs = OrtRunner(tmp, slots=8, max_len=n_pos, providers=[provider], cuda_graph=True)
             out["cuda_graph"] = {
                 "step_ms": _step_ms(graphs, n_pos),
                 "parity": parity(export, tmp, graphs, n_pos, "fp32-graph"),
@@ -178,14 +178,14 @@ def parity(export: Path, tmp: str, gpu, n_pos: int, name: str = "fp32") -> dict:
     shared buffers), a prefill into a slot, then 32 greedy steps fed the same tokens."""
     import onnxruntime as ort
 
+    from engine.runners.onnxruntime import OrtRunner
     from export.gpt2_eval import forward
-    from serving.triton_models.gpt2_engine import OrtGpt2
 
     fp32_dir = Path(tmp) / name
     fp32_dir.mkdir()
     shutil.copyfile(export / "assets" / "model_info.json", fp32_dir / "model_info.json")
     (fp32_dir / "model.onnx").symlink_to((export / "fp32" / "gpt2.onnx").absolute())
-    cpu = OrtGpt2(str(fp32_dir), slots=1, max_len=n_pos, providers=["CPUExecutionProvider"])
+    cpu = OrtRunner(str(fp32_dir), slots=1, max_len=n_pos, providers=["CPUExecutionProvider"])
     prompt = list(range(100, 116))
     c_tok, c_logits = cpu.prefill(0, prompt, 0)
     ref = c_logits().copy()
@@ -217,6 +217,7 @@ def served(export: Path, work: Path, server_pythonpath: str | None = None, cuda_
     import os
 
     from benchmarks.measure import served_concurrency
+    from engine.config import EngineConfig
     from serving.builder import BuildOptions, build_repository
     from serving.server import EmbeddedTritonServer
 
@@ -226,7 +227,9 @@ def served(export: Path, work: Path, server_pythonpath: str | None = None, cuda_
         )
     repo = work / ("model_repository-graph" if cuda_graph else "model_repository")
     build_repository(
-        [export], repo, BuildOptions(variant="fp16", target="gpu", kv_slots=8, cuda_graph=cuda_graph)
+        [export],
+        repo,
+        BuildOptions(variant="fp16", target="gpu", engine=EngineConfig(slots=8, cuda_graph=cuda_graph)),
     )
     srv = EmbeddedTritonServer(
         repo,

@@ -1,4 +1,4 @@
-"""Sampling parameters, the token sampler and incremental detokenizing for text generation.
+"""The request schema of text generation: the sampling fields, their ranges, both wire forms.
 
 One validated `SamplingParams` object for the client and the server, reached through either of
 the two request schemas of Triton's LLM backends:
@@ -9,15 +9,17 @@ the two request schemas of Triton's LLM backends:
   FP32, `random_seed` UINT64, `stop_words` BYTES, ...), merged into the same fields by
   `params_from_request`; a field given both ways is an error.
 
-The client checks what it sends with `SamplingParams.from_dict(..., max_tokens_limit=None)`,
-the server checks what it receives with its configured limit. Only the standard library and
-numpy: this file is copied into the model repository beside `model.py`.
+Every field is one row of `RULES` (its type, its allowed range in words, and the check);
+`SamplingParams.from_dict` walks the table. The client checks what it sends with
+`SamplingParams.from_dict(..., max_tokens_limit=None)`, the server checks what it receives
+with its configured limit.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -142,10 +144,10 @@ class SamplingParams:
         strings: bool = False,
         names: dict[str, str] | None = None,
     ) -> SamplingParams:
-        """Check every field; RequestError names the first bad one and its allowed range.
-        `max_tokens_limit` None: only the server knows its limit, the client checks >= 1.
-        `strings`: numbers and booleans may be JSON strings (vLLM's schema). `names`: what to
-        call a field in messages (the input tensor it came from)."""
+        """Check every field against `RULES`; RequestError names the first bad one and its
+        allowed range. `max_tokens_limit` None: only the server knows its limit, the client
+        checks >= 1. `strings`: numbers and booleans may be JSON strings (vLLM's schema).
+        `names`: what to call a field in messages (the input tensor it came from)."""
         if not isinstance(data, dict):
             raise RequestError("sampling_parameters: must be a JSON object")
         unknown = sorted(set(data) - set(SAMPLING_KEYS))
@@ -155,93 +157,13 @@ class SamplingParams:
                 f"allowed: {', '.join(SAMPLING_KEYS)}"
             )
         names = names or {}
-
-        def get(key: str, kind: str, ok, allowed: str):
-            raw = data[key]
-            v = _from_string(raw, kind, strings)
-            good = {"int": _is_int, "float": _is_number, "bool": lambda x: isinstance(x, bool)}[kind](v)
-            if not good or not ok(v):
-                raise RequestError(f"{names.get(key, key)} must be {allowed}, got {raw!r}")
-            return float(v) if kind == "float" else v
-
-        kw = {}
-        if "max_tokens" in data:
-            top = max_tokens_limit if max_tokens_limit is not None else math.inf
-            allowed = f"1..{max_tokens_limit}" if max_tokens_limit is not None else ">= 1"
-            kw["max_tokens"] = get("max_tokens", "int", lambda v: 1 <= v <= top, f"an integer in {allowed}")
-        if "min_tokens" in data:
-            most = kw.get("max_tokens", DEFAULT_MAX_TOKENS)
-            kw["min_tokens"] = get(
-                "min_tokens", "int", lambda v: 0 <= v <= most, f"an integer in 0..max_tokens ({most})"
-            )
-        if "temperature" in data:
-            kw["temperature"] = get(
-                "temperature", "float", lambda v: 0 <= v <= 100, "a number in [0, 100] (0 = greedy)"
-            )
-        if "top_k" in data:
-            # vLLM's -1 and 0 both mean off
-            kw["top_k"] = max(0, get("top_k", "int", lambda v: v >= -1, "an integer >= -1 (0 or -1 = off)"))
-        if "top_p" in data:
-            kw["top_p"] = get("top_p", "float", lambda v: 0 < v <= 1, "a number in (0, 1]")
-        if "min_p" in data:
-            kw["min_p"] = get("min_p", "float", lambda v: 0 <= v <= 1, "a number in [0, 1] (0 = off)")
-        if data.get("seed") is not None:
-            kw["seed"] = get("seed", "int", lambda v: 0 <= v < 2**64, "an integer in 0..2^64-1")
-        if data.get("stop") is not None:
-            v = data["stop"]
-            v = [v] if isinstance(v, str) else v
-            if (
-                not isinstance(v, (list, tuple))
-                or not all(isinstance(s, str) and s for s in v)
-                or len(v) > MAX_STOP_STRINGS
-            ):
-                raise RequestError(
-                    f"{names.get('stop', 'stop')} must be a non-empty string or a list of up to "
-                    f"{MAX_STOP_STRINGS} non-empty strings"
-                )
-            kw["stop"] = tuple(v)
-        if data.get("stop_token_ids") is not None:
-            v = data["stop_token_ids"]
-            if (
-                not isinstance(v, (list, tuple))
-                or len(v) > MAX_WORDS
-                or not all(_is_int(t) and t >= 0 for t in v)
-            ):
-                raise RequestError(f"stop_token_ids must be a list of up to {MAX_WORDS} token ids >= 0")
-            kw["stop_token_ids"] = tuple(v)
-        if data.get("bad_words") is not None:
-            v = data["bad_words"]
-            v = [v] if isinstance(v, str) else v
-            if (
-                not isinstance(v, (list, tuple))
-                or not all(isinstance(s, str) and s.strip() for s in v)
-                or len(v) > MAX_WORDS
-            ):
-                raise RequestError(
-                    f"{names.get('bad_words', 'bad_words')} must be a list of up to {MAX_WORDS} non-blank strings"
-                )
-            kw["bad_words"] = tuple(v)
-        if "ignore_eos" in data:
-            kw["ignore_eos"] = get("ignore_eos", "bool", lambda v: True, "true or false")
-        for key in ("presence_penalty", "frequency_penalty"):
-            if key in data:
-                kw[key] = get(
-                    key,
-                    "float",
-                    lambda v: -PENALTY_LIMIT <= v <= PENALTY_LIMIT,
-                    "a number in [-2, 2] (0 = off)",
-                )
-        if "repetition_penalty" in data:
-            kw["repetition_penalty"] = get(
-                "repetition_penalty",
-                "float",
-                lambda v: 0 < v <= REPETITION_LIMIT,
-                f"a number in (0, {REPETITION_LIMIT:g}] (1 = off)",
-            )
-        if data.get("n") is not None:
-            get("n", "int", lambda v: v == 1, "1 (one sequence per request on this server)")
-        if data.get("best_of") is not None:
-            get("best_of", "int", lambda v: v == 1, "1 (one sequence per request on this server)")
+        kw: dict = {}
+        for rule in RULES:
+            if rule.key not in data or (rule.optional and data[rule.key] is None):
+                continue
+            value = rule.parse(data[rule.key], _Context(max_tokens_limit, kw), strings, names.get(rule.key))
+            if rule.keep:
+                kw[rule.key] = value
         return cls(**kw)
 
     def to_dict(self) -> dict:
@@ -252,6 +174,141 @@ class SamplingParams:
             if k in SAMPLING_KEYS and (v != getattr(default, k) or k == "max_tokens"):
                 out[k] = list(v) if isinstance(v, tuple) else v
         return out
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a rule's range may depend on: the server's limit, the fields read before it."""
+
+    max_tokens_limit: int | None
+    read: dict
+
+    @property
+    def max_tokens(self) -> int:
+        return self.read.get("max_tokens", DEFAULT_MAX_TOKENS)
+
+
+def _scalar(kind: str) -> Callable[[object], bool]:
+    return {"int": _is_int, "float": _is_number, "bool": lambda v: isinstance(v, bool)}[kind]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One sampling field: its type (`int`, `float`, `bool`, `texts`: a string or a list of
+    strings, `ids`: a list of token ids), the check of a value, the allowed range in words
+    (both may read the context), and what is kept."""
+
+    key: str
+    kind: str
+    ok: Callable[[object, _Context], bool]
+    allowed: Callable[[_Context], str]
+    optional: bool = False  # null means "not given"
+    keep: bool = True  # False: checked, not stored (n and best_of at 1)
+    convert: Callable[[object], object] = lambda v: v
+    most: int = 0  # list kinds: the most entries
+
+    def parse(self, raw, ctx: _Context, strings: bool, name: str | None):
+        name = name or self.key
+        if self.kind in ("texts", "ids"):
+            items = [raw] if self.kind == "texts" and isinstance(raw, str) else raw
+            good = isinstance(items, (list, tuple)) and len(items) <= self.most
+            good = good and all(self.ok(item, ctx) for item in items)
+            if not good:
+                raise RequestError(f"{name} must be {self.allowed(ctx)}")
+            return tuple(items)
+        value = _from_string(raw, self.kind, strings)
+        if not _scalar(self.kind)(value) or not self.ok(value, ctx):
+            raise RequestError(f"{name} must be {self.allowed(ctx)}, got {raw!r}")
+        return self.convert(float(value) if self.kind == "float" else value)
+
+
+def _in(lo, hi, lo_open=False):
+    return lambda v, _ctx: (lo < v if lo_open else lo <= v) and v <= hi
+
+
+def _max_tokens_range(ctx: _Context) -> str:
+    limit = ctx.max_tokens_limit
+    return f"an integer in 1..{limit}" if limit is not None else "an integer >= 1"
+
+
+def _penalty(key: str) -> Rule:
+    return Rule(key, "float", _in(-PENALTY_LIMIT, PENALTY_LIMIT), lambda _: "a number in [-2, 2] (0 = off)")
+
+
+def _one_sequence(key: str) -> Rule:
+    return Rule(
+        key,
+        "int",
+        lambda v, _: v == 1,
+        lambda _: "1 (one sequence per request on this server)",
+        optional=True,
+        keep=False,
+    )
+
+
+# The fields in the order they are checked (min_tokens reads max_tokens).
+RULES = (
+    Rule(
+        "max_tokens",
+        "int",
+        lambda v, c: 1 <= v <= (c.max_tokens_limit if c.max_tokens_limit is not None else math.inf),
+        _max_tokens_range,
+    ),
+    Rule(
+        "min_tokens",
+        "int",
+        lambda v, c: 0 <= v <= c.max_tokens,
+        lambda c: f"an integer in 0..max_tokens ({c.max_tokens})",
+    ),
+    Rule("temperature", "float", _in(0, 100), lambda _: "a number in [0, 100] (0 = greedy)"),
+    # vLLM's -1 and 0 both mean off
+    Rule(
+        "top_k",
+        "int",
+        lambda v, _: v >= -1,
+        lambda _: "an integer >= -1 (0 or -1 = off)",
+        convert=lambda v: max(0, v),
+    ),
+    Rule("top_p", "float", _in(0, 1, lo_open=True), lambda _: "a number in (0, 1]"),
+    Rule("min_p", "float", _in(0, 1), lambda _: "a number in [0, 1] (0 = off)"),
+    Rule("seed", "int", _in(0, 2**64 - 1), lambda _: "an integer in 0..2^64-1", optional=True),
+    Rule(
+        "stop",
+        "texts",
+        lambda s, _: isinstance(s, str) and bool(s),
+        lambda _: f"a non-empty string or a list of up to {MAX_STOP_STRINGS} non-empty strings",
+        optional=True,
+        most=MAX_STOP_STRINGS,
+    ),
+    Rule(
+        "stop_token_ids",
+        "ids",
+        lambda t, _: _is_int(t) and t >= 0,
+        lambda _: f"a list of up to {MAX_WORDS} token ids >= 0",
+        optional=True,
+        most=MAX_WORDS,
+    ),
+    Rule(
+        "bad_words",
+        "texts",
+        lambda s, _: isinstance(s, str) and bool(s.strip()),
+        lambda _: f"a list of up to {MAX_WORDS} non-blank strings",
+        optional=True,
+        most=MAX_WORDS,
+    ),
+    Rule("ignore_eos", "bool", lambda v, _: True, lambda _: "true or false"),
+    _penalty("presence_penalty"),
+    _penalty("frequency_penalty"),
+    Rule(
+        "repetition_penalty",
+        "float",
+        _in(0, REPETITION_LIMIT, lo_open=True),
+        lambda _: f"a number in (0, {REPETITION_LIMIT:g}] (1 = off)",
+    ),
+    _one_sequence("n"),
+    _one_sequence("best_of"),
+)
+assert tuple(r.key for r in RULES) == SAMPLING_KEYS
 
 
 def _load_json(text: str | bytes | dict | None) -> dict:
@@ -345,130 +402,3 @@ def _check_control(name: str, value) -> None:
         raise RequestError(f"{name} must be false: this server returns text only")
     if name == "pad_id" and not 0 <= value < 2**31:
         raise RequestError(f"pad_id must be a token id >= 0, got {value!r}")
-
-
-class TokenHistory:
-    """What a request has seen, for vLLM's penalties: every distinct token of the prompt and
-    the output (repetition) and each output token's count (presence, frequency). Adding a
-    token is O(1); applying costs O(distinct tokens), never a rescan of the sequence."""
-
-    def __init__(self, prompt_ids):
-        self.seen = dict.fromkeys(int(t) for t in prompt_ids)  # prompt + output, insertion-ordered
-        self.counts: dict[int, int] = {}  # output token -> times generated
-
-    def add(self, token: int) -> None:
-        self.counts[token] = self.counts.get(token, 0) + 1
-        self.seen.setdefault(token)
-
-    def apply(self, x: np.ndarray, params: SamplingParams) -> None:
-        """Penalize (V,) logits `x` in place, in vLLM's order and formula: repetition (divide a
-        positive logit, multiply a negative one) over prompt and output, then frequency x count
-        and presence over the output."""
-        r = params.repetition_penalty
-        if r != 1.0 and self.seen:
-            ids = np.fromiter(self.seen, np.int64, len(self.seen))
-            v = x[ids]
-            x[ids] = np.where(v > 0, v / r, v * r)
-        if self.counts and (params.frequency_penalty or params.presence_penalty):
-            ids = np.fromiter(self.counts, np.int64, len(self.counts))
-            counts = np.fromiter(self.counts.values(), np.float64, len(self.counts))
-            x[ids] -= params.frequency_penalty * counts
-            x[ids] -= params.presence_penalty
-
-
-def sample_token(
-    logits: np.ndarray,
-    params: SamplingParams,
-    rng: np.random.Generator | None,
-    history: TokenHistory | None = None,
-    banned=(),
-) -> int:
-    """One token from (V,) logits: penalties (`history`), banned tokens masked, then argmax
-    when greedy, else temperature / top-k / top-p / min-p."""
-    penalize = history is not None and params.penalized
-    if params.greedy and not penalize and not banned:
-        return int(np.argmax(logits))
-    x = logits.astype(np.float64)  # (V,) a copy: the model's buffer is shared by the batch
-    if penalize:
-        history.apply(x, params)
-    if banned:
-        x[np.fromiter(banned, np.int64, len(banned))] = -np.inf
-    if params.greedy:
-        return int(np.argmax(x))
-    x /= params.temperature
-    if params.top_k and params.top_k < x.size:
-        kth = np.partition(x, -params.top_k)[-params.top_k]
-        x = np.where(x < kth, -np.inf, x)
-    x -= x.max()
-    probs = np.exp(x)
-    probs /= probs.sum()
-    if params.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cum = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cum, params.top_p) + 1)]
-        masked = np.zeros_like(probs)
-        masked[keep] = probs[keep]
-        probs = masked / masked.sum()
-    if params.min_p > 0.0:
-        probs = np.where(probs < params.min_p * probs.max(), 0.0, probs)
-        probs /= probs.sum()
-    return int(rng.choice(probs.size, p=probs))
-
-
-class Detokenizer:
-    """Incremental decoding that only ever emits complete UTF-8 text, in O(1) per token.
-
-    Each token decodes a short window of ids (from `prefix` to the end) and emits what the
-    window adds past the text already read: byte-level BPE splits multi-byte characters
-    across tokens, and a window ending in an incomplete one (U+FFFD) waits for more ids.
-    Text that could be the start of a stop string is held back; the output ends before a
-    stop string. Stop strings are looked for from the `min_tokens`-th token on (vLLM's
-    `min_tokens`: text before it is released as it comes, and cannot end the output).
-    """
-
-    def __init__(self, tokenizer, stop: tuple[str, ...] | list[str] = (), min_tokens: int = 0):
-        self.tokenizer = tokenizer
-        self.stop = tuple(stop)
-        self.min_tokens = min_tokens
-        self.ids: list[int] = []
-        self.prefix = 0  # window start: ids before it are fully emitted
-        self.read = 0  # ids[prefix:read] decode to text already released or held
-        self.held = ""  # released by the tokenizer, withheld as a possible stop-string start
-        self.stopped = False
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        return self._advance(final=False)
-
-    def flush(self) -> str:
-        return self._advance(final=True)
-
-    def _advance(self, final: bool) -> str:
-        if self.stopped:
-            return ""
-        decode = self.tokenizer.decode
-        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
-        text = decode(self.ids[self.prefix :], skip_special_tokens=True)
-        delta = ""
-        if len(text) > len(before) and (final or not text.endswith("\ufffd")):
-            delta = text[len(before) :]
-            self.prefix, self.read = self.read, len(self.ids)
-        return self._release(self.held + delta, final)
-
-    def _release(self, text: str, final: bool) -> str:
-        if len(self.ids) < self.min_tokens:
-            self.held = ""
-            return text
-        cuts = [at for at in (text.find(s) for s in self.stop) if at != -1]
-        if cuts:
-            self.stopped, self.held = True, ""
-            return text[: min(cuts)]
-        keep = 0
-        if not final:  # the longest tail that may still grow into a stop string
-            for s in self.stop:
-                for k in range(min(len(s) - 1, len(text)), keep, -1):
-                    if text.endswith(s[:k]):
-                        keep = k
-                        break
-        self.held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep]

@@ -77,7 +77,7 @@ def perplexity(all_logits: list[np.ndarray], windows: np.ndarray) -> float:
 def greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
     """Greedy tokens after `prompt` (EOS not special-cased: a fixed count for comparison),
     through an ONNX Runtime session of an exported graph (its KV cache handed back each call)
-    or through one of the engine's slot runners (`slot_runner`, OpenVINO's `ir_runner`; slot 0)."""
+    or through one of the engine's runners (`slot_runner`; slot 0)."""
     step = _session_step(model) if isinstance(model, ort.InferenceSession) else _runner_step(model)
     out = [step(prompt, 0)]
     for i in range(new_tokens - 1):
@@ -109,25 +109,22 @@ def _runner_step(runner):
 
 
 @contextlib.contextmanager
-def slot_runner(onnx_path: Path, slots: int, max_len: int, threads: int = 2):
-    """The serving engine's KV-slot runner over an exported file, on the CPU: `OrtGpt2` for an
-    ONNX file, `OvGpt2` for an OpenVINO IR (`.xml`); the export folder's
-    `assets/model_info.json` describes the model."""
-    from serving.triton_models.gpt2_engine import OrtGpt2
+def slot_runner(graph: Path, slots: int, max_len: int, threads: int = 2):
+    """The serving engine's own runner over an exported graph file, on the CPU: the runtime
+    that runs it (`engine.runtimes`, by its suffix) loads a version-like folder of links to
+    the graph and the export's `assets/model_info.json`."""
+    from engine import runtimes
+    from engine.config import EngineConfig
 
-    onnx_path = Path(onnx_path).absolute()
-    info = onnx_path.parent.parent / "assets" / "model_info.json"
-    if onnx_path.suffix == ".xml":
-        from export.openvino import ir_runner
-
-        with ir_runner(onnx_path, info, max_len, slots, threads) as runner:
-            yield runner
-        return
-    with tempfile.TemporaryDirectory(prefix="aigc-slots-") as tmp:
-        (Path(tmp) / "model.onnx").symlink_to(onnx_path)
+    graph = Path(graph).absolute()
+    runtime = runtimes.of_file(graph)
+    info = graph.parent.parent / "assets" / "model_info.json"
+    with tempfile.TemporaryDirectory(prefix="aigc-runner-") as tmp:
+        for name, src in runtime.version_files_of(graph).items():
+            (Path(tmp) / name).symlink_to(src)
         shutil.copyfile(info, Path(tmp) / "model_info.json")
-        yield OrtGpt2(
-            tmp, slots=slots, max_len=max_len, intra_op_threads=threads, providers=["CPUExecutionProvider"]
+        yield runtime.runner_class().from_version(
+            tmp, EngineConfig(slots=slots), max_len, threads=threads, providers=["CPUExecutionProvider"]
         )
 
 
@@ -146,7 +143,7 @@ def decode_profiles(
     rounds: int = 3,
 ) -> dict[str, dict]:
     """What generation costs with each file, measured through the serving engine's own
-    KV-slot runner (`OrtGpt2`: IO binding, cache written in place, last-position logits):
+    runner (`slot_runner`: IO binding, cache written in place, last-position logits):
     the decode step at each batch size and cache length, and a prefill of each length.
 
     The variants are measured in turns, `rounds` times, and each figure is the median of its

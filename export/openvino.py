@@ -3,7 +3,7 @@
 `optimum-intel` converts the checkpoint into a stateful causal-LM IR (`openvino_model.xml` and
 `.bin`); NNCF compresses its weights (int8 per channel, int4 in groups). The serving engine
 turns the IR's attention into paged attention when it loads it
-(`serving/triton_models/gpt2_openvino.py`).
+(`engine/runners/openvino.py`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aigc.errors import ExportError
+from engine import runtimes
 
 logger = logging.getLogger(__name__)
 
-IR_FILES = ("openvino_model.xml", "openvino_model.bin")
+IR_FILES = runtimes.OPENVINO.version_files  # the graph and its weights
 
 
 @dataclass(frozen=True)
@@ -150,21 +151,6 @@ VARIANT_COMPRESSION = {
     "ov-int8": Compression(bits=8),
     "ov-int4": Compression(bits=4, group_size=128, all_layers=True),
 }
-
-
-@contextlib.contextmanager
-def ir_runner(xml: Path, model_info: Path, max_len: int, slots: int = 1, threads: int = 2):
-    """The serving engine's OpenVINO runner (`OvGpt2`) over an exported IR."""
-    import tempfile
-
-    from serving.triton_models.gpt2_openvino import OvGpt2
-
-    xml = Path(xml).absolute()
-    with tempfile.TemporaryDirectory(prefix="aigc-ov-") as tmp:
-        for name in IR_FILES:
-            (Path(tmp) / name).symlink_to(xml.with_suffix(Path(name).suffix))
-        shutil.copyfile(model_info, Path(tmp) / "model_info.json")
-        yield OvGpt2(tmp, slots=slots, max_len=max_len, threads=threads)
 
 
 def window_logits(runner, windows) -> list:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.triton_models.ortsession import session_options
+from engine.runners.ortsession import session_options
 
 
 def cpu_can_run(path: Path) -> bool:

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from aigc import registry
 from aigc.errors import ExportError
+from engine import runtimes
 from export.ortutil import cpu_can_run, make_session, max_abs_diff, median_ms
 from export.report import variant_entry
-from export.spec import OPENVINO_VARIANTS, ExportSpec
+from export.spec import ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class Gates:
         """OpenVINO variants (`ov-int8`) have the bound of their weight type (`int8`); f32
         weights get fp16's."""
         bounds = self.gpt2_ppl_increase or {"fp16": 0.005, "int8": 0.02, "int4": 0.05}
-        weights = variant.removeprefix("ov-")
+        weights = runtimes.weights_of(variant)
         return bounds["fp16" if weights == "fp32" else weights]
 
 
@@ -299,52 +301,73 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
 
     result = {}
     gate = _Gate(ref_logits, ref_greedy, ppl_ref, windows)
+    job = VariantJob(checkpoint, out, src, windows, prompts, options, gate)
     for variant in variants:
-        if variant in OPENVINO_VARIANTS:
-            result[variant] = _openvino_variant(variant, checkpoint, out, windows, prompts, options, gate)
-            continue
-        dst = out / variant / "gpt2.onnx"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        target = "gpu" if variant == "fp16" else "cpu"
-        files = {"gpt2": dst.relative_to(out).as_posix()}
-        if variant == "int8":
-            to_int8_dynamic(src, dst)
-        elif variant == "int4":
-            to_int4(src, dst, options.int4_block_size, options.int4_accuracy_level)
-        elif variant == "fp16":
-            to_fp16(src, dst, keep_io_types=["logits", "last_logits"])
-        else:
-            raise ExportError(f"variant {variant} does not apply to gpt2")
-        extra = {"quantization": _describe(variant, options)}
-        if not cpu_can_run(dst):
-            result[variant] = variant_entry(
-                target,
-                files,
-                out,
-                {},
-                {},
-                passed=None,
-                reason=f"not validated: CPU ONNX Runtime cannot run {variant}; validate on its target",
-                validated_on=None,
-                **extra,
-            )
-            continue
-        sess = make_session(dst, threads=2)
-        logits = ev.window_logits(sess, windows)
-        greedy = [ev.greedy(sess, p, options.greedy_tokens) for p in prompts]
-        fid, passed, reason = gate.judge(variant, logits, greedy)
-        result[variant] = variant_entry(
+        result[variant] = registry.hook(runtimes.of_variant(variant).converter)(variant, job)
+    return result
+
+
+@dataclass(frozen=True)
+class VariantJob:
+    """What a runtime's converter (`engine.runtimes`) gets to make and judge a GPT-2 variant:
+    the checkpoint, the export folder, the fp32 ONNX reference, the held-out windows and
+    greedy prompts, and the gate."""
+
+    checkpoint: Path
+    out: Path
+    src: Path
+    windows: np.ndarray
+    prompts: list
+    options: QuantOptions
+    gate: _Gate
+
+
+def onnxruntime_variant(variant: str, job: VariantJob) -> dict:
+    """An fp16 / int8 / int4 ONNX graph derived from the fp32 one, run by ONNX Runtime and
+    judged by the gate (fp16, which the CPU cannot run, is reported as not validated)."""
+    from export import gpt2_eval as ev
+
+    out, src, options = job.out, job.src, job.options
+    dst = out / variant / "gpt2.onnx"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    target = "gpu" if variant == "fp16" else "cpu"
+    files = {"gpt2": dst.relative_to(out).as_posix()}
+    if variant == "int8":
+        to_int8_dynamic(src, dst)
+    elif variant == "int4":
+        to_int4(src, dst, options.int4_block_size, options.int4_accuracy_level)
+    elif variant == "fp16":
+        to_fp16(src, dst, keep_io_types=["logits", "last_logits"])
+    else:
+        raise ExportError(f"variant {variant} does not apply to gpt2")
+    extra = {"quantization": _describe(variant, options)}
+    if not cpu_can_run(dst):
+        return variant_entry(
             target,
             files,
             out,
-            {"gpt2": fid},
-            {},  # latency: measured for all variants together (export.api._profile_gpt2)
-            passed=passed,
-            reason=reason,
-            validated_on="cpu",
+            {},
+            {},
+            passed=None,
+            reason=f"not validated: CPU ONNX Runtime cannot run {variant}; validate on its target",
+            validated_on=None,
             **extra,
         )
-    return result
+    sess = make_session(dst, threads=2)
+    logits = ev.window_logits(sess, job.windows)
+    greedy = [ev.greedy(sess, p, options.greedy_tokens) for p in job.prompts]
+    fid, passed, reason = job.gate.judge(variant, logits, greedy)
+    return variant_entry(
+        target,
+        files,
+        out,
+        {"gpt2": fid},
+        {},  # latency: measured for all variants together (export.api._profile_gpt2)
+        passed=passed,
+        reason=reason,
+        validated_on="cpu",
+        **extra,
+    )
 
 
 @dataclass
@@ -394,24 +417,25 @@ class _Gate:
         return fid, passed, reason
 
 
-def _openvino_variant(variant, checkpoint: Path, out: Path, windows, prompts, options, gate: _Gate) -> dict:
+def openvino_variant(variant: str, job: VariantJob) -> dict:
     """An OpenVINO IR of the checkpoint, compressed, run by the engine's paged runner and
     judged by the same gate; reported as not validated when OpenVINO is not installed."""
     from export import gpt2_eval as ev
     from export import openvino as ovx
 
+    out, windows, prompts, options = job.out, job.windows, job.prompts, job.options
     compression = ovx.VARIANT_COMPRESSION[variant]
-    extra = {"quantization": compression.describe(), "runtime": "openvino"}
+    extra = {"quantization": compression.describe(), "runtime": runtimes.of_variant(variant).name}
     why = ovx.available()
     if why:
         return variant_entry("cpu", {}, out, {}, {}, passed=None, reason=f"not built: {why}", **extra)
-    xml = ovx.convert_ir(checkpoint, out / variant, compression)
+    xml = ovx.convert_ir(job.checkpoint, out / variant, compression)
     files = {"gpt2": xml.relative_to(out).as_posix()}
     max_len = max(int(windows.shape[1]), max(len(p) for p in prompts) + options.greedy_tokens)
-    with ovx.ir_runner(xml, out / "assets" / "model_info.json", max_len) as runner:
+    with ev.slot_runner(xml, slots=1, max_len=max_len) as runner:
         logits = ovx.window_logits(runner, windows)
         greedy = [ev.greedy(runner, p, options.greedy_tokens) for p in prompts]
-    fid, passed, reason = gate.judge(variant, logits, greedy)
+    fid, passed, reason = job.gate.judge(variant, logits, greedy)
     return variant_entry(
         "cpu", files, out, {"gpt2": fid}, {}, passed=passed, reason=reason, validated_on="cpu", **extra
     )

@@ -6,16 +6,9 @@ and the tolerance of the fp32 parity check; the export functions themselves are 
 
 from __future__ import annotations
 
-from aigc import registry
 from aigc.registry import ComponentSpec, ExportSpec, TensorSpec
 
-__all__ = ["VARIANTS", "OPENVINO_VARIANTS", "ComponentSpec", "ExportSpec", "TensorSpec", "get_spec"]
+__all__ = ["VARIANTS", "ComponentSpec", "ExportSpec", "TensorSpec"]
 
+# Every variant name; a name's prefix says which runtime runs it (`engine.runtimes`).
 VARIANTS = ("fp32", "fp16", "int8", "int4", "ov-fp32", "ov-int8", "ov-int4")
-# Variants run by OpenVINO instead of ONNX Runtime (an IR converted from the checkpoint).
-OPENVINO_VARIANTS = ("ov-fp32", "ov-int8", "ov-int4")
-
-
-def get_spec(model: str) -> ExportSpec:
-    """The export spec of the kind `model` (ConfigError naming the kinds otherwise)."""
-    return registry.get(model).export

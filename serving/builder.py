@@ -15,69 +15,57 @@ from pathlib import Path
 
 from aigc import registry
 from aigc.errors import BuildError, ConfigError, ExportError
+from engine import runtimes
+from engine.config import EngineConfig
 from serving.repository import VersionPlan, install_version, stage_version
 from serving.variant_choice import Workload, choose_variant, describe, split_pair
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "onnxruntime", "openvino")
-FLAVOURS = ("python", "onnxruntime")
+RUNTIMES = (runtimes.AUTO, *runtimes.names())
+# The flavour names the Triton backend that runs the image models: its Python backend, or
+# its native ONNX Runtime backend (a Triton backend, spelt like the runtime).
+PYTHON_FLAVOUR, NATIVE_FLAVOUR = "python", "onnxruntime"
+FLAVOURS = (PYTHON_FLAVOUR, NATIVE_FLAVOUR)
+TARGETS = ("cpu", "gpu")
 
 
 @dataclass
 class BuildOptions:
-    flavour: str = "python"
+    flavour: str = PYTHON_FLAVOUR
     variant: str = "auto"
-    runtime: str = "auto"  # GPT-2 on the CPU: onnxruntime | openvino | auto (the faster, measured)
+    runtime: str = runtimes.AUTO  # GPT-2: a name from engine.runtimes, or auto (the faster, measured)
     target: str = "cpu"  # what `auto` optimises for: cpu or gpu
     instance_count: int = 1
     max_batch_size: int = 64
     # 0: no waiting for a batch to fill; requests queued while the model is busy still batch.
     max_queue_delay_us: int = 0
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
-    max_tokens_limit: int = 512
     accelerator: str = "tensorrt"  # onnxruntime flavour on GPUs: tensorrt | cuda | none
-    max_request_seconds: float = 300.0  # a GPT-2 request running longer ends with an error
-    # GPT-2 engine: the KV cache is `kv_slots` rows of `kv_max_len` positions, allocated once.
-    kv_slots: int = 8
-    kv_max_len: int = 0  # 0 = the model's context window
-    prefill_chunk: int = 64  # at most this many prompt tokens per step while other streams decode
-    prefill_budget: float = 1.0  # and a chunk costing at most this many decode steps (0 = fixed)
-    max_queue: int = 64  # requests waiting for a slot before new ones are refused
-    cuda_graph: bool = True  # GPU instances (--target gpu): decode steps replay captured CUDA graphs
+    engine: EngineConfig = field(default_factory=EngineConfig)  # the GPT-2 engine's settings
     workload: Workload = field(default_factory=Workload)  # what `auto` optimises GPT-2 for
 
     def validate(self) -> None:
         if self.flavour not in FLAVOURS:
             raise ConfigError(f"--flavour must be one of {', '.join(FLAVOURS)}, got {self.flavour!r}")
-        if self.target not in ("cpu", "gpu"):
+        if self.target not in TARGETS:
             raise ConfigError(f"--target must be cpu or gpu, got {self.target!r}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
-        if self.runtime == "openvino" and self.target == "gpu":
+        if self.runtime != runtimes.AUTO and self.target not in runtimes.get(self.runtime).targets:
+            serving_it = [r.name for r in runtimes.RUNTIMES if self.target in r.targets]
             raise ConfigError(
-                "--runtime openvino serves on the CPU; use --target cpu (or --runtime onnxruntime)"
+                f"--runtime {self.runtime} serves on {', '.join(runtimes.get(self.runtime).targets)}; "
+                f"use another --target (or --runtime {' or '.join(serving_it)})"
             )
         if not 1 <= self.instance_count <= 64:
             raise ConfigError(f"--instances must be in 1..64, got {self.instance_count}")
         if not 1 <= self.max_batch_size <= 4096:
             raise ConfigError(f"--max-batch-size must be in 1..4096, got {self.max_batch_size}")
-        if not 1 <= self.max_tokens_limit <= 100_000:
-            raise ConfigError(f"--max-tokens-limit must be in 1..100000, got {self.max_tokens_limit}")
-        if not self.max_request_seconds > 0:
-            raise ConfigError(f"--max-request-seconds must be > 0, got {self.max_request_seconds}")
-        if not 1 <= self.kv_slots <= 1024:
-            raise ConfigError(f"--slots must be in 1..1024, got {self.kv_slots}")
-        if self.kv_max_len < 0:
-            raise ConfigError(f"--max-len must be >= 1 (0 = the context window), got {self.kv_max_len}")
-        if not 1 <= self.prefill_chunk <= 4096:
-            raise ConfigError(f"--prefill-chunk must be in 1..4096, got {self.prefill_chunk}")
-        if not 0 <= self.prefill_budget <= 100:
-            raise ConfigError(
-                f"--prefill-budget must be in 0..100 (0 = fixed chunks), got {self.prefill_budget}"
-            )
-        if not 0 <= self.max_queue <= 100_000:
-            raise ConfigError(f"--max-queue must be in 0..100000, got {self.max_queue}")
+        try:
+            self.engine.check(flags=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.workload.validate()
 
 
@@ -124,15 +112,11 @@ def build_repository(
                 )
                 detail = describe(comp, variant, why)
                 variant, companion = split_pair(variant)
-                onnx_file = export_dir / report["variants"][variant]["files"][comp]
-                if not onnx_file.is_file():
-                    raise BuildError(f"{comp}: {onnx_file} is missing (re-run `aigc export`)")
-                files: dict[str, Path] = {"model.onnx": onnx_file}
-                if onnx_file.suffix == ".xml":  # an OpenVINO IR: the graph and its weights
-                    files = {
-                        "openvino_model.xml": onnx_file,
-                        "openvino_model.bin": onnx_file.with_suffix(".bin"),
-                    }
+                graph_file = export_dir / report["variants"][variant]["files"][comp]
+                if not graph_file.is_file():
+                    raise BuildError(f"{comp}: {graph_file} is missing (re-run `aigc export`)")
+                runtime = runtimes.of_file(graph_file)
+                files: dict[str, Path] = runtime.version_files_of(graph_file)
                 role = registry.component(comp)[1].role
                 plan = VersionPlan(comp, export_dir, report, variant, companion, why, files)
                 cfg, extra = registry.hook(role.build)(plan, opts)
@@ -141,7 +125,7 @@ def build_repository(
                     "model": comp,
                     "variant": variant,
                     "companion": companion,
-                    "runtime": report["variants"][variant].get("runtime", "onnxruntime"),
+                    "runtime": runtime.name,
                     "export": str(export_dir),
                     "flavour": opts.flavour,
                     "fidelity": report["variants"][variant].get("fidelity", {}).get(comp),

@@ -343,7 +343,7 @@ def sampling_parameters(
     """Check sampling arguments with the server's own `SamplingParams` (the same fields and
     ranges; only the server knows its max_tokens limit); the JSON `sampling_parameters` takes.
     `extra`: any other field of the schema (`min_tokens`, the penalties, ...)."""
-    from serving.triton_models.sampling import RequestError, SamplingParams
+    from engine.request_schema import RequestError, SamplingParams
 
     fields = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
     fields.update({"seed": seed, "stop": stop or None, "ignore_eos": ignore_eos, **extra})

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from aigc import registry
 from aigc.errors import ConfigError
+from engine import runtimes
+from engine.config import EngineConfig
+from serving.builder import FLAVOURS, PYTHON_FLAVOUR, RUNTIMES
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +27,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--flavour",
-        choices=("python", "onnxruntime"),
-        default="python",
+        choices=FLAVOURS,
+        default=PYTHON_FLAVOUR,
         help="python: Python-backend models (runs everywhere); onnxruntime: Triton's native backend",
     )
     parser.add_argument(
@@ -33,8 +36,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--runtime",
-        choices=("auto", "onnxruntime", "openvino"),
-        default="auto",
+        choices=RUNTIMES,
+        default=runtimes.AUTO,
         help="GPT-2 on the CPU: which runtime runs the engine; auto compares the variants of both "
         "by the expected request latency measured at export (default auto)",
     )
@@ -56,56 +59,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     workload.add_argument("--streams", type=int, default=4, help="concurrent generations (default 4)")
     workload.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default 128)")
     workload.add_argument("--new-tokens", type=int, default=128, help="generated tokens (default 128)")
-    engine = parser.add_argument_group("GPT-2 engine")
-    engine.add_argument(
-        "--slots",
-        type=int,
-        default=8,
-        help="KV-cache slots = generations decoded together; the cache is allocated once (default 8)",
-    )
-    engine.add_argument(
-        "--max-len", type=int, default=0, help="positions per slot (default 0 = the model's context window)"
-    )
-    engine.add_argument(
-        "--prefill-chunk",
-        type=int,
-        default=64,
-        help="most prompt tokens prefilled per step while other streams decode (default 64)",
-    )
-    engine.add_argument(
-        "--prefill-budget",
-        type=float,
-        default=1.0,
-        help="a chunk may cost this many decode steps, as the engine measures them (default 1: the "
-        "running streams' gap at most doubles while a prompt goes in; 0 = fixed --prefill-chunk)",
-    )
-    engine.add_argument(
-        "--no-cuda-graph",
-        action="store_true",
-        help="with --target gpu: launch each decode step's kernels one by one instead of replaying a "
-        "captured CUDA graph (measured on an H200: 0.69 vs 2.1 ms between tokens)",
-    )
-    engine.add_argument(
-        "--max-queue",
-        type=int,
-        default=64,
-        help="requests that may wait for a free slot; beyond it new requests get a 'server busy' error",
-    )
+    EngineConfig.add_arguments(parser.add_argument_group("GPT-2 engine (engine.config.EngineConfig)"))
     parser.add_argument("--instances", type=int, default=1, help="model instances per image model")
     parser.add_argument(
         "--max-batch-size", type=int, default=64, help="largest batch an image request may carry"
     )
     parser.add_argument(
-        "--max-tokens-limit", type=int, default=512, help="largest max_tokens a GPT-2 request may ask"
-    )
-    parser.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)"
-    )
-    parser.add_argument(
-        "--max-request-seconds",
-        type=float,
-        default=300.0,
-        help="a GPT-2 request generating longer ends with an error (default 300)",
     )
     parser.add_argument(
         "--url", help="gRPC address of a running server: load the new versions there and check them"
@@ -123,16 +83,9 @@ def run_build(args: argparse.Namespace) -> int:
         target=args.target,
         instance_count=args.instances,
         max_batch_size=args.max_batch_size,
-        max_tokens_limit=args.max_tokens_limit,
         intra_op_threads=args.threads,
         accelerator=args.accelerator,
-        max_request_seconds=args.max_request_seconds,
-        kv_slots=args.slots,
-        kv_max_len=args.max_len,
-        prefill_chunk=args.prefill_chunk,
-        prefill_budget=args.prefill_budget,
-        cuda_graph=not args.no_cuda_graph,
-        max_queue=args.max_queue,
+        engine=EngineConfig.from_args(args),
         workload=Workload(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, streams=args.streams),
     )
     built = build_repository(args.exports, args.repository, opts)

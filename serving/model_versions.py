@@ -8,12 +8,15 @@ the generation engine and its tokenizer beside it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+import engine
 from aigc.errors import ConfigError
+from engine.request_schema import TENSOR_INPUTS
 from serving import config_gen
 from serving.config_gen import Tensor
 from serving.onnx_io import io_tensors
@@ -23,17 +26,27 @@ if TYPE_CHECKING:
     from serving.repository import VersionPlan
 
 TRITON_MODELS = Path(__file__).parent / "triton_models"
-# The runtime modules copied beside gpt2's model.py (they import each other flat).
-ENGINE_MODULES = ("gpt2_engine.py", "gpt2_openvino.py", "sampling.py", "llm_metrics.py", "ortsession.py")
+ENGINE_PACKAGE = Path(engine.__file__).parent
+# The ONNX Runtime session options the image model imports from beside its model.py.
+ORT_SESSION = ENGINE_PACKAGE / "runners" / "ortsession.py"
+
+
+def engine_files() -> dict[str, Path]:
+    """The engine package, whole (every module, found by walking it), as version files."""
+    return {
+        f"engine/{f.relative_to(ENGINE_PACKAGE).as_posix()}": f
+        for f in sorted(ENGINE_PACKAGE.rglob("*.py"))
+        if "__pycache__" not in f.parts
+    }
 
 
 def kv_cache_bytes(model_info: dict, opts: BuildOptions, dtype_bytes: int = 4) -> int:
     """What the gpt2 model allocates for its KV slots: 2 x layers x slots x heads x len x head size."""
-    max_len = opts.kv_max_len or int(model_info["n_positions"])
+    max_len = opts.engine.max_len or int(model_info["n_positions"])
     return (
         2
         * int(model_info["n_layer"])
-        * opts.kv_slots
+        * opts.engine.slots
         * int(model_info["n_head"])
         * max_len
         * int(model_info["head_size"])
@@ -68,8 +81,6 @@ def gpt2_tensors() -> tuple[list[Tensor], list[Tensor]]:
     TensorRT-LLM's sampling tensors (so genai-perf --backend tensorrtllm and perf_analyzer
     can send any of them; the model maps them onto the same SamplingParams) and `stop`, and
     the vLLM backend's additional outputs."""
-    from serving.triton_models.sampling import TENSOR_INPUTS
-
     flag = mc.TYPE_BOOL
     inputs = [
         Tensor("text_input", mc.TYPE_STRING, (1,)),
@@ -87,26 +98,20 @@ def gpt2_tensors() -> tuple[list[Tensor], list[Tensor]]:
 
 
 def gpt2_parameters(model_info: dict, opts: BuildOptions) -> dict[str, object]:
-    """What the engine reads from config.pbtxt: limits, KV cache, scheduling, threads."""
-    if opts.kv_max_len > int(model_info["n_positions"]):
-        raise ConfigError(
-            f"--max-len must be <= the context window {model_info['n_positions']}, got {opts.kv_max_len}"
-        )
-    window = opts.kv_max_len or int(model_info["n_positions"])
-    return {
-        "max_tokens_limit": min(opts.max_tokens_limit, window - 1),
-        "max_prompt_tokens": window - 1,
-        # how often the engine's TTFT, ITL, token and slot figures reach the metrics endpoint (0 = off)
-        "metrics_interval_s": 1,
-        "kv_slots": opts.kv_slots,
-        "kv_max_len": opts.kv_max_len,
-        "prefill_chunk": opts.prefill_chunk,
-        "prefill_budget": opts.prefill_budget,
-        "max_queue_size": opts.max_queue,
-        "cuda_graph": bool(opts.cuda_graph and opts.target == "gpu"),
-        "max_request_seconds": opts.max_request_seconds,
-        "intra_op_threads": opts.intra_op_threads,
-    }
+    """What the engine reads from config.pbtxt: every `EngineConfig` setting (the engine's
+    own spelling) and the runtime's threads. `max_tokens_limit` is capped by the window."""
+    n_positions = int(model_info["n_positions"])
+    try:
+        opts.engine.check(n_positions, flags=True)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (the model's context window is {n_positions})") from None
+    window = opts.engine.max_len or n_positions
+    engine_config = replace(
+        opts.engine,
+        max_tokens_limit=min(opts.engine.max_tokens_limit, window - 1),
+        cuda_graph=opts.engine.cuda_graph and opts.target == "gpu",
+    )
+    return {**engine_config.to_parameters(), "intra_op_threads": opts.intra_op_threads}
 
 
 def gpt2_config(model_info: dict, opts: BuildOptions, name: str = "gpt2") -> mc.ModelConfig:
@@ -124,7 +129,9 @@ def image_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig
     """An image component's config (adds its model code to the plan's files); (config, detail)."""
     name, files = plan.name, plan.files
     onnx_file = files["model.onnx"]
-    if opts.flavour == "onnxruntime":
+    from serving.builder import NATIVE_FLAVOUR
+
+    if opts.flavour == NATIVE_FLAVOUR:
         from serving.native import native_model_config
 
         cfg = native_model_config(
@@ -137,7 +144,7 @@ def image_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig
         )
         return cfg, ""
     files["model.py"] = TRITON_MODELS / "image_model.py"
-    files["ortsession.py"] = TRITON_MODELS / "ortsession.py"
+    files["ortsession.py"] = ORT_SESSION
     return image_config(name, onnx_file, opts), ""
 
 
@@ -149,17 +156,18 @@ def gpt2_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig,
     info = report["model_info"]
     cfg = gpt2_config(info, opts, name)
     if companion:
-        files["companion.onnx"] = export_dir / report["variants"][companion]["files"][name]
+        from engine.runners.onnxruntime import COMPANION_FILE
+
+        files[COMPANION_FILE] = export_dir / report["variants"][companion]["files"][name]
         cfg.parameters["companion_prefill"].string_value = str(why["routing"]["companion_prefill"]).lower()
         cfg.parameters["companion_from_rows"].string_value = str(why["routing"]["companion_from_rows"])
     files["model.py"] = TRITON_MODELS / "gpt2_model.py"
-    for module in ENGINE_MODULES:
-        files[module] = TRITON_MODELS / module
+    files.update(engine_files())
     for asset in ("tokenizer.json", "model_info.json"):
         files[asset] = export_dir / "assets" / asset
     kv = kv_cache_bytes(info, opts, 2 if variant == "fp16" else 4)
     detail = (
-        f"  KV cache: {opts.kv_slots} slots x {opts.kv_max_len or info['n_positions']} positions = "
+        f"  KV cache: {opts.engine.slots} slots x {opts.engine.max_len or info['n_positions']} positions = "
         f"{kv / 2**20:.0f} MiB, allocated once when the model loads"
     )
     return cfg, detail

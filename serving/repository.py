@@ -63,6 +63,7 @@ def stage_version(name: str, files: dict[str, Path], meta: dict, staging: Path) 
         for dst, src in files.items():
             if not Path(src).is_file():
                 raise BuildError(f"{name}: {src} is missing (re-run `aigc export`)")
+            (stage / dst).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, stage / dst)
         (stage / "aigc_version.json").write_text(json.dumps(meta, indent=2) + "\n")
     except BaseException:

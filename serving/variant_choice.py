@@ -9,6 +9,7 @@ batch-1 latency.
 from __future__ import annotations
 
 from aigc.errors import BuildError
+from engine import runtimes
 from export.latency_model import Workload, expected_request, expected_request_pair
 
 PAIR = "+"  # "int4+int8": int4's graph with int8's as its companion (shared KV slots)
@@ -20,16 +21,21 @@ def split_pair(name: str) -> tuple[str, str | None]:
 
 
 def _pairs(report: dict, candidates: list[str]) -> list[tuple[str, str]]:
-    """Two profiled ONNX Runtime CPU variants can share the KV slots (same cache layout)."""
+    """Two profiled CPU variants of a runtime that pairs graphs can share the KV slots (same
+    cache layout)."""
     variants = report["variants"]
-    onnx = [
-        n for n in candidates if runtime_of(variants[n]) == "onnxruntime" and variants[n]["target"] == "cpu"
+    pairable = [n for n in candidates if runtime_of(variants[n]).pairs and variants[n]["target"] == "cpu"]
+    return [
+        (a, b)
+        for a in pairable
+        for b in pairable
+        if a != b and runtime_of(variants[a]) is runtime_of(variants[b])
     ]
-    return [(a, b) for a in onnx for b in onnx if a != b]
 
 
-def runtime_of(variant: dict) -> str:
-    return variant.get("runtime", "onnxruntime")
+def runtime_of(variant: dict) -> runtimes.Runtime:
+    """The runtime an export report's variant entry runs on."""
+    return runtimes.get(variant.get("runtime", runtimes.DEFAULT.name))
 
 
 def _candidates(report: dict, component: str, target: str, runtime: str = "auto") -> list[str]:
@@ -40,8 +46,8 @@ def _candidates(report: dict, component: str, target: str, runtime: str = "auto"
         if v["passed"] is True
         and v["target"] in (target, "cpu")
         and component in v["files"]
-        and runtime in ("auto", runtime_of(v))
-        and (target == "cpu" or runtime_of(v) == "onnxruntime")  # OpenVINO here serves CPUs
+        and runtime in (runtimes.AUTO, runtime_of(v).name)
+        and target in runtime_of(v).targets
     ]
     if target == "cpu":
         return [n for n in passing if variants[n]["target"] == "cpu"]
@@ -72,9 +78,9 @@ def choose_variant(
             )
         if v["passed"] is not True:
             raise BuildError(f"--variant {variant} of {report['model']} did not pass its gate: {v['reason']}")
-        if runtime not in ("auto", runtime_of(v)):
-            raise BuildError(f"--variant {variant} runs on {runtime_of(v)}, not on --runtime {runtime}")
-        return variant, {"rule": "named by --variant", "runtime": runtime_of(v)}
+        if runtime not in ("auto", runtime_of(v).name):
+            raise BuildError(f"--variant {variant} runs on {runtime_of(v).name}, not on --runtime {runtime}")
+        return variant, {"rule": "named by --variant", "runtime": runtime_of(v).name}
     candidates = _candidates(report, component, target, runtime)
     if not candidates:
         scope = "" if runtime == "auto" else f" on --runtime {runtime}"
@@ -102,8 +108,8 @@ def choose_variant(
         best = min(costs, key=lambda n: (costs[n]["request_ms"], one[n], PAIR in n, n))
         why = {
             "rule": "lowest expected request latency for the workload (profile measured at export)",
-            "runtime": runtime_of(variants[split_pair(best)[0]]),
-            "runtimes_considered": sorted({runtime_of(variants[n]) for n in candidates}),
+            "runtime": runtime_of(variants[split_pair(best)[0]]).name,
+            "runtimes_considered": sorted({runtime_of(variants[n]).name for n in candidates}),
             "workload": workload.as_dict(),
             "expected": costs,
         }
@@ -121,7 +127,7 @@ def choose_variant(
     rule = "lowest batch-1 latency measured at export"
     if target == "gpu":
         rule = "made for GPUs (CPU-measured latencies do not rank GPU variants); then " + rule
-    return best, {"rule": rule, "runtime": runtime_of(variants[best]), "latency_ms": costs}
+    return best, {"rule": rule, "runtime": runtime_of(variants[best]).name, "latency_ms": costs}
 
 
 def _cost(variants: dict, name: str, workload: Workload) -> float:
@@ -144,18 +150,22 @@ def _named_pair(report, component, name, target, workload, runtime) -> tuple[str
             )
         if variants[v]["passed"] is not True:
             raise BuildError(f"--variant {name}: {v} did not pass its gate: {variants[v]['reason']}")
-        if runtime_of(variants[v]) != "onnxruntime" or variants[v]["target"] != "cpu" or target != "cpu":
-            raise BuildError(f"--variant {name}: a pair needs two ONNX Runtime CPU variants and --target cpu")
+        if not runtime_of(variants[v]).pairs or variants[v]["target"] != "cpu" or target != "cpu":
+            pairing = ", ".join(r.name for r in runtimes.RUNTIMES if r.pairs)
+            raise BuildError(f"--variant {name}: a pair needs two CPU variants of {pairing} and --target cpu")
+        if runtime_of(variants[v]) is not runtime_of(variants[main]):
+            raise BuildError(f"--variant {name}: both graphs of a pair must run on one runtime")
         if not isinstance(variants[v].get("decode_profile", {}).get("step_ms"), dict):
             raise BuildError(
                 f"--variant {name}: {v} has no decode profile to route calls by (re-run `aigc export`)"
             )
-    if runtime not in ("auto", "onnxruntime"):
-        raise BuildError(f"--variant {name} runs on onnxruntime, not on --runtime {runtime}")
+    served_by = runtime_of(variants[main]).name
+    if runtime not in (runtimes.AUTO, served_by):
+        raise BuildError(f"--variant {name} runs on {served_by}, not on --runtime {runtime}")
     pair = expected_request_pair(
         variants[main]["decode_profile"], variants[companion]["decode_profile"], workload
     )
-    return name, {"rule": "named by --variant", "runtime": "onnxruntime", "routing": pair["routing"]}
+    return name, {"rule": "named by --variant", "runtime": served_by, "routing": pair["routing"]}
 
 
 def describe(component: str, variant: str, why: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import functools
 import hashlib
@@ -20,18 +21,11 @@ from serving.server import EmbeddedTritonServer
 from training.api import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parents[1]
-# What a trained checkpoint or an export is made of: the code that makes it, which is every
-# layer up to `export` (tests/aigc/test_imports.py keeps export from importing higher; the
-# engine judges the GPT-2 variants), and the libraries that run it.
-ARTIFACT_SOURCES = (
-    "aigc/errors.py",
-    "aigc/fsutil.py",
-    "aigc/registry.py",
-    "aigc/imagegrid.py",
-    "training",
-    "serving/triton_models",
-    "export",
-)
+PACKAGES = ("aigc", "engine", "training", "export", "serving", "benchmarks")
+# What a trained checkpoint or an export is made of: the code of these packages and every
+# project module they import, found by reading the imports (`artifact_sources`): the engine's
+# runners judge the GPT-2 variants, but its scheduler makes nothing and is not part of it.
+ARTIFACT_ROOTS = ("training", "export")
 ARTIFACT_LIBRARIES = (
     "torch",
     "onnx",
@@ -47,14 +41,80 @@ ARTIFACT_LIBRARIES = (
 )
 
 
+def project_modules() -> dict[str, Path]:
+    """Every module of the project's packages: dotted name -> file."""
+    mods = {}
+    for pkg in PACKAGES:
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            parts = f.relative_to(ROOT).with_suffix("").parts
+            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return mods
+
+
+def _imported_names(module: str, path: Path, is_package: bool, mods: dict) -> list[str]:
+    """The dotted names `module` imports, at module level or in a function; relative imports
+    resolved against its package; `from pkg import module` names the module, `from pkg
+    import name` the package."""
+    names = []
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            subs = [f"{base}.{a.name}" for a in node.names]
+            names += [n for n in subs if n in mods] or [base]
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (the longest module prefix of each name)."""
+    mods = project_modules()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for module, path in mods.items():
+        for name in _imported_names(module, path, path.name == "__init__.py", mods):
+            target = resolve(name)
+            if target is not None and target != module:
+                graph[module].add(target)
+    return graph
+
+
+def artifact_sources() -> list[Path]:
+    """The files a test model is made from: `ARTIFACT_ROOTS` and every project module they
+    import, with the `__init__.py` of each package on the way (importing runs it). The
+    runners are loaded by name from the runtime table: each runtime's runner module counts."""
+    from engine import runtimes
+
+    mods, graph = project_modules(), import_graph()
+    todo = [m for m in mods if m.split(".")[0] in ARTIFACT_ROOTS]
+    todo += [r.runner.partition(":")[0] for r in runtimes.RUNTIMES]
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in mods]
+        todo += sorted(graph[module])
+    return sorted(mods[m] for m in seen)
+
+
 @functools.cache
 def artifact_digest() -> str:
     """A digest of every source file and library version that a test model depends on."""
     h = hashlib.sha256()
-    for source in ARTIFACT_SOURCES:
-        path = ROOT / source
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    for f in artifact_sources():
+        h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
     for lib in ARTIFACT_LIBRARIES:
         try:
             h.update(f"{lib}={metadata.version(lib)}".encode())

@@ -1,6 +1,6 @@
-"""The GPT-2 engine's runner on OpenVINO: the same interface as `OrtGpt2` (`decode`,
-`prefill_rows`, `kv`), over an OpenVINO IR of the checkpoint whose attention is turned into
-OpenVINO's `PagedAttention` when it is loaded.
+"""The engine's OpenVINO runner: the runner protocol (`engine.runners.base`) over an OpenVINO
+IR of the checkpoint whose attention is turned into OpenVINO's `PagedAttention` when it is
+loaded.
 
 `PagedAttention` reads and writes the KV cache through block tables: the cache is one
 `(blocks, heads, block_size, head_size)` tensor per layer and per K/V, allocated once and
@@ -12,8 +12,6 @@ Two nodes are added to the graph when it is loaded: the hidden states of the pos
 by a `logits_indices` input are gathered before the vocabulary projection (a prompt's other
 positions never pay for it), and `next_token` is their arg-max (greedy requests never copy
 the logits out).
-
-Only numpy and openvino: this file is copied into a repository version beside `model.py`.
 """
 
 from __future__ import annotations
@@ -24,13 +22,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-try:
-    from .gpt2_engine import KVSlots
-except ImportError:
-    from gpt2_engine import KVSlots
+from engine.config import EngineConfig
+from engine.kv import KVBuffers
+from engine.plan import Forward, ForwardOutput, Phase
+from engine.runners.base import RunnerCaps
 
 BLOCK_SIZE = 32  # OpenVINO's CPU PagedAttention block size
-IR_NAME = "openvino_model.xml"
+IR_NAME = "openvino_model.xml"  # and its weights beside it (`engine.runtimes`)
 
 
 def _vocab_projection(model):
@@ -72,7 +70,7 @@ def paged_model(xml_path: str, n_head: int, head_size: int, kv_type: str = "f32"
     return model
 
 
-class OvGpt2:
+class OvRunner:
     """The paged-attention IR compiled for the CPU; the KV blocks set on the request once."""
 
     def __init__(self, model_dir: str, slots: int, max_len: int, threads: int = 0, kv_type: str = "f32"):
@@ -99,7 +97,7 @@ class OvGpt2:
         self.compiled = ov.Core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.blocks_per_slot = -(-max_len // BLOCK_SIZE)
-        self.kv = KVSlots(
+        self.kv = KVBuffers(
             self.n_layer,
             self.n_head,
             self.head_size,
@@ -110,15 +108,37 @@ class OvGpt2:
         )
         self.kv_dtype = self.kv.dtype.type
         cache_names = [f"{kv}_cache.{i}" for i in range(self.n_layer) for kv in ("key", "value")]
-        for name, buf in zip(cache_names, self.kv.buffers):
+        for name, buf in zip(cache_names, self.kv.buffers, strict=True):
             self.request.set_tensor(name, ov.Tensor(buf, shared_memory=True))
         self._ov = ov
         self._slot_blocks = np.arange(slots * self.blocks_per_slot, dtype=np.int32).reshape(
             slots, self.blocks_per_slot
         )
+        self.caps = RunnerCaps(
+            mixed=False,  # PagedAttention takes mixed rows; the scheduler does not plan them yet
+            max_rows=slots,
+            max_len=max_len,
+            cache_layout=self.kv.layout,
+            kv_dtype=self.kv.dtype,
+            kv_bytes=self.kv.nbytes,
+            device=self.device,
+        )
 
-    @property
-    def runtime_description(self) -> str:
+    @classmethod
+    def from_version(
+        cls, model_dir: str, config: EngineConfig, max_len: int, threads: int = 0, **_
+    ) -> OvRunner:
+        """The runner of a repository version folder, as `engine.loader` builds it."""
+        return cls(model_dir, config.slots, max_len, threads)
+
+    def execute(self, forward: Forward) -> ForwardOutput:
+        if forward.phase is Phase.DECODE:
+            greedy, logits = self.decode(forward.ids[:, 0], forward.starts)
+        else:
+            greedy, logits = self.prefill_rows(forward.slots[0], forward.ids, int(forward.starts[0]))
+        return ForwardOutput(greedy, logits)
+
+    def describe(self) -> str:
         return (
             f"openvino {self._ov.get_version()} from {os.path.dirname(self._ov.__file__)}, CPU, "
             f"f32 activations, {self.kv.dtype.name} paged KV cache in blocks of {BLOCK_SIZE}"
@@ -139,7 +159,7 @@ class OvGpt2:
         past = positions[begins[:-1]].astype(np.int32)
         ends = past + lens
         blocks_each = -(-ends // BLOCK_SIZE)
-        table = np.concatenate([self._slot_blocks[s, :b] for s, b in zip(slots, blocks_each)])
+        table = np.concatenate([self._slot_blocks[s, :b] for s, b in zip(slots, blocks_each, strict=True)])
         table_begins = np.zeros(len(lens) + 1, np.int32)
         np.cumsum(blocks_each, out=table_begins[1:])
         feeds = {

@@ -26,6 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from aigc.errors import ClientError, ServerError
+from engine.config import EngineConfig
+from engine.request_schema import SamplingParams
 from serving.client import AigcClient
 from serving.openai_api.protocol import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
@@ -43,7 +45,6 @@ from serving.openai_api.protocol import (
     sse,
     usage,
 )
-from serving.triton_models.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +153,9 @@ class TritonModels:
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             info = json.loads((folder / "model_info.json").read_text())
             template = ChatTemplate.from_parameters(params)
-            window = int(info["n_positions"])
-            if int(params.get("kv_max_len") or 0) > 0:
-                window = min(window, int(params["kv_max_len"]))
-            max_tokens_limit = int(params.get("max_tokens_limit") or 512)
+            engine_config = EngineConfig.from_parameters(params)
+            window = engine_config.max_len or int(info["n_positions"])
+            max_tokens_limit = engine_config.max_tokens_limit
             counts = any(i.get("name") == "return_finish_reason" for i in config.get("input", []))
         except Exception as exc:  # missing or unreadable files, a bad parameter
             raise APIError(

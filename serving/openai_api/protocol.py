@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from serving.triton_models.sampling import SAMPLING_KEYS, RequestError, SamplingParams
+from engine.request_schema import SAMPLING_KEYS, RequestError, SamplingParams
 
 # OpenAI's documented default for /v1/completions; chat defaults to what fits the window.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16

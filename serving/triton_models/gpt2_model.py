@@ -6,16 +6,19 @@ BOOL and TensorRT-LLM's optional sampling tensors (`sampling.TENSOR_INPUTS`: `ma
 `temperature`, `random_seed`, `stop_words`, ...); out `text_output` BYTES. Both schemas become
 one `SamplingParams`. TensorRT-LLM's optional `stop` BOOL: a request with `stop` true ends
 the requests in flight with the same request id (their slots are freed at the next step) and
-gets one empty final response; this stops a stream without cancelling the gRPC call. This file only converts Triton requests into engine
-requests and engine results into responses; the generation itself (KV slots, chunked
-prefill, in-flight batching, sampling) is `gpt2_engine.Engine`, which knows nothing of
-Triton.
+gets one empty final response; this stops a stream without cancelling the gRPC call.
+
+This file only converts Triton requests into engine requests and engine results into
+responses; the generation itself (KV slots, chunked prefill, in-flight batching, sampling)
+is the `engine` package beside it in the version folder, which knows nothing of Triton. The
+engine's settings are this model's config parameters (`EngineConfig.from_parameters`).
 
 Threads: `execute` checks and tokenizes each request and submits it; one generation thread
-runs `Engine.step()`; responses go out on a sender thread so Triton's IPC (~0.5 ms a
-response) overlaps the next step, except a request's first response, which the generation
-thread sends at once (time to first token). A metrics thread moves the engine's counts and
-latency samples into Triton's metrics endpoint every `metrics_interval_s` (`llm_metrics`).
+runs `Engine.run` (wait for work, step, end the requests whose clients went away); responses
+go out on a sender thread so Triton's IPC (~0.5 ms a response) overlaps the next step,
+except a request's first response, which the generation thread sends at once (time to
+first token). A metrics thread moves the engine's counts and latency samples into Triton's
+metrics endpoint every `metrics_interval_s` (`engine.metrics`).
 """
 
 import json
@@ -29,10 +32,12 @@ import traceback
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import llm_metrics  # noqa: E402
-from gpt2_engine import EngineConfig, FinishReason, QueueFullError, Sink, load_engine  # noqa: E402
-from sampling import SAMPLING_KEYS, TENSOR_INPUTS, RequestError, params_from_request  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the engine package beside it
+from engine import metrics as llm_metrics  # noqa: E402
+from engine.config import EngineConfig  # noqa: E402
+from engine.loader import load_engine  # noqa: E402
+from engine.request_schema import SAMPLING_KEYS, TENSOR_INPUTS, RequestError, params_from_request  # noqa: E402
+from engine.types import FinishReason, QueueFullError, Sink  # noqa: E402
 
 # The vLLM backend's optional additional outputs: (input flag, output).
 EXTRA_OUTPUTS = (
@@ -47,14 +52,12 @@ FINISH_REASONS = {
     FinishReason.LENGTH: "length",
     FinishReason.CANCELLED: "abort",
 }
-# Asking Triton whether a client cancelled is an IPC round trip (~0.1-0.2 ms): every N steps.
-CANCEL_CHECK_EVERY = 8
 _SAMPLING_TENSORS = frozenset(name for name, _, _, _ in TENSOR_INPUTS)
 
 
-def _param(config, key, default):
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
-    return default if value in (None, "") else type(default)(value)
+def _parameters(config):
+    """The model config's parameters as strings."""
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
 def _optional_scalar(request, name):
@@ -239,49 +242,38 @@ class TritonPythonModel:
                 "gpt2 must be configured decoupled (model_transaction_policy)"
             )
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        self.max_tokens_limit = _param(config, "max_tokens_limit", 512)
-        self.max_prompt_tokens = _param(config, "max_prompt_tokens", 0)
-        engine_config = EngineConfig(
-            slots=_param(config, "kv_slots", 8),
-            max_len=_param(config, "kv_max_len", 0),
-            prefill_chunk=_param(config, "prefill_chunk", 64),
-            prefill_budget=_param(config, "prefill_budget", 1.0),
-            idle_prefill_chunk=_param(config, "idle_prefill_chunk", 512),
-            max_queue=_param(config, "max_queue_size", 64),
-            max_request_seconds=_param(config, "max_request_seconds", 300.0),
-            cuda_graph=_param(config, "cuda_graph", "false").lower() == "true",
-            companion_prefill=_param(config, "companion_prefill", "false").lower() == "true",
-            companion_from_rows=_param(config, "companion_from_rows", 0),
-        )
+        params = _parameters(config)
         providers = None
         if args.get("model_instance_kind") == "GPU":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.responses = _ResponseSender()
         try:
+            engine_config = EngineConfig.from_parameters(params)
+            threads = int(params.get("intra_op_threads") or 0)
             self.engine = load_engine(
                 version_dir,
                 engine_config,
                 _TritonSink(self.responses),
-                intra_op_threads=_param(config, "intra_op_threads", 0),
+                intra_op_threads=threads,
                 providers=providers,
                 own_process=True,  # this stub process runs gpt2 alone
             )
         except (ValueError, RuntimeError) as exc:
             raise pb_utils.TritonModelException(f"gpt2: {exc}") from exc
+        self.max_tokens_limit = min(engine_config.max_tokens_limit, self.engine.max_len - 1)
         self.wake = threading.Event()
-        self.running = True
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="gpt2-generation", daemon=True)
         self.thread.start()
         self.metrics = None
-        interval = _param(config, "metrics_interval_s", 1.0)
-        if interval > 0 and hasattr(pb_utils, "MetricFamily"):
+        if engine_config.metrics_interval_s > 0 and hasattr(pb_utils, "MetricFamily"):
             labels = {"model": args["model_name"], "version": args["model_version"]}
-            self.metrics = _MetricsExporter(self.engine, labels, interval)
-        model = self.engine.model
-        pb_utils.Logger.log_info(f"gpt2: {model.runtime_description}, numpy {np.__version__}")
+            self.metrics = _MetricsExporter(self.engine, labels, engine_config.metrics_interval_s)
+        runner, info, caps = self.engine.runner, self.engine.runner.info, self.engine.runner.caps
+        pb_utils.Logger.log_info(f"gpt2: {runner.describe()}, numpy {np.__version__}")
         pb_utils.Logger.log_info(
-            f"gpt2 ready: {model.n_layer} layers, context {model.n_positions}; KV cache {engine_config.slots} slots x {model.max_len} "
-            f"positions, {np.dtype(model.kv_dtype).name}, {model.kv.nbytes / 2**20:.0f} MiB on {model.device}, "
+            f"gpt2 ready: {info['n_layer']} layers, context {info['n_positions']}; KV cache {caps.max_rows} slots x "
+            f"{caps.max_len} positions, {caps.kv_dtype.name}, {caps.kv_bytes / 2**20:.0f} MiB on {caps.device}, "
             f"allocated once"
         )
 
@@ -330,7 +322,7 @@ class TritonPythonModel:
         params = params_from_request(sp, tensors, self.max_tokens_limit)
         stream = _optional_scalar(request, "stream")
         exclude = _optional_scalar(request, "exclude_input_in_output")
-        ids = self.engine.encode_prompt(prompt, params, self.max_prompt_tokens or None)
+        ids = self.engine.encode_prompt(prompt, params)
         prefix = "" if exclude is None or bool(exclude) else prompt
         stream = bool(stream) if stream is not None else False
         extras = tuple(name for flag, name in EXTRA_OUTPUTS if _optional_scalar(request, flag))
@@ -338,29 +330,21 @@ class TritonPythonModel:
 
     # -- the generation loop (background thread) ---------------------------------------
     def _loop(self):
-        steps = 0
-        while self.running:
-            try:
-                if not self.engine.has_work():
-                    self.wake.wait(timeout=0.1)
-                    self.wake.clear()
-                    continue
-                self.engine.step()
-                steps += 1
-                if steps % CANCEL_CHECK_EVERY == 0:
-                    for req in self.engine.requests():
-                        if req.context.sender.is_cancelled():
-                            self.engine.cancel(req)
-            except Exception as exc:  # the engine fails only the requests concerned; log the rest
-                pb_utils.Logger.log_error(f"gpt2 generation loop: {exc}\n{traceback.format_exc()}")
-                time.sleep(0.01)
-        # finalize: Triton calls it once the streams in flight have finished or its exit
-        # timeout has passed; whatever is still here ends with a named error, not never.
-        self.engine.abort_all("server is shutting down: gpt2 is being unloaded; retry on another server")
+        # Ends with finalize: Triton calls it once the streams in flight have finished or its
+        # exit timeout has passed; whatever is still here ends with a named error, not never.
+        self.engine.run(
+            self.wake,
+            lambda req: req.context.sender.is_cancelled(),
+            self.stop,
+            on_error=lambda exc: pb_utils.Logger.log_error(
+                f"gpt2 generation loop: {exc}\n{''.join(traceback.format_exception(exc))}"
+            ),
+            shutdown_message="server is shutting down: gpt2 is being unloaded; retry on another server",
+        )
 
     def finalize(self):
         started = time.monotonic()
-        self.running = False
+        self.stop.set()
         self.wake.set()
         self.thread.join(timeout=5)
         self.responses.close(timeout=5)

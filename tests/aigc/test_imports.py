@@ -1,16 +1,18 @@
 """The project's import graph: no cycles, and imports flow one way between the packages.
 
 Every `import` and `from ... import` in the project's packages counts, at module level or
-inside a function (a lazy import still ties the modules together). Layers, lowest first:
+inside a function (a lazy import still ties the modules together), relative ones resolved
+(`support.import_graph`). Layers, lowest first:
 
+- `engine`: the GPT-2 generation engine, independent of everything else in the project (it
+  is copied whole into a repository version folder and imported there alone);
+- `serving.triton_models`: the Triton Python-backend models, which import only the engine
+  (gpt2) or the session options copied beside them (the image model);
 - `aigc.errors`, `aigc.fsutil`, `aigc.registry`: the exceptions, file helpers and model-kind
   registry every package uses (the registry names its hooks as strings, each resolved by the
   stage it belongs to);
 - `training`;
-- `serving.triton_models`: the GPT-2 engine and the Triton models, self-contained (they run
-  from a flat repository version folder inside Triton's Python backend); `export` judges and
-  profiles the variants with the engine that will serve them;
-- `export`;
+- `export` (it judges and profiles the variants with the engine's runners);
 - `serving` (the builder, server, client, OpenAI frontend);
 - `benchmarks`;
 - `aigc` (the CLI on top).
@@ -20,57 +22,18 @@ A module may import its own layer and the layers below it.
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from support import import_graph
 
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("aigc", "training", "export", "serving", "benchmarks")
 LAYERS = (
+    ("engine",),
+    ("serving.triton_models",),
     ("aigc.errors", "aigc.fsutil", "aigc.registry", "aigc.imagegrid"),
     ("training",),
-    ("serving.triton_models",),
     ("export",),
     ("serving",),
     ("benchmarks",),
     ("aigc",),
 )
-
-
-def _modules() -> dict[str, Path]:
-    mods = {}
-    for pkg in PACKAGES:
-        for f in sorted((ROOT / pkg).rglob("*.py")):
-            parts = f.relative_to(ROOT).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-            mods[name] = f
-    return mods
-
-
-def import_graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports (the longest module prefix of each name)."""
-    mods = _modules()
-
-    def resolve(name: str) -> str | None:
-        while name and name not in mods:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for module, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # `from pkg import module` ties to the module; `from pkg import name` to pkg
-                subs = [f"{node.module}.{a.name}" for a in node.names]
-                names = [n for n in subs if n in mods] or [node.module]
-            else:
-                continue
-            for name in names:
-                target = resolve(name)
-                if target is not None and target != module:
-                    graph[module].add(target)
-    return graph
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -131,6 +94,34 @@ def test_the_graph_finds_the_projects_imports():
     assert "serving.builder" in graph and "aigc.cli" in graph
     assert "serving.variant_choice" in graph["serving.builder"]
     assert "aigc.errors" in graph["training.checkpoint"]
+    assert "engine.scheduler" in graph["engine.core"] and "engine.plan" in graph["engine.runners.fake"]
+
+
+def test_relative_imports_are_resolved(tmp_path, monkeypatch):
+    import support
+
+    pkg = tmp_path / "engine" / "runners"
+    pkg.mkdir(parents=True)
+    (tmp_path / "engine" / "__init__.py").write_text("")
+    (tmp_path / "engine" / "plan.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "fake.py").write_text("from ..plan import Forward\nfrom . import base\n")
+    (pkg / "base.py").write_text("")
+    monkeypatch.setattr(support, "ROOT", tmp_path)
+    monkeypatch.setattr(support, "PACKAGES", ("engine",))
+    assert import_graph()["engine.runners.fake"] == {"engine.plan", "engine.runners.base"}
+
+
+def test_the_engine_and_the_triton_models_import_nothing_else_of_the_project():
+    """What a version folder holds must import only what is in it."""
+    outside = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in sorted(targets)
+        if (module.startswith("engine") and not target.startswith("engine"))
+        or (module.startswith("serving.triton_models") and not target.startswith("engine"))
+    ]
+    assert outside == []
 
 
 def test_cycle_finder_finds_a_cycle_and_only_cycles():

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-PACKAGES = {"aigc", "training", "export", "serving", "benchmarks"}
+PACKAGES = {"aigc", "engine", "training", "export", "serving", "benchmarks"}
 
 
 def _marks(node: ast.AST) -> set[str]:

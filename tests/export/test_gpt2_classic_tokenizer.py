@@ -85,8 +85,10 @@ def test_engine_greedy_text_equals_transformers(classic_export, classic_checkpoi
     import torch
     from transformers import GPT2LMHeadModel
 
-    from serving.triton_models.gpt2_engine import EngineConfig, Sink, load_engine
-    from serving.triton_models.sampling import SamplingParams
+    from engine.config import EngineConfig
+    from engine.loader import load_engine
+    from engine.request_schema import SamplingParams
+    from engine.types import Sink
 
     class Collect(Sink):
         def __init__(self):

@@ -11,6 +11,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import BuildError, ConfigError
+from engine.config import EngineConfig
 from serving.builder import BuildOptions, build_repository, choose_variant
 from serving.repository import read_config, versions
 from serving.variant_choice import Workload, describe, split_pair
@@ -141,7 +142,7 @@ def test_auto_picks_the_runtime_whose_profile_is_faster(exports):
     variants["ov-fp32"]["reason"] = "perplexity too high"
     with pytest.raises(BuildError, match="on --runtime openvino"):
         choose_variant(report, "gpt2", "auto", "cpu", runtime="openvino")
-    with pytest.raises(ConfigError, match="--runtime openvino serves on the CPU"):
+    with pytest.raises(ConfigError, match="--runtime openvino serves on cpu; use another --target"):
         BuildOptions(runtime="openvino", target="gpu").validate()
     with pytest.raises(ConfigError, match="--runtime must be one of auto, onnxruntime, openvino"):
         BuildOptions(runtime="tensorrt").validate()
@@ -172,7 +173,7 @@ def test_auto_pairs_two_graphs_when_each_is_faster_at_its_own_calls(exports, tmp
     assert choose_variant(report, "gpt2", "auto", "cpu")[0] == "fp32+int8"
     with pytest.raises(BuildError, match="int9 is not in the export"):
         choose_variant(report, "gpt2", "fp32+int9", "cpu")
-    with pytest.raises(BuildError, match="needs two ONNX Runtime CPU variants"):
+    with pytest.raises(BuildError, match="needs two CPU variants of onnxruntime"):
         choose_variant(report, "gpt2", "fp32+int8", "gpu")
     export = tmp_path / "export"  # the builder reads the report from the export folder
     shutil.copytree(exports["gpt2"], export)
@@ -194,32 +195,40 @@ def test_gpt2_engine_settings_reach_the_config_and_build_reports_the_cache(expor
     built = build_repository(
         [exports["gpt2"]],
         tmp_path / "repo",
-        BuildOptions(variant="fp32", kv_slots=3, kv_max_len=48, prefill_chunk=5, max_queue=7),
+        BuildOptions(variant="fp32", engine=EngineConfig(slots=3, max_len=48, prefill_chunk=5, max_queue=7)),
     )
     params = read_config(tmp_path / "repo" / "gpt2").parameters
-    assert {
-        k: params[k].string_value for k in ("kv_slots", "kv_max_len", "prefill_chunk", "max_queue_size")
-    } == {
-        "kv_slots": "3",
-        "kv_max_len": "48",
+    assert {k: params[k].string_value for k in ("slots", "max_len", "prefill_chunk", "max_queue")} == {
+        "slots": "3",
+        "max_len": "48",
         "prefill_chunk": "5",
-        "max_queue_size": "7",
+        "max_queue": "7",
     }
+    # every setting is written, and reads back as the engine's config (the cap applied)
+    written = EngineConfig.from_parameters({k: v.string_value for k, v in params.items()})
+    expected = EngineConfig(
+        slots=3, max_len=48, prefill_chunk=5, max_queue=7, max_tokens_limit=47, cuda_graph=False
+    )
+    assert written == expected  # CUDA graphs only for --target gpu
     assert params["max_tokens_limit"].string_value == "47"
     info = json.loads((exports["gpt2"] / "assets" / "model_info.json").read_text())
     mib = 2 * info["n_layer"] * 3 * info["n_head"] * 48 * info["head_size"] * 4 / 2**20
     assert f"KV cache: 3 slots x 48 positions = {mib:.0f} MiB" in str(built[0])
     bad = {
-        "kv_slots": (0, "--slots must be in 1..1024"),
-        "prefill_chunk": (0, "--prefill-chunk must be in 1..4096"),
-        "max_queue": (-1, "--max-queue must be in 0..100000"),
-        "max_request_seconds": (0, "--max-request-seconds must be > 0"),
+        "slots": (0, r"--slots must be an integer in 1\.\.1024, got 0"),
+        "prefill_chunk": (0, r"--prefill-chunk must be an integer in 1\.\.4096"),
+        "max_queue": (-1, r"--max-queue must be an integer in 0\.\.100000"),
+        "max_request_seconds": (0, r"--max-request-seconds must be a number in \(0, 86400\]"),
     }
     for field, (value, message) in bad.items():
         with pytest.raises(ConfigError, match=message):
-            BuildOptions(**{field: value}).validate()
-    with pytest.raises(ConfigError, match="--max-len must be <= the context window"):
-        build_repository([exports["gpt2"]], tmp_path / "r2", BuildOptions(variant="fp32", kv_max_len=10**6))
+            BuildOptions(engine=EngineConfig(**{field: value})).validate()
+    with pytest.raises(ConfigError, match=r"--max-len must be an integer in 0\.\.\d+ .*context window"):
+        build_repository(
+            [exports["gpt2"]],
+            tmp_path / "r2",
+            BuildOptions(variant="fp32", engine=EngineConfig(max_len=10**6)),
+        )
 
 
 def test_written_configs_parse_back(fp32_repository):

@@ -7,6 +7,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from engine.config import EngineConfig
 from serving import config_gen as cg
 from serving.builder import BuildOptions
 from serving.config_gen import Tensor
@@ -88,7 +89,7 @@ def test_zero_warmup_covers_every_input_and_accelerators():
 
 def test_gpt2_config_is_the_composition_and_parses_back():
     info = {"n_positions": 1024}
-    opts = BuildOptions(kv_slots=4, kv_max_len=256, target="gpu", cuda_graph=True)
+    opts = BuildOptions(engine=EngineConfig(slots=4, max_len=256, cuda_graph=True), target="gpu")
     cfg = gpt2_config(info, opts)
     again = text_format.Parse(text_format.MessageToString(cfg), mc.ModelConfig())
     assert again == cfg and again.model_transaction_policy.decoupled and again.max_batch_size == 0
@@ -102,8 +103,8 @@ def test_gpt2_config_is_the_composition_and_parses_back():
         "num_output_tokens",
     ]
     params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["max_tokens_limit"] == "255" and params["slots"] == "4" and params["cuda_graph"] == "true"
     assert (
-        params["max_prompt_tokens"] == "255" and params["kv_slots"] == "4" and params["cuda_graph"] == "true"
-    )
-    assert gpt2_parameters(info, BuildOptions(cuda_graph=True))["cuda_graph"] is False  # CPU target
+        gpt2_parameters(info, BuildOptions(engine=EngineConfig(cuda_graph=True)))["cuda_graph"] == "false"
+    )  # CPU target
     assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]

@@ -94,7 +94,7 @@ def test_prometheus_adapter_rules_are_yaml_with_the_hpa_metric():
     assert sorted(r["name"]["as"] for r in rules) == sorted(metrics)
     assert "llm_requests_waiting" in metrics
     # the rules read series this project's server exports (Triton's, and gpt2's own)
-    from serving.triton_models import llm_metrics
+    from engine import metrics as llm_metrics
 
     series = {r["seriesQuery"].split("{")[0] for r in rules}
     assert series == {"nv_inference_queue_duration_us", llm_metrics.WAITING}

@@ -20,6 +20,7 @@ import pytest
 from google.protobuf import text_format
 from tokenizers import Tokenizer
 
+from engine.config import EngineConfig
 from serving.builder import BuildOptions, build_repository
 from serving.client import AigcClient
 from serving.openai_api import OpenAIFrontend
@@ -256,7 +257,9 @@ def one_slot_serve(exports, tmp_path_factory):
     config.pbtxt. Yields (OpenAI API URL, Triton gRPC address, the process's log lines)."""
     repo = tmp_path_factory.mktemp("one-slot") / "model_repository"
     build_repository(
-        [exports["gpt2"]], repo, BuildOptions(variant="fp32", kv_slots=1, max_queue=0, intra_op_threads=1)
+        [exports["gpt2"]],
+        repo,
+        BuildOptions(variant="fp32", engine=EngineConfig(slots=1, max_queue=0), intra_op_threads=1),
     )
     config = read_config(repo / "gpt2")
     for key, value in CUSTOM_TEMPLATE.items():

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from support import start_server
 
+from engine.config import EngineConfig
+from engine.loader import load_engine
+from engine.request_schema import SamplingParams
 from export.api import read_report
 from export.ortutil import make_session
 from export.quantize import GATES, psnr_db
 from serving.builder import BuildOptions, build_repository
-from serving.triton_models.gpt2_engine import EngineConfig, load_engine
-from serving.triton_models.sampling import SamplingParams
 
 pytestmark = pytest.mark.server
 

@@ -18,16 +18,16 @@ import pytest
 from support import f32, flag, i32, words
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.builder import BuildOptions
-from serving.model_versions import gpt2_config
-from serving.repository import read_config
-from serving.triton_models.sampling import (
+from engine.request_schema import (
     TENSOR_INPUTS,
     RequestError,
     SamplingParams,
     params_from_request,
     parse_sampling_parameters,
 )
+from serving.builder import BuildOptions
+from serving.model_versions import gpt2_config
+from serving.repository import read_config
 
 LIMIT = 127
 MODEL_INFO = {"n_positions": 128}

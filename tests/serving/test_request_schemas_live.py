@@ -16,9 +16,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from support import f32, flag, i32, words
 
+from engine.config import EngineConfig
+from engine.loader import load_engine
+from engine.request_schema import SamplingParams
+from engine.types import Sink
 from serving.repository import versions
-from serving.triton_models.gpt2_engine import EngineConfig, Sink, load_engine
-from serving.triton_models.sampling import SamplingParams
 
 
 class _Text(Sink):

@@ -12,6 +12,7 @@ import pytest
 from support import start_server
 
 from aigc.errors import ServerError
+from engine.config import EngineConfig
 from serving.builder import BuildOptions, build_repository
 from serving.repository import read_config
 from serving.server import EmbeddedTritonServer
@@ -152,7 +153,9 @@ def test_request_timeout_comes_from_the_repository_config(exports, tmp_path):
     from serving.client import AigcClient
 
     repo = tmp_path / "repo"
-    build_repository([exports["gpt2"]], repo, BuildOptions(variant="fp32", max_request_seconds=1e-6))
+    build_repository(
+        [exports["gpt2"]], repo, BuildOptions(variant="fp32", engine=EngineConfig(max_request_seconds=1e-6))
+    )
     assert read_config(repo / "gpt2").parameters["max_request_seconds"].string_value == "1e-06"
     srv = start_server(repo)
     try:

@@ -15,9 +15,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aigc.errors import ClientError
+from engine.request_schema import TENSOR_INPUTS
 from export.ortutil import make_session
 from serving.repository import read_config
-from serving.triton_models.sampling import TENSOR_INPUTS
 
 pytestmark = pytest.mark.server
 
@@ -380,8 +380,8 @@ def _settled_scrape(server) -> dict:
 def test_metrics_endpoint_reports_llm_latency_tokens_and_slots(server, client, fp32_repository):
     from tokenizers import Tokenizer
 
+    from engine import metrics as lm
     from serving.repository import versions
-    from serving.triton_models import llm_metrics as lm
 
     version = str(versions(fp32_repository / "gpt2")[-1])
     gpt2 = {("model", "gpt2"), ("version", version)}
@@ -412,7 +412,7 @@ def test_metrics_endpoint_reports_llm_latency_tokens_and_slots(server, client, f
         assert 0 < mean < 30, (name, mean)
         assert delta(name + "_bucket", le="+Inf") == delta(name + "_count")
     assert value(after, lm.TTFT + "_sum") > 0
-    slots = int(read_config(fp32_repository / "gpt2").parameters["kv_slots"].string_value)
+    slots = int(read_config(fp32_repository / "gpt2").parameters["slots"].string_value)
     assert value(after, lm.KV_TOTAL) == slots and value(after, lm.KV_FREE) == slots
     assert value(after, lm.RUNNING) == 0 and value(after, lm.WAITING) == 0
     assert value(after, lm.KV_USAGE) == 0

@@ -1,6 +1,8 @@
-"""The server's GPT-2 generation engine without a server: parsing, sampling, detokenizing, and
-the loop over KV slots (join, leave, slot reuse, chunked prefill, cancel, timeout, slot
-exhaustion, memory allocated once), driven step by step with a fake clock and a recording sink."""
+"""The engine on its real runners (ONNX Runtime and OpenVINO) over a tiny export: tokens equal
+`transformers`' however requests join, leave, reuse slots and are prefilled in chunks;
+penalties and banned tokens equal their references; memory allocated once; the int4+int8
+pair's companion graph. Scheduling itself is tested on the fake runner (test_scheduler.py);
+the sampling fields, sampler and detokenizer in test_sampling.py."""
 
 from __future__ import annotations
 
@@ -11,21 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from serving.triton_models.gpt2_engine import (
-    EngineConfig,
-    FinishReason,
-    QueueFullError,
-    Sink,
-    Status,
-    load_engine,
-)
-from serving.triton_models.sampling import (
-    Detokenizer,
-    RequestError,
-    SamplingParams,
-    parse_sampling_parameters,
-    sample_token,
-)
+from engine.config import EngineConfig
+from engine.loader import load_engine
+from engine.plan import Phase
+from engine.request_schema import RequestError, SamplingParams
+from engine.types import FinishReason, Sink
 
 
 class FakeClock:
@@ -75,72 +67,6 @@ def engine(version_dir):
 
 def greedy(n):
     return SamplingParams(max_tokens=n, ignore_eos=True)
-
-
-@pytest.mark.parametrize(
-    "text, field",
-    [
-        ("{", "JSON"),
-        ("[1]", "JSON object"),
-        ('{"max_tokens": 0}', "max_tokens"),
-        ('{"max_tokens": 513}', "max_tokens"),
-        ('{"max_tokens": 1.5}', "max_tokens"),
-        ('{"temperature": -0.1}', "temperature"),
-        ('{"top_k": -2}', "top_k"),
-        ('{"top_p": 0}', "top_p"),
-        ('{"seed": "x"}', "seed"),
-        ('{"stop": [1]}', "stop"),
-        ('{"ignore_eos": 1}', "ignore_eos"),
-        ('{"best_of": 2}', "best_of"),
-    ],
-)
-def test_bad_sampling_parameters_name_the_field(text, field):
-    with pytest.raises(RequestError, match=field):
-        parse_sampling_parameters(text, max_tokens_limit=512)
-
-
-def test_sampling_defaults_are_greedy_and_round_trip():
-    p = parse_sampling_parameters(None, 512)
-    assert p.greedy and p.max_tokens == 64 and p.stop == ()
-    q = SamplingParams(max_tokens=9, temperature=0.5, top_p=0.9, seed=4, stop=("x",))
-    assert SamplingParams.from_dict(q.to_dict(), 512) == q
-
-
-def test_seeded_sampling_repeats_and_top_k_1_is_greedy():
-    logits = np.random.default_rng(0).standard_normal(500).astype(np.float32)
-    p = SamplingParams(temperature=1.0, top_p=0.9, seed=3)
-    rng_a, rng_b = np.random.Generator(np.random.PCG64(3)), np.random.Generator(np.random.PCG64(3))
-    a = [sample_token(logits, p, rng_a) for _ in range(50)]
-    b = [sample_token(logits, p, rng_b) for _ in range(50)]
-    assert a == b and len(set(a)) > 1
-    assert sample_token(logits, SamplingParams(temperature=2.0, top_k=1), None) == int(np.argmax(logits))
-
-
-def test_top_p_keeps_only_the_nucleus():
-    logits = np.log(np.array([0.6, 0.3, 0.05, 0.05]))
-    rng = np.random.Generator(np.random.PCG64(0))
-    draws = {sample_token(logits, SamplingParams(temperature=1.0, top_p=0.85), rng) for _ in range(200)}
-    assert draws == {0, 1}
-
-
-def test_detokenizer_streams_only_valid_utf8(engine):
-    text = "héllo 日本語 🙂 naïve " * 3
-    ids = engine.tokenizer.encode(text).ids
-    d = Detokenizer(engine.tokenizer)
-    deltas = [d.push(t) for t in ids] + [d.flush()]
-    for delta in deltas:
-        delta.encode("utf-8")  # no lone surrogates
-        assert "\ufffd" not in delta
-    assert "".join(deltas) == text
-    assert len([x for x in deltas if x]) > 3
-
-
-@pytest.mark.parametrize("stop, expected", [((" gam",), "alpha beta"), (("a b",), "alph"), (("zz",), None)])
-def test_stop_strings_cut_the_output(engine, stop, expected):
-    text = "alpha beta gamma delta"
-    d = Detokenizer(engine.tokenizer, stop=stop)
-    out = "".join(d.push(t) for t in engine.tokenizer.encode(text).ids) + d.flush()
-    assert out == (expected or text) and d.stopped == (expected is not None)
 
 
 def test_prompt_limits_name_the_field(engine):
@@ -208,66 +134,18 @@ def test_slots_joining_leaving_and_reused_equal_solo_and_transformers(version_di
         assert "".join(sink.text.get(id(r), [])) == engine.tokenizer.decode(r.tokens)
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(version_dir):
-    engine, sink, _ = make_engine(version_dir, slots=2, prefill_chunk=4, prefill_budget=0)
-    short = engine.submit(engine.tokenizer.encode("x").ids, greedy(40))
-    engine.step()
-    assert short.status is Status.DECODING and short.generated == 2
-    long_ids = engine.tokenizer.encode("word " * 30).ids
-    long = engine.submit(long_ids, greedy(5))
-    before = short.generated
-    steps = 0
-    while long.status is not Status.DECODING:
-        engine.step()
-        steps += 1
-    # One chunk a step, and the running stream got a token every one of those steps.
-    assert steps == -(-len(long_ids) // 4)
-    assert short.generated == before + steps
-
-
-def test_chunks_are_sized_so_a_chunk_costs_about_one_decode_step():
-    from serving.triton_models.gpt2_engine import _CostFit
-
-    fit = _CostFit()
-    assert fit.tokens_within(20.0) is None  # nothing measured yet: the configured size
-    for tokens in (1, 4, 16, 64, 512):
-        fit.add(tokens, 11.0 + 1.5 * tokens)  # a CPU: a weight pass plus compute per token
-    assert fit.tokens_within(17.0) == 4
-    assert fit.tokens_within(11.0 + 1.5 * 100) == 100
-    assert fit.tokens_within(5.0) == 4  # below the fixed pass: chunks stay big enough to be worth it
-    flat = _CostFit()
-    for tokens in (1, 16, 512):
-        flat.add(tokens, 1.6)  # a GPU at this size: cost does not grow with tokens
-    assert flat.tokens_within(1.6) is None
-    gpu = _CostFit()
-    for tokens in (1, 16, 512):
-        gpu.add(tokens, 1.8 + 0.0005 * tokens)  # a pass costs more than a decode step, tokens ~nothing
-    assert gpu.tokens_within(1.6) >= 512
-
-
-def test_chunk_budget_grows_with_the_prompts_waiting_per_running_stream(version_dir):
-    engine = make_engine(version_dir, slots=1)[0]
-    assert engine._chunk_tokens(prefilling=1, decoding=4) == engine.config.prefill_chunk  # nothing measured
-    for tokens in (1, 8, 64):
-        engine._prefill_cost.add(tokens, 10.0 + 1.0 * tokens)
-    engine._decode_ms.add(16.0)
-    assert engine._chunk_tokens(prefilling=1, decoding=4) == 6  # a chunk costs about one step
-    assert engine._chunk_tokens(prefilling=3, decoding=1) == 38  # three prompts: three steps' worth
-    assert engine._chunk_tokens(prefilling=50, decoding=1) == engine.config.prefill_chunk
-
-
 def test_requests_arriving_together_share_one_prefill_call(version_dir):
     engine, sink, _ = make_engine(version_dir, slots=4, idle_prefill_chunk=64)
     ids = engine.tokenizer.encode("def f(x): return").ids
     solo = engine.generate_ids(ids, greedy(8))
     calls = []
-    real = engine.model.prefill_rows
+    real = engine.runner.prefill_rows
 
-    def spy(first_slot, rows, start):
+    def spy(first_slot, rows, start, graph="main"):
         calls.append(rows.shape)
         return real(first_slot, rows, start)
 
-    engine.model.prefill_rows = spy
+    engine.runner.prefill_rows = spy
     reqs = [engine.submit(ids, greedy(8)) for _ in range(3)]
     engine.run_until_done(reqs)
     assert calls == [(3, len(ids))]
@@ -295,27 +173,6 @@ def test_cancel_and_timeout_free_the_slot_at_once(version_dir):
     assert c.tokens == engine.generate_ids(engine.tokenizer.encode("The class").ids, greedy(12))
 
 
-def test_slot_exhaustion_queues_then_refuses_without_disturbing_the_running(version_dir):
-    engine, sink, clock = make_engine(version_dir, slots=1, max_queue=1)
-    ids = engine.tokenizer.encode("The class").ids
-    first = engine.submit(ids, greedy(6))
-    engine.step()
-    queued = engine.submit(ids, greedy(6))
-    with pytest.raises(QueueFullError, match=r"all 1 KV slots in use .*max_queue_size 1"):
-        engine.submit(ids, greedy(6))
-    engine.run_until_done([first, queued])
-    assert first.tokens == queued.tokens == engine.generate_ids(ids, greedy(6))
-    # A waiting request can time out too, and never takes a slot.
-    engine2, _, clock2 = make_engine(version_dir, slots=1, max_queue=4, max_request_seconds=5.0)
-    running = engine2.submit(ids, greedy(30))
-    engine2.step()
-    waiting = engine2.submit(ids, greedy(3))
-    clock2.now += 6.0
-    engine2.step()
-    assert waiting.finish_reason is FinishReason.TIMEOUT and waiting.slot == -1
-    assert running.finish_reason is FinishReason.TIMEOUT
-
-
 def test_eos_and_stop_strings_end_with_their_reason(engine):
     eos = engine.eos
     tokens = engine.generate_ids(engine.tokenizer.encode("The").ids, SamplingParams(max_tokens=40))
@@ -333,49 +190,11 @@ def test_eos_and_stop_strings_end_with_their_reason(engine):
         assert req.finish_reason is FinishReason.STOP and len(req.tokens) <= 12
 
 
-def test_a_failing_model_call_fails_its_requests_and_the_engine_serves_on(version_dir, monkeypatch):
-    engine, sink, _ = make_engine(version_dir, slots=2)
-    ids = engine.tokenizer.encode("The class").ids
-    req = engine.submit(ids, greedy(10))
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("device lost")
-
-    monkeypatch.setattr(engine.model, "prefill_rows", broken)  # a fault that cannot be caused for real
-    engine.step()
-    assert req.finish_reason is FinishReason.ERROR and "device lost" in req.error
-    assert engine.free_slots == 2
-    monkeypatch.undo()
-    assert engine.generate_ids(ids, greedy(5))
-
-
-def test_a_failing_token_step_ends_only_its_own_request(version_dir):
-    victims = []
-
-    class Flaky(Recorder):
-        def on_text(self, request, text):
-            if request in victims:
-                raise RuntimeError("client buffer gone")
-            super().on_text(request, text)
-
-    engine, _, _ = make_engine(version_dir, slots=2)
-    engine.sink = Flaky()
-    ids = engine.tokenizer.encode("The class").ids
-    other = engine.submit(ids, greedy(6))
-    engine.step()
-    victim = engine.submit(engine.tokenizer.encode("import os").ids, greedy(6))
-    victims.append(victim)
-    engine.run_until_done([other, victim])
-    assert victim.finish_reason is FinishReason.ERROR and "client buffer gone" in victim.error
-    assert other.finish_reason is FinishReason.LENGTH and other.tokens == engine.generate_ids(ids, greedy(6))
-    assert engine.free_slots == 2
-
-
 def test_memory_is_allocated_once_over_a_thousand_requests(version_dir):
     """Slots are the same buffers throughout; a thousand requests (a third cancelled) leave no
     growth in what Python and numpy hold."""
     engine, sink, _ = make_engine(version_dir, slots=4)
-    ptrs = list(engine.model.kv.ptrs)
+    ptrs = list(engine.runner.kv.ptrs)
     prompts = [engine.tokenizer.encode(t).ids for t in ("The class", "import os", "x = 1", "def")]
 
     def churn(n):
@@ -399,7 +218,7 @@ def test_memory_is_allocated_once_over_a_thousand_requests(version_dir):
         tracemalloc.stop()
     growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert growth < 256 * 1024, f"memory grew by {growth} bytes over 1000 requests"
-    assert engine.model.kv.ptrs == ptrs and engine.free_slots == 4
+    assert engine.runner.kv.ptrs == ptrs and engine.free_slots == 4
 
 
 class _CallCounter:
@@ -426,21 +245,21 @@ def test_a_companion_graph_sharing_the_slots_takes_the_calls_routed_to_it(export
     for f in ("tokenizer.json", "model_info.json"):
         shutil.copyfile(exports["gpt2"] / "assets" / f, d / f)
     engine, _, _ = make_engine(d, slots=2, companion_prefill=True, companion_from_rows=2)
-    engine.model.companion = companion = _CallCounter(engine.model.companion)
+    engine.runner.companion = companion = _CallCounter(engine.runner.companion)
     main_runs = []
-    real_decode = engine.model.decode
+    real_execute = engine.runner.execute
 
-    def decode(tokens, positions):
-        if len(tokens) < 2:
-            main_runs.append(len(tokens))
-        return real_decode(tokens, positions)
+    def execute(forward):
+        if forward.phase is Phase.DECODE and forward.rows < 2:
+            main_runs.append(forward.graph)
+        return real_execute(forward)
 
-    engine.model.decode = decode
+    engine.runner.execute = execute
     prompts = [engine.tokenizer.encode(t).ids for t in ("The class", "import")]
     solo = engine.generate_ids(
         prompts[0], greedy(12)
     )  # 1 prefill on the companion, 11 steps on the main graph
-    assert companion.runs == 1 and len(main_runs) == 11
+    assert companion.runs == 1 and main_runs == ["main"] * 11
     assert solo == transformers_greedy(checkpoints["gpt2"], prompts[0], 12)
     reqs = [engine.submit(p, greedy(12)) for p in prompts]
     engine.run_until_done(reqs)
@@ -462,57 +281,6 @@ def _vllm_penalize(logits, prompt, output, presence, frequency, repetition):
     x -= frequency * counts
     x -= presence * (counts > 0)
     return x
-
-
-def test_penalties_follow_vllm_formula_on_fixed_logits():
-    from serving.triton_models.sampling import TokenHistory
-
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal(300).astype(np.float32) * 3
-    prompt = [5, 9, 9, 200]
-    output = [9, 17, 17, 17, 250, 5, 17]
-    for presence, frequency, repetition in [
-        (0.5, 0.0, 1.0),
-        (0.0, 0.7, 1.0),
-        (-1.0, 0.3, 1.7),
-        (1.5, -0.5, 0.6),
-    ]:
-        params = SamplingParams(
-            presence_penalty=presence, frequency_penalty=frequency, repetition_penalty=repetition
-        )
-        history = TokenHistory(prompt)
-        for t in output:
-            history.add(t)
-        x = logits.astype(np.float64)
-        history.apply(x, params)
-        ref = _vllm_penalize(logits, prompt, output, presence, frequency, repetition)
-        np.testing.assert_allclose(x, ref, rtol=0, atol=1e-12)
-        assert sample_token(logits, params, None, history) == int(np.argmax(ref))
-    # the greedy pick moves off a token the penalty hits
-    top = int(np.argmax(logits))
-    history = TokenHistory([])
-    for _ in range(3):
-        history.add(top)
-    assert sample_token(logits, SamplingParams(frequency_penalty=2.0), None, history) != top
-    assert sample_token(logits, SamplingParams(), None, history) == top  # no penalty: plain argmax
-
-
-def test_banned_tokens_are_never_sampled():
-    logits = np.log(np.array([0.7, 0.2, 0.05, 0.05]))
-    rng = np.random.Generator(np.random.PCG64(0))
-    params = SamplingParams(temperature=1.0)
-    assert {sample_token(logits, params, rng, banned=[0]) for _ in range(200)} == {1, 2, 3}
-    assert sample_token(logits, SamplingParams(), None, banned=[0]) == 1
-    keep = SamplingParams(temperature=1.0, min_p=0.2)  # min_p: at least 0.2 x the top probability
-    assert {sample_token(logits, keep, rng) for _ in range(200)} == {0, 1}
-
-
-def test_stop_strings_do_not_end_the_text_before_min_tokens(engine):
-    ids = engine.tokenizer.encode("alpha beta gamma beta delta").ids
-    first = len(engine.tokenizer.encode("alpha beta").ids)
-    d = Detokenizer(engine.tokenizer, stop=(" beta",), min_tokens=first + 1)
-    out = "".join(d.push(t) for t in ids) + d.flush()
-    assert out == "alpha beta gamma" and d.stopped
 
 
 def _reference_greedy(checkpoint, prompt, n, end, min_tokens=0, presence=0.0, frequency=0.0, repetition=1.0):
@@ -627,5 +395,5 @@ def test_bad_words_are_banned_with_and_without_a_leading_space(engine):
     word = engine.tokenizer.decode(plain[1:2]).strip()
     assert word
     got = engine.generate_ids(ids, SamplingParams(max_tokens=20, ignore_eos=True, bad_words=(word,)))
-    banned = {s[-1] for s in engine._bad_word_ids((word,)) if len(s) == 1}
+    banned = {s[-1] for s in engine.output.bad_word_ids((word,)) if len(s) == 1}
     assert banned and not banned & set(got) and got != plain

@@ -1,0 +1,151 @@
+"""A deterministic runner for the scheduler's tests: no model, no export.
+
+It keeps the token written at every position of every slot, as a real cache keeps its keys
+and values, and a row's logits are a row of a seeded table chosen by a hash of everything
+its slot holds up to the row's last position. So a request's tokens depend on its whole
+prefix exactly as a model's would: a chunk written at the wrong position, a stale slot or a
+row read from another slot changes them. Every call is recorded; each advances a
+`FakeClock` by its cost from a table (`FakeCost`), so the scheduler's cost fit, timeouts
+and latency figures run on a clock the test controls.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase
+from engine.runners.base import RunnerCaps
+
+
+class FakeClock:
+    """Seconds, moved only by `advance` (and by the fake runner's calls)."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass(frozen=True)
+class FakeCost:
+    """Milliseconds a call costs: a fixed part (a pass over the weights) plus a part per
+    token; a decode call's tokens are its rows."""
+
+    prefill_fixed: float = 10.0
+    prefill_per_token: float = 1.0
+    decode_fixed: float = 8.0
+    decode_per_row: float = 0.5
+
+    def ms(self, forward: Forward) -> float:
+        if forward.phase is Phase.PREFILL:
+            return self.prefill_fixed + self.prefill_per_token * forward.ids.size
+        return self.decode_fixed + self.decode_per_row * forward.rows
+
+
+@dataclass(frozen=True)
+class FakeCall:
+    phase: Phase
+    slots: tuple[int, ...]
+    starts: tuple[int, ...]
+    ids: tuple[tuple[int, ...], ...]
+    graph: str
+    at: float  # the clock when the call began
+    real_rows: int = field(default=0)  # rows with a request (decode padding excluded)
+
+
+class FakeRunner:
+    TABLE_ROWS = 4096
+
+    def __init__(
+        self,
+        slots: int = 4,
+        max_len: int = 64,
+        vocab: int = 64,
+        clock: FakeClock | None = None,
+        cost: FakeCost | None = None,
+        seed: int = 0,
+        eos: int | None = None,
+        companion: bool = False,
+    ):
+        self.info = {
+            "n_layer": 1,
+            "n_head": 1,
+            "head_size": 1,
+            "n_positions": max_len,
+            "vocab_size": vocab,
+            "eos_token_id": eos,
+        }
+        self.clock = clock or FakeClock()
+        self.cost = cost or FakeCost()
+        self.table = np.random.default_rng(seed).standard_normal((self.TABLE_ROWS, vocab)).astype(np.float32)
+        self.cache = np.full((slots, max_len), -1, np.int64)  # the token at each position
+        # one logits buffer for every call, as the real runners bind theirs: a call's logits
+        # are valid until the next call
+        self._logits = np.zeros((slots, vocab), np.float32)
+        self.calls: list[FakeCall] = []
+        self.fail_next: str | None = None  # the next call raises this (a device fault)
+        self.caps = RunnerCaps(
+            mixed=False,
+            max_rows=slots,
+            max_len=max_len,
+            cache_layout="slots",
+            kv_dtype=np.dtype(np.int64),
+            kv_bytes=self.cache.nbytes,
+            device="cpu",
+            graphs=(MAIN, COMPANION) if companion else (MAIN,),
+        )
+
+    def describe(self) -> str:
+        return f"fake runner: {self.caps.max_rows} slots x {self.caps.max_len} positions"
+
+    def logits_of(self, prefix) -> np.ndarray:
+        """The logits after `prefix` (token ids): what a solo reference computes."""
+        data = np.asarray(prefix, np.int64).tobytes()
+        return self.table[zlib.crc32(data) % self.TABLE_ROWS]
+
+    def execute(self, forward: Forward) -> ForwardOutput:
+        self._check(forward)
+        self.calls.append(
+            FakeCall(
+                forward.phase,
+                tuple(forward.slots),
+                tuple(int(s) for s in forward.starts),
+                tuple(tuple(int(t) for t in row) for row in forward.ids),
+                forward.graph,
+                self.clock(),
+                sum(1 for r in forward.requests if r is not None),
+            )
+        )
+        self.clock.advance(self.cost.ms(forward) / 1e3)
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise RuntimeError(error)
+        t = forward.ids.shape[1]
+        logits = self._logits[: forward.rows]
+        for i, (slot, start) in enumerate(zip(forward.slots, forward.starts, strict=True)):
+            self.cache[slot, start : start + t] = forward.ids[i]
+            logits[i] = self.logits_of(self.cache[slot, : start + t])
+        return ForwardOutput(logits.argmax(axis=1), lambda: logits)
+
+    def _check(self, forward: Forward) -> None:
+        """What the real runners need of a call (their kernels would misbehave silently)."""
+        t = forward.ids.shape[1]
+        slots, starts = list(forward.slots), [int(s) for s in forward.starts]
+        if forward.graph not in self.caps.graphs:
+            raise AssertionError(f"call routed to graph {forward.graph!r}, runner has {self.caps.graphs}")
+        if len(slots) != len(set(slots)) or not all(0 <= s < self.caps.max_rows for s in slots):
+            raise AssertionError(f"bad slots {slots}")
+        if any(s < 0 or s + t > self.caps.max_len for s in starts):
+            raise AssertionError(f"positions {starts} + {t} outside the slot of {self.caps.max_len}")
+        if forward.phase is Phase.DECODE:
+            if t != 1 or slots != list(range(len(slots))):
+                raise AssertionError(f"a decode call covers slots 0..n-1 with one token each, got {slots}")
+        elif len(set(starts)) != 1 or slots != list(range(slots[0], slots[0] + len(slots))):
+            raise AssertionError(f"a prefill call takes consecutive slots at one start, got {slots} {starts}")

@@ -1,0 +1,311 @@
+"""The engine's ONNX Runtime runner: the exported KV-slot graph in a session, its inputs and
+the KV slots bound once per row count through IO binding; a call fills small host arrays
+and runs.
+
+The graph's `GroupQueryAttention` gets the same buffer as `past` and `present`, so a call
+writes only the new positions of each row (`seqlens_k` per row) and reads only each row's
+own length: nothing is copied, padded or concatenated per token, and rows of different
+lengths share one decode call. Its kernel takes one sequence length per call, so prefill
+rows and decode rows go in separate calls (`RunnerCaps.mixed` False).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from engine.config import EngineConfig
+from engine.kv import KVBuffers
+from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase
+from engine.runners.base import RunnerCaps
+from engine.runners.ortsession import session_options
+
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+GRAPH_FILE = "model.onnx"
+COMPANION_FILE = "companion.onnx"
+
+
+class OrtRunner:
+    """The exported graph in an ONNX Runtime session, its inputs and the KV slots bound once
+    per row count through IO binding; a call fills small host arrays and runs."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        slots: int,
+        max_len: int,
+        intra_op_threads: int = 0,
+        providers=None,
+        cuda_graph: bool = False,
+        companion: bool = False,
+        shared_pool: bool = False,
+    ):
+        import onnxruntime as ort
+
+        with open(os.path.join(model_dir, "model_info.json")) as f:
+            self.info = json.load(f)
+        available = ort.get_available_providers()
+        providers = providers or [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
+        ]
+        if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # the CUDA and cuDNN libraries of the nvidia-* pip packages
+        if cuda_graph and "CUDAExecutionProvider" in providers:
+            # A decode step replays one captured CUDA graph per row count (`gpu_graph_id`):
+            # one launch instead of one per node; prefills run uncaptured (their shapes vary).
+            providers = [
+                ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}) if p == "CUDAExecutionProvider" else p
+                for p in providers
+            ]
+        # A companion graph (`companion.onnx`: the same model with other weights, e.g. int8
+        # beside int4) shares the KV slots; the scheduler routes calls to it (`Forward.graph`)
+        # where the build measured it faster.
+        companion_path = os.path.join(model_dir, COMPANION_FILE)
+        pair = (
+            companion
+            and os.path.isfile(companion_path)
+            and "CUDAExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in providers]
+        )
+        opts = session_options(intra_op_threads)
+        if pair and shared_pool:
+            # Both graphs on one thread pool: with a pool each, the threads of the graph that
+            # just ran spin on the cores the other needs, which doubles the prefill after
+            # decode steps (benchmarks/pair-thread-pool.md).
+            # The pool is process-wide: once it exists, ONNX Runtime refuses sessions with
+            # their own pools, so only a process of its own (`shared_pool`) takes it.
+            ort.set_global_thread_pool_sizes(intra_op_threads, 1)
+            opts = session_options(shared_pool=True)
+        self.session = ort.InferenceSession(os.path.join(model_dir, GRAPH_FILE), opts, providers=providers)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.companion = None
+        if pair:
+            self.companion = ort.InferenceSession(companion_path, opts, providers=providers)
+        if "CUDAExecutionProvider" in providers and self.device != "cuda":
+            raise RuntimeError(
+                f"CUDA was asked for but this onnxruntime ({ort.__version__} at {os.path.dirname(ort.__file__)}) "
+                f"offers {', '.join(available)}: install onnxruntime-gpu"
+            )
+        self.n_layer, self.n_head = int(self.info["n_layer"]), int(self.info["n_head"])
+        self.head_size, self.n_positions = int(self.info["head_size"]), int(self.info["n_positions"])
+        self.vocab = int(self.info["vocab_size"])
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "past_key_0" not in inputs or "seqlens_k" not in inputs:
+            raise RuntimeError(
+                f"{model_dir}/model.onnx is not a KV-slot graph (past_key_i, seqlens_k); re-run `aigc export`"
+            )
+        self.kv_dtype = _NP_TYPES[inputs["past_key_0"].type]
+        self.slots, self.max_len = slots, max_len
+        self.kv = KVBuffers(
+            self.n_layer, self.n_head, self.head_size, slots, max_len, self.kv_dtype, self.device
+        )
+        self.kv_names = [
+            (f"past_{kv}_{i}", f"present_{kv}_{i}") for i in range(self.n_layer) for kv in ("key", "value")
+        ]
+        # Host arrays that the bindings point at: written in place before every call.
+        self._ids = np.zeros((max(slots, 1), 1), np.int64)
+        self._pos = np.zeros((max(slots, 1), 1), np.int64)
+        self._seqlens = np.zeros(max(slots, 1), np.int32)
+        self._total = np.zeros((), np.int32)
+        self._tokens = np.zeros(max(slots, 1), np.int64)
+        self._logits = np.zeros((max(slots, 1), self.vocab), np.float32)
+        self._logits_dev = None
+        self._inputs_dev = None
+        if self.device != "cpu":
+            # On a GPU the per-step inputs live on the device too: IO binding copies a host
+            # input to the device once, when it is bound, so they are refreshed in place
+            # (`update_inplace`) before each step; only the greedy ids come back to the host.
+            self._logits_dev = ort.OrtValue.ortvalue_from_shape_and_type(
+                (max(slots, 1), self.vocab), np.float32, self.device, 0
+            )
+            self._inputs_dev = {
+                name: ort.OrtValue.ortvalue_from_numpy(arr, self.device, 0)
+                for name, arr in (
+                    ("input_ids", self._ids),
+                    ("position_ids", self._pos),
+                    ("seqlens_k", self._seqlens),
+                )
+            }
+        self._graphs = cuda_graph and self.device == "cuda"
+        self._tokens_dev = None
+        if self._graphs:  # a captured graph writes only device memory
+            self._tokens_dev = ort.OrtValue.ortvalue_from_shape_and_type(
+                (max(slots, 1),), np.int64, self.device, 0
+            )
+        self._run_options: dict[int, object] = {}  # graph id -> RunOptions
+        self._decode_bindings: dict[tuple[str, int], object] = {}
+        self._prefill_bindings: dict[tuple[str, int, int], object] = {}
+        self.caps = RunnerCaps(
+            mixed=False,
+            max_rows=slots,
+            max_len=max_len,
+            cache_layout=self.kv.layout,
+            kv_dtype=np.dtype(self.kv_dtype),
+            kv_bytes=self.kv.nbytes,
+            device=self.device,
+            graphs=(MAIN, COMPANION) if self.companion is not None else (MAIN,),
+        )
+
+    @classmethod
+    def from_version(
+        cls,
+        model_dir: str,
+        config: EngineConfig,
+        max_len: int,
+        threads: int = 0,
+        providers=None,
+        own_process: bool = False,
+    ) -> OrtRunner:
+        """The runner of a repository version folder, as `engine.loader` builds it.
+        `own_process`: the engine is the process's only ONNX Runtime user (a Triton
+        Python-backend stub), so a pair of graphs may take the process-wide thread pool."""
+        return cls(
+            model_dir,
+            config.slots,
+            max_len,
+            threads,
+            providers,
+            config.cuda_graph,
+            companion=bool(config.companion_prefill or config.companion_from_rows),
+            shared_pool=own_process,
+        )
+
+    def execute(self, forward: Forward) -> ForwardOutput:
+        if forward.phase is Phase.DECODE:
+            greedy, logits = self.decode(forward.ids[:, 0], forward.starts, forward.graph)
+        else:
+            greedy, logits = self.prefill_rows(
+                forward.slots[0], forward.ids, int(forward.starts[0]), forward.graph
+            )
+        return ForwardOutput(greedy, logits)
+
+    def describe(self) -> str:
+        import onnxruntime as ort
+
+        return (
+            f"onnxruntime {ort.__version__} from {os.path.dirname(ort.__file__)}, "
+            f"providers {self.session.get_providers()}"
+            + ("; a companion graph shares the KV slots" if self.companion is not None else "")
+        )
+
+    def _bind_kv(self, binding, first_slot: int, rows: int) -> None:
+        shape = [rows, self.n_head, self.max_len, self.head_size]
+        offset = first_slot * self.kv.slot_bytes
+        for (past, present), ptr in zip(self.kv_names, self.kv.ptrs, strict=True):
+            binding.bind_input(past, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
+            binding.bind_output(present, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
+
+    def _graph_options(self, graph_id: int):
+        """RunOptions naming the CUDA graph to capture or replay (-1: none)."""
+        import onnxruntime as ort
+
+        if graph_id not in self._run_options:
+            ro = ort.RunOptions()
+            ro.add_run_config_entry("gpu_graph_id", str(graph_id))
+            self._run_options[graph_id] = ro
+        return self._run_options[graph_id]
+
+    def _bind_outputs(self, binding, rows: int, graph: bool = False) -> None:
+        if graph:
+            binding.bind_output("next_token", self.device, 0, np.int64, [rows], self._tokens_dev.data_ptr())
+        else:
+            binding.bind_output("next_token", "cpu", 0, np.int64, [rows], self._tokens.ctypes.data)
+        if self._logits_dev is None:
+            binding.bind_output(
+                "last_logits", "cpu", 0, np.float32, [rows, self.vocab], self._logits.ctypes.data
+            )
+        else:
+            binding.bind_output(
+                "last_logits", self.device, 0, np.float32, [rows, self.vocab], self._logits_dev.data_ptr()
+            )
+
+    def _session(self, graph: str):
+        if graph == COMPANION:
+            if self.companion is None:
+                raise RuntimeError("a call was routed to the companion graph, but this version has none")
+            return self.companion
+        return self.session
+
+    def _decode_binding(self, rows: int, graph: str):
+        binding = self._decode_bindings.get((graph, rows))
+        if binding is None:
+            binding = self._session(graph).io_binding()
+            shapes = {"input_ids": [rows, 1], "position_ids": [rows, 1], "seqlens_k": [rows]}
+            hosts = {"input_ids": self._ids, "position_ids": self._pos, "seqlens_k": self._seqlens}
+            for name, host in hosts.items():
+                if self._inputs_dev is None:
+                    binding.bind_input(name, "cpu", 0, host.dtype, shapes[name], host.ctypes.data)
+                else:
+                    dev = self._inputs_dev[name]
+                    binding.bind_input(name, self.device, 0, host.dtype, shapes[name], dev.data_ptr())
+            # GroupQueryAttention reads this one on the host on every device.
+            binding.bind_input("total_sequence_length", "cpu", 0, np.int32, [], self._total.ctypes.data)
+            self._bind_kv(binding, 0, rows)
+            self._bind_outputs(binding, rows, graph=self._graphs)
+            self._decode_bindings[(graph, rows)] = binding
+        return binding
+
+    def decode(
+        self, tokens: np.ndarray, positions: np.ndarray, graph: str = MAIN
+    ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """One token for slots `0..n-1` (row i = slot i) at `positions` (each row's filled
+        length, where its new key/value is written). Returns the greedy tokens (n,) and a
+        function giving the (n, vocab) logits (a device copy only when sampling asks)."""
+        n = len(tokens)
+        self._ids[:n, 0] = tokens
+        self._pos[:n, 0] = positions
+        self._seqlens[:n] = positions
+        # A captured graph keeps the host value it saw: give it the slot length, an upper bound
+        # (each row attends over its own `seqlens_k`, read on the device at every replay).
+        self._total[...] = self.max_len if self._graphs else int(positions.max()) + 1
+        if self._inputs_dev is not None:
+            for name, host in (
+                ("input_ids", self._ids),
+                ("position_ids", self._pos),
+                ("seqlens_k", self._seqlens),
+            ):
+                self._inputs_dev[name].update_inplace(host)
+        if self._graphs:
+            self.session.run_with_iobinding(self._decode_binding(n, MAIN), self._graph_options(n))
+            return self._tokens_dev.numpy()[:n], lambda: self._logits_rows(n)
+        self._session(graph).run_with_iobinding(self._decode_binding(n, graph))
+        return self._tokens[:n].copy(), lambda: self._logits_rows(n)
+
+    def prefill(
+        self, slot: int, ids: list[int] | np.ndarray, start: int
+    ) -> tuple[int, Callable[[], np.ndarray]]:
+        """Write the keys/values of `ids` at positions `start..` of `slot`; returns the greedy
+        next token and a function giving its (vocab,) logits."""
+        tokens, logits = self.prefill_rows(slot, np.asarray(ids, np.int64)[None], start)
+        return int(tokens[0]), lambda: logits()[0]
+
+    def prefill_rows(
+        self, first_slot: int, ids: np.ndarray, start: int, graph: str = MAIN
+    ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """`ids` (k, t): chunks of the same length for slots `first_slot..first_slot+k-1`,
+        each written at positions `start..start+t-1`; returns greedy tokens (k,) and a function
+        giving the (k, vocab) logits."""
+        k, t = ids.shape
+        session = self._session(graph)
+        binding = self._prefill_bindings.get((graph, first_slot, k))
+        if binding is None:
+            binding = session.io_binding()
+            self._bind_kv(binding, first_slot, k)
+            self._bind_outputs(binding, k)
+            self._prefill_bindings[(graph, first_slot, k)] = binding
+        # Bound per call: a host input bound here is copied to the device at once on a GPU.
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64))
+        binding.bind_cpu_input(
+            "position_ids", np.repeat(np.arange(start, start + t, dtype=np.int64)[None], k, 0)
+        )
+        binding.bind_cpu_input("seqlens_k", np.full(k, start + t - 1, np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(start + t, np.int32))
+        session.run_with_iobinding(binding, self._graph_options(-1) if self._graphs else None)
+        return self._tokens[:k].copy(), lambda: self._logits_rows(k)
+
+    def _logits_rows(self, n: int) -> np.ndarray:
+        if self._logits_dev is None:
+            return self._logits[:n]
+        return self._logits_dev.numpy()[:n]

@@ -1,0 +1,249 @@
+"""The scheduler: which requests run, and what each step does.
+
+It owns the queues (waiting, running, cancelled, all changed under one lock: Triton's
+threads submit, cancel and read them while the generation thread steps), the KV slots
+(`SlotPool`) and the runner's measured speed (`CostFit`, `Ema`). `schedule()` returns the
+step as data (`StepPlan`); `update(forward, output)` advances the requests of each of its
+runner calls by what the runner returned, ends the finished ones and frees their slots.
+
+A step: end cancelled and late requests; admit waiting ones into free slots; prefill one
+chunk of the oldest prompt (with the prompts that arrived with it in the next slots), a
+chunk small enough while others decode that a long prompt does not stall them; one decode
+row for every decoding request. A request whose prompt completes in a step takes its first
+token from the prefill and decodes from the next step.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from engine.config import EngineConfig
+from engine.cost import CostFit, Ema
+from engine.kv import SlotPool
+from engine.metrics import EngineStats
+from engine.output import OutputProcessor
+from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, StepPlan
+from engine.types import FinishReason, QueueFullError, Request, Sink, Status
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: EngineConfig,
+        slots: int,
+        graphs: tuple[str, ...],
+        output: OutputProcessor,
+        stats: EngineStats,
+        sink: Sink,
+        clock: Callable[[], float],
+    ):
+        self.config, self.output, self.stats, self.sink, self.clock = config, output, stats, sink, clock
+        self.pool = SlotPool(slots)
+        self.running: list[Request] = []  # holding a slot, in admission order
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
+        self.lock = threading.Lock()
+        self.prefill_cost = CostFit()
+        self.decode_ms = Ema()
+        pair = COMPANION in graphs
+        self.prefill_graph = COMPANION if pair and config.companion_prefill else MAIN
+        self.companion_from_rows = config.companion_from_rows if pair else 0
+
+    # -- requests in (any thread) ----------------------------------------------------------
+    def add(self, req: Request) -> None:
+        """Queue `req`; QueueFullError when every slot is busy and `max_queue` requests already
+        wait: the running ones are not disturbed."""
+        with self.lock:
+            if len(self._waiting) >= self.pool.free + self.config.max_queue:
+                raise QueueFullError(
+                    f"server busy: all {self.pool.total} KV slots in use and {len(self._waiting)} requests "
+                    f"waiting (max_queue {self.config.max_queue}); retry later"
+                )
+            self._waiting.append(req)
+
+    def cancel(self, req: Request) -> None:
+        with self.lock:
+            self._cancelled.append(req)
+
+    def requests(self) -> list[Request]:
+        """Every unfinished request: running ones, then waiting ones."""
+        with self.lock:
+            return [*self.running, *self._waiting]
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def free_slots(self) -> int:
+        return self.pool.free
+
+    def has_work(self) -> bool:
+        return bool(self.running or self._waiting)
+
+    # -- plan ------------------------------------------------------------------------------
+    def schedule(self) -> StepPlan:
+        self._end_cancelled_and_late()
+        self._admit()
+        with self.lock:
+            running = list(self.running)
+        decoding = [r for r in running if r.status is Status.DECODING]
+        prefilling = [r for r in running if r.status is Status.PREFILLING]
+        forwards = []
+        written = {}  # request -> prompt tokens this step's prefill writes
+        if prefilling:
+            budget = self.chunk_tokens(len(prefilling), len(decoding)) if decoding else None
+            budget = budget or self.config.idle_prefill_chunk
+            group = self.prefill_group(prefilling, budget)
+            head = group[0]
+            chunk = min(budget // len(group), head.prompt_left)
+            ids = np.asarray([r.prompt_ids[head.filled : head.filled + chunk] for r in group], np.int64)
+            forwards.append(
+                Forward(
+                    Phase.PREFILL,
+                    tuple(r.slot for r in group),
+                    ids,
+                    np.full(len(group), head.filled, np.int64),
+                    tuple(group),
+                    self.prefill_graph,
+                )
+            )
+            written = {id(r): chunk for r in group}
+        if decoding:
+            forwards.append(self._decode_forward(running, decoding, written))
+        return StepPlan(tuple(forwards))
+
+    def _decode_forward(self, running: list[Request], decoding: list[Request], written: dict) -> Forward:
+        n = max(r.slot for r in decoding) + 1  # rows are slots 0..n-1
+        tokens = np.zeros(n, np.int64)
+        starts = np.zeros(n, np.int64)
+        requests: list[Request | None] = [None] * n
+        for r in running:  # a prefilling slot's padding row writes where its next token will
+            if r.slot < n:
+                starts[r.slot] = r.filled + written.get(id(r), 0)
+        for r in decoding:
+            tokens[r.slot] = r.next_token
+            requests[r.slot] = r
+        graph = COMPANION if self.companion_from_rows and n >= self.companion_from_rows else MAIN
+        return Forward(Phase.DECODE, tuple(range(n)), tokens[:, None], starts, tuple(requests), graph)
+
+    def chunk_tokens(self, prefilling: int, decoding: int) -> int:
+        """Prompt tokens for this step's chunk while others decode: at most `prefill_chunk`,
+        and a chunk measured to cost `prefill_budget` decode steps, scaled by how many
+        prompts wait per decoding stream (each request gets a like share of the machine:
+        a few running streams are not stalled by one long prompt, and one running stream
+        does not starve seven prompts that arrived together)."""
+        limit = self.config.prefill_chunk
+        if not self.config.prefill_budget or self.decode_ms.value is None:
+            return limit
+        share = max(1.0, prefilling / decoding)
+        fit = self.prefill_cost.tokens_within(self.config.prefill_budget * share * self.decode_ms.value)
+        return limit if fit is None else max(1, min(limit, fit))
+
+    @staticmethod
+    def prefill_group(prefilling: list[Request], budget: int) -> list[Request]:
+        """The oldest prefilling request, with those that can share its call: next slots, the
+        same prompt progress and length (requests that arrived together), within `budget`
+        prompt tokens."""
+        head = prefilling[0]
+        by_slot = {r.slot: r for r in prefilling}
+        group = [head]
+        chunk = min(budget, head.prompt_left)
+        while (len(group) + 1) * chunk <= budget:
+            nxt = by_slot.get(group[-1].slot + 1)
+            if nxt is None or nxt.filled != head.filled or len(nxt.prompt_ids) != len(head.prompt_ids):
+                break
+            group.append(nxt)
+        return group
+
+    def _admit(self) -> None:
+        with self.lock:
+            while self._waiting and self.pool.free:
+                req = self._waiting.popleft()
+                req.slot = self.pool.acquire()
+                req.status, req.filled = Status.PREFILLING, 0
+                self.running.append(req)
+
+    def _end_cancelled_and_late(self) -> None:
+        now = self.clock()
+        with self.lock:
+            cancelled, self._cancelled = self._cancelled, []
+            unfinished = [*self.running, *self._waiting]
+        for req in unfinished:
+            if any(req is c for c in cancelled):
+                self.finish(req, FinishReason.CANCELLED)
+            elif now > req.deadline:
+                self.finish(
+                    req,
+                    FinishReason.TIMEOUT,
+                    f"request timeout: generation ran past max_request_seconds ({self.config.max_request_seconds:g} s)",
+                )
+
+    # -- update ----------------------------------------------------------------------------
+    def update(self, forward: Forward, out: ForwardOutput) -> None:
+        """Advance each request of one call of the plan by what the runner returned: a failed
+        call ends its requests, a failing token step (sampling, detokenizing, the sink) only
+        its own. Called right after its call: a runner's logits are valid until its next."""
+        live = [
+            (i, r)
+            for i, r in enumerate(forward.requests)
+            if r is not None and r.status is not Status.FINISHED
+        ]
+        if out.error is not None:
+            for _, req in live:
+                self.finish(req, FinishReason.ERROR, out.error)
+            return
+        if forward.phase is Phase.PREFILL:
+            self.prefill_cost.add(forward.tokens, out.ms)
+        else:
+            self.decode_ms.add(out.ms)
+        for i, req in live:
+            req.filled += int(forward.ids.shape[1])
+            if forward.phase is Phase.PREFILL:
+                if req.filled < len(req.prompt_ids):
+                    continue
+                req.status = Status.DECODING
+            self._token(req, int(out.greedy[i]), lambda i=i: out.logits()[i])
+
+    def _token(self, req: Request, greedy: int, logits) -> None:
+        try:
+            text, reason = self.output.advance(req, greedy, logits)
+            if text:
+                self.sink.on_text(req, text)
+        except Exception as exc:  # noqa: BLE001 - reported to the request, logged by the adapter
+            self.finish(req, FinishReason.ERROR, f"internal error during generation: {exc}")
+            return
+        if reason is not None:
+            self.finish(req, reason)
+
+    # -- endings ---------------------------------------------------------------------------
+    def finish(self, req: Request, reason: FinishReason, error: str | None = None) -> None:
+        with self.lock:
+            if req.status is Status.FINISHED:
+                return
+            if req.status is Status.WAITING:
+                if req in self._waiting:
+                    self._waiting.remove(req)
+            else:
+                self.running.remove(req)
+                self.pool.release(req.slot)
+            req.status, req.finish_reason, req.error = Status.FINISHED, reason, error
+        self.stats.ended[reason.value] += 1
+        if req.first_token_at is not None:
+            self.stats.e2e.append(self.clock() - req.arrived)
+        try:
+            self.sink.on_finish(req)
+        except Exception:  # the request has ended; the engine serves on
+            logger.exception("delivering the end of a request failed")
+
+    def abort_all(self, message: str) -> None:
+        """Ends every running and waiting request with `message` (shutdown)."""
+        for req in self.requests():
+            self.finish(req, FinishReason.ERROR, message)

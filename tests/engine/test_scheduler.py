@@ -1,0 +1,537 @@
+"""The scheduler and the engine's loop on the fake runner and the fake clock: admission,
+queue limits, chunk sizes and the chunk-cost fit, cancel and timeout, slot accounting,
+fairness, the companion routing, failures, and the plan itself as data. No model, no export:
+the fake's logits depend on everything its slot holds, so a request's tokens equal the
+solo reference only if every chunk and step was written where it belongs."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from engine.cost import CostFit
+from engine.plan import COMPANION, MAIN, Phase
+from engine.request_schema import SamplingParams
+from engine.runners.fake import FakeCost
+from engine.types import FinishReason, QueueFullError, Status
+
+
+def greedy(n, **kw):
+    return SamplingParams(max_tokens=n, ignore_eos=True, **kw)
+
+
+def prompt(n, seed=0):
+    return [int(t) for t in np.random.default_rng(seed).integers(1, 60, n)]
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+def test_schedule_returns_the_step_as_data_without_running_anything(make):
+    s = make(slots=2)
+    req = s.engine.submit(prompt(5), greedy(3))
+    plan = s.engine.scheduler.schedule()
+    assert s.runner.calls == []  # planning runs nothing
+    (fwd,) = plan.forwards
+    assert fwd.phase is Phase.PREFILL and fwd.slots == (0,) and fwd.starts.tolist() == [0]
+    assert fwd.ids.tolist() == [req.prompt_ids] and fwd.requests == (req,) and fwd.graph == MAIN
+    assert req.status is Status.PREFILLING and req.filled == 0  # advanced only by update
+
+
+def test_a_step_plans_the_prefill_before_the_decode_rows(make):
+    s = make(slots=2)
+    a = s.engine.submit(prompt(4), greedy(5))
+    s.engine.step()
+    b = s.engine.submit(prompt(6, 1), greedy(5))
+    plan = s.engine.scheduler.schedule()
+    assert [f.phase for f in plan.forwards] == [Phase.PREFILL, Phase.DECODE]
+    assert plan.forwards[0].requests == (b,) and plan.forwards[1].requests[0] is a
+
+
+def test_a_completed_prompt_gives_its_first_token_and_decodes_from_the_next_step(make):
+    s = make(slots=1)
+    req = s.engine.submit(prompt(8), greedy(4))
+    s.engine.step()
+    assert req.status is Status.DECODING and req.generated == 1 and req.filled == 8
+    assert [c.phase for c in s.runner.calls] == [Phase.PREFILL]
+    s.engine.step()
+    assert req.generated == 2 and s.runner.calls[-1].phase is Phase.DECODE
+    assert s.runner.calls[-1].starts == (8,) and s.runner.calls[-1].ids == ((req.tokens[0],),)
+
+
+def test_a_decode_call_covers_slots_from_zero_and_pads_a_prefilling_slot_where_it_writes_next(make):
+    s = make(slots=2, prefill_chunk=4, idle_prefill_chunk=4, prefill_budget=0)
+    first = s.engine.submit(prompt(2), greedy(2))  # slot 0, ends soon
+    stream = s.engine.submit(prompt(2, 1), greedy(30))  # slot 1, keeps decoding
+    s.engine.run_until_done([first])
+    long = s.engine.submit(prompt(12, 2), greedy(3))  # slot 0 again, prefilled 4 a step
+    plan = s.engine.scheduler.schedule()
+    prefill, decode = plan.forwards
+    assert prefill.slots == (0,) and decode.slots == (0, 1)
+    assert decode.requests == (None, stream)  # slot 0 is a padding row ...
+    assert decode.starts.tolist() == [4, stream.filled]  # ... written where long's 5th token goes
+    for forward in plan.forwards:
+        s.engine.scheduler.update(forward, s.engine._execute(forward))
+    s.engine.run_until_done([long, stream])
+    assert long.tokens == s.reference(long.prompt_ids, 3) and stream.tokens == s.reference(
+        stream.prompt_ids, 30
+    )
+
+
+# -- exact tokens however the requests are scheduled ------------------------------------------
+
+
+def test_greedy_tokens_equal_the_solo_reference(make):
+    s = make()
+    ids = prompt(7)
+    assert s.engine.generate_ids(ids, greedy(20)) == s.reference(ids, 20)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_requests_joining_leaving_and_reusing_slots_in_chunks_equal_their_references(make, chunk):
+    s = make(slots=3, prefill_chunk=chunk, idle_prefill_chunk=chunk, prefill_budget=0)
+    lengths = [20, 6, 14, 25, 9, 3]
+    prompts = [prompt(n, seed) for seed, n in enumerate([2, 11, 1, 1, 5, 9])]
+    arrive = {0: [0, 1], 2: [2], 5: [3, 4, 5]}
+    reqs, step = {}, 0
+    while step < 400 and (step <= max(arrive) or s.engine.has_work()):
+        for i in arrive.get(step, []):
+            reqs[i] = s.engine.submit(prompts[i], greedy(lengths[i]))
+        s.engine.step()
+        step += 1
+    assert [reqs[i].tokens for i in range(6)] == [s.reference(p, n) for p, n in zip(prompts, lengths)]
+    assert all(r.finish_reason is FinishReason.LENGTH for r in reqs.values())
+    assert s.engine.free_slots == 3 and not s.engine.running
+    for r in reqs.values():  # the streamed text is the tokens' text
+        assert "".join(s.sink.text[id(r)]) == s.engine.tokenizer.decode(r.tokens)
+
+
+def test_sampled_and_penalized_rows_in_a_batch_equal_their_solo_runs(make):
+    s = make(slots=3)
+    ids = [prompt(4, i) for i in range(3)]
+    params = [
+        greedy(12, repetition_penalty=1.4, frequency_penalty=0.3),
+        greedy(12),
+        greedy(12, temperature=0.9, seed=5, presence_penalty=1.0),
+    ]
+    solo = [s.engine.generate_ids(i, p) for i, p in zip(ids, params)]
+    reqs = [s.engine.submit(i, p) for i, p in zip(ids, params)]
+    s.engine.run_until_done(reqs)
+    assert [r.tokens for r in reqs] == solo
+
+
+# -- chunks ---------------------------------------------------------------------------------
+
+
+def test_with_nothing_decoding_a_prompt_goes_in_idle_sized_chunks(make):
+    s = make(slots=1, idle_prefill_chunk=16)
+    req = s.engine.submit(prompt(40), greedy(2))
+    s.engine.run_until_done([req])
+    assert [len(c.ids[0]) for c in s.calls(Phase.PREFILL)] == [16, 16, 8]
+    assert [c.starts for c in s.calls(Phase.PREFILL)] == [(0,), (16,), (32,)]
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_stream_gets_a_token_every_step(make):
+    s = make(slots=2, prefill_chunk=4, prefill_budget=0)
+    short = s.engine.submit(prompt(1), greedy(40))
+    s.engine.step()
+    long = s.engine.submit(prompt(30, 3), greedy(5))
+    before, steps = short.generated, 0
+    while long.status is not Status.DECODING:
+        s.engine.step()
+        steps += 1
+    assert steps == -(-30 // 4)
+    assert short.generated == before + steps
+
+
+def test_requests_arriving_together_share_one_prefill_call(make):
+    s = make(slots=4, idle_prefill_chunk=64)
+    ids = prompt(9)
+    reqs = [s.engine.submit(ids, greedy(5)) for _ in range(3)]
+    s.engine.run_until_done(reqs)
+    (call,) = s.calls(Phase.PREFILL)
+    assert call.slots == (0, 1, 2) and len(call.ids[0]) == 9
+    assert [r.tokens for r in reqs] == [s.reference(ids, 5)] * 3
+
+
+def test_prompts_of_other_lengths_do_not_share_a_call(make):
+    s = make(slots=3, idle_prefill_chunk=64)
+    reqs = [s.engine.submit(prompt(n), greedy(2)) for n in (5, 5, 6)]
+    s.engine.run_until_done(reqs)
+    assert [c.slots for c in s.calls(Phase.PREFILL)] == [(0, 1), (2,)]
+
+
+def test_a_shared_call_stays_within_the_chunk_budget(make):
+    s = make(slots=4, idle_prefill_chunk=20)
+    reqs = [s.engine.submit(prompt(10), greedy(1)) for _ in range(4)]
+    s.engine.run_until_done(reqs)
+    assert [c.slots for c in s.calls(Phase.PREFILL)] == [(0, 1), (2, 3)]
+
+
+def test_chunk_size_without_measurements_is_the_configured_one(make):
+    s = make(prefill_chunk=48)
+    assert s.engine.scheduler.chunk_tokens(prefilling=1, decoding=4) == 48
+
+
+def test_chunk_budget_grows_with_the_prompts_waiting_per_running_stream(make):
+    sched = make(slots=1).engine.scheduler
+    for tokens in (1, 8, 64):
+        sched.prefill_cost.add(tokens, 10.0 + 1.0 * tokens)
+    sched.decode_ms.add(16.0)
+    assert sched.chunk_tokens(prefilling=1, decoding=4) == 6  # a chunk costs about one step
+    assert sched.chunk_tokens(prefilling=3, decoding=1) == 38  # three prompts: three steps' worth
+    assert sched.chunk_tokens(prefilling=50, decoding=1) == sched.config.prefill_chunk
+
+
+def test_the_cost_fit_learns_the_runner_on_the_engines_clock_and_sizes_chunks_by_it(make):
+    """Prefill costs 4 + 0.5 ms a token and a decode step 8 + 0.5 ms a row: a chunk while two
+    streams decode is the most tokens costing one decode step, (9 - 4) / 0.5 = 10 (the step's
+    fading mean still holds some cheaper one-row steps: 9 or 10)."""
+    cost = FakeCost(prefill_fixed=4.0, prefill_per_token=0.5, decode_fixed=8.0, decode_per_row=0.5)
+    s = make(slots=3, cost=cost, idle_prefill_chunk=64, prefill_chunk=64)
+    a = s.engine.submit(prompt(3), greedy(60))
+    b = s.engine.submit(prompt(5, 1), greedy(60))
+    s.engine.run_until_done([s.engine.submit(prompt(7, 3), greedy(1))])  # three sizes: a line
+    for _ in range(20):
+        s.engine.step()
+    step_ms = s.engine.scheduler.decode_ms.value
+    assert step_ms == pytest.approx(9.0, abs=0.2)  # 2 rows, a fading mean
+    c = s.engine.submit(prompt(40, 2), greedy(3))
+    while c.status is not Status.DECODING:
+        s.engine.step()
+    chunks = [len(x.ids[0]) for x in s.calls(Phase.PREFILL)[3:]]
+    expected = int((step_ms - 4.0) / 0.5 + 1e-6)
+    assert expected in (9, 10) and chunks[:4] == [expected] * 4 and sum(chunks) == 40
+    s.engine.run_until_done([a, b, c])
+    assert c.tokens == s.reference(c.prompt_ids, 3)
+
+
+def test_a_zero_budget_means_fixed_chunks(make):
+    s = make(slots=2, prefill_chunk=5, prefill_budget=0)
+    s.engine.submit(prompt(2), greedy(30))
+    s.engine.step()
+    s.engine.submit(prompt(23, 1), greedy(1))
+    for _ in range(6):
+        s.engine.step()
+    assert [len(c.ids[0]) for c in s.calls(Phase.PREFILL)[1:]] == [5, 5, 5, 5, 3]
+
+
+def test_cost_fit_sizes_a_chunk_to_the_budget_and_keeps_it_worth_a_weight_pass():
+    fit = CostFit()
+    assert fit.tokens_within(20.0) is None  # nothing measured yet: the configured size
+    for tokens in (1, 4, 16, 64, 512):
+        fit.add(tokens, 11.0 + 1.5 * tokens)  # a CPU: a weight pass plus compute per token
+    assert fit.tokens_within(17.0) == 4
+    assert fit.tokens_within(11.0 + 1.5 * 100) == 100
+    assert fit.tokens_within(5.0) == 4  # below the fixed pass: chunks stay big enough to be worth it
+    flat = CostFit()
+    for tokens in (1, 16, 512):
+        flat.add(tokens, 1.6)  # a GPU at this size: cost does not grow with tokens
+    assert flat.tokens_within(1.6) is None
+    gpu = CostFit()
+    for tokens in (1, 16, 512):
+        gpu.add(tokens, 1.8 + 0.0005 * tokens)
+    assert gpu.tokens_within(1.6) >= 512
+
+
+# -- admission, queue limits, slots ---------------------------------------------------------
+
+
+def test_requests_beyond_the_free_slots_wait_and_are_admitted_in_arrival_order(make):
+    s = make(slots=2)
+    reqs = [s.engine.submit(prompt(3, i), greedy(2 + i)) for i in range(5)]
+    s.engine.step()
+    assert [r.slot for r in reqs[:2]] == [0, 1] and s.engine.waiting == 3
+    assert all(r.status is Status.WAITING and r.slot == -1 for r in reqs[2:])
+    admitted = []
+    while s.engine.has_work():
+        s.engine.step()
+        admitted += [r for r in reqs if r.status is not Status.WAITING and r not in admitted]
+    assert admitted == reqs  # first come, first admitted
+    assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 2 + i) for i, r in enumerate(reqs)]
+
+
+def test_a_full_queue_refuses_new_requests_without_disturbing_the_running(make):
+    s = make(slots=1, max_queue=1)
+    first = s.engine.submit(prompt(3), greedy(6))
+    s.engine.step()
+    queued = s.engine.submit(prompt(3), greedy(6))
+    with pytest.raises(QueueFullError, match=r"all 1 KV slots in use and 1 requests waiting \(max_queue 1\)"):
+        s.engine.submit(prompt(3), greedy(6))
+    s.engine.run_until_done([first, queued])
+    assert first.tokens == queued.tokens == s.reference(prompt(3), 6)
+
+
+def test_max_queue_zero_refuses_as_soon_as_every_slot_is_taken(make):
+    s = make(slots=2, max_queue=0)
+    s.engine.submit(prompt(3), greedy(4))
+    s.engine.submit(prompt(3), greedy(4))
+    with pytest.raises(QueueFullError):
+        s.engine.submit(prompt(3), greedy(4))
+
+
+def test_the_lowest_free_slot_is_taken_first_so_decode_rows_stay_packed(make):
+    s = make(slots=4)
+    reqs = [s.engine.submit(prompt(2, i), greedy(30)) for i in range(4)]
+    s.engine.step()
+    s.engine.cancel(reqs[1])
+    s.engine.cancel(reqs[2])
+    s.engine.step()
+    late = s.engine.submit(prompt(2, 9), greedy(3))
+    s.engine.step()
+    assert late.slot == 1
+
+
+def test_slot_accounting_under_churn_of_cancels_timeouts_and_completions(make):
+    s = make(slots=3, max_queue=100, max_request_seconds=5.0)
+    rng = np.random.default_rng(0)
+    live = []
+    for i in range(300):
+        if rng.random() < 0.5:
+            live.append(s.engine.submit(prompt(int(rng.integers(1, 20)), i), greedy(int(rng.integers(1, 8)))))
+        if live and rng.random() < 0.2:
+            s.engine.cancel(live[int(rng.integers(len(live)))])
+        if rng.random() < 0.05:
+            s.clock.advance(6.0)  # everything in flight times out
+        s.engine.step()
+        slots = [r.slot for r in s.engine.running]
+        assert len(slots) == len(set(slots)) and s.engine.free_slots == 3 - len(slots)
+    while s.engine.has_work():
+        s.engine.step()
+    assert s.engine.free_slots == 3 and all(r.status is Status.FINISHED for r in live)
+    assert {r.finish_reason for r in live} >= {
+        FinishReason.LENGTH,
+        FinishReason.CANCELLED,
+        FinishReason.TIMEOUT,
+    }
+
+
+def test_releasing_a_slot_twice_is_an_error():
+    from engine.kv import SlotPool
+
+    pool = SlotPool(2)
+    slot = pool.acquire()
+    pool.release(slot)
+    with pytest.raises(ValueError, match="not held"):
+        pool.release(slot)
+
+
+# -- cancel and timeout ---------------------------------------------------------------------
+
+
+def test_cancel_frees_the_slot_at_the_next_step_and_the_slot_serves_the_next_request_cleanly(make):
+    s = make(slots=1)
+    a = s.engine.submit(prompt(6), greedy(40))
+    s.engine.step()
+    s.engine.step()
+    s.engine.cancel(a)
+    s.engine.step()
+    assert a.finish_reason is FinishReason.CANCELLED and s.engine.free_slots == 1 and s.sink.finished == [a]
+    b = s.engine.submit(prompt(3, 1), greedy(10))
+    s.engine.run_until_done([b])
+    assert b.slot == 0 and b.tokens == s.reference(prompt(3, 1), 10)
+
+
+def test_a_cancelled_waiting_request_never_takes_a_slot(make):
+    s = make(slots=1)
+    s.engine.submit(prompt(3), greedy(10))
+    s.engine.step()
+    waiting = s.engine.submit(prompt(3), greedy(10))
+    s.engine.cancel(waiting)
+    s.engine.step()
+    assert waiting.finish_reason is FinishReason.CANCELLED and waiting.slot == -1 and s.engine.waiting == 0
+
+
+def test_running_and_waiting_requests_time_out_on_the_engines_clock(make):
+    s = make(slots=1, max_request_seconds=5.0)
+    running = s.engine.submit(prompt(3), greedy(50))
+    s.engine.step()
+    waiting = s.engine.submit(prompt(3), greedy(3))
+    s.clock.advance(6.0)
+    s.engine.step()
+    for r in (running, waiting):
+        assert r.finish_reason is FinishReason.TIMEOUT and "max_request_seconds (5 s)" in r.error
+    assert waiting.slot == -1 and s.engine.free_slots == 1 and not s.engine.has_work()
+
+
+# -- fairness -------------------------------------------------------------------------------
+
+
+def test_running_streams_are_not_stalled_by_a_long_prompt(make):
+    """On the fake clock, a running stream's gap between tokens while a 60-token prompt goes
+    in stays within a decode step plus one budget-sized chunk."""
+    cost = FakeCost(prefill_fixed=4.0, prefill_per_token=0.5, decode_fixed=8.0, decode_per_row=0.5)
+    s = make(slots=2, cost=cost, max_len=128)
+    stream = s.engine.submit(prompt(3), greedy(100))
+    for n in (5, 7):  # three prefill sizes for the cost fit
+        s.engine.submit(prompt(n, n), greedy(1))
+    for _ in range(6):
+        s.engine.step()
+    times = []
+    long = s.engine.submit(prompt(60, 2), greedy(2))
+    while long.status is not Status.FINISHED:
+        before = stream.generated
+        s.engine.step()
+        if stream.generated > before:
+            times.append(s.clock())
+    gaps = np.diff(times) * 1e3
+    # a step is a decode (8.5-9 ms) and a chunk within one decode step's cost
+    assert len(gaps) >= 6 and gaps.max() <= 2 * 9.0 + 1e-6
+
+
+def test_the_oldest_prompt_is_prefilled_first(make):
+    s = make(slots=3, idle_prefill_chunk=4, prefill_chunk=4, prefill_budget=0)
+    a = s.engine.submit(prompt(8), greedy(1))
+    b = s.engine.submit(prompt(6, 1), greedy(1))
+    s.engine.run_until_done([a, b])
+    order = [c.slots for c in s.calls(Phase.PREFILL)]
+    assert order == [(0,), (0,), (1,), (1,)]
+
+
+# -- the int4+int8 pair's routing -------------------------------------------------------------
+
+
+def test_a_pair_routes_prefills_and_big_decode_calls_to_the_companion(make):
+    s = make(slots=3, companion=True, companion_prefill=True, companion_from_rows=2)
+    ids = [prompt(4, i) for i in range(3)]
+    solo = s.engine.generate_ids(ids[0], greedy(6))
+    assert {c.graph for c in s.calls(Phase.PREFILL)} == {COMPANION}
+    assert {c.graph for c in s.calls(Phase.DECODE)} == {MAIN}  # one row: the main graph
+    reqs = [s.engine.submit(i, greedy(6)) for i in ids]
+    s.engine.run_until_done(reqs)
+    big = [c for c in s.calls(Phase.DECODE) if len(c.slots) >= 2]
+    assert big and {c.graph for c in big} == {COMPANION}
+    assert reqs[0].tokens == solo
+
+
+def test_without_a_companion_graph_every_call_runs_on_the_main_one(make):
+    s = make(slots=2, companion=False, companion_prefill=True, companion_from_rows=1)
+    reqs = [s.engine.submit(prompt(3, i), greedy(4)) for i in range(2)]
+    s.engine.run_until_done(reqs)
+    assert {c.graph for c in s.runner.calls} == {MAIN}
+
+
+def test_only_prefills_go_to_the_companion_when_no_row_count_is_routed(make):
+    s = make(slots=2, companion=True, companion_prefill=True, companion_from_rows=0)
+    reqs = [s.engine.submit(prompt(3, i), greedy(4)) for i in range(2)]
+    s.engine.run_until_done(reqs)
+    assert {c.graph for c in s.calls(Phase.PREFILL)} == {COMPANION}
+    assert {c.graph for c in s.calls(Phase.DECODE)} == {MAIN}
+
+
+# -- endings and failures -------------------------------------------------------------------
+
+
+def test_eos_stop_tokens_max_tokens_and_the_window_end_with_their_reason(make):
+    s = make(slots=2, max_len=24)
+    ids = prompt(5)
+    ref = s.reference(ids, 12)
+    end = ref[4]
+    stop = s.engine.submit(ids, SamplingParams(max_tokens=12, stop_token_ids=(end,)))
+    by_end_id = s.engine.submit(ids, SamplingParams(max_tokens=12, end_id=end))
+    s.engine.run_until_done([stop, by_end_id])
+    first = ref.index(end)
+    assert stop.finish_reason is FinishReason.STOP and stop.tokens == ref[: first + 1]
+    assert by_end_id.finish_reason is FinishReason.EOS and by_end_id.tokens == ref[: first + 1]
+    held = s.engine.submit(ids, SamplingParams(max_tokens=12, end_id=end, min_tokens=first + 2))
+    s.engine.run_until_done([held])
+    assert end not in held.tokens[: first + 2]
+    full = s.engine.submit(ids, greedy(19))  # 5 + 19 = the whole 24-position window
+    s.engine.run_until_done([full])
+    assert full.finish_reason is FinishReason.LENGTH and len(full.tokens) == 19
+
+
+def test_a_failing_runner_call_fails_its_requests_only_and_the_engine_serves_on(make):
+    s = make(slots=2)
+    a = s.engine.submit(prompt(3), greedy(20))
+    s.engine.step()
+    b = s.engine.submit(prompt(4, 1), greedy(5))
+    s.runner.fail_next = "device lost"  # the next call is b's prefill
+    s.engine.step()
+    assert b.finish_reason is FinishReason.ERROR and "device lost" in b.error
+    assert a.status is Status.DECODING
+    s.engine.run_until_done([a])
+    assert a.tokens == s.reference(prompt(3), 20) and s.engine.free_slots == 2
+
+
+def test_a_failing_token_step_ends_only_its_own_request(make):
+    s = make(slots=2)
+    victims = []
+    real = s.sink.on_text
+
+    def flaky(request, text):
+        if request in victims:
+            raise RuntimeError("client buffer gone")
+        real(request, text)
+
+    s.sink.on_text = flaky
+    other = s.engine.submit(prompt(3), greedy(6))
+    s.engine.step()
+    victims.append(s.engine.submit(prompt(4, 1), greedy(6)))
+    s.engine.run_until_done([other, victims[0]])
+    assert victims[0].finish_reason is FinishReason.ERROR and "client buffer gone" in victims[0].error
+    assert other.finish_reason is FinishReason.LENGTH and other.tokens == s.reference(prompt(3), 6)
+    assert s.engine.free_slots == 2
+
+
+def test_latency_figures_follow_the_engines_clock(make):
+    cost = FakeCost(prefill_fixed=10.0, prefill_per_token=0.0, decode_fixed=5.0, decode_per_row=0.0)
+    s = make(slots=1, cost=cost)
+    req = s.engine.submit(prompt(4), greedy(4))
+    s.engine.run_until_done([req])
+    stats = s.engine.stats
+    assert list(stats.ttft) == pytest.approx([0.010])
+    assert list(stats.itl) == pytest.approx([0.005] * 3)
+    assert stats.prompt_tokens == 4 and stats.generation_tokens == 4 and stats.ended["length"] == 1
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+
+def test_run_steps_on_wake_ends_cancelled_clients_and_aborts_what_is_left_on_stop(make):
+    s = make(slots=2)
+    wake, stop = threading.Event(), threading.Event()
+    gone = set()
+    errors = []
+    thread = threading.Thread(target=s.engine.run, args=(wake, lambda r: id(r) in gone, stop, errors.append))
+    thread.start()
+    done = s.engine.submit(prompt(3), greedy(5))
+    wake.set()
+    dropped = s.engine.submit(prompt(3, 1), SamplingParams(max_tokens=60, ignore_eos=True))
+    wake.set()
+    while done.status is not Status.FINISHED:
+        threading.Event().wait(0.001)
+    gone.add(id(dropped))
+    while dropped.status is not Status.FINISHED:
+        threading.Event().wait(0.001)
+    left = s.engine.submit(prompt(2, 2), SamplingParams(max_tokens=60))
+    stop.set()
+    wake.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and errors == []
+    assert done.finish_reason is FinishReason.LENGTH and dropped.finish_reason is FinishReason.CANCELLED
+    assert left.finish_reason is FinishReason.ERROR and "shutting down" in left.error
+
+
+def test_submitting_and_cancelling_from_other_threads_while_stepping(make):
+    s = make(slots=3, max_queue=1000)
+    reqs, lock = [], threading.Lock()
+
+    def client(seed):
+        for i in range(30):
+            r = s.engine.submit(prompt(3, seed * 100 + i), greedy(3))
+            with lock:
+                reqs.append(r)
+            if i % 4 == 0:
+                s.engine.cancel(r)
+            s.engine.requests()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads) or s.engine.has_work():
+        s.engine.step()
+    assert len(reqs) == 90 and all(r.status is Status.FINISHED for r in reqs)
+    assert s.engine.free_slots == 3
