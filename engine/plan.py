@@ -66,9 +66,6 @@ class StepPlan:
     def __bool__(self) -> bool:
         return bool(self.forwards)
 
-    def phase(self, phase: Phase) -> Forward | None:
-        return next((f for f in self.forwards if f.phase is phase), None)
-
 
 @dataclass
 class ForwardOutput:

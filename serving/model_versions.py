@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 import engine
@@ -148,7 +149,7 @@ def image_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig
     return image_config(name, onnx_file, opts), ""
 
 
-def gpt2_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig, str]:
+def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig, str]:
     """The text generator's config, engine, tokenizer and the pair's companion graph (added to
     the plan's files); (config, the KV cache it allocates)."""
     name, export_dir, report, files = plan.name, plan.export_dir, plan.report, plan.files
@@ -165,7 +166,9 @@ def gpt2_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig,
     files.update(engine_files())
     for asset in ("tokenizer.json", "model_info.json"):
         files[asset] = export_dir / "assets" / asset
-    kv = kv_cache_bytes(info, opts, 2 if variant == "fp16" else 4)
+    # the cache's dtype as the export read it from the graph (float32 where a report predates it)
+    kv_dtype = np.dtype(report["variants"][variant].get("kv_dtype", "float32"))
+    kv = kv_cache_bytes(info, opts, kv_dtype.itemsize)
     detail = (
         f"  KV cache: {opts.engine.slots} slots x {opts.engine.max_len or info['n_positions']} positions = "
         f"{kv / 2**20:.0f} MiB, allocated once when the model loads"

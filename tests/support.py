@@ -88,6 +88,37 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+def name_branches(
+    source: str, names: frozenset, what: str, filename: str = "<source>", exempt=lambda node: False
+) -> list[str]:
+    """Where `source` compares with one of `names` or enumerates them (a lint: code reads the
+    table that owns the names instead): `x == "a"`, `x in ("a", "b")`, `case "a":`, a literal
+    tuple, list, set or dict (its keys) of two or more. `exempt(operand)`: comparisons with
+    such an operand are allowed."""
+
+    def is_name(node) -> bool:
+        return isinstance(node, ast.Constant) and node.value in names
+
+    def listed(node) -> list[str]:
+        items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None)
+        if not isinstance(node, (ast.Dict, ast.Tuple, ast.List, ast.Set)) or items is None:
+            return []
+        return [n.value for n in items if n is not None and is_name(n)]
+
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        where = f"{filename}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if not any(exempt(o) for o in operands) and any(is_name(o) or listed(o) for o in operands):
+                found.append(f"{where}: compares with a {what}'s name")
+        elif isinstance(node, ast.MatchValue) and is_name(node.value):
+            found.append(f"{where}: matches a {what}'s name")
+        elif len(set(listed(node))) >= 2:
+            found.append(f"{where}: lists {what}s {sorted(set(listed(node)))}")
+    return found
+
+
 def artifact_sources() -> list[Path]:
     """The files a test model is made from: `ARTIFACT_ROOTS` and every project module they
     import, with the `__init__.py` of each package on the way (importing runs it). The

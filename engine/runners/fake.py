@@ -20,6 +20,17 @@ from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase
 from engine.runners.base import RunnerCaps
 
 
+def word_tokenizer(vocab: int = 64):
+    """A real `tokenizers` tokenizer for the fake's ids: token `i` is the word `t<i>`, and
+    text is the words joined by spaces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with a space
+    return tok
+
+
 class FakeClock:
     """Seconds, moved only by `advance` (and by the fake runner's calls)."""
 

@@ -60,6 +60,18 @@ def _parameters(config):
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
+def _threads(params):
+    """The runtime's intra-op threads (0: its default, one per core)."""
+    text = params.get("intra_op_threads") or "0"
+    try:
+        threads = int(text)
+    except ValueError:
+        raise ValueError(f"parameter intra_op_threads must be an integer >= 0, got {text!r}") from None
+    if threads < 0:
+        raise ValueError(f"parameter intra_op_threads must be an integer >= 0, got {text!r}")
+    return threads
+
+
 def _optional_scalar(request, name):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
@@ -249,7 +261,7 @@ class TritonPythonModel:
         self.responses = _ResponseSender()
         try:
             engine_config = EngineConfig.from_parameters(params)
-            threads = int(params.get("intra_op_threads") or 0)
+            threads = _threads(params)
             self.engine = load_engine(
                 version_dir,
                 engine_config,
@@ -258,7 +270,10 @@ class TritonPythonModel:
                 providers=providers,
                 own_process=True,  # this stub process runs gpt2 alone
             )
-        except (ValueError, RuntimeError) as exc:
+        except (
+            Exception
+        ) as exc:  # a bad setting, a missing or unreadable file: named, and nothing left running
+            self.responses.close(timeout=1)
             raise pb_utils.TritonModelException(f"gpt2: {exc}") from exc
         self.max_tokens_limit = min(engine_config.max_tokens_limit, self.engine.max_len - 1)
         self.wake = threading.Event()

@@ -5,31 +5,14 @@ from __future__ import annotations
 
 import ast
 import importlib
-from pathlib import Path
 
 import pytest
+from support import PACKAGES, ROOT, name_branches
 
 from aigc import registry
 from aigc.errors import CheckpointError, ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("aigc", "training", "export", "serving", "benchmarks")
 NAMES = frozenset(registry.names()) | frozenset(c.name for c in registry.components())
-
-
-def _is_kind_name(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and node.value in NAMES
-
-
-def _names_in(node: ast.AST) -> list[str]:
-    """The kind names a collection literal lists (a dict: its keys)."""
-    if isinstance(node, ast.Dict):
-        items = node.keys
-    elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-        items = node.elts
-    else:
-        return []
-    return [n.value for n in items if n is not None and _is_kind_name(n)]
 
 
 def _architecture_check(node: ast.AST) -> bool:
@@ -46,20 +29,7 @@ def kind_branches(source: str, filename: str = "<source>") -> list[str]:
     """Where `source` compares with a kind's name or enumerates kinds: `x == "gpt2"`,
     `x in ("dcgan", "vae")`, `case "vae":`, `("dcgan", "vae", "gpt2")`, `{"dcgan": ...,
     "vae": ...}`."""
-    found = []
-    for node in ast.walk(ast.parse(source, filename)):
-        where = f"{filename}:{getattr(node, 'lineno', '?')}"
-        if isinstance(node, ast.Compare):
-            operands = [node.left, *node.comparators]
-            if any(_architecture_check(o) for o in operands):
-                continue
-            if any(_is_kind_name(o) or len(_names_in(o)) >= 1 for o in operands):
-                found.append(f"{where}: compares with a model kind's name")
-        elif isinstance(node, ast.MatchValue) and _is_kind_name(node.value):
-            found.append(f"{where}: matches a model kind's name")
-        elif len(set(_names_in(node))) >= 2:
-            found.append(f"{where}: lists model kinds {sorted(set(_names_in(node)))}")
-    return found
+    return name_branches(source, NAMES, "model kind", filename, exempt=_architecture_check)
 
 
 def test_no_code_outside_the_registry_branches_on_a_model_kind():

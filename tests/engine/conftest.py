@@ -4,34 +4,13 @@ turns the fake's token ids into text."""
 from __future__ import annotations
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from references import Recorder
 
 from engine.config import EngineConfig
 from engine.core import Engine
-from engine.runners.fake import FakeClock, FakeCost, FakeRunner
-from engine.types import Sink
+from engine.runners.fake import FakeClock, FakeCost, FakeRunner, word_tokenizer
 
 VOCAB = 64
-
-
-def word_tokenizer(vocab: int = VOCAB) -> Tokenizer:
-    """Token `i` is the word `t<i>`; text is the words joined by spaces."""
-    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with a space
-    return tok
-
-
-class Recorder(Sink):
-    def __init__(self):
-        self.text, self.finished = {}, []
-
-    def on_text(self, request, text):
-        assert text, "the engine delivers only non-empty text"
-        self.text.setdefault(id(request), []).append(text)
-
-    def on_finish(self, request):
-        self.finished.append(request)
 
 
 class Setup:
@@ -44,7 +23,7 @@ class Setup:
         )
         self.sink = Recorder()
         self.engine = Engine(
-            self.runner, word_tokenizer(), EngineConfig(slots=slots, **config), self.sink, self.clock
+            self.runner, word_tokenizer(VOCAB), EngineConfig(slots=slots, **config), self.sink, self.clock
         )
 
     def reference(self, prompt, n) -> list[int]:

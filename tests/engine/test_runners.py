@@ -12,32 +12,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from references import Recorder, vllm_penalize
 
 from engine.config import EngineConfig
 from engine.loader import load_engine
 from engine.plan import Phase
 from engine.request_schema import RequestError, SamplingParams
-from engine.types import FinishReason, Sink
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-class Recorder(Sink):
-    def __init__(self):
-        self.text, self.finished = {}, []
-
-    def on_text(self, request, text):
-        assert text, "the engine delivers only non-empty text"
-        self.text.setdefault(id(request), []).append(text)
-
-    def on_finish(self, request):
-        self.finished.append(request)
+from engine.runners.fake import FakeClock
+from engine.types import FinishReason
 
 
 @pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
@@ -271,20 +253,8 @@ def test_a_companion_graph_sharing_the_slots_takes_the_calls_routed_to_it(export
 # -- penalties, min_tokens and banned tokens (vLLM's semantics) ------------------------------
 
 
-def _vllm_penalize(logits, prompt, output, presence, frequency, repetition):
-    """vLLM's apply_penalties on (V,) logits, written over the whole vocabulary: repetition
-    over prompt and output tokens, then frequency x count and presence over the output."""
-    x = logits.astype(np.float64).copy()
-    counts = np.bincount(np.asarray(output, np.int64), minlength=x.size)[: x.size]
-    seen = (np.bincount(np.asarray(prompt, np.int64), minlength=x.size)[: x.size] > 0) | (counts > 0)
-    x = np.where(seen, np.where(x > 0, x / repetition, x * repetition), x)
-    x -= frequency * counts
-    x -= presence * (counts > 0)
-    return x
-
-
 def _reference_greedy(checkpoint, prompt, n, end, min_tokens=0, presence=0.0, frequency=0.0, repetition=1.0):
-    """Greedy tokens from transformers' logits, penalized by `_vllm_penalize` (vLLM's formula),
+    """Greedy tokens from transformers' logits, penalized by `vllm_penalize` (vLLM's formula),
     `end` masked until `min_tokens` tokens exist; stops after `end`."""
     import torch
     from transformers import GPT2LMHeadModel
@@ -294,7 +264,7 @@ def _reference_greedy(checkpoint, prompt, n, end, min_tokens=0, presence=0.0, fr
     with torch.no_grad():
         for _ in range(n):
             logits = hf(torch.tensor([prompt + out])).logits[0, -1].double().numpy()
-            x = _vllm_penalize(logits, prompt, out, presence, frequency, repetition)
+            x = vllm_penalize(logits, prompt, out, presence, frequency, repetition)
             if len(out) < min_tokens:
                 x[end] = -np.inf
             out.append(int(np.argmax(x)))

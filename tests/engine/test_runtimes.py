@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
-from support import PACKAGES, ROOT
+from support import PACKAGES, ROOT, name_branches
 
 from engine import runtimes
 from engine.runners.base import Runner
@@ -14,29 +13,10 @@ from engine.runners.base import Runner
 NAMES = frozenset(runtimes.names())
 
 
-def _is_name(node) -> bool:
-    return isinstance(node, ast.Constant) and node.value in NAMES
-
-
-def _names_in(node) -> list[str]:
-    items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", [])
-    return [n.value for n in items if n is not None and _is_name(n)]
-
-
 def runtime_branches(source: str, filename: str = "<source>") -> list[str]:
     """Where `source` compares with a runtime's name or lists runtimes: `r == "openvino"`,
     `r in ("auto", "onnxruntime")`, `case "openvino":`, `("onnxruntime", "openvino")`."""
-    found = []
-    for node in ast.walk(ast.parse(source, filename)):
-        where = f"{filename}:{getattr(node, 'lineno', '?')}"
-        if isinstance(node, ast.Compare):
-            if any(_is_name(o) or _names_in(o) for o in [node.left, *node.comparators]):
-                found.append(f"{where}: compares with a runtime's name")
-        elif isinstance(node, ast.MatchValue) and _is_name(node.value):
-            found.append(f"{where}: matches a runtime's name")
-        elif len(set(_names_in(node))) >= 2:
-            found.append(f"{where}: lists runtimes {sorted(set(_names_in(node)))}")
-    return found
+    return name_branches(source, NAMES, "runtime", filename)
 
 
 def test_no_code_outside_the_runtime_table_branches_on_a_runtime_name():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from references import vllm_penalize
 
 from engine.detokenizer import Detokenizer
 from engine.request_schema import RequestError, SamplingParams, parse_sampling_parameters
@@ -94,18 +95,6 @@ def test_stop_strings_cut_the_output(tokenizer, stop, expected):
     assert out == (expected or text) and d.stopped == (expected is not None)
 
 
-def _vllm_penalize(logits, prompt, output, presence, frequency, repetition):
-    """vLLM's apply_penalties on (V,) logits, written over the whole vocabulary: repetition
-    over prompt and output tokens, then frequency x count and presence over the output."""
-    x = logits.astype(np.float64).copy()
-    counts = np.bincount(np.asarray(output, np.int64), minlength=x.size)[: x.size]
-    seen = (np.bincount(np.asarray(prompt, np.int64), minlength=x.size)[: x.size] > 0) | (counts > 0)
-    x = np.where(seen, np.where(x > 0, x / repetition, x * repetition), x)
-    x -= frequency * counts
-    x -= presence * (counts > 0)
-    return x
-
-
 def test_penalties_follow_vllm_formula_on_fixed_logits():
     rng = np.random.default_rng(0)
     logits = rng.standard_normal(300).astype(np.float32) * 3
@@ -125,7 +114,7 @@ def test_penalties_follow_vllm_formula_on_fixed_logits():
             history.add(t)
         x = logits.astype(np.float64)
         history.apply(x, params)
-        ref = _vllm_penalize(logits, prompt, output, presence, frequency, repetition)
+        ref = vllm_penalize(logits, prompt, output, presence, frequency, repetition)
         np.testing.assert_allclose(x, ref, rtol=0, atol=1e-12)
         assert sample_token(logits, params, None, history) == int(np.argmax(ref))
     # the greedy pick moves off a token the penalty hits
