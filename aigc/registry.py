@@ -63,7 +63,7 @@ IMAGE_ENCODER = Role(
 )
 TEXT_GENERATOR = Role(
     "text generator (decoupled, streamed; the vLLM and TensorRT-LLM request schemas)",
-    build="serving.model_versions:gpt2_version",
+    build="serving.model_versions:text_generator_version",
     check="serving.control:check_text",
     bench="benchmarks.text",
 )
@@ -71,10 +71,16 @@ TEXT_GENERATOR = Role(
 
 @dataclass(frozen=True)
 class ComponentSpec:
+    """A served component. `inputs`/`outputs`: the tensors of an exported image graph (the
+    text generator's KV-slot graph is defined by its exporter, `export.gpt2`, and its served
+    interface by `serving.model_versions.gpt2_tensors`: none here). `gated_through`: an
+    encoder's fidelity is judged on the images this component decodes from its output."""
+
     name: str  # also the Triton model name
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
     role: Role = IMAGE_GENERATOR
+    gated_through: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,11 @@ KINDS: dict[str, ModelKind] = {
                 model="vae",
                 components=(
                     ComponentSpec(
-                        "vae_encoder", (_image(),), (_latent("mu"), _latent("logvar")), IMAGE_ENCODER
+                        "vae_encoder",
+                        (_image(),),
+                        (_latent("mu"), _latent("logvar")),
+                        IMAGE_ENCODER,
+                        gated_through="vae_decoder",
                     ),
                     ComponentSpec("vae_decoder", (_latent(),), (_image(),), IMAGE_GENERATOR),
                 ),
@@ -214,19 +224,7 @@ KINDS: dict[str, ModelKind] = {
             hf_model_type="gpt2",
             export=ExportSpec(
                 model="gpt2",
-                components=(
-                    ComponentSpec(
-                        "gpt2",
-                        (
-                            TensorSpec("input_ids", "int64", ("batch", "seq")),
-                            TensorSpec("position_ids", "int64", ("batch", "seq")),
-                            TensorSpec("seqlens_k", "int32", ("batch",)),
-                            TensorSpec("total_sequence_length", "int32", ()),
-                        ),
-                        (TensorSpec("logits", "float32", ("batch", "seq", "vocab")),),
-                        TEXT_GENERATOR,
-                    ),
-                ),
+                components=(ComponentSpec("gpt2", role=TEXT_GENERATOR),),
                 opset=17,
                 atol_float=1e-3,
                 variants=("fp32", "fp16", "int8", "int4", "ov-fp32", "ov-int8", "ov-int4"),

@@ -115,7 +115,7 @@ def export_images(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, 
 def export_gpt2(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, quant=None) -> dict:
     """The exporter of a Hugging Face GPT-2 folder: the KV-cache graph, its tokenizer and
     parity check, the quantized and OpenVINO variants, and every variant's decode profile."""
-    from export import gpt2
+    from export import gpt2, gpt2_eval
 
     hf_model = gpt2.load_gpt2_checkpoint(checkpoint)
     path = out / "fp32" / "gpt2.onnx"
@@ -125,7 +125,9 @@ def export_gpt2(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, qu
     report = _base_report(spec, checkpoint)
     report["model_info"] = info
     files = {"gpt2": path.relative_to(out).as_posix()}
-    report["variants"]["fp32"] = variant_entry("cpu", files, out, {"gpt2": fidelity}, {})
+    report["variants"]["fp32"] = variant_entry(
+        "cpu", files, out, {"gpt2": fidelity}, {}, kv_dtype=gpt2_eval.kv_dtype(path)
+    )
     if len(variants) > 1:
         from export import quantize
 

@@ -108,6 +108,18 @@ def _runner_step(runner):
     return step
 
 
+def kv_dtype(graph: Path) -> str:
+    """The numpy dtype name of a KV-slot ONNX graph's cache (its `past_key_0` input): what the
+    engine allocates for it."""
+    import onnx
+    from onnx import helper
+
+    for inp in onnx.load(str(graph), load_external_data=False).graph.input:
+        if inp.name == "past_key_0":
+            return helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name
+    raise ValueError(f"{graph} is not a KV-slot graph (no past_key_0 input)")
+
+
 @contextlib.contextmanager
 def slot_runner(graph: Path, slots: int, max_len: int, threads: int = 2):
     """The serving engine's own runner over an exported graph file, on the CPU: the runtime

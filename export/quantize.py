@@ -94,7 +94,7 @@ class _Calibration:
 def _calibration_feeds(component, meta, rng, batches: int = 16, batch: int = 16) -> list[dict]:
     from export.images import example_inputs
 
-    if component.inputs[0].name == "image":
+    if component.role is registry.IMAGE_ENCODER:  # calibrated on real images
         from training.data import load_digits_images
 
         data = meta["data"]
@@ -102,7 +102,8 @@ def _calibration_feeds(component, meta, rng, batches: int = 16, batch: int = 16)
             x = load_digits_images(int(data["image_size"]), int(data["channels"]))
             x = ((np.clip(x, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
             idx = rng.choice(len(x), size=min(len(x), batches * batch), replace=False)
-            return [{"image": x[idx[i : i + batch]]} for i in range(0, len(idx), batch)]
+            name = component.inputs[0].name
+            return [{name: x[idx[i : i + batch]]} for i in range(0, len(idx), batch)]
         logger.warning("calibrating %s on random images: the training folder is not recorded", component.name)
     return [example_inputs(component, meta, batch, rng) for _ in range(batches)]
 
@@ -171,9 +172,9 @@ def image_variants(spec: ExportSpec, meta: dict, out: Path, variants, rng, fp32:
                         )
                 else:
                     fid[f"{t.name}_max_abs_diff"] = max_abs_diff(r, g)
-            if comp.inputs[0].name == "image":
+            if comp.gated_through:
                 # Encoders: gate on the decoded images of their mu, via the fp32 decoder.
-                fid.update(_encoder_gate(out, fp32, r_out[0], g_out[0], reasons))
+                fid.update(_encoder_gate(out, fp32, spec, comp, r_out[0], g_out[0], reasons))
             fidelity[comp.name] = fid
             one = example_inputs(comp, meta, 1, rng)
             latency[comp.name] = round(median_ms(lambda s=got, f=one: s.run(None, f)), 4)
@@ -195,16 +196,22 @@ def image_variants(spec: ExportSpec, meta: dict, out: Path, variants, rng, fp32:
     return result
 
 
-def _encoder_gate(out: Path, fp32: dict, mu_ref: np.ndarray, mu_got: np.ndarray, reasons: list) -> dict:
-    decoder = fp32["files"].get("vae_decoder")
-    if decoder is None:
+def _encoder_gate(
+    out: Path, fp32: dict, spec, comp, mu_ref: np.ndarray, mu_got: np.ndarray, reasons: list
+) -> dict:
+    """PSNR of the images the fp32 decoder (`comp.gated_through`) makes from the reference's
+    and the variant's latent means."""
+    decoder_file = fp32["files"].get(comp.gated_through)
+    if decoder_file is None:
         return {}
-    dec = make_session(out / decoder)
-    a = dec.run(["image"], {"z": mu_ref.astype(np.float32)})[0]
-    b = dec.run(["image"], {"z": mu_got.astype(np.float32)})[0]
+    decoder = next(c for c in spec.components if c.name == comp.gated_through)
+    dec = make_session(out / decoder_file)
+    latent, image = decoder.inputs[0].name, decoder.outputs[0].name
+    a = dec.run([image], {latent: mu_ref.astype(np.float32)})[0]
+    b = dec.run([image], {latent: mu_got.astype(np.float32)})[0]
     value = round(psnr_db(a, b), 2)
     if value < GATES.image_psnr_db:
-        reasons.append(f"vae_encoder: PSNR of decoded mu {value:.1f} dB < {GATES.image_psnr_db:.0f} dB")
+        reasons.append(f"{comp.name}: PSNR of decoded mu {value:.1f} dB < {GATES.image_psnr_db:.0f} dB")
     return {"decoded_psnr_db": value}
 
 
@@ -340,7 +347,7 @@ def onnxruntime_variant(variant: str, job: VariantJob) -> dict:
         to_fp16(src, dst, keep_io_types=["logits", "last_logits"])
     else:
         raise ExportError(f"variant {variant} does not apply to gpt2")
-    extra = {"quantization": _describe(variant, options)}
+    extra = {"quantization": _describe(variant, options), "kv_dtype": ev.kv_dtype(dst)}
     if not cpu_can_run(dst):
         return variant_entry(
             target,
@@ -435,6 +442,7 @@ def openvino_variant(variant: str, job: VariantJob) -> dict:
     with ev.slot_runner(xml, slots=1, max_len=max_len) as runner:
         logits = ovx.window_logits(runner, windows)
         greedy = [ev.greedy(runner, p, options.greedy_tokens) for p in prompts]
+        extra["kv_dtype"] = runner.caps.kv_dtype.name
     fid, passed, reason = job.gate.judge(variant, logits, greedy)
     return variant_entry(
         "cpu", files, out, {"gpt2": fid}, {}, passed=passed, reason=reason, validated_on="cpu", **extra
