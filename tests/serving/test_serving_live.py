@@ -473,7 +473,7 @@ def test_finish_reason_and_token_counts_come_from_the_server(gpt2_client, gpt2_s
 
 
 def test_client_checks_arguments_before_sending(client):
-    with pytest.raises(ClientError, match="max_tokens must be an integer in >= 1, got 0"):
+    with pytest.raises(ClientError, match="max_tokens must be an integer >= 1, got 0"):
         client.generate_text("hi", max_tokens=0)
     with pytest.raises(ClientError, match="z: contains NaN or infinite values"):
         client.generate_images("dcgan", z=np.full((1, 100), np.inf, np.float32))
