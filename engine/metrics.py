@@ -50,6 +50,7 @@ WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 KV_FREE = "aigc:kv_slots_free"
 KV_TOTAL = "aigc:kv_slots_total"
+RESPONSES = "aigc:responses_total"
 
 # (name, kind, help, buckets or None)
 METRICS = (
@@ -70,6 +71,13 @@ METRICS = (
     (KV_USAGE, "gauge", "Share of the KV slots in use, 0..1.", None),
     (KV_FREE, "gauge", "Free KV slots.", None),
     (KV_TOTAL, "gauge", "KV slots allocated at load.", None),
+    (
+        RESPONSES,
+        "counter",
+        "Responses sent; generated tokens / responses is the tokens a response carries (a busy "
+        "sender sends a stream's tokens together).",
+        None,
+    ),
 )
 
 # The engine's FinishReason values -> (family, label) as vLLM names them (EOS is a stop there).

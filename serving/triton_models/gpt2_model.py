@@ -21,9 +21,9 @@ first token). A metrics thread moves the engine's counts and latency samples int
 metrics endpoint every `metrics_interval_s` (`engine.metrics`).
 """
 
+import collections
 import json
 import os
-import queue
 import sys
 import threading
 import time
@@ -83,43 +83,122 @@ def _optional_scalar(request, name):
 
 
 class _ResponseSender:
-    """One thread sending responses in the order they were queued, so the generation loop
-    never waits on Triton's IPC."""
+    """Responses leave off the generation thread, on one sender thread.
+
+    A stream's text is queued per request: while the sender is busy with other responses,
+    the text a stream generates meanwhile collects and goes out together in its next
+    response (so the cost of Triton's IPC, ~0.5-2 ms a response, is paid per response and
+    not per token when many streams run). No text waits while the sender is free, and a
+    stream's first response is sent by the generation thread at once. A request's final
+    response carries the text still pending."""
 
     def __init__(self):
-        self.queue = queue.SimpleQueue()
+        self.cond = threading.Condition()
+        self.ready = collections.deque()  # requests with something to send, each once
+        self.closed = False
+        self.responses = 0  # sent so far (the metrics thread reads it)
         self.thread = threading.Thread(target=self._run, name="gpt2-responses", daemon=True)
         self.thread.start()
 
-    def send(self, sender, response=None, flags=0):
-        self.queue.put((sender, response, flags))
-
-    @staticmethod
-    def send_now(sender, response=None, flags=0):
+    def send_now(self, sender, response=None, flags=0):
         try:
             if response is None:
                 sender.send(flags=flags)
             else:
                 sender.send(response, flags=flags)
+            self.responses += 1
         except Exception as exc:  # a client gone away must not stop the others' responses
             pb_utils.Logger.log_warn(f"gpt2: could not send a response: {exc}")
 
+    def text(self, request, text):
+        """Queue a stream's next text."""
+        job = request.context
+        with self.cond:
+            job.pending.append(text)
+            job.pending_tokens = request.generated
+            self._ready(request)
+
+    def finish(self, request):
+        """Queue a request's final response (after the text already queued)."""
+        with self.cond:
+            request.context.finished = True
+            request.context.pending_tokens = request.generated
+            self._ready(request)
+
+    def _ready(self, request):
+        job = request.context
+        if not job.queued:
+            job.queued = True
+            self.ready.append(request)
+            self.cond.notify()
+
     def _run(self):
         while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            self.send_now(*item)
+            with self.cond:
+                while not self.ready and not self.closed:
+                    self.cond.wait()
+                if not self.ready:
+                    return
+                request = self.ready.popleft()
+                job = request.context
+                job.queued = False
+                text, job.pending = "".join(job.pending), []
+                tokens, finished = job.pending_tokens, job.finished
+            try:
+                self._send(request, text, tokens, finished)
+            except Exception as exc:  # building a response failed: that request only
+                pb_utils.Logger.log_error(f"gpt2: a response could not be built: {exc}")
+
+    def _send(self, request, text, tokens, finished):
+        job = request.context
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if not finished:
+            self.send_now(job.sender, _text_response(text, _extras(request, tokens)))
+            return
+        reason = request.finish_reason
+        if reason in (FinishReason.ERROR, FinishReason.TIMEOUT):
+            if text:
+                self.send_now(job.sender, _text_response(text, _extras(request, tokens)))
+            self.send_now(job.sender, _error_response(request.error), flags=final)
+        elif job.stream:
+            if not job.answered and job.prefix:  # nothing was streamed: the prompt goes first
+                text = job.prefix + text
+            extras = _extras(request, tokens, final=True)
+            response = _text_response(text, extras) if text else _outputs_response(extras)
+            self.send_now(job.sender, response, flags=final)
+        elif reason is FinishReason.CANCELLED:
+            self.send_now(job.sender, _outputs_response(_extras(request, tokens, final=True)), flags=final)
+        else:
+            whole = job.prefix + "".join(job.text)
+            self.send_now(
+                job.sender, _text_response(whole, _extras(request, tokens, final=True)), flags=final
+            )
 
     def close(self, timeout):
-        self.queue.put(None)
+        """Send what is queued, then stop."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
         self.thread.join(timeout=timeout)
 
 
 class _Job:
     """What the adapter keeps per request (the engine's `Request.context`)."""
 
-    __slots__ = ("sender", "stream", "prefix", "text", "answered", "request_id", "extras", "reported")
+    __slots__ = (
+        "sender",
+        "stream",
+        "prefix",
+        "text",
+        "answered",
+        "request_id",
+        "extras",
+        "reported",
+        "pending",
+        "pending_tokens",
+        "queued",
+        "finished",
+    )
 
     def __init__(self, sender, stream, prefix, request_id="", extras=()):
         self.sender, self.stream, self.prefix, self.text = sender, stream, prefix, []
@@ -127,6 +206,10 @@ class _Job:
         self.extras = extras  # the vLLM backend's additional outputs asked for (EXTRA_OUTPUTS)
         self.reported = 0  # output tokens counted in the responses sent so far
         self.answered = False  # a response has gone out (the first one is sent inline)
+        self.pending = []  # stream text waiting for the sender (`_ResponseSender`)
+        self.pending_tokens = 0  # the request's output tokens that text covers
+        self.queued = False  # in the sender's queue
+        self.finished = False  # its final response is queued
 
 
 class _TritonSink(Sink):
@@ -140,33 +223,21 @@ class _TritonSink(Sink):
             return
         if not job.answered:  # first token: send from the generation thread, now
             job.answered = True
-            self.responses.send_now(job.sender, _text_response(job.prefix + text, _extras(request)))
+            extras = _extras(request, request.generated)
+            self.responses.send_now(job.sender, _text_response(job.prefix + text, extras))
         else:
-            self.responses.send(job.sender, _text_response(text, _extras(request)))
+            self.responses.text(request, text)
 
     def on_finish(self, request):
-        job = request.context
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        reason = request.finish_reason
-        if reason in (FinishReason.ERROR, FinishReason.TIMEOUT):
-            self.responses.send(job.sender, _error_response(request.error), flags=final)
-        elif reason is FinishReason.CANCELLED:
-            self.responses.send(job.sender, _outputs_response(_extras(request, final=True)), flags=final)
-        elif job.stream:
-            if not job.answered and job.prefix:
-                self.responses.send(job.sender, _text_response(job.prefix))
-            self.responses.send(job.sender, _outputs_response(_extras(request, final=True)), flags=final)
-        else:
-            text = job.prefix + "".join(job.text)
-            self.responses.send(job.sender, _text_response(text, _extras(request, final=True)), flags=final)
+        self.responses.finish(request)
 
 
 class _MetricsExporter:
     """The engine's `EngineStats` as Python-backend custom metrics (`llm_metrics.METRICS`),
     labelled with the model and version, flushed from this thread every `interval_s`."""
 
-    def __init__(self, engine, labels, interval_s):
-        self.engine, self.interval_s = engine, interval_s
+    def __init__(self, engine, responses, labels, interval_s):
+        self.engine, self.responses, self.interval_s = engine, responses, interval_s
         kinds = {
             "histogram": pb_utils.MetricFamily.HISTOGRAM,
             "counter": pb_utils.MetricFamily.COUNTER,
@@ -216,6 +287,7 @@ class _MetricsExporter:
                     metric.observe(value)
         self.count(llm_metrics.PROMPT_TOKENS, stats.prompt_tokens)
         self.count(llm_metrics.GENERATION_TOKENS, stats.generation_tokens)
+        self.count(llm_metrics.RESPONSES, self.responses.responses)
         totals = {}
         for reason, n in list(stats.ended.items()):
             family, label = llm_metrics.FINISH_LABELS[reason]
@@ -283,7 +355,9 @@ class TritonPythonModel:
         self.metrics = None
         if engine_config.metrics_interval_s > 0 and hasattr(pb_utils, "MetricFamily"):
             labels = {"model": args["model_name"], "version": args["model_version"]}
-            self.metrics = _MetricsExporter(self.engine, labels, engine_config.metrics_interval_s)
+            self.metrics = _MetricsExporter(
+                self.engine, self.responses, labels, engine_config.metrics_interval_s
+            )
         runner, info, caps = self.engine.runner, self.engine.runner.info, self.engine.runner.caps
         pb_utils.Logger.log_info(f"gpt2: {runner.describe()}, numpy {np.__version__}")
         pb_utils.Logger.log_info(
@@ -385,10 +459,11 @@ def _outputs_response(extras):
     return pb_utils.InferenceResponse(output_tensors=list(extras)) if extras else None
 
 
-def _extras(request, final=False):
+def _extras(request, tokens, final=False):
     """The vLLM backend's additional outputs a request asked for, for the response going out
-    now: `num_output_tokens` the tokens since the previous response, `num_input_tokens` the
-    prompt's, `finish_reason` vLLM's word on the last response ("" before it)."""
+    now: `num_output_tokens` the tokens since the previous response (`tokens`: the output
+    tokens this response's text covers), `num_input_tokens` the prompt's, `finish_reason`
+    vLLM's word on the last response ("" before it)."""
     job = request.context
     if not job.extras:
         return ()
@@ -400,8 +475,8 @@ def _extras(request, final=False):
         elif name == "num_input_tokens":
             out.append(pb_utils.Tensor(name, np.array([len(request.prompt_ids)], dtype=np.uint32)))
         else:
-            out.append(pb_utils.Tensor(name, np.array([request.generated - job.reported], dtype=np.uint32)))
-    job.reported = request.generated
+            out.append(pb_utils.Tensor(name, np.array([tokens - job.reported], dtype=np.uint32)))
+    job.reported = tokens
     return out
 
 

@@ -404,6 +404,7 @@ def test_metrics_endpoint_reports_llm_latency_tokens_and_slots(server, client, f
     assert delta(lm.GENERATION_TOKENS) == n_req * n_tok
     assert delta(lm.SUCCESS, finished_reason="length") == n_req
     assert delta(lm.FAILURE, reason="rejected") == 1
+    assert delta(lm.RESPONSES) == n_req  # a whole text is one response
     assert delta(lm.TTFT + "_count") == n_req
     assert delta(lm.ITL + "_count") == n_req * (n_tok - 1)
     assert delta(lm.E2E + "_count") == n_req
