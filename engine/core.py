@@ -47,9 +47,7 @@ class Engine:
         self.max_len = runner.caps.max_len
         self.stats = EngineStats()  # for the metrics endpoint (engine.metrics)
         self.output = OutputProcessor(tokenizer, self.stats, clock, self.max_len)
-        self.scheduler = Scheduler(
-            config, runner.caps.max_rows, runner.caps.graphs, self.output, self.stats, sink or Sink(), clock
-        )
+        self.scheduler = Scheduler(config, runner.caps, self.output, self.stats, sink or Sink(), clock)
 
     @property
     def sink(self) -> Sink:

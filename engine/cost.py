@@ -33,6 +33,17 @@ class CostFit:
         within = math.floor((budget_ms - fixed) / per_token + 1e-6)  # 1e-6: a fit's rounding
         return max(within, math.ceil(fixed / (2 * per_token) - 1e-6))
 
+    def marginal_tokens(self, budget_ms: float) -> int | None:
+        """Most tokens that add no more than `budget_ms` to a call (its per-token part only:
+        tokens riding on a call that is made anyway). None until two sizes were seen, or
+        where tokens cost nothing measurable."""
+        w, t, ms, tt, tm = self.sums
+        var = w * tt - t * t
+        if w < 2 or var <= 1e-9 * max(w * tt, 1.0):
+            return None
+        per_token = (w * tm - t * ms) / var
+        return None if per_token <= 0 else math.floor(budget_ms / per_token + 1e-6)
+
 
 class Ema:
     """An exponential moving average; None until the first sample."""

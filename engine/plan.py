@@ -3,10 +3,12 @@ runner calls, `Forward`), and what a runner call returns (`ForwardOutput`).
 
 A `Forward` is rows of token ids, each written into the KV cache of its slot from its start
 position. A prefill row carries a chunk of a prompt; a decode row one token. A runner that
-cannot mix them (`RunnerCaps.mixed` False) gets calls of one phase each; a prefill call's
-rows are consecutive slots with one start and one length, and a decode call covers slots
-`0..n-1` (a slot with nothing to decode gets a padding row: `requests[i]` None, written
-where its next real token will be written, so it disturbs nothing).
+takes both in one call (`RunnerCaps.mixed`) gets one `MIXED` call a step: every decoding
+request's row and the step's prompt chunk, over one pass of the weights. A runner that
+cannot mix them gets calls of one phase each; a prefill call's rows are consecutive slots
+with one start and one length, and a decode call covers slots `0..n-1` (a slot with nothing
+to decode gets a padding row: `requests[i]` None, written where its next real token will be
+written, so it disturbs nothing).
 """
 
 from __future__ import annotations
@@ -26,20 +28,36 @@ COMPANION = "companion"  # a pair's second graph (`companion.onnx`), sharing the
 class Phase(enum.Enum):
     PREFILL = "prefill"
     DECODE = "decode"
+    MIXED = "mixed"  # decode rows and prompt chunks in one call
 
 
 @dataclass(frozen=True, eq=False)
 class Forward:
-    """One runner call. Row `i`: `ids[i]` written into slot `slots[i]` at positions
-    `starts[i]..`; its request (None: a padding row); the logits of each row's last position
-    come back."""
+    """One runner call. Row `i`: its `lens[i]` token ids (`row(i)`; all rows' ids one after
+    another in `ids`) written into slot `slots[i]` at positions `starts[i]..`; its request
+    (None: a padding row); the logits of each row's last position come back."""
 
     phase: Phase
     slots: tuple[int, ...]
-    ids: np.ndarray  # (rows, tokens) int64
+    ids: np.ndarray  # (sum of lens,) int64
+    lens: np.ndarray  # (rows,) int64
     starts: np.ndarray  # (rows,) int64
     requests: tuple[Request | None, ...]
     graph: str = MAIN
+
+    @classmethod
+    def rectangle(cls, phase: Phase, slots, ids: np.ndarray, starts, requests, graph: str = MAIN) -> Forward:
+        """A call whose rows all hold `ids.shape[1]` tokens (`ids`: (rows, tokens))."""
+        rows, t = ids.shape
+        return cls(
+            phase,
+            tuple(slots),
+            np.ascontiguousarray(ids, np.int64).reshape(-1),
+            np.full(rows, t, np.int64),
+            np.asarray(starts, np.int64),
+            tuple(requests),
+            graph,
+        )
 
     @property
     def rows(self) -> int:
@@ -48,12 +66,22 @@ class Forward:
     @property
     def tokens(self) -> int:
         """Tokens of real rows (what the call is worth)."""
-        return sum(1 for r in self.requests if r is not None) * int(self.ids.shape[1])
+        return int(sum(n for n, r in zip(self.lens, self.requests, strict=True) if r is not None))
+
+    def row(self, i: int) -> np.ndarray:
+        begin = int(self.lens[:i].sum())
+        return self.ids[begin : begin + int(self.lens[i])]
+
+    def matrix(self) -> np.ndarray:
+        """The ids as (rows, tokens), for a call whose rows are all one length."""
+        if len(set(self.lens.tolist())) > 1:
+            raise ValueError(f"rows of {sorted(set(self.lens.tolist()))} tokens are not a matrix")
+        return self.ids.reshape(self.rows, -1)
 
     def __repr__(self) -> str:
         return (
             f"Forward({self.phase.value}, slots={list(self.slots)}, starts={self.starts.tolist()}, "
-            f"tokens={self.ids.shape[1]}, graph={self.graph})"
+            f"lens={self.lens.tolist()}, graph={self.graph})"
         )
 
 

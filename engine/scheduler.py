@@ -28,31 +28,39 @@ from engine.kv import SlotPool
 from engine.metrics import EngineStats
 from engine.output import OutputProcessor
 from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, StepPlan
+from engine.runners.base import RunnerCaps
 from engine.types import FinishReason, QueueFullError, Request, Sink, Status
 
 logger = logging.getLogger(__name__)
+
+
+def share_of(prefilling: int, decoding: int) -> float:
+    """How many decode steps' worth a chunk may cost: one, or more when more prompts wait
+    per decoding stream (each request gets a like share of the machine)."""
+    return max(1.0, prefilling / decoding)
 
 
 class Scheduler:
     def __init__(
         self,
         config: EngineConfig,
-        slots: int,
-        graphs: tuple[str, ...],
+        caps: RunnerCaps,
         output: OutputProcessor,
         stats: EngineStats,
         sink: Sink,
         clock: Callable[[], float],
     ):
         self.config, self.output, self.stats, self.sink, self.clock = config, output, stats, sink, clock
-        self.pool = SlotPool(slots)
+        self.pool = SlotPool(caps.max_rows)
+        self.mixed = caps.mixed  # the runner takes a step's decode rows and prompt chunk in one call
         self.running: list[Request] = []  # holding a slot, in admission order
         self._waiting: collections.deque[Request] = collections.deque()
         self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
         self.lock = threading.Lock()
-        self.prefill_cost = CostFit()
+        self.prefill_cost = CostFit()  # a prefill call alone
+        self.step_cost = CostFit()  # any call but a prefill alone, by the tokens it computes
         self.decode_ms = Ema()
-        pair = COMPANION in graphs
+        pair = COMPANION in caps.graphs
         self.prefill_graph = COMPANION if pair and config.companion_prefill else MAIN
         self.companion_from_rows = config.companion_from_rows if pair else 0
 
@@ -98,27 +106,42 @@ class Scheduler:
         prefilling = [r for r in running if r.status is Status.PREFILLING]
         forwards = []
         written = {}  # request -> prompt tokens this step's prefill writes
+        group, chunk = [], 0
         if prefilling:
             budget = self.chunk_tokens(len(prefilling), len(decoding)) if decoding else None
             budget = budget or self.config.idle_prefill_chunk
             group = self.prefill_group(prefilling, budget)
             head = group[0]
             chunk = min(budget // len(group), head.prompt_left)
-            ids = np.asarray([r.prompt_ids[head.filled : head.filled + chunk] for r in group], np.int64)
-            forwards.append(
-                Forward(
-                    Phase.PREFILL,
-                    tuple(r.slot for r in group),
-                    ids,
-                    np.full(len(group), head.filled, np.int64),
-                    tuple(group),
-                    self.prefill_graph,
-                )
-            )
             written = {id(r): chunk for r in group}
+        if group and decoding and self.mixed:
+            return StepPlan((self._mixed_forward(decoding, group, chunk),))
+        if group:
+            head = group[0]
+            ids = np.asarray([r.prompt_ids[head.filled : head.filled + chunk] for r in group], np.int64)
+            starts = np.full(len(group), head.filled, np.int64)
+            slots = [r.slot for r in group]
+            forwards.append(Forward.rectangle(Phase.PREFILL, slots, ids, starts, group, self.prefill_graph))
         if decoding:
             forwards.append(self._decode_forward(running, decoding, written))
         return StepPlan(tuple(forwards))
+
+    @staticmethod
+    def _mixed_forward(decoding: list[Request], group: list[Request], chunk: int) -> Forward:
+        """Every decoding request's next token and the prompt chunk of `group`, one call."""
+        rows = sorted(decoding, key=lambda r: r.slot) + group
+        pieces = [
+            [r.next_token] if r.status is Status.DECODING else r.prompt_ids[r.filled : r.filled + chunk]
+            for r in rows
+        ]
+        return Forward(
+            Phase.MIXED,
+            tuple(r.slot for r in rows),
+            np.asarray([t for piece in pieces for t in piece], np.int64),
+            np.asarray([len(p) for p in pieces], np.int64),
+            np.asarray([r.filled for r in rows], np.int64),
+            tuple(rows),
+        )
 
     def _decode_forward(self, running: list[Request], decoding: list[Request], written: dict) -> Forward:
         n = max(r.slot for r in decoding) + 1  # rows are slots 0..n-1
@@ -132,7 +155,7 @@ class Scheduler:
             tokens[r.slot] = r.next_token
             requests[r.slot] = r
         graph = COMPANION if self.companion_from_rows and n >= self.companion_from_rows else MAIN
-        return Forward(Phase.DECODE, tuple(range(n)), tokens[:, None], starts, tuple(requests), graph)
+        return Forward.rectangle(Phase.DECODE, range(n), tokens[:, None], starts, requests, graph)
 
     def chunk_tokens(self, prefilling: int, decoding: int) -> int:
         """Prompt tokens for this step's chunk while others decode: at most `prefill_chunk`,
@@ -143,8 +166,11 @@ class Scheduler:
         limit = self.config.prefill_chunk
         if not self.config.prefill_budget or self.decode_ms.value is None:
             return limit
-        share = max(1.0, prefilling / decoding)
-        fit = self.prefill_cost.tokens_within(self.config.prefill_budget * share * self.decode_ms.value)
+        budget_ms = self.config.prefill_budget * share_of(prefilling, decoding) * self.decode_ms.value
+        if self.mixed:  # the chunk rides on the decode call: only its tokens cost more
+            fit = self.step_cost.marginal_tokens(budget_ms)
+        else:
+            fit = self.prefill_cost.tokens_within(budget_ms)
         return limit if fit is None else max(1, min(limit, fit))
 
     @staticmethod
@@ -200,13 +226,16 @@ class Scheduler:
             for _, req in live:
                 self.finish(req, FinishReason.ERROR, out.error)
             return
+        computed = int(forward.lens.sum())  # padding rows are computed too
         if forward.phase is Phase.PREFILL:
-            self.prefill_cost.add(forward.tokens, out.ms)
+            self.prefill_cost.add(computed, out.ms)
         else:
-            self.decode_ms.add(out.ms)
+            self.step_cost.add(computed, out.ms)
+            if forward.phase is Phase.DECODE:
+                self.decode_ms.add(out.ms)
         for i, req in live:
-            req.filled += int(forward.ids.shape[1])
-            if forward.phase is Phase.PREFILL:
+            req.filled += int(forward.lens[i])
+            if req.status is Status.PREFILLING:
                 if req.filled < len(req.prompt_ids):
                     continue
                 req.status = Status.DECODING

@@ -47,7 +47,8 @@ class FakeClock:
 @dataclass(frozen=True)
 class FakeCost:
     """Milliseconds a call costs: a fixed part (a pass over the weights) plus a part per
-    token; a decode call's tokens are its rows."""
+    token; a decode call's tokens are its rows; a mixed call pays the decode pass and each
+    row's tokens (a prompt's at the prefill rate)."""
 
     prefill_fixed: float = 10.0
     prefill_per_token: float = 1.0
@@ -57,7 +58,14 @@ class FakeCost:
     def ms(self, forward: Forward) -> float:
         if forward.phase is Phase.PREFILL:
             return self.prefill_fixed + self.prefill_per_token * forward.ids.size
-        return self.decode_fixed + self.decode_per_row * forward.rows
+        if forward.phase is Phase.DECODE:
+            return self.decode_fixed + self.decode_per_row * forward.rows
+        prompt = int(forward.lens[forward.lens > 1].sum())
+        return (
+            self.decode_fixed
+            + self.decode_per_row * int((forward.lens == 1).sum())
+            + self.prefill_per_token * prompt
+        )
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class FakeRunner:
         seed: int = 0,
         eos: int | None = None,
         companion: bool = False,
+        mixed: bool = False,
     ):
         self.info = {
             "n_layer": 1,
@@ -103,7 +112,7 @@ class FakeRunner:
         self.calls: list[FakeCall] = []
         self.fail_next: str | None = None  # the next call raises this (a device fault)
         self.caps = RunnerCaps(
-            mixed=False,
+            mixed=mixed,
             max_rows=slots,
             max_len=max_len,
             cache_layout="slots",
@@ -128,7 +137,7 @@ class FakeRunner:
                 forward.phase,
                 tuple(forward.slots),
                 tuple(int(s) for s in forward.starts),
-                tuple(tuple(int(t) for t in row) for row in forward.ids),
+                tuple(tuple(int(t) for t in forward.row(i)) for i in range(forward.rows)),
                 forward.graph,
                 self.clock(),
                 sum(1 for r in forward.requests if r is not None),
@@ -138,23 +147,33 @@ class FakeRunner:
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise RuntimeError(error)
-        t = forward.ids.shape[1]
         logits = self._logits[: forward.rows]
         for i, (slot, start) in enumerate(zip(forward.slots, forward.starts, strict=True)):
-            self.cache[slot, start : start + t] = forward.ids[i]
-            logits[i] = self.logits_of(self.cache[slot, : start + t])
+            ids = forward.row(i)
+            self.cache[slot, start : start + len(ids)] = ids
+            logits[i] = self.logits_of(self.cache[slot, : start + len(ids)])
         return ForwardOutput(logits.argmax(axis=1), lambda: logits)
 
     def _check(self, forward: Forward) -> None:
         """What the real runners need of a call (their kernels would misbehave silently)."""
-        t = forward.ids.shape[1]
         slots, starts = list(forward.slots), [int(s) for s in forward.starts]
         if forward.graph not in self.caps.graphs:
             raise AssertionError(f"call routed to graph {forward.graph!r}, runner has {self.caps.graphs}")
         if len(slots) != len(set(slots)) or not all(0 <= s < self.caps.max_rows for s in slots):
             raise AssertionError(f"bad slots {slots}")
-        if any(s < 0 or s + t > self.caps.max_len for s in starts):
-            raise AssertionError(f"positions {starts} + {t} outside the slot of {self.caps.max_len}")
+        if int(forward.lens.sum()) != len(forward.ids) or (forward.lens < 1).any():
+            raise AssertionError(f"rows of {forward.lens.tolist()} tokens for {len(forward.ids)} ids")
+        if any(s < 0 or s + n > self.caps.max_len for s, n in zip(starts, forward.lens, strict=True)):
+            raise AssertionError(
+                f"positions {starts} + {forward.lens.tolist()} outside the slot of {self.caps.max_len}"
+            )
+        if forward.phase is Phase.MIXED:
+            if not self.caps.mixed:
+                raise AssertionError("a mixed call to a runner that takes one phase a call")
+            return
+        t = int(forward.lens[0])
+        if (forward.lens != t).any():
+            raise AssertionError(f"a {forward.phase.value} call with rows of {forward.lens.tolist()} tokens")
         if forward.phase is Phase.DECODE:
             if t != 1 or slots != list(range(len(slots))):
                 raise AssertionError(f"a decode call covers slots 0..n-1 with one token each, got {slots}")

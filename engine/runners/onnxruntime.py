@@ -174,10 +174,10 @@ class OrtRunner:
 
     def execute(self, forward: Forward) -> ForwardOutput:
         if forward.phase is Phase.DECODE:
-            greedy, logits = self.decode(forward.ids[:, 0], forward.starts, forward.graph)
+            greedy, logits = self.decode(forward.ids, forward.starts, forward.graph)
         else:
             greedy, logits = self.prefill_rows(
-                forward.slots[0], forward.ids, int(forward.starts[0]), forward.graph
+                forward.slots[0], forward.matrix(), int(forward.starts[0]), forward.graph
             )
         return ForwardOutput(greedy, logits)
 

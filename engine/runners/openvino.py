@@ -115,7 +115,7 @@ class OvRunner:
             slots, self.blocks_per_slot
         )
         self.caps = RunnerCaps(
-            mixed=False,  # PagedAttention takes mixed rows; the scheduler does not plan them yet
+            mixed=True,  # PagedAttention takes sequences of any lengths in one call
             max_rows=slots,
             max_len=max_len,
             cache_layout=self.kv.layout,
@@ -133,9 +133,17 @@ class OvRunner:
 
     def execute(self, forward: Forward) -> ForwardOutput:
         if forward.phase is Phase.DECODE:
-            greedy, logits = self.decode(forward.ids[:, 0], forward.starts)
-        else:
-            greedy, logits = self.prefill_rows(forward.slots[0], forward.ids, int(forward.starts[0]))
+            greedy, logits = self.decode(forward.ids, forward.starts)
+        elif forward.phase is Phase.PREFILL:
+            greedy, logits = self.prefill_rows(forward.slots[0], forward.matrix(), int(forward.starts[0]))
+        else:  # decode rows and prompt chunks together
+            lens = forward.lens.astype(np.int32)
+            positions = np.concatenate(
+                [np.arange(s, s + n, dtype=np.int64) for s, n in zip(forward.starts, lens, strict=True)]
+            )
+            greedy, logits = self._run(
+                forward.ids, positions, lens, np.asarray(forward.slots), np.cumsum(lens) - 1
+            )
         return ForwardOutput(greedy, logits)
 
     def describe(self) -> str:

@@ -16,10 +16,10 @@ VOCAB = 64
 class Setup:
     """An engine over a fake runner, with its clock and a recording sink."""
 
-    def __init__(self, slots=4, max_len=64, cost=None, companion=False, eos=None, **config):
+    def __init__(self, slots=4, max_len=64, cost=None, companion=False, eos=None, mixed=False, **config):
         self.clock = FakeClock()
         self.runner = FakeRunner(
-            slots, max_len, VOCAB, self.clock, cost or FakeCost(), eos=eos, companion=companion
+            slots, max_len, VOCAB, self.clock, cost or FakeCost(), eos=eos, companion=companion, mixed=mixed
         )
         self.sink = Recorder()
         self.engine = Engine(

@@ -103,6 +103,14 @@ def test_slots_joining_leaving_and_reused_equal_solo_and_transformers(version_di
     assert solo[0] == transformers_greedy(checkpoints["gpt2"], enc[0], lengths[0])
     assert solo[1] == transformers_greedy(checkpoints["gpt2"], enc[1], lengths[1])
     arrive = {0: [0, 1], 2: [2], 5: [3, 4, 5]}  # step -> requests arriving then
+    phases = []
+    real_execute = engine.runner.execute
+
+    def execute(forward):
+        phases.append(forward.phase)
+        return real_execute(forward)
+
+    engine.runner.execute = execute
     reqs, step = {}, 0
     while step < 200 and (step <= max(arrive) or engine.has_work()):
         for i in arrive.get(step, []):
@@ -112,6 +120,8 @@ def test_slots_joining_leaving_and_reused_equal_solo_and_transformers(version_di
     assert [reqs[i].tokens for i in range(len(texts))] == solo
     assert all(r.finish_reason is FinishReason.LENGTH for r in reqs.values())
     assert engine.free_slots == 3 and not engine.running
+    # a runner that takes mixed rows (OpenVINO) got the chunks with the decode rows
+    assert (Phase.MIXED in phases) == engine.runner.caps.mixed
     for r in reqs.values():  # the streamed text is the tokens' text
         assert "".join(sink.text.get(id(r), [])) == engine.tokenizer.decode(r.tokens)
 

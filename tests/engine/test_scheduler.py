@@ -36,7 +36,7 @@ def test_schedule_returns_the_step_as_data_without_running_anything(make):
     assert s.runner.calls == []  # planning runs nothing
     (fwd,) = plan.forwards
     assert fwd.phase is Phase.PREFILL and fwd.slots == (0,) and fwd.starts.tolist() == [0]
-    assert fwd.ids.tolist() == [req.prompt_ids] and fwd.requests == (req,) and fwd.graph == MAIN
+    assert fwd.matrix().tolist() == [req.prompt_ids] and fwd.requests == (req,) and fwd.graph == MAIN
     assert req.status is Status.PREFILLING and req.filled == 0  # advanced only by update
 
 
@@ -89,9 +89,10 @@ def test_greedy_tokens_equal_the_solo_reference(make):
     assert s.engine.generate_ids(ids, greedy(20)) == s.reference(ids, 20)
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["one-phase-calls", "mixed-calls"])
 @pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_requests_joining_leaving_and_reusing_slots_in_chunks_equal_their_references(make, chunk):
-    s = make(slots=3, prefill_chunk=chunk, idle_prefill_chunk=chunk, prefill_budget=0)
+def test_requests_joining_leaving_and_reusing_slots_in_chunks_equal_their_references(make, chunk, mixed):
+    s = make(slots=3, prefill_chunk=chunk, idle_prefill_chunk=chunk, prefill_budget=0, mixed=mixed)
     lengths = [20, 6, 14, 25, 9, 3]
     prompts = [prompt(n, seed) for seed, n in enumerate([2, 11, 1, 1, 5, 9])]
     arrive = {0: [0, 1], 2: [2], 5: [3, 4, 5]}
@@ -103,6 +104,7 @@ def test_requests_joining_leaving_and_reusing_slots_in_chunks_equal_their_refere
         step += 1
     assert [reqs[i].tokens for i in range(6)] == [s.reference(p, n) for p, n in zip(prompts, lengths)]
     assert all(r.finish_reason is FinishReason.LENGTH for r in reqs.values())
+    assert bool(s.calls(Phase.MIXED)) == mixed
     assert s.engine.free_slots == 3 and not s.engine.running
     for r in reqs.values():  # the streamed text is the tokens' text
         assert "".join(s.sink.text[id(r)]) == s.engine.tokenizer.decode(r.tokens)
@@ -388,6 +390,62 @@ def test_the_oldest_prompt_is_prefilled_first(make):
     s.engine.run_until_done([a, b])
     order = [c.slots for c in s.calls(Phase.PREFILL)]
     assert order == [(0,), (0,), (1,), (1,)]
+
+
+# -- one call a step where the runner takes mixed rows ----------------------------------------
+
+
+def test_a_mixed_runner_gets_the_decode_rows_and_the_prompt_chunk_in_one_call(make):
+    s = make(slots=3, mixed=True, prefill_chunk=4, prefill_budget=0)
+    a = s.engine.submit(prompt(3), greedy(30))
+    b = s.engine.submit(prompt(2, 1), greedy(30))
+    s.engine.run_until_done([s.engine.submit(prompt(1, 2), greedy(1))])  # frees slot 2
+    while b.status is not Status.DECODING:
+        s.engine.step()
+    long = s.engine.submit(prompt(10, 3), greedy(3))
+    plan = s.engine.scheduler.schedule()
+    (call,) = plan.forwards  # one call: both streams' next tokens and the chunk
+    assert call.phase is Phase.MIXED and call.slots == (0, 1, 2)
+    assert call.lens.tolist() == [1, 1, 4] and call.starts.tolist() == [a.filled, b.filled, 0]
+    assert call.row(2).tolist() == long.prompt_ids[:4] and call.requests == (a, b, long)
+    for forward in plan.forwards:
+        s.engine.scheduler.update(forward, s.engine._execute(forward))
+    s.engine.run_until_done([a, b, long])
+    for r, n in ((a, 30), (b, 30), (long, 3)):
+        assert r.tokens == s.reference(r.prompt_ids, n)
+    assert all(len(c.slots) <= 3 for c in s.runner.calls)
+
+
+def test_a_mixed_call_chunk_costs_what_the_budget_allows_on_top_of_the_decode_step(make):
+    """Decode 8.5 ms a step for one row, prompt tokens 0.5 ms each on top: with a budget of
+    one decode step, a chunk of 17 tokens rides on each step once the first mixed call has
+    shown what a prompt token costs, and the running stream's gap stays at two steps."""
+    cost = FakeCost(prefill_fixed=4.0, prefill_per_token=0.5, decode_fixed=8.0, decode_per_row=0.5)
+    s = make(slots=2, cost=cost, mixed=True, max_len=128, prefill_chunk=64)
+    stream = s.engine.submit(prompt(3), greedy(100))
+    for _ in range(3):
+        s.engine.step()
+    long = s.engine.submit(prompt(100, 1), greedy(2))
+    times = []
+    while long.status is not Status.DECODING:
+        before = stream.generated
+        s.engine.step()
+        if stream.generated > before:
+            times.append(s.clock())
+    # nothing fitted at first: the configured chunk; then 17; then the prompt's rest
+    assert [len(c.ids[-1]) for c in s.calls(Phase.MIXED)] == [64, 17, 17, 2]
+    assert not s.calls(Phase.PREFILL)[1:]  # after the first stream's own prompt, no call of its own
+    assert list(np.diff(times) * 1e3) == pytest.approx([17.0, 17.0, 8.5 + 0.5 * 2])
+    s.engine.run_until_done([stream, long])
+    assert long.tokens == s.reference(long.prompt_ids, 2) and stream.tokens == s.reference(prompt(3), 100)
+
+
+def test_a_mixed_runner_still_prefills_alone_when_nothing_decodes(make):
+    s = make(slots=2, mixed=True, idle_prefill_chunk=8)
+    req = s.engine.submit(prompt(12), greedy(3))
+    s.engine.run_until_done([req])
+    assert [c.phase for c in s.runner.calls][:2] == [Phase.PREFILL, Phase.PREFILL]
+    assert req.tokens == s.reference(prompt(12), 3)
 
 
 # -- the int4+int8 pair's routing -------------------------------------------------------------
