@@ -35,6 +35,14 @@ def setting(
 class EngineConfig:
     slots: int = setting(8, 1, 1024, "generations decoded together (rows of the KV cache, allocated once)")
     max_len: int = setting(0, 0, None, "KV positions per slot", note="0 = the model's context window")
+    kv_cache_mib: float = setting(
+        0.0,
+        0.0,
+        1_000_000.0,
+        "KV cache memory of a block runner (OpenVINO): blocks taken as requests grow, returned "
+        "when they end; past it the newest request is preempted and recomputed later",
+        note="0 = slots x max-len",
+    )
     prefill_chunk: int = setting(
         64, 1, 4096, "most prompt tokens prefilled per step while other streams decode"
     )

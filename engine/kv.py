@@ -18,17 +18,30 @@ class KVBuffers:
     """`2 x layers` buffers, allocated and touched once."""
 
     def __init__(
-        self, n_layer, n_head, head_size, slots, max_len, dtype, device="cpu", device_id=0, block_size=0
+        self,
+        n_layer,
+        n_head,
+        head_size,
+        slots,
+        max_len,
+        dtype,
+        device="cpu",
+        device_id=0,
+        block_size=0,
+        blocks=0,
     ):
-        if block_size:
-            self.shape = (slots * max_len // block_size, n_head, block_size, head_size)
-        else:
-            self.shape = (slots, n_head, max_len, head_size)
+        """`blocks` (with `block_size`): how many blocks (default: `slots x max_len` worth)."""
         self.dtype = np.dtype(dtype)
+        if block_size:
+            self.blocks = blocks or slots * max_len // block_size
+            self.shape = (self.blocks, n_head, block_size, head_size)
+        else:
+            self.blocks = 0
+            self.shape = (slots, n_head, max_len, head_size)
         self.device, self.device_id = device, device_id
         self.block_size = block_size
         self.slot_bytes = n_head * max_len * head_size * self.dtype.itemsize
-        self.nbytes = 2 * n_layer * slots * self.slot_bytes
+        self.nbytes = 2 * n_layer * int(np.prod(self.shape)) * self.dtype.itemsize
         if device == "cpu":
             self._buffers = [np.zeros(self.shape, self.dtype) for _ in range(2 * n_layer)]
             for b in self._buffers:
@@ -73,3 +86,32 @@ class SlotPool:
         if not 0 <= slot < self.total or slot in self._free:
             raise ValueError(f"slot {slot} is not held (pool of {self.total})")
         heapq.heappush(self._free, slot)
+
+
+class BlockPool:
+    """Which cache blocks are free (a runner whose attention reads block tables): a request
+    takes blocks as it grows and returns them when it ends or is preempted."""
+
+    def __init__(self, blocks: int, block_size: int):
+        self.total, self.block_size = blocks, block_size
+        self._free = list(range(blocks - 1, -1, -1))  # pop() hands out the lowest first
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def needed(self, held: int, tokens: int) -> int:
+        """More blocks a request holding `held` needs to cover `tokens` positions."""
+        return max(0, -(-tokens // self.block_size) - held)
+
+    def take(self, n: int) -> list[int] | None:
+        """`n` blocks, or None (and nothing taken) when fewer are free."""
+        if n > len(self._free):
+            return None
+        return [self._free.pop() for _ in range(n)]
+
+    def give_back(self, blocks: list[int]) -> None:
+        held = set(blocks)
+        if len(held) != len(blocks) or held & set(self._free) or not all(0 <= b < self.total for b in held):
+            raise ValueError(f"blocks {sorted(blocks)} are not all held (pool of {self.total})")
+        self._free.extend(blocks)

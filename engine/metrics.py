@@ -51,6 +51,7 @@ KV_USAGE = "vllm:kv_cache_usage_perc"
 KV_FREE = "aigc:kv_slots_free"
 KV_TOTAL = "aigc:kv_slots_total"
 RESPONSES = "aigc:responses_total"
+PREEMPTIONS = "vllm:num_preemptions_total"
 
 # (name, kind, help, buckets or None)
 METRICS = (
@@ -71,6 +72,7 @@ METRICS = (
     (KV_USAGE, "gauge", "Share of the KV slots in use, 0..1.", None),
     (KV_FREE, "gauge", "Free KV slots.", None),
     (KV_TOTAL, "gauge", "KV slots allocated at load.", None),
+    (PREEMPTIONS, "counter", "Requests preempted for KV blocks (recomputed later).", None),
     (
         RESPONSES,
         "counter",
@@ -103,6 +105,7 @@ class EngineStats:
         self.generation_tokens = 0
         self.ended: Counter = Counter()  # FinishReason value -> requests
         self.refused: Counter = Counter()  # "rejected" | "busy" -> requests (the adapter counts)
+        self.preemptions = 0
 
 
 def drain(samples: deque) -> list[float]:

@@ -44,6 +44,8 @@ class Forward:
     starts: np.ndarray  # (rows,) int64
     requests: tuple[Request | None, ...]
     graph: str = MAIN
+    # a block runner: each row's block table (the blocks holding its positions, in order)
+    blocks: tuple[np.ndarray, ...] | None = None
 
     @classmethod
     def rectangle(cls, phase: Phase, slots, ids: np.ndarray, starts, requests, graph: str = MAIN) -> Forward:

@@ -5,8 +5,8 @@ An entry says how its exported variants are named (`variant_prefix`), how an exp
 graph file is recognised (`export_suffix`), which files a repository version holds
 (`version_files`, the graph first), the runner that loads them, the converter that makes
 a variant (an `export` function, named as a string: the engine does not import export),
-and what it can do: the targets it serves, and whether two of its graphs can share the KV
-cache (a pair such as int4+int8). Adding a runtime is one entry, its runner and its
+and what it can do: the targets it serves, whether two of its graphs can share the KV
+cache (a pair such as int4+int8), and whether its cache is blocks taken by use. Adding a runtime is one entry, its runner and its
 converter.
 """
 
@@ -30,6 +30,7 @@ class Runtime:
     converter: str  # "module:function" in export
     targets: tuple[str, ...]
     pairs: bool
+    cache_blocks: bool  # its cache is blocks taken by use (`--kv-cache-mib`), not a row per slot
 
     @property
     def graph_file(self) -> str:
@@ -55,6 +56,7 @@ ONNXRUNTIME = Runtime(
     converter="export.quantize:onnxruntime_variant",
     targets=("cpu", "gpu"),
     pairs=True,
+    cache_blocks=False,
 )
 OPENVINO = Runtime(
     name="openvino",
@@ -65,6 +67,7 @@ OPENVINO = Runtime(
     converter="export.quantize:openvino_variant",
     targets=("cpu",),
     pairs=False,
+    cache_blocks=True,
 )
 RUNTIMES = (ONNXRUNTIME, OPENVINO)
 DEFAULT = ONNXRUNTIME  # what an export report without a runtime field means

@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.config import EngineConfig
 from engine.cost import CostFit, Ema
-from engine.kv import SlotPool
+from engine.kv import BlockPool, SlotPool
 from engine.metrics import EngineStats
 from engine.output import OutputProcessor
 from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, StepPlan
@@ -53,6 +53,8 @@ class Scheduler:
         self.config, self.output, self.stats, self.sink, self.clock = config, output, stats, sink, clock
         self.pool = SlotPool(caps.max_rows)
         self.mixed = caps.mixed  # the runner takes a step's decode rows and prompt chunk in one call
+        # a block runner: the cache's blocks, taken by use (None: a slot holds its whole row)
+        self.kv_blocks = BlockPool(caps.blocks, caps.block_size) if caps.block_size else None
         self.running: list[Request] = []  # holding a slot, in admission order
         self._waiting: collections.deque[Request] = collections.deque()
         self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
@@ -103,6 +105,10 @@ class Scheduler:
         with self.lock:
             running = list(self.running)
         decoding = [r for r in running if r.status is Status.DECODING]
+        if self.kv_blocks is not None:
+            decoding = self._grow_decoding(decoding)
+            with self.lock:
+                running = list(self.running)
         prefilling = [r for r in running if r.status is Status.PREFILLING]
         forwards = []
         written = {}  # request -> prompt tokens this step's prefill writes
@@ -111,36 +117,48 @@ class Scheduler:
             budget = self.chunk_tokens(len(prefilling), len(decoding)) if decoding else None
             budget = budget or self.config.idle_prefill_chunk
             group = self.prefill_group(prefilling, budget)
-            head = group[0]
-            chunk = min(budget // len(group), head.prompt_left)
+            chunk = min(budget // len(group), group[0].prompt_left)
+            if self.kv_blocks is not None:
+                group = self._grow_prefilling(group, chunk)
             written = {id(r): chunk for r in group}
         if group and decoding and self.mixed:
-            return StepPlan((self._mixed_forward(decoding, group, chunk),))
-        if group:
+            return StepPlan((self._rows_forward(Phase.MIXED, decoding + group, chunk),))
+        if group and self.kv_blocks is not None:
+            forwards.append(self._rows_forward(Phase.PREFILL, group, chunk))
+        elif group:
             head = group[0]
-            ids = np.asarray([r.prompt_ids[head.filled : head.filled + chunk] for r in group], np.int64)
+            ids = np.asarray([r.prefill_ids[head.filled : head.filled + chunk] for r in group], np.int64)
             starts = np.full(len(group), head.filled, np.int64)
             slots = [r.slot for r in group]
             forwards.append(Forward.rectangle(Phase.PREFILL, slots, ids, starts, group, self.prefill_graph))
-        if decoding:
+        if decoding and self.kv_blocks is not None:
+            forwards.append(self._rows_forward(Phase.DECODE, decoding, 0))
+        elif decoding:
             forwards.append(self._decode_forward(running, decoding, written))
         return StepPlan(tuple(forwards))
 
-    @staticmethod
-    def _mixed_forward(decoding: list[Request], group: list[Request], chunk: int) -> Forward:
-        """Every decoding request's next token and the prompt chunk of `group`, one call."""
-        rows = sorted(decoding, key=lambda r: r.slot) + group
+    def _rows_forward(self, phase: Phase, rows: list[Request], chunk: int) -> Forward:
+        """A call of any rows, no padding: each decoding request's next token, each prefilling
+        one's chunk; a block runner's rows carry their block tables."""
         pieces = [
-            [r.next_token] if r.status is Status.DECODING else r.prompt_ids[r.filled : r.filled + chunk]
+            [r.next_token] if r.status is Status.DECODING else r.prefill_ids[r.filled : r.filled + chunk]
             for r in rows
         ]
+        tables = None
+        if self.kv_blocks is not None:
+            size = self.kv_blocks.block_size
+            tables = tuple(
+                np.asarray(r.blocks[: -(-(r.filled + len(p)) // size)], np.int32)
+                for r, p in zip(rows, pieces, strict=True)
+            )
         return Forward(
-            Phase.MIXED,
+            phase,
             tuple(r.slot for r in rows),
             np.asarray([t for piece in pieces for t in piece], np.int64),
             np.asarray([len(p) for p in pieces], np.int64),
             np.asarray([r.filled for r in rows], np.int64),
             tuple(rows),
+            blocks=tables,
         )
 
     def _decode_forward(self, running: list[Request], decoding: list[Request], written: dict) -> Forward:
@@ -184,10 +202,66 @@ class Scheduler:
         chunk = min(budget, head.prompt_left)
         while (len(group) + 1) * chunk <= budget:
             nxt = by_slot.get(group[-1].slot + 1)
-            if nxt is None or nxt.filled != head.filled or len(nxt.prompt_ids) != len(head.prompt_ids):
+            if nxt is None or nxt.filled != head.filled or len(nxt.prefill_ids) != len(head.prefill_ids):
                 break
             group.append(nxt)
         return group
+
+    # -- blocks (a block runner) -------------------------------------------------------------
+    def _grow_decoding(self, decoding: list[Request]) -> list[Request]:
+        """A block for each decoding request's next position where it has none, oldest first;
+        when the pool runs out, the newest running request is preempted (its blocks freed,
+        recomputed later) until the older ones fit. The requests still decoding."""
+        kept = []
+        for req in decoding:
+            while req.status is Status.DECODING:
+                got = self.kv_blocks.take(self.kv_blocks.needed(len(req.blocks), req.filled + 1))
+                if got is not None:
+                    req.blocks += got
+                    kept.append(req)
+                    break
+                with self.lock:
+                    victim = self.running[-1]
+                self._preempt(victim)
+        return kept
+
+    def _grow_prefilling(self, group: list[Request], chunk: int) -> list[Request]:
+        """Blocks for the chunk of each request of `group` (the oldest prompts first). A prompt
+        waits for blocks rather than preempting a running stream, but a newer prompt gives up
+        its blocks to the oldest one when nothing else would free any."""
+        kept = []
+        for req in group:
+            while True:
+                got = self.kv_blocks.take(self.kv_blocks.needed(len(req.blocks), req.filled + chunk))
+                if got is not None:
+                    req.blocks += got
+                    kept.append(req)
+                    break
+                with self.lock:
+                    newer = [r for r in self.running[self.running.index(req) + 1 :] if r.blocks]
+                    decoding = any(r.status is Status.DECODING for r in self.running)
+                if kept or decoding or not newer:
+                    return kept
+                self._preempt(newer[-1])
+        return kept
+
+    def _preempt(self, req: Request) -> None:
+        """Free `req`'s slot and blocks and queue it first: it starts again from a prefill of
+        everything it had (recompute preemption); its output so far stays."""
+        with self.lock:
+            self.running.remove(req)
+            self.pool.release(req.slot)
+            self.kv_blocks.give_back(req.blocks)
+            req.blocks, req.slot, req.filled, req.status = [], -1, 0, Status.WAITING
+            req.recompute = req.prompt_ids + req.tokens[:-1] if req.tokens else None
+            self._waiting.appendleft(req)
+        self.stats.preemptions += 1
+
+    def kv_usage(self) -> float:
+        """The share of the cache in use: blocks for a block runner, else slots."""
+        if self.kv_blocks is not None:
+            return 1.0 - self.kv_blocks.free / self.kv_blocks.total
+        return 1.0 - self.pool.free / self.pool.total
 
     def _admit(self) -> None:
         with self.lock:
@@ -236,9 +310,12 @@ class Scheduler:
         for i, req in live:
             req.filled += int(forward.lens[i])
             if req.status is Status.PREFILLING:
-                if req.filled < len(req.prompt_ids):
+                if req.filled < len(req.prefill_ids):
                     continue
                 req.status = Status.DECODING
+                if req.recompute is not None:  # back where it was: its next token is known
+                    req.recompute = None
+                    continue
             self._token(req, int(out.greedy[i]), lambda i=i: out.logits()[i])
 
     def _token(self, req: Request, greedy: int, logits) -> None:
@@ -263,6 +340,9 @@ class Scheduler:
             else:
                 self.running.remove(req)
                 self.pool.release(req.slot)
+                if req.blocks:
+                    self.kv_blocks.give_back(req.blocks)
+                    req.blocks = []
             req.status, req.finish_reason, req.error = Status.FINISHED, reason, error
         self.stats.ended[reason.value] += 1
         if req.first_token_at is not None:

@@ -58,11 +58,20 @@ class Request:
     eos: int | None = None  # the token that ends it: the model's EOS, or the request's end_id
     history: TokenHistory | None = None  # only with penalties
     bad_ids: tuple[tuple[int, ...], ...] = ()  # banned token sequences (bad_words)
+    blocks: list[int] = field(default_factory=list)  # its cache blocks, in order (a block runner)
+    # After a preemption: the ids to write again (prompt and output but the last token, which
+    # the next decode step feeds); None: the prompt is what a prefill writes.
+    recompute: list[int] | None = None
+
+    @property
+    def prefill_ids(self) -> list[int]:
+        """What this request's prefill writes: its prompt, or all it had after a preemption."""
+        return self.prompt_ids if self.recompute is None else self.recompute
 
     @property
     def prompt_left(self) -> int:
-        """Prompt tokens not yet in the cache."""
-        return len(self.prompt_ids) - self.filled
+        """Prefill tokens not yet in the cache."""
+        return len(self.prefill_ids) - self.filled
 
 
 class Sink:

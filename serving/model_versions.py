@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import engine
 from aigc.errors import ConfigError
+from engine import runtimes
 from engine.request_schema import TENSOR_INPUTS
 from serving import config_gen
 from serving.config_gen import Tensor
@@ -169,8 +170,15 @@ def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.Mo
     # the cache's dtype as the export read it from the graph (float32 where a report predates it)
     kv_dtype = np.dtype(report["variants"][variant].get("kv_dtype", "float32"))
     kv = kv_cache_bytes(info, opts, kv_dtype.itemsize)
-    detail = (
-        f"  KV cache: {opts.engine.slots} slots x {opts.engine.max_len or info['n_positions']} positions = "
-        f"{kv / 2**20:.0f} MiB, allocated once when the model loads"
-    )
+    window = opts.engine.max_len or info["n_positions"]
+    if runtimes.of_variant(variant).cache_blocks and opts.engine.kv_cache_mib:
+        detail = (
+            f"  KV cache: {opts.engine.kv_cache_mib:g} MiB of blocks taken by use, allocated once when the model "
+            f"loads; up to {opts.engine.slots} sequences of up to {window} positions"
+        )
+    else:
+        detail = (
+            f"  KV cache: {opts.engine.slots} slots x {window} positions = "
+            f"{kv / 2**20:.0f} MiB, allocated once when the model loads"
+        )
     return cfg, detail

@@ -21,11 +21,16 @@ class RunnerCaps:
     mixed: bool  # prefill and decode rows in one call (else one phase a call)
     max_rows: int  # KV slots: the most requests it holds at once
     max_len: int  # cache positions per slot
-    cache_layout: str  # "slots": a row per slot; "blocks": fixed-size blocks per slot
+    cache_layout: str  # "slots": a row per slot; "blocks": fixed-size blocks
     kv_dtype: np.dtype
     kv_bytes: int  # the memory its cache holds
     device: str  # "cpu" or "cuda"
     graphs: tuple[str, ...] = (MAIN,)  # with COMPANION: a pair's second graph shares the slots
+    # A block runner (`block_size` > 0) reads each row's cache through the block table the
+    # call gives it (`Forward.blocks`): `blocks` of `block_size` positions, taken by use; its
+    # `max_rows` then bounds only the sequences at once, not the memory.
+    block_size: int = 0
+    blocks: int = 0
 
 
 @runtime_checkable

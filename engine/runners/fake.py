@@ -93,7 +93,11 @@ class FakeRunner:
         eos: int | None = None,
         companion: bool = False,
         mixed: bool = False,
+        block_size: int = 0,
+        blocks: int = 0,
     ):
+        """`block_size` > 0: a block runner of `blocks` blocks (default: `slots` x `max_len`
+        worth) addressed through each call's block tables."""
         self.info = {
             "n_layer": 1,
             "n_head": 1,
@@ -105,7 +109,12 @@ class FakeRunner:
         self.clock = clock or FakeClock()
         self.cost = cost or FakeCost()
         self.table = np.random.default_rng(seed).standard_normal((self.TABLE_ROWS, vocab)).astype(np.float32)
-        self.cache = np.full((slots, max_len), -1, np.int64)  # the token at each position
+        self.block_size = block_size
+        if block_size:
+            blocks = blocks or slots * -(-max_len // block_size)
+            self.cache = np.full((blocks, block_size), -1, np.int64)  # the token at each position
+        else:
+            self.cache = np.full((slots, max_len), -1, np.int64)
         # one logits buffer for every call, as the real runners bind theirs: a call's logits
         # are valid until the next call
         self._logits = np.zeros((slots, vocab), np.float32)
@@ -115,11 +124,13 @@ class FakeRunner:
             mixed=mixed,
             max_rows=slots,
             max_len=max_len,
-            cache_layout="slots",
+            cache_layout="blocks" if block_size else "slots",
             kv_dtype=np.dtype(np.int64),
             kv_bytes=self.cache.nbytes,
             device="cpu",
             graphs=(MAIN, COMPANION) if companion else (MAIN,),
+            block_size=block_size,
+            blocks=blocks if block_size else 0,
         )
 
     def describe(self) -> str:
@@ -150,8 +161,15 @@ class FakeRunner:
         logits = self._logits[: forward.rows]
         for i, (slot, start) in enumerate(zip(forward.slots, forward.starts, strict=True)):
             ids = forward.row(i)
-            self.cache[slot, start : start + len(ids)] = ids
-            logits[i] = self.logits_of(self.cache[slot, : start + len(ids)])
+            if self.block_size:  # position p lives in block table[p // size] at p % size
+                table = forward.blocks[i]
+                where = np.arange(start + len(ids))
+                blocks, offsets = table[where // self.block_size], where % self.block_size
+                self.cache[blocks[start:], offsets[start:]] = ids
+                logits[i] = self.logits_of(self.cache[blocks, offsets])
+            else:
+                self.cache[slot, start : start + len(ids)] = ids
+                logits[i] = self.logits_of(self.cache[slot, : start + len(ids)])
         return ForwardOutput(logits.argmax(axis=1), lambda: logits)
 
     def _check(self, forward: Forward) -> None:
@@ -167,6 +185,15 @@ class FakeRunner:
             raise AssertionError(
                 f"positions {starts} + {forward.lens.tolist()} outside the slot of {self.caps.max_len}"
             )
+        if self.block_size:
+            if forward.blocks is None or len(forward.blocks) != forward.rows:
+                raise AssertionError("a block runner's call without a block table per row")
+            for table, s, n in zip(forward.blocks, starts, forward.lens, strict=True):
+                if len(table) * self.block_size < s + n or len(set(table.tolist())) != len(table):
+                    raise AssertionError(f"table {table.tolist()} does not cover positions {s}..{s + n - 1}")
+            used = [b for table in forward.blocks for b in table.tolist()]
+            if len(used) != len(set(used)) or not all(0 <= b < self.caps.blocks for b in used):
+                raise AssertionError(f"rows share or overrun blocks: {[t.tolist() for t in forward.blocks]}")
         if forward.phase is Phase.MIXED:
             if not self.caps.mixed:
                 raise AssertionError("a mixed call to a runner that takes one phase a call")
@@ -174,8 +201,13 @@ class FakeRunner:
         t = int(forward.lens[0])
         if (forward.lens != t).any():
             raise AssertionError(f"a {forward.phase.value} call with rows of {forward.lens.tolist()} tokens")
-        if forward.phase is Phase.DECODE:
+        if forward.phase is Phase.DECODE and self.block_size:
+            if t != 1:
+                raise AssertionError(f"a decode call with {t} tokens a row")
+        elif forward.phase is Phase.DECODE:
             if t != 1 or slots != list(range(len(slots))):
                 raise AssertionError(f"a decode call covers slots 0..n-1 with one token each, got {slots}")
+        elif self.block_size:
+            return  # prefill rows read their own tables: any slots, any starts
         elif len(set(starts)) != 1 or slots != list(range(slots[0], slots[0] + len(slots))):
             raise AssertionError(f"a prefill call takes consecutive slots at one start, got {slots} {starts}")

@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.config import EngineConfig
 from engine.kv import KVBuffers
-from engine.plan import Forward, ForwardOutput, Phase
+from engine.plan import Forward, ForwardOutput
 from engine.runners.base import RunnerCaps
 
 BLOCK_SIZE = 32  # OpenVINO's CPU PagedAttention block size
@@ -73,7 +73,18 @@ def paged_model(xml_path: str, n_head: int, head_size: int, kv_type: str = "f32"
 class OvRunner:
     """The paged-attention IR compiled for the CPU; the KV blocks set on the request once."""
 
-    def __init__(self, model_dir: str, slots: int, max_len: int, threads: int = 0, kv_type: str = "f32"):
+    def __init__(
+        self,
+        model_dir: str,
+        slots: int,
+        max_len: int,
+        threads: int = 0,
+        kv_type: str = "f32",
+        blocks: int = 0,
+    ):
+        """`blocks`: the cache's blocks, taken by use through each call's block tables
+        (default `slots` x `max_len` worth; slot `s` owns the `s`-th run of them when a call
+        gives no tables, as the export's measurements call it)."""
         import openvino as ov
 
         with open(os.path.join(model_dir, "model_info.json")) as f:
@@ -97,6 +108,12 @@ class OvRunner:
         self.compiled = ov.Core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.blocks_per_slot = -(-max_len // BLOCK_SIZE)
+        blocks = blocks or slots * self.blocks_per_slot
+        if blocks < self.blocks_per_slot:
+            raise ValueError(
+                f"kv_cache_mib holds {blocks} blocks of {BLOCK_SIZE} positions; one request of the "
+                f"{max_len}-position window needs {self.blocks_per_slot}"
+            )
         self.kv = KVBuffers(
             self.n_layer,
             self.n_head,
@@ -105,14 +122,17 @@ class OvRunner:
             self.blocks_per_slot * BLOCK_SIZE,
             np.float32 if kv_type == "f32" else np.float16,
             block_size=BLOCK_SIZE,
+            blocks=blocks,
         )
         self.kv_dtype = self.kv.dtype.type
         cache_names = [f"{kv}_cache.{i}" for i in range(self.n_layer) for kv in ("key", "value")]
         for name, buf in zip(cache_names, self.kv.buffers, strict=True):
             self.request.set_tensor(name, ov.Tensor(buf, shared_memory=True))
         self._ov = ov
-        self._slot_blocks = np.arange(slots * self.blocks_per_slot, dtype=np.int32).reshape(
-            slots, self.blocks_per_slot
+        # the tables of calls that give none (the export's measurements): slot s, run s
+        self._slot_blocks = (
+            np.arange(self.blocks_per_slot * slots, dtype=np.int32).reshape(slots, self.blocks_per_slot)
+            % self.kv.blocks
         )
         self.caps = RunnerCaps(
             mixed=True,  # PagedAttention takes sequences of any lengths in one call
@@ -122,28 +142,36 @@ class OvRunner:
             kv_dtype=self.kv.dtype,
             kv_bytes=self.kv.nbytes,
             device=self.device,
+            block_size=BLOCK_SIZE,
+            blocks=self.kv.blocks,
         )
 
     @classmethod
     def from_version(
         cls, model_dir: str, config: EngineConfig, max_len: int, threads: int = 0, **_
     ) -> OvRunner:
-        """The runner of a repository version folder, as `engine.loader` builds it."""
-        return cls(model_dir, config.slots, max_len, threads)
+        """The runner of a repository version folder, as `engine.loader` builds it: the cache
+        is `kv_cache_mib` of blocks (0: `slots` x `max_len` worth)."""
+        blocks = 0
+        if config.kv_cache_mib:
+            with open(os.path.join(model_dir, "model_info.json")) as f:
+                info = json.load(f)
+            per_block = (
+                2 * int(info["n_layer"]) * int(info["n_head"]) * BLOCK_SIZE * int(info["head_size"]) * 4
+            )
+            blocks = max(1, int(config.kv_cache_mib * 2**20) // per_block)
+        return cls(model_dir, config.slots, max_len, threads, blocks=blocks)
 
     def execute(self, forward: Forward) -> ForwardOutput:
-        if forward.phase is Phase.DECODE:
-            greedy, logits = self.decode(forward.ids, forward.starts)
-        elif forward.phase is Phase.PREFILL:
-            greedy, logits = self.prefill_rows(forward.slots[0], forward.matrix(), int(forward.starts[0]))
-        else:  # decode rows and prompt chunks together
-            lens = forward.lens.astype(np.int32)
-            positions = np.concatenate(
-                [np.arange(s, s + n, dtype=np.int64) for s, n in zip(forward.starts, lens, strict=True)]
-            )
-            greedy, logits = self._run(
-                forward.ids, positions, lens, np.asarray(forward.slots), np.cumsum(lens) - 1
-            )
+        """Any rows, each through its block table (or, without tables, its slot's run)."""
+        lens = forward.lens.astype(np.int32)
+        positions = np.concatenate(
+            [np.arange(s, s + n, dtype=np.int64) for s, n in zip(forward.starts, lens, strict=True)]
+        )
+        last = np.cumsum(lens) - 1
+        greedy, logits = self._run(
+            forward.ids, positions, lens, np.asarray(forward.slots), last, forward.blocks
+        )
         return ForwardOutput(greedy, logits)
 
     def describe(self) -> str:
@@ -159,15 +187,19 @@ class OvRunner:
         lens: np.ndarray,
         slots: np.ndarray,
         logits_at: np.ndarray,
+        tables=None,
     ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
-        """`ids`/`positions` (tokens,) for sequences of `lens` new tokens each, in `slots`,
-        starting at `positions[begin]`; logits and greedy tokens of the rows `logits_at`."""
+        """`ids`/`positions` (tokens,) for sequences of `lens` new tokens each, in `slots`
+        (or through their block `tables`), starting at `positions[begin]`; logits and greedy
+        tokens of the rows `logits_at`."""
         begins = np.zeros(len(lens) + 1, np.int32)
         np.cumsum(lens, out=begins[1:])
         past = positions[begins[:-1]].astype(np.int32)
         ends = past + lens
         blocks_each = -(-ends // BLOCK_SIZE)
-        table = np.concatenate([self._slot_blocks[s, :b] for s, b in zip(slots, blocks_each, strict=True)])
+        if tables is None:
+            tables = [self._slot_blocks[s] for s in slots]
+        table = np.concatenate([t[:b] for t, b in zip(tables, blocks_each, strict=True)])
         table_begins = np.zeros(len(lens) + 1, np.int32)
         np.cumsum(blocks_each, out=table_begins[1:])
         feeds = {

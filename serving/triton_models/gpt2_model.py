@@ -288,6 +288,7 @@ class _MetricsExporter:
         self.count(llm_metrics.PROMPT_TOKENS, stats.prompt_tokens)
         self.count(llm_metrics.GENERATION_TOKENS, stats.generation_tokens)
         self.count(llm_metrics.RESPONSES, self.responses.responses)
+        self.count(llm_metrics.PREEMPTIONS, stats.preemptions)
         totals = {}
         for reason, n in list(stats.ended.items()):
             family, label = llm_metrics.FINISH_LABELS[reason]
@@ -304,7 +305,7 @@ class _MetricsExporter:
         self.metric(llm_metrics.WAITING).set(engine.waiting)
         self.metric(llm_metrics.KV_FREE).set(free)
         self.metric(llm_metrics.KV_TOTAL).set(slots)
-        self.metric(llm_metrics.KV_USAGE).set((slots - free) / slots)
+        self.metric(llm_metrics.KV_USAGE).set(engine.scheduler.kv_usage())
 
     def _run(self):
         while not self.stop.wait(self.interval_s):

@@ -16,10 +16,30 @@ VOCAB = 64
 class Setup:
     """An engine over a fake runner, with its clock and a recording sink."""
 
-    def __init__(self, slots=4, max_len=64, cost=None, companion=False, eos=None, mixed=False, **config):
+    def __init__(
+        self,
+        slots=4,
+        max_len=64,
+        cost=None,
+        companion=False,
+        eos=None,
+        mixed=False,
+        block_size=0,
+        blocks=0,
+        **config,
+    ):
         self.clock = FakeClock()
         self.runner = FakeRunner(
-            slots, max_len, VOCAB, self.clock, cost or FakeCost(), eos=eos, companion=companion, mixed=mixed
+            slots,
+            max_len,
+            VOCAB,
+            self.clock,
+            cost or FakeCost(),
+            eos=eos,
+            companion=companion,
+            mixed=mixed,
+            block_size=block_size,
+            blocks=blocks,
         )
         self.sink = Recorder()
         self.engine = Engine(

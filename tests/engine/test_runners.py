@@ -131,16 +131,17 @@ def test_requests_arriving_together_share_one_prefill_call(version_dir):
     ids = engine.tokenizer.encode("def f(x): return").ids
     solo = engine.generate_ids(ids, greedy(8))
     calls = []
-    real = engine.runner.prefill_rows
+    real = engine.runner.execute
 
-    def spy(first_slot, rows, start, graph="main"):
-        calls.append(rows.shape)
-        return real(first_slot, rows, start)
+    def spy(forward):
+        if forward.phase is Phase.PREFILL:
+            calls.append((forward.rows, forward.lens.tolist()))
+        return real(forward)
 
-    engine.runner.prefill_rows = spy
+    engine.runner.execute = spy
     reqs = [engine.submit(ids, greedy(8)) for _ in range(3)]
     engine.run_until_done(reqs)
-    assert calls == [(3, len(ids))]
+    assert calls == [(3, [len(ids)] * 3)]
     assert [r.tokens for r in reqs] == [solo] * 3
 
 
@@ -211,6 +212,32 @@ def test_memory_is_allocated_once_over_a_thousand_requests(version_dir):
     growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert growth < 256 * 1024, f"memory grew by {growth} bytes over 1000 requests"
     assert engine.runner.kv.ptrs == ptrs and engine.free_slots == 4
+
+
+def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(exports, checkpoints, tmp_path):
+    """OpenVINO's paged cache sized in MiB (five 32-position blocks) below what three streams
+    reach: the newest is preempted and recomputed, and every request's tokens still equal
+    transformers'."""
+    import json
+
+    d = tmp_path / "ov"
+    d.mkdir()
+    for f in ("openvino_model.xml", "openvino_model.bin"):
+        shutil.copyfile(exports["gpt2"] / "ov-fp32" / f, d / f)
+    for f in ("tokenizer.json", "model_info.json"):
+        shutil.copyfile(exports["gpt2"] / "assets" / f, d / f)
+    info = json.loads((d / "model_info.json").read_text())
+    block_mib = 2 * info["n_layer"] * info["n_head"] * 32 * info["head_size"] * 4 / 2**20
+    engine, sink, _ = make_engine(d, slots=3, kv_cache_mib=5 * block_mib, prefill_chunk=16)
+    assert engine.runner.caps.blocks == 5 and engine.runner.caps.block_size == 32
+    prompts = [engine.tokenizer.encode(t).ids for t in ("The class", "import os", "Python is")]
+    reqs = [engine.submit(p, greedy(40)) for p in prompts]
+    engine.run_until_done(reqs)
+    assert engine.stats.preemptions >= 1
+    for p, r in zip(prompts, reqs):
+        assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 40)
+        assert "".join(sink.text[id(r)]) == engine.tokenizer.decode(r.tokens)
+    assert engine.scheduler.kv_blocks.free == 5
 
 
 class _CallCounter:

@@ -89,10 +89,21 @@ def test_greedy_tokens_equal_the_solo_reference(make):
     assert s.engine.generate_ids(ids, greedy(20)) == s.reference(ids, 20)
 
 
-@pytest.mark.parametrize("mixed", [False, True], ids=["one-phase-calls", "mixed-calls"])
+@pytest.mark.parametrize(
+    "mixed, block_size", [(False, 0), (True, 0), (True, 4)], ids=["one-phase-calls", "mixed-calls", "blocks"]
+)
 @pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_requests_joining_leaving_and_reusing_slots_in_chunks_equal_their_references(make, chunk, mixed):
-    s = make(slots=3, prefill_chunk=chunk, idle_prefill_chunk=chunk, prefill_budget=0, mixed=mixed)
+def test_requests_joining_leaving_and_reusing_slots_in_chunks_equal_their_references(
+    make, chunk, mixed, block_size
+):
+    s = make(
+        slots=3,
+        prefill_chunk=chunk,
+        idle_prefill_chunk=chunk,
+        prefill_budget=0,
+        mixed=mixed,
+        block_size=block_size,
+    )
     lengths = [20, 6, 14, 25, 9, 3]
     prompts = [prompt(n, seed) for seed, n in enumerate([2, 11, 1, 1, 5, 9])]
     arrive = {0: [0, 1], 2: [2], 5: [3, 4, 5]}
@@ -446,6 +457,84 @@ def test_a_mixed_runner_still_prefills_alone_when_nothing_decodes(make):
     s.engine.run_until_done([req])
     assert [c.phase for c in s.runner.calls][:2] == [Phase.PREFILL, Phase.PREFILL]
     assert req.tokens == s.reference(prompt(12), 3)
+
+
+# -- KV blocks taken by use (a block runner) ------------------------------------------------
+
+
+def test_a_request_takes_blocks_as_it_grows_and_returns_them_when_it_ends(make):
+    s = make(slots=2, mixed=True, block_size=4, blocks=16, idle_prefill_chunk=64)
+    pool = s.engine.scheduler.kv_blocks
+    req = s.engine.submit(prompt(6), greedy(7))
+    s.engine.step()  # the prompt: positions 0..5, two blocks
+    assert len(req.blocks) == 2 and pool.free == 14
+    held = []
+    while req.status is not Status.FINISHED:
+        s.engine.step()
+        held.append(len(req.blocks))
+    # six decode steps write positions 6..11 (a third block from position 8); the last one
+    # makes the seventh token and the request ends, its blocks returned
+    assert held == [2, 2, 3, 3, 3, 0]
+    assert pool.free == 16 and req.tokens == s.reference(prompt(6), 7)
+
+
+def test_concurrency_is_bounded_by_blocks_in_use_not_slots_times_the_window(make):
+    """A pool of two 64-position windows serves eight short requests at once."""
+    s = make(slots=8, max_len=64, mixed=True, block_size=4, blocks=32)
+    reqs = [s.engine.submit(prompt(5, i), greedy(6)) for i in range(8)]
+    s.engine.step()
+    for _ in range(3):
+        s.engine.step()
+    assert len(s.engine.running) == 8 and s.engine.stats.preemptions == 0
+    s.engine.run_until_done(reqs)
+    assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 6) for r in reqs]
+    assert s.engine.scheduler.kv_blocks.free == 32
+
+
+def test_when_blocks_run_out_the_newest_request_is_preempted_and_recomputed_exactly(make):
+    """Three streams growing past what the pool holds: the newest gives its blocks back and
+    starts again from a prefill of all it had; every request still gets its reference
+    tokens and its text streams on without a repeat."""
+    s = make(slots=3, max_len=64, mixed=True, block_size=4, blocks=20, prefill_chunk=8)
+    reqs = [s.engine.submit(prompt(4, i), greedy(24)) for i in range(3)]
+    for _ in range(400):
+        if all(r.status is Status.FINISHED for r in reqs):
+            break
+        s.engine.step()
+        held = [b for r in s.engine.running for b in r.blocks]
+        assert len(held) == len(set(held)) and len(held) + s.engine.scheduler.kv_blocks.free == 20
+    assert s.engine.stats.preemptions >= 1
+    # the preempted one had output: it was written again with its prompt, in chunks of 8
+    assert max(len(row) for c in s.runner.calls for row in c.ids) == 8
+    assert all(r.finish_reason is FinishReason.LENGTH for r in reqs)
+    assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 24) for r in reqs]
+    for r in reqs:
+        assert "".join(s.sink.text[id(r)]) == s.engine.tokenizer.decode(r.tokens)
+    assert s.engine.scheduler.kv_blocks.free == 20
+
+
+def test_a_prompt_waits_for_blocks_instead_of_preempting_a_running_stream(make):
+    s = make(slots=2, max_len=64, mixed=True, block_size=4, blocks=16, idle_prefill_chunk=64)
+    stream = s.engine.submit(prompt(40), greedy(20))  # 10 blocks for its prompt, growing to 15
+    s.engine.step()
+    late = s.engine.submit(prompt(30, 1), greedy(2))  # needs 8: waits
+    for _ in range(5):
+        s.engine.step()
+    assert stream.status is Status.DECODING and late.filled == 0 and s.engine.stats.preemptions == 0
+    s.engine.run_until_done([stream, late])
+    assert stream.tokens == s.reference(prompt(40), 20) and late.tokens == s.reference(prompt(30, 1), 2)
+
+
+def test_a_block_pool_refuses_blocks_it_does_not_hold():
+    from engine.kv import BlockPool
+
+    pool = BlockPool(4, 16)
+    got = pool.take(3)
+    assert got == [0, 1, 2] and pool.take(2) is None and pool.free == 1
+    assert pool.needed(held=2, tokens=33) == 1 and pool.needed(held=3, tokens=33) == 0
+    pool.give_back(got)
+    with pytest.raises(ValueError, match="not all held"):
+        pool.give_back([0])
 
 
 # -- the int4+int8 pair's routing -------------------------------------------------------------
