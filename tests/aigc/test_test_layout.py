@@ -70,3 +70,18 @@ def test_cached_artifacts_are_reused_remade_on_change_and_never_left_half_made(t
         support.cached_artifact(tmp_path, "model", {"steps": 3}, lambda out: build(out, fail=True))
     left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
     assert left == [changed.name]  # nothing half made, and the complete copy kept
+
+
+def test_the_cached_test_models_are_keyed_on_what_makes_them_not_on_the_scheduler():
+    """Editing the engine's scheduler or the Triton adapter leaves the tiny exports cached;
+    editing a runner the export's gates run (or the exporter) makes them again."""
+    import support
+
+    sources = {p.relative_to(support.ROOT).as_posix() for p in support.artifact_sources()}
+    assert {
+        "export/api.py",
+        "training/gpt2.py",
+        "engine/runners/onnxruntime.py",
+        "engine/runners/openvino.py",
+    } <= sources
+    assert not sources & {"engine/scheduler.py", "engine/core.py", "serving/triton_models/gpt2_model.py"}
