@@ -43,6 +43,12 @@ class EngineConfig:
         "when they end; past it the newest request is preempted and recomputed later",
         note="0 = slots x max-len",
     )
+    prefix_caching: bool = setting(
+        True,
+        help="with a block runner (OpenVINO): full blocks of a prompt are kept under a hash of their "
+        "tokens and reused by later prompts that start the same (a system prompt, few-shot "
+        "examples), least recently used evicted first",
+    )
     prefill_chunk: int = setting(
         64, 1, 4096, "most prompt tokens prefilled per step while other streams decode"
     )

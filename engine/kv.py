@@ -9,6 +9,7 @@ request holds one slot from admission to its end; a step writes only its new pos
 
 from __future__ import annotations
 
+import collections
 import heapq
 
 import numpy as np
@@ -89,29 +90,93 @@ class SlotPool:
 
 
 class BlockPool:
-    """Which cache blocks are free (a runner whose attention reads block tables): a request
-    takes blocks as it grows and returns them when it ends or is preempted."""
+    """The cache blocks of a runner whose attention reads block tables: a request takes
+    blocks as it grows and gives them back when it ends or is preempted.
+
+    With prefix caching, a full block of a request's prefill is registered under a hash of
+    its tokens and of every token before them; a later request whose prefill starts with
+    the same tokens takes those blocks instead of computing them (they are only read, so
+    requests share them, counted by `refs`). A block nobody holds keeps its contents until
+    its space is needed: free blocks are handed out first, then cached ones, least recently
+    used first."""
 
     def __init__(self, blocks: int, block_size: int):
         self.total, self.block_size = blocks, block_size
         self._free = list(range(blocks - 1, -1, -1))  # pop() hands out the lowest first
+        self._idle: collections.OrderedDict[int, None] = (
+            collections.OrderedDict()
+        )  # cached, unheld, LRU first
+        self.refs = [0] * blocks
+        self._hash_of: dict[int, int] = {}
+        self._by_hash: dict[int, int] = {}
 
     @property
     def free(self) -> int:
-        return len(self._free)
+        """Blocks a request can take (free, or cached and held by nobody)."""
+        return len(self._free) + len(self._idle)
+
+    @property
+    def cached(self) -> int:
+        return len(self._by_hash)
 
     def needed(self, held: int, tokens: int) -> int:
         """More blocks a request holding `held` needs to cover `tokens` positions."""
         return max(0, -(-tokens // self.block_size) - held)
 
     def take(self, n: int) -> list[int] | None:
-        """`n` blocks, or None (and nothing taken) when fewer are free."""
-        if n > len(self._free):
+        """`n` blocks, or None (and nothing taken) when fewer can be had."""
+        if n > self.free:
             return None
-        return [self._free.pop() for _ in range(n)]
+        out = []
+        for _ in range(n):
+            if self._free:
+                block = self._free.pop()
+            else:  # evict the least recently used cached block
+                block, _ = self._idle.popitem(last=False)
+                del self._by_hash[self._hash_of.pop(block)]
+            self.refs[block] = 1
+            out.append(block)
+        return out
 
     def give_back(self, blocks: list[int]) -> None:
-        held = set(blocks)
-        if len(held) != len(blocks) or held & set(self._free) or not all(0 <= b < self.total for b in held):
+        if len(set(blocks)) != len(blocks) or not all(
+            0 <= b < self.total and self.refs[b] > 0 for b in blocks
+        ):
             raise ValueError(f"blocks {sorted(blocks)} are not all held (pool of {self.total})")
-        self._free.extend(blocks)
+        for block in blocks:
+            self.refs[block] -= 1
+            if self.refs[block] == 0:
+                if block in self._hash_of:
+                    self._idle[block] = None  # the most recently used end
+                else:
+                    self._free.append(block)
+
+    def match(self, hashes: list[int]) -> list[int]:
+        """The cached blocks of the longest run of `hashes` (a prefill's full blocks, in
+        order), now held by the caller too."""
+        found = []
+        for h in hashes:
+            block = self._by_hash.get(h)
+            if block is None:
+                break
+            found.append(block)
+        for block in found:
+            if self.refs[block] == 0:
+                del self._idle[block]
+            self.refs[block] += 1
+        return found
+
+    def register(self, block: int, h: int) -> None:
+        """`block` now holds the full block whose tokens hash to `h` (kept while another
+        block already holds the same)."""
+        if h not in self._by_hash and block not in self._hash_of:
+            self._hash_of[block], self._by_hash[h] = h, block
+
+
+def block_hashes(ids: list[int], block_size: int) -> list[int]:
+    """A hash per full block of `ids`, each of its tokens and of all before them."""
+    out, h = [], 0
+    for i in range(len(ids) // block_size):
+        h = hash((h, tuple(ids[i * block_size : (i + 1) * block_size])))
+        out.append(h)
+    return out

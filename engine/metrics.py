@@ -52,6 +52,8 @@ KV_FREE = "aigc:kv_slots_free"
 KV_TOTAL = "aigc:kv_slots_total"
 RESPONSES = "aigc:responses_total"
 PREEMPTIONS = "vllm:num_preemptions_total"
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
 
 # (name, kind, help, buckets or None)
 METRICS = (
@@ -73,6 +75,8 @@ METRICS = (
     (KV_FREE, "gauge", "Free KV slots.", None),
     (KV_TOTAL, "gauge", "KV slots allocated at load.", None),
     (PREEMPTIONS, "counter", "Requests preempted for KV blocks (recomputed later).", None),
+    (PREFIX_QUERIES, "counter", "Prefill tokens looked up in the prefix cache.", None),
+    (PREFIX_HITS, "counter", "Prefill tokens found in the prefix cache (not computed).", None),
     (
         RESPONSES,
         "counter",
@@ -106,6 +110,8 @@ class EngineStats:
         self.ended: Counter = Counter()  # FinishReason value -> requests
         self.refused: Counter = Counter()  # "rejected" | "busy" -> requests (the adapter counts)
         self.preemptions = 0
+        self.prefix_queries = 0  # prefill tokens looked up in the prefix cache
+        self.prefix_hits = 0  # ... and found there
 
 
 def drain(samples: deque) -> list[float]:

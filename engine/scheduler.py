@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.config import EngineConfig
 from engine.cost import CostFit, Ema
-from engine.kv import BlockPool, SlotPool
+from engine.kv import BlockPool, SlotPool, block_hashes
 from engine.metrics import EngineStats
 from engine.output import OutputProcessor
 from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, StepPlan
@@ -55,6 +55,7 @@ class Scheduler:
         self.mixed = caps.mixed  # the runner takes a step's decode rows and prompt chunk in one call
         # a block runner: the cache's blocks, taken by use (None: a slot holds its whole row)
         self.kv_blocks = BlockPool(caps.blocks, caps.block_size) if caps.block_size else None
+        self.prefix_caching = self.kv_blocks is not None and config.prefix_caching
         self.running: list[Request] = []  # holding a slot, in admission order
         self._waiting: collections.deque[Request] = collections.deque()
         self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
@@ -253,6 +254,7 @@ class Scheduler:
             self.pool.release(req.slot)
             self.kv_blocks.give_back(req.blocks)
             req.blocks, req.slot, req.filled, req.status = [], -1, 0, Status.WAITING
+            req.block_hashes, req.registered = [], 0
             req.recompute = req.prompt_ids + req.tokens[:-1] if req.tokens else None
             self._waiting.appendleft(req)
         self.stats.preemptions += 1
@@ -269,7 +271,26 @@ class Scheduler:
                 req = self._waiting.popleft()
                 req.slot = self.pool.acquire()
                 req.status, req.filled = Status.PREFILLING, 0
+                if self.prefix_caching:
+                    self._reuse_prefix(req)
                 self.running.append(req)
+
+    def _reuse_prefix(self, req: Request) -> None:
+        """Start `req` after the longest run of its full prefill blocks already cached (at
+        least one token is left to compute: its logits give the first token)."""
+        ids, size = req.prefill_ids, self.kv_blocks.block_size
+        req.block_hashes = block_hashes(ids, size)[: (len(ids) - 1) // size]
+        req.blocks = self.kv_blocks.match(req.block_hashes)
+        req.filled, req.registered = len(req.blocks) * size, len(req.blocks)
+        self.stats.prefix_queries += len(ids)
+        self.stats.prefix_hits += req.filled
+
+    def _register_prefix(self, req: Request) -> None:
+        """Put the full blocks of `req`'s prefill written so far in the prefix cache."""
+        full = min(req.filled // self.kv_blocks.block_size, len(req.block_hashes))
+        for i in range(req.registered, full):
+            self.kv_blocks.register(req.blocks[i], req.block_hashes[i])
+        req.registered = max(req.registered, full)
 
     def _end_cancelled_and_late(self) -> None:
         now = self.clock()
@@ -310,6 +331,8 @@ class Scheduler:
         for i, req in live:
             req.filled += int(forward.lens[i])
             if req.status is Status.PREFILLING:
+                if self.prefix_caching:
+                    self._register_prefix(req)
                 if req.filled < len(req.prefill_ids):
                     continue
                 req.status = Status.DECODING

@@ -62,6 +62,8 @@ class Request:
     # After a preemption: the ids to write again (prompt and output but the last token, which
     # the next decode step feeds); None: the prompt is what a prefill writes.
     recompute: list[int] | None = None
+    block_hashes: list[int] = field(default_factory=list)  # its prefill's full blocks (prefix caching)
+    registered: int = 0  # its leading blocks found in or added to the prefix cache
 
     @property
     def prefill_ids(self) -> list[int]:

@@ -289,6 +289,8 @@ class _MetricsExporter:
         self.count(llm_metrics.GENERATION_TOKENS, stats.generation_tokens)
         self.count(llm_metrics.RESPONSES, self.responses.responses)
         self.count(llm_metrics.PREEMPTIONS, stats.preemptions)
+        self.count(llm_metrics.PREFIX_QUERIES, stats.prefix_queries)
+        self.count(llm_metrics.PREFIX_HITS, stats.prefix_hits)
         totals = {}
         for reason, n in list(stats.ended.items()):
             family, label = llm_metrics.FINISH_LABELS[reason]

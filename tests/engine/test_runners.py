@@ -214,18 +214,36 @@ def test_memory_is_allocated_once_over_a_thousand_requests(version_dir):
     assert engine.runner.kv.ptrs == ptrs and engine.free_slots == 4
 
 
-def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(exports, checkpoints, tmp_path):
+@pytest.fixture(scope="module")
+def ov_dir(exports, tmp_path_factory):
+    """A version folder of the tiny GPT-2's f32 weights on OpenVINO (a block runner)."""
+    d = tmp_path_factory.mktemp("engine-ov-blocks")
+    for f in ("openvino_model.xml", "openvino_model.bin"):
+        shutil.copyfile(exports["gpt2"] / "ov-fp32" / f, d / f)
+    for f in ("tokenizer.json", "model_info.json"):
+        shutil.copyfile(exports["gpt2"] / "assets" / f, d / f)
+    return d
+
+
+def test_openvino_prefix_cache_hits_give_transformers_tokens(ov_dir, checkpoints):
+    """A prompt of three full 32-position blocks and more, asked twice and then with another
+    ending: the later prefills read the cached blocks and compute only the rest."""
+    engine, _, _ = make_engine(ov_dir, slots=2, idle_prefill_chunk=128)
+    system = engine.tokenizer.encode("def f(x): return x + 1 if x else 0 " * 8).ids[:100]
+    endings = ([], [], engine.tokenizer.encode(" import os").ids)
+    got = [engine.generate_ids(system + e, greedy(12)) for e in endings]
+    assert engine.stats.prefix_hits == 2 * 96  # three blocks each time after the first
+    for e, tokens in zip(endings, got):
+        assert tokens == transformers_greedy(checkpoints["gpt2"], system + e, 12)
+
+
+def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(ov_dir, checkpoints):
     """OpenVINO's paged cache sized in MiB (five 32-position blocks) below what three streams
     reach: the newest is preempted and recomputed, and every request's tokens still equal
     transformers'."""
     import json
 
-    d = tmp_path / "ov"
-    d.mkdir()
-    for f in ("openvino_model.xml", "openvino_model.bin"):
-        shutil.copyfile(exports["gpt2"] / "ov-fp32" / f, d / f)
-    for f in ("tokenizer.json", "model_info.json"):
-        shutil.copyfile(exports["gpt2"] / "assets" / f, d / f)
+    d = ov_dir
     info = json.loads((d / "model_info.json").read_text())
     block_mib = 2 * info["n_layer"] * info["n_head"] * 32 * info["head_size"] * 4 / 2**20
     engine, sink, _ = make_engine(d, slots=3, kv_cache_mib=5 * block_mib, prefill_chunk=16)

@@ -525,6 +525,65 @@ def test_a_prompt_waits_for_blocks_instead_of_preempting_a_running_stream(make):
     assert stream.tokens == s.reference(prompt(40), 20) and late.tokens == s.reference(prompt(30, 1), 2)
 
 
+# -- prefix caching -----------------------------------------------------------------------
+
+
+def test_a_repeated_prefix_is_read_from_the_cache_not_computed(make):
+    cost = FakeCost(prefill_fixed=10.0, prefill_per_token=1.0)
+    s = make(slots=2, max_len=640, mixed=True, block_size=32, blocks=40, idle_prefill_chunk=512, cost=cost)
+    system = prompt(512)
+    first = s.engine.submit(system, greedy(4))
+    s.engine.run_until_done([first])
+    calls = len(s.runner.calls)
+    second = s.engine.submit(list(system), greedy(4))  # the same 512 tokens
+    s.engine.run_until_done([second])
+    (call,) = [c for c in s.runner.calls[calls:] if c.phase is Phase.PREFILL]
+    assert call.starts == (480,) and len(call.ids[0]) == 32  # 15 of its 16 blocks cached
+    assert second.tokens == first.tokens == s.reference(system, 4)
+    ttft = [r.first_token_at - r.arrived for r in (first, second)]
+    assert ttft[1] <= 0.25 * ttft[0]  # 42 ms against 522 on the fake clock
+    assert s.engine.stats.prefix_hits == 480 and s.engine.stats.prefix_queries == 1024
+
+
+def test_a_shared_prefix_with_other_endings_reuses_only_the_common_full_blocks(make):
+    s = make(slots=2, max_len=64, mixed=True, block_size=4, blocks=32, idle_prefill_chunk=64)
+    head = prompt(10)
+    a = s.engine.submit(head + [1, 2, 3], greedy(5))
+    s.engine.run_until_done([a])
+    calls = len(s.runner.calls)
+    b = s.engine.submit(head + [7, 8], greedy(5))  # blocks 0-1 (8 tokens) are a's
+    s.engine.run_until_done([b])
+    (prefill,) = [c for c in s.runner.calls[calls:] if c.phase is Phase.PREFILL]
+    assert prefill.starts == (8,) and prefill.ids == ((*head[8:], 7, 8),)  # only the rest computed
+    assert b.tokens == s.reference(head + [7, 8], 5) and a.tokens == s.reference(head + [1, 2, 3], 5)
+    assert s.engine.stats.prefix_hits == 8
+
+
+def test_cached_blocks_are_evicted_least_recently_used_first(make):
+    s = make(slots=1, max_len=64, mixed=True, block_size=4, blocks=12, idle_prefill_chunk=64)
+    a, b, c = prompt(17, 1), prompt(17, 2), prompt(17, 3)  # 4 full blocks cached each
+    for ids in (a, b):
+        s.engine.run_until_done([s.engine.submit(ids, greedy(1))])
+    assert s.engine.scheduler.kv_blocks.cached == 8
+    s.engine.run_until_done([s.engine.submit(b, greedy(1))])  # b used again: a is the oldest
+    hits = s.engine.stats.prefix_hits
+    s.engine.run_until_done([s.engine.submit(c, greedy(1))])  # needs 5 blocks: 4 free + a's oldest
+    s.engine.run_until_done([s.engine.submit(b, greedy(1))])
+    assert s.engine.stats.prefix_hits == hits + 16  # b is still cached whole
+    before = s.engine.stats.prefix_hits
+    again = s.engine.submit(a, greedy(3))
+    s.engine.run_until_done([again])
+    assert s.engine.stats.prefix_hits - before < 16 and again.tokens == s.reference(a, 3)
+
+
+def test_prefix_caching_off_computes_every_prompt(make):
+    s = make(slots=1, mixed=True, block_size=4, blocks=16, prefix_caching=False)
+    ids = prompt(13)
+    first = s.engine.generate_ids(ids, greedy(3))
+    assert s.engine.generate_ids(ids, greedy(3)) == first == s.reference(ids, 3)
+    assert s.engine.stats.prefix_hits == 0 and s.engine.scheduler.kv_blocks.cached == 0
+
+
 def test_a_block_pool_refuses_blocks_it_does_not_hold():
     from engine.kv import BlockPool
 
