@@ -106,11 +106,15 @@ class Scheduler:
         with self.lock:
             running = list(self.running)
         decoding = [r for r in running if r.status is Status.DECODING]
+        preempted = self.stats.preemptions
         if self.kv_blocks is not None:
             decoding = self._grow_decoding(decoding)
             with self.lock:
                 running = list(self.running)
-        prefilling = [r for r in running if r.status is Status.PREFILLING]
+        # a step that had to preempt starts no prompt: it would take the blocks back at once
+        prefilling = [
+            r for r in running if r.status is Status.PREFILLING and self.stats.preemptions == preempted
+        ]
         forwards = []
         written = {}  # request -> prompt tokens this step's prefill writes
         group, chunk = [], 0
@@ -120,7 +124,7 @@ class Scheduler:
             group = self.prefill_group(prefilling, budget)
             chunk = min(budget // len(group), group[0].prompt_left)
             if self.kv_blocks is not None:
-                group = self._grow_prefilling(group, chunk)
+                group = self._grow_prefilling(group, chunk, reserve=len(decoding))
             written = {id(r): chunk for r in group}
         if group and decoding and self.mixed:
             return StepPlan((self._rows_forward(Phase.MIXED, decoding + group, chunk),))
@@ -226,14 +230,16 @@ class Scheduler:
                 self._preempt(victim)
         return kept
 
-    def _grow_prefilling(self, group: list[Request], chunk: int) -> list[Request]:
-        """Blocks for the chunk of each request of `group` (the oldest prompts first). A prompt
-        waits for blocks rather than preempting a running stream, but a newer prompt gives up
-        its blocks to the oldest one when nothing else would free any."""
+    def _grow_prefilling(self, group: list[Request], chunk: int, reserve: int) -> list[Request]:
+        """Blocks for the chunk of each request of `group` (the oldest prompts first), leaving
+        `reserve` free (a block for each decoding stream's growth). A prompt waits for blocks
+        rather than preempting a running stream, but a newer prompt gives up its blocks to
+        the oldest one when nothing else would free any."""
         kept = []
         for req in group:
             while True:
-                got = self.kv_blocks.take(self.kv_blocks.needed(len(req.blocks), req.filled + chunk))
+                need = self.kv_blocks.needed(len(req.blocks), req.filled + chunk)
+                got = self.kv_blocks.take(need) if self.kv_blocks.free - need >= reserve else None
                 if got is not None:
                     req.blocks += got
                     kept.append(req)

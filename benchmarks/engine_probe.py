@@ -1,0 +1,161 @@
+"""Offline probes of the engine's many-users features on an exported GPT-2 (no server):
+`python -m benchmarks.engine_probe --export runs/bench-cache/export-gpt2-124m-gpt2`.
+
+- mixed: one call with 4 decode rows and a prompt chunk against a prefill call plus a
+  decode call (a runner that takes mixed rows, OpenVINO);
+- users: 64 concurrent requests of 16 -> 64 tokens with 8 slots against 64 sequences over
+  the same cache memory in blocks taken by use;
+- prefix: time to first token of a 512-token prompt asked three times, prefix caching off
+  and on (and whether the tokens are identical).
+
+Prints one JSON object; `benchmarks/many-users.md` records a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine import runtimes
+from engine.config import EngineConfig
+from engine.loader import load_engine
+from engine.plan import Forward, Phase
+from engine.request_schema import SamplingParams
+
+
+@contextlib.contextmanager
+def version_folder(export: Path, variant: str):
+    """A version-like folder of links to an exported variant and its assets."""
+    graph = export / variant / runtimes.of_variant(variant).graph_file
+    if not graph.is_file():
+        graph = next((export / variant).glob(f"*{runtimes.of_variant(variant).export_suffix}"))
+    with tempfile.TemporaryDirectory(prefix="aigc-probe-") as tmp:
+        for name, src in runtimes.of_file(graph).version_files_of(graph).items():
+            (Path(tmp) / name).symlink_to(src.absolute())
+        for name in ("model_info.json", "tokenizer.json"):
+            (Path(tmp) / name).symlink_to((export / "assets" / name).absolute())
+        yield tmp
+
+
+def _median_ms(times: list[float]) -> float:
+    return round(statistics.median(times[5:]) * 1e3, 2)
+
+
+def mixed(folder: str, threads: int, rounds: int = 40) -> dict:
+    eng = load_engine(folder, EngineConfig(slots=8), intra_op_threads=threads)
+    runner, rng, past = eng.runner, np.random.default_rng(0), 64
+    for slot in range(4):  # four streams with 64 cached tokens each (slot runs of blocks)
+        ids = rng.integers(1, runner.info["vocab_size"], past)
+        runner.execute(Forward.rectangle(Phase.PREFILL, [slot], ids[None], [0], [None]))
+    out = {}
+    for chunk in (16, 64):
+        vocab = runner.info["vocab_size"]
+        ids, tokens = rng.integers(1, vocab, chunk), rng.integers(1, vocab, 4)
+        decode = Forward.rectangle(Phase.DECODE, range(4), tokens[:, None], np.full(4, past), [None] * 4)
+        prefill = Forward.rectangle(Phase.PREFILL, [5], ids[None], [0], [None])
+        both = Forward(
+            Phase.MIXED,
+            (0, 1, 2, 3, 5),
+            np.concatenate([tokens, ids]),
+            np.array([1, 1, 1, 1, chunk]),
+            np.array([past] * 4 + [0]),
+            (None,) * 5,
+        )
+        two, one = [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            runner.execute(prefill)
+            runner.execute(decode)
+            two.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            runner.execute(both)
+            one.append(time.perf_counter() - t0)
+        out[f"4 decode rows + {chunk}-token chunk"] = {
+            "two_calls_ms": _median_ms(two),
+            "one_mixed_call_ms": _median_ms(one),
+            "ratio": round(_median_ms(one) / _median_ms(two), 3),
+        }
+    return out
+
+
+def users(folder: str, threads: int, n: int = 64) -> dict:
+    info = json.loads((Path(folder) / "model_info.json").read_text())
+    mib = 8 * info["n_positions"] * info["n_layer"] * 2 * info["n_head"] * info["head_size"] * 4 / 2**20
+    out = {}
+    for label, slots in (("8 slots", 8), (f"{n} sequences, same MiB", n)):
+        eng = load_engine(
+            folder, EngineConfig(slots=slots, kv_cache_mib=mib, max_queue=4 * n), intra_op_threads=threads
+        )
+        rng, vocab = np.random.default_rng(0), info["vocab_size"]
+        eng.generate_ids(rng.integers(1, vocab, 16).tolist(), SamplingParams(max_tokens=4, ignore_eos=True))
+        params = SamplingParams(max_tokens=64, ignore_eos=True)
+        t0 = time.perf_counter()
+        reqs = [eng.submit(rng.integers(1, vocab, 16).tolist(), params) for _ in range(n)]
+        eng.run_until_done(reqs)
+        wall = time.perf_counter() - t0
+        out[label] = {
+            "tokens_per_s": round(n * 64 / wall, 1),
+            "ttft_p50_s": round(statistics.median(r.first_token_at - r.arrived for r in reqs), 3),
+            "kv_mib": round(eng.runner.caps.kv_bytes / 2**20),
+            "preemptions": eng.stats.preemptions,
+            "finished": sorted({r.finish_reason.value for r in reqs}),
+        }
+    return out
+
+
+def prefix(folder: str, threads: int) -> dict:
+    out = {}
+    for caching in (False, True):
+        eng = load_engine(folder, EngineConfig(slots=4, prefix_caching=caching), intra_op_threads=threads)
+        eng.generate_ids(list(range(1, 17)), SamplingParams(max_tokens=2, ignore_eos=True))
+        window = json.loads((Path(folder) / "model_info.json").read_text())["n_positions"]
+        prompt = (
+            np.random.default_rng(1).integers(1, eng.runner.info["vocab_size"], min(512, window - 8)).tolist()
+        )
+        ttft, tokens = [], None
+        for _ in range(3):
+            req = eng.submit(prompt, SamplingParams(max_tokens=4, ignore_eos=True))
+            eng.run_until_done([req])
+            ttft.append(round((req.first_token_at - req.arrived) * 1e3, 1))
+            tokens = req.tokens
+        out[f"prefix_caching {'on' if caching else 'off'}"] = {
+            "ttft_ms": ttft,
+            "hit_tokens": eng.stats.prefix_hits,
+            "tokens": tokens,
+        }
+    on, off = out["prefix_caching on"], out["prefix_caching off"]
+    out["second_vs_first_ttft_on"] = round(on["ttft_ms"][1] / on["ttft_ms"][0], 3)
+    out["identical_tokens"] = on["tokens"] == off["tokens"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--export", type=Path, required=True, help="an export folder of GPT-2 with ov-* variants"
+    )
+    parser.add_argument("--variant", default="ov-int4", help="a variant of a block runner (default ov-int4)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    args = parser.parse_args(argv)
+    if not runtimes.of_variant(args.variant).cache_blocks:
+        parser.error(f"--variant {args.variant}: its runtime has no block cache; name an ov-* variant")
+    with version_folder(args.export, args.variant) as folder:
+        result = {
+            "variant": args.variant,
+            "mixed": mixed(folder, args.threads),
+            "users": users(folder, args.threads),
+            "prefix": prefix(folder, args.threads),
+        }
+    print(json.dumps(result, indent=1))  # noqa: T201 - the command's output
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

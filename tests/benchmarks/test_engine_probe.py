@@ -1,0 +1,32 @@
+"""The engine probes (benchmarks/engine_probe.py) on the tiny export's OpenVINO variant: each
+runs and reports what its record in benchmarks/many-users.md reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import engine_probe
+
+
+def test_a_variant_without_a_block_cache_is_refused_naming_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        engine_probe.main(["--export", str(tmp_path), "--variant", "int4"])
+    assert "--variant int4: its runtime has no block cache" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_probes_run_on_an_openvino_variant(exports, capsys):
+    assert (
+        engine_probe.main(["--export", str(exports["gpt2"]), "--variant", "ov-fp32", "--threads", "1"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["mixed"]) == {"4 decode rows + 16-token chunk", "4 decode rows + 64-token chunk"}
+    assert all(m["one_mixed_call_ms"] > 0 and m["two_calls_ms"] > 0 for m in out["mixed"].values())
+    many, few = out["users"]["64 sequences, same MiB"], out["users"]["8 slots"]
+    assert many["kv_mib"] == few["kv_mib"] and many["tokens_per_s"] > 0 and few["preemptions"] == 0
+    # the tiny model's 4-block window: 64 requests of 80 positions overflow its 32 blocks, so
+    # the newest are preempted and recomputed, and every one still completes
+    assert many["preemptions"] > 0 and many["finished"] == few["finished"] == ["length"]
+    assert out["prefix"]["identical_tokens"] and out["prefix"]["prefix_caching on"]["hit_tokens"] > 0
