@@ -78,19 +78,16 @@ class Engine:
         return self.scheduler.requests()
 
     # -- requests in -------------------------------------------------------------------------
-    def encode_prompt(
-        self, prompt: str, params: SamplingParams, max_prompt_tokens: int | None = None
-    ) -> list[int]:
+    def encode_prompt(self, prompt: str, params: SamplingParams) -> list[int]:
         if not prompt:
             raise RequestError("text_input must be a non-empty string")
-        ids = self.tokenizer.encode(prompt).ids
-        return self.check_prompt(ids, params, max_prompt_tokens)
+        return self.check_prompt(self.tokenizer.encode(prompt).ids, params)
 
-    def check_prompt(
-        self, ids: list[int], params: SamplingParams, max_prompt_tokens: int | None = None
-    ) -> list[int]:
+    def check_prompt(self, ids: list[int], params: SamplingParams) -> list[int]:
+        """The prompt's ids if it fits the window with room for `max_tokens`; RequestError
+        naming the field otherwise."""
         window = self.max_len
-        limit = min(max_prompt_tokens or window - 1, window - 1)
+        limit = window - 1
         if not ids:
             raise RequestError("text_input encodes to no tokens")
         if len(ids) > limit:
