@@ -15,6 +15,7 @@ from aigc.errors import BenchmarkError, ConfigError
 from benchmarks.options import BenchOptions, Subject
 from benchmarks.progress import step
 from benchmarks.subjects import newest_mtime
+from engine import runtimes
 
 logger = logging.getLogger("benchmarks.api")
 
@@ -161,8 +162,8 @@ def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str |
         served_profile = routed_profile(served_profile, profiles[companion], route)
     floors = {}
     for name, profile in profiles.items():
-        if paths[name].suffix != ".onnx":
-            continue  # an OpenVINO IR (ov-* variants): its bytes per step are not counted here
+        if runtimes.of_file(paths[name]) is not runtimes.ONNXRUNTIME:
+            continue  # bytes a step reads are counted from ONNX initializers (not an OpenVINO IR)
         weights, itemsize = step_read_bytes(paths[name])
         own = measure.read_bandwidth(weights, opts.threads)
         floors[name] = ratios.read_floors(
