@@ -150,6 +150,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeats", type=int, default=5, help="timed GPT-2 generations per path after a warm-up (default 5)"
     )
     load.add_argument(
+        "--peer-rounds",
+        type=int,
+        default=3,
+        help="rounds of the one-stream served run and the fastest peer's, in turns; the ratio is "
+        "the median of the rounds' ratios, with their spread (default 3; 1: one each)",
+    )
+    load.add_argument(
         "--image-requests", type=int, default=200, help="timed image requests per measurement (default 200)"
     )
     load.add_argument(
@@ -228,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         batch_sizes=args.batch_sizes,
         threads=args.threads,
         repeats=args.repeats,
+        peer_rounds=args.peer_rounds,
         image_requests=args.image_requests,
         throughput_seconds=args.throughput_seconds,
         quick=args.quick,

@@ -62,6 +62,9 @@ class BenchOptions:
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     threads: int = 2
     repeats: int = 5
+    # the one-stream served figure and the fastest peer's, measured again in turns (served,
+    # peer, served, peer, ...): the ratio is taken per round, its median gated, its spread shown
+    peer_rounds: int = 3
     image_requests: int = 200
     throughput_seconds: float = 3.0
     quick: bool = False
@@ -103,6 +106,8 @@ class BenchOptions:
             raise ConfigError(f"--threads must be in 1..256, got {self.threads}")
         if not 1 <= self.repeats <= 1000:
             raise ConfigError(f"--repeats must be in 1..1000, got {self.repeats}")
+        if not 1 <= self.peer_rounds <= 20:
+            raise ConfigError(f"--peer-rounds must be in 1..20, got {self.peer_rounds}")
         if not 1 <= self.image_requests <= 100_000:
             raise ConfigError(f"--image-requests must be in 1..100000, got {self.image_requests}")
         if not 0.1 <= self.throughput_seconds <= 600:

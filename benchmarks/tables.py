@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from benchmarks.peers import PEERS
@@ -63,9 +64,14 @@ def _gpt2_table(g: dict, cfg: dict) -> list[str]:
         ttft = None
         if c1["ttft_ms"].get("p50") is not None and peer["ttft_ms"].get("p50") is not None:
             ttft = c1["ttft_ms"]["p50"] - peer["ttft_ms"]["p50"]
+        one = f"{fmt(div(c1['per_stream_tokens_per_s'], peer['tokens_per_s']), 2)}×"
+        rounds = (g.get("peer_rounds") or {}).get("rounds") or []
+        each = [x for x in (div(r["served"], r["peer"]) for r in rounds) if x is not None]
+        if len(each) > 1:  # the ratio taken per round, in turns: median (spread)
+            one = f"{fmt(statistics.median(each), 2)}× ({fmt(min(each), 2)}–{fmt(max(each), 2)}, {len(each)} rounds)"
         lines.append(
             f"| served vs best peer ({peer_label(best, peer)}): served / peer, TTFT served − peer | "
-            f"1 / {top} | {fmt(div(c1['per_stream_tokens_per_s'], peer['tokens_per_s']), 2)}× | "
+            f"1 / {top} | {one} | "
             f"{fmt(agg, 2)}× ({top} streams) | "
             + "- | "
             * len(bases)

@@ -37,6 +37,7 @@ def steps(opts: BenchOptions) -> int:
         + len(opts.baselines)
         + len(names)
         + (1 if names and opts.long_prompt_tokens else 0)
+        + (opts.peer_rounds - 1 if names and 1 in opts.concurrency else 0)
     )
 
 
@@ -246,7 +247,36 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
         bar.update()
     if opts.peer_names():
         _bench_peers(opts, s, tok, text, ids[0].tolist(), out, bar)
+        if "1" in out["served"]:
+            _peer_rounds(opts, url, s, prompt, ids[0].tolist(), out, bar)
     return out
+
+
+def _peer_rounds(
+    opts: BenchOptions, url: str, s: Subject, prompt: str, ids: list[int], out: dict, bar
+) -> None:
+    """The one-stream served run and the fastest peer's again, in turns, `peer_rounds` in all
+    (the first is the run above): other load on the machine then falls on both sides of a
+    round's ratio instead of on one side of the whole comparison."""
+    from benchmarks import measure, peers
+
+    name = peers.best(out["peers"])
+    if name is None:
+        bar.update(opts.peer_rounds - 1)
+        return
+    rounds = [
+        {"served": out["served"]["1"]["per_stream_tokens_per_s"], "peer": out["peers"][name]["tokens_per_s"]}
+    ]
+    work = [{"key": "short", "ids": ids, "new_tokens": opts.new_tokens, "repeats": opts.repeats}]
+    for r in range(2, opts.peer_rounds + 1):
+        step(bar, f"gpt2 served and {name}, round {r}")
+        served = measure.served_concurrency(url, prompt, opts.new_tokens, 1, max(2, opts.repeats))
+        peer = peers.bench((name,), s.checkpoint, opts.cache, opts.threads, work)[name]
+        bar.update()
+        if "skipped" in peer:
+            break
+        rounds.append({"served": served["per_stream_tokens_per_s"], "peer": peer["short"]["tokens_per_s"]})
+    out["peer_rounds"] = {"peer": name, "rounds": rounds}
 
 
 def _bench_peers(opts: BenchOptions, s: Subject, tok, text: str, ids: list[int], out: dict, bar) -> None:

@@ -35,6 +35,7 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
             image_requests=20,
             throughput_seconds=0.3,
             peers=("ctranslate2_int8",),  # the quickest conversion of the peers
+            peer_rounds=2,
             out=tmp_path / "out",
             cache=tmp_path / "cache",
             progress=False,
@@ -55,6 +56,11 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
         assert peer["itl_ms"]["n"] == 2 * 7 and peer["prompt_tokens"] == 8
         assert g["long"]["peers"]["ctranslate2_int8"]["prompt_tokens"] == 64
         assert "gpt2_tokens_per_s_vs_best_peer" in results["ratios"]
+        # served and peer again in a second round: the ratio is their median, with its spread
+        assert len(g["peer_rounds"]["rounds"]) == 2 and g["peer_rounds"]["peer"] == "ctranslate2_int8"
+        r = results["ratios"]
+        assert r["gpt2_tokens_per_s_vs_best_peer_min"] <= r["gpt2_tokens_per_s_vs_best_peer"]
+        assert r["gpt2_tokens_per_s_vs_best_peer"] <= r["gpt2_tokens_per_s_vs_best_peer_max"]
     long, mixed = g["long"], g["mixed"]
     assert long["prompt_tokens"] == 64 and long["served"]["2"]["requests"] == 4
     assert mixed["long_requests"] == 2 and mixed["long_ttft_ms"]["n"] == 2 and mixed["short"]["requests"] >= 2

@@ -16,6 +16,7 @@ from benchmarks.options import BenchOptions
         ("batch_sizes", (100,), "--batch-sizes"),
         ("threads", 0, "--threads"),
         ("repeats", 0, "--repeats"),
+        ("peer_rounds", 0, "--peer-rounds"),
         ("image_requests", 0, "--image-requests"),
         ("throughput_seconds", 0, "--throughput-seconds"),
         ("baselines", ("vllm",), "--baselines"),

@@ -94,6 +94,27 @@ def test_peer_ratios_are_against_the_fastest_peer():
     assert not any("peer" in k for k in sample_results()["ratios"])
 
 
+def test_the_peer_ratio_is_the_median_of_rounds_taken_in_turns_with_its_spread():
+    """Served and peer measured in alternating rounds: a slow minute on one side of one round
+    moves that round's ratio, not the median (the first round is 118 / 300)."""
+    results = sample_results_with_peers()
+    results["gpt2"]["peer_rounds"] = {
+        "peer": "openvino_int4",
+        "rounds": [
+            {"served": 118.0, "peer": 300.0},
+            {"served": 150.0, "peer": 100.0},  # the peer's turn met other load
+            {"served": 120.0, "peer": 290.0},
+        ],
+    }
+    r = ratios.ratios(results)
+    assert r["gpt2_tokens_per_s_vs_best_peer"] == pytest.approx(120.0 / 290.0, abs=1e-3)
+    assert r["gpt2_tokens_per_s_vs_best_peer_min"] == pytest.approx(118.0 / 300.0, abs=1e-3)
+    assert r["gpt2_tokens_per_s_vs_best_peer_max"] == pytest.approx(1.5)
+    assert r["gpt2_ttft_minus_best_peer_ms"] == pytest.approx(25.0 - 9.0)  # from the first round
+    row = next(line for line in tables.markdown(results).splitlines() if "served vs best peer" in line)
+    assert "0.41× (0.39–1.50, 3 rounds)" in row
+
+
 def test_every_peer_skipped_gives_no_peer_ratio():
     results = sample_results()
     results["gpt2"]["peers"] = {"openvino_int4": {"skipped": "conversion failed: no disk"}}
