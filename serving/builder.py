@@ -17,16 +17,13 @@ from aigc import registry
 from aigc.errors import BuildError, ConfigError, ExportError
 from engine import runtimes
 from engine.config import EngineConfig
+from serving.flavours import FLAVOURS, PYTHON_FLAVOUR
 from serving.repository import VersionPlan, install_version, stage_version
 from serving.variant_choice import Workload, choose_variant, describe, split_pair
 
 logger = logging.getLogger(__name__)
 
 RUNTIMES = (runtimes.AUTO, *runtimes.names())
-# The flavour names the Triton backend that runs the image models: its Python backend, or
-# its native ONNX Runtime backend (a Triton backend, spelt like the runtime).
-PYTHON_FLAVOUR, NATIVE_FLAVOUR = "python", "onnxruntime"
-FLAVOURS = (PYTHON_FLAVOUR, NATIVE_FLAVOUR)
 TARGETS = ("cpu", "gpu")
 
 

@@ -13,7 +13,7 @@ from aigc import registry
 from aigc.errors import ConfigError
 from engine import runtimes
 from engine.config import EngineConfig
-from serving.builder import FLAVOURS, PYTHON_FLAVOUR, RUNTIMES
+from serving.flavours import FLAVOURS, PYTHON_FLAVOUR
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--runtime",
-        choices=RUNTIMES,
+        choices=(runtimes.AUTO, *runtimes.names()),
         default=runtimes.AUTO,
         help="GPT-2 on the CPU: which runtime runs the engine; auto compares the variants of both "
         "by the expected request latency measured at export (default auto)",

@@ -21,6 +21,7 @@ from engine import runtimes
 from engine.request_schema import TENSOR_INPUTS
 from serving import config_gen
 from serving.config_gen import Tensor
+from serving.flavours import NATIVE_FLAVOUR
 from serving.onnx_io import io_tensors
 
 if TYPE_CHECKING:
@@ -131,8 +132,6 @@ def image_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.ModelConfig
     """An image component's config (adds its model code to the plan's files); (config, detail)."""
     name, files = plan.name, plan.files
     onnx_file = files["model.onnx"]
-    from serving.builder import NATIVE_FLAVOUR
-
     if opts.flavour == NATIVE_FLAVOUR:
         from serving.native import native_model_config
 
