@@ -73,6 +73,10 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
+    def kv_usage(self) -> float:
+        """The share of the KV cache in use (slots, or blocks for a block runner)."""
+        return self.scheduler.kv_usage()
+
     def requests(self) -> list[Request]:
         """Every unfinished request: running ones, then waiting ones."""
         return self.scheduler.requests()

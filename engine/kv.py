@@ -62,10 +62,6 @@ class KVBuffers:
         """The host arrays (CPU) or device OrtValues, key then value per layer."""
         return self._buffers
 
-    @property
-    def layout(self) -> str:
-        return "blocks" if self.block_size else "slots"
-
 
 class SlotPool:
     """Which KV slots are free; the lowest is handed out first, which keeps the decoding rows

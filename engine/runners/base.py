@@ -21,7 +21,6 @@ class RunnerCaps:
     mixed: bool  # prefill and decode rows in one call (else one phase a call)
     max_rows: int  # KV slots: the most requests it holds at once
     max_len: int  # cache positions per slot
-    cache_layout: str  # "slots": a row per slot; "blocks": fixed-size blocks
     kv_dtype: np.dtype
     kv_bytes: int  # the memory its cache holds
     device: str  # "cpu" or "cuda"
@@ -31,6 +30,11 @@ class RunnerCaps:
     # `max_rows` then bounds only the sequences at once, not the memory.
     block_size: int = 0
     blocks: int = 0
+
+    @property
+    def cache_layout(self) -> str:
+        """ "slots": a row of the cache per slot; "blocks": blocks taken by use."""
+        return "blocks" if self.block_size else "slots"
 
 
 @runtime_checkable

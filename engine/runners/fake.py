@@ -124,7 +124,6 @@ class FakeRunner:
             mixed=mixed,
             max_rows=slots,
             max_len=max_len,
-            cache_layout="blocks" if block_size else "slots",
             kv_dtype=np.dtype(np.int64),
             kv_bytes=self.cache.nbytes,
             device="cpu",

@@ -141,7 +141,6 @@ class OrtRunner:
             mixed=False,
             max_rows=slots,
             max_len=max_len,
-            cache_layout=self.kv.layout,
             kv_dtype=np.dtype(self.kv_dtype),
             kv_bytes=self.kv.nbytes,
             device=self.device,

@@ -307,7 +307,7 @@ class _MetricsExporter:
         self.metric(llm_metrics.WAITING).set(engine.waiting)
         self.metric(llm_metrics.KV_FREE).set(free)
         self.metric(llm_metrics.KV_TOTAL).set(slots)
-        self.metric(llm_metrics.KV_USAGE).set(engine.scheduler.kv_usage())
+        self.metric(llm_metrics.KV_USAGE).set(engine.kv_usage())
 
     def _run(self):
         while not self.stop.wait(self.interval_s):
