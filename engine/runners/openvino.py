@@ -138,7 +138,6 @@ class OvRunner:
             mixed=True,  # PagedAttention takes sequences of any lengths in one call
             max_rows=slots,
             max_len=max_len,
-            cache_layout=self.kv.layout,
             kv_dtype=self.kv.dtype,
             kv_bytes=self.kv.nbytes,
             device=self.device,
@@ -165,10 +164,10 @@ class OvRunner:
     def execute(self, forward: Forward) -> ForwardOutput:
         """Any rows, each through its block table (or, without tables, its slot's run)."""
         lens = forward.lens.astype(np.int32)
-        positions = np.concatenate(
-            [np.arange(s, s + n, dtype=np.int64) for s, n in zip(forward.starts, lens, strict=True)]
-        )
-        last = np.cumsum(lens) - 1
+        begins = np.cumsum(lens) - lens  # each row's first token in the flat ids
+        # token j of row i sits at ids[begins[i] + j] and writes position starts[i] + j
+        positions = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(begins - forward.starts, lens)
+        last = begins + lens - 1
         greedy, logits = self._run(
             forward.ids, positions, lens, np.asarray(forward.slots), last, forward.blocks
         )
