@@ -14,10 +14,8 @@ Prints one JSON object; `benchmarks/many-users.md` records a run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,20 +26,6 @@ from engine.config import EngineConfig
 from engine.loader import load_engine
 from engine.plan import Forward, Phase
 from engine.request_schema import SamplingParams
-
-
-@contextlib.contextmanager
-def version_folder(export: Path, variant: str):
-    """A version-like folder of links to an exported variant and its assets."""
-    graph = export / variant / runtimes.of_variant(variant).graph_file
-    if not graph.is_file():
-        graph = next((export / variant).glob(f"*{runtimes.of_variant(variant).export_suffix}"))
-    with tempfile.TemporaryDirectory(prefix="aigc-probe-") as tmp:
-        for name, src in runtimes.of_file(graph).version_files_of(graph).items():
-            (Path(tmp) / name).symlink_to(src.absolute())
-        for name in ("model_info.json", "tokenizer.json"):
-            (Path(tmp) / name).symlink_to((export / "assets" / name).absolute())
-        yield tmp
 
 
 def _median_ms(times: list[float]) -> float:
@@ -146,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not runtimes.of_variant(args.variant).cache_blocks:
         parser.error(f"--variant {args.variant}: its runtime has no block cache; name an ov-* variant")
-    with version_folder(args.export, args.variant) as folder:
+    from aigc import registry
+    from export.api import read_report
+    from export.gpt2_eval import version_folder
+
+    text_model = registry.components(registry.TEXT_GENERATOR)[0].name
+    files = read_report(args.export)["variants"].get(args.variant, {}).get("files", {})
+    if text_model not in files:
+        parser.error(f"--variant {args.variant}: {args.export} has no such {text_model} variant")
+    with version_folder(args.export / files[text_model]) as folder:
         result = {
             "variant": args.variant,
             "mixed": mixed(folder, args.threads),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import statistics
 import tempfile
 import time
@@ -121,22 +120,40 @@ def kv_dtype(graph: Path) -> str:
 
 
 @contextlib.contextmanager
+def version_folder(graph: Path):
+    """A folder laid out as a repository version for an exported graph file: links to the
+    files its runtime loads (`engine.runtimes`, by the file's suffix) and to the export's
+    `assets/` (model_info.json, tokenizer.json)."""
+    from engine import runtimes
+
+    graph = Path(graph).absolute()
+    assets = graph.parent.parent / "assets"
+    with tempfile.TemporaryDirectory(prefix="aigc-version-") as tmp:
+        for name, src in runtimes.of_file(graph).version_files_of(graph).items():
+            (Path(tmp) / name).symlink_to(src)
+        for name in ("model_info.json", "tokenizer.json"):
+            if (assets / name).is_file():
+                (Path(tmp) / name).symlink_to(assets / name)
+        yield tmp
+
+
+@contextlib.contextmanager
 def slot_runner(graph: Path, slots: int, max_len: int, threads: int = 2):
-    """The serving engine's own runner over an exported graph file, on the CPU: the runtime
-    that runs it (`engine.runtimes`, by its suffix) loads a version-like folder of links to
-    the graph and the export's `assets/model_info.json`."""
+    """The serving engine's own runner over an exported graph file, on the CPU."""
     from engine import runtimes
     from engine.config import EngineConfig
 
-    graph = Path(graph).absolute()
-    runtime = runtimes.of_file(graph)
-    info = graph.parent.parent / "assets" / "model_info.json"
-    with tempfile.TemporaryDirectory(prefix="aigc-runner-") as tmp:
-        for name, src in runtime.version_files_of(graph).items():
-            (Path(tmp) / name).symlink_to(src)
-        shutil.copyfile(info, Path(tmp) / "model_info.json")
-        yield runtime.runner_class().from_version(
-            tmp, EngineConfig(slots=slots), max_len, threads=threads, providers=["CPUExecutionProvider"]
+    with version_folder(graph) as folder:
+        yield (
+            runtimes.of_file(graph)
+            .runner_class()
+            .from_version(
+                folder,
+                EngineConfig(slots=slots),
+                max_len,
+                threads=threads,
+                providers=["CPUExecutionProvider"],
+            )
         )
 
 
