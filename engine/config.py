@@ -22,12 +22,13 @@ def setting(
     help: str = "",
     flag: bool = True,
     note: str = "",
-    above: bool = False,  # noqa: A002
+    above: bool = False,
+    choices: tuple[str, ...] = (),
 ):
     """A field with its range (`lo`..`hi`, None: unbounded; `above`: `lo` itself excluded;
-    `note` says what a special value means) and help; `flag` False: set by the builder from
-    measurements, not a flag."""
-    meta = {"lo": lo, "hi": hi, "help": help, "flag": flag, "note": note, "above": above}
+    `choices`: the words a text setting takes; `note` says what a special value means) and
+    help; `flag` False: set by the builder from measurements, not a flag."""
+    meta = {"lo": lo, "hi": hi, "help": help, "flag": flag, "note": note, "above": above, "choices": choices}
     return field(default=default, metadata=meta)
 
 
@@ -42,6 +43,13 @@ class EngineConfig:
         "KV cache memory of a block runner (OpenVINO): blocks taken as requests grow, returned "
         "when they end; past it the newest request is preempted and recomputed later",
         note="0 = slots x max-len",
+    )
+    kv_cache_precision: str = setting(
+        "auto",
+        help="what a block runner (OpenVINO) stores the KV cache in: u8 (a scale and zero point "
+        "per group) reads a quarter of f32's bytes a step; auto = what the export measured to pass "
+        "the fidelity gates and run faster (the report's kv_cache), else f32",
+        choices=("auto", "f32", "f16", "u8"),
     )
     prefix_caching: bool = setting(
         True,
@@ -95,6 +103,10 @@ class EngineConfig:
             lo, hi = f.metadata["lo"], f.metadata["hi"]
             if f.name == "max_len" and n_positions is not None:
                 hi = n_positions
+            if f.metadata["choices"]:
+                if value not in f.metadata["choices"]:
+                    raise ValueError(f"{_name(f, flags)} must be {_range(f, hi)}, got {value!r}")
+                continue
             if f.type == "bool" or (lo is None and hi is None):
                 continue
             low, high = -math.inf if lo is None else lo, math.inf if hi is None else hi
@@ -135,6 +147,14 @@ class EngineConfig:
                     help=f"{text} (default {'on' if f.default else 'off'})",
                 )
                 continue
+            if f.metadata["choices"]:
+                group.add_argument(
+                    flag,
+                    choices=f.metadata["choices"],
+                    default=f.default,
+                    help=f"{text} (default {f.default})",
+                )
+                continue
             group.add_argument(
                 flag,
                 type=int if f.type == "int" else float,
@@ -156,6 +176,8 @@ def _name(f: dataclasses.Field, flags: bool) -> str:
 
 
 def _range(f: dataclasses.Field, hi) -> str:
+    if f.metadata["choices"]:
+        return "one of " + ", ".join(f.metadata["choices"])
     lo = f.metadata["lo"]
     kind = "an integer" if f.type == "int" else "a number"
     if f.metadata["above"]:
@@ -177,6 +199,10 @@ def _text(value) -> str:
 
 
 def _parse(f: dataclasses.Field, text: str):
+    if f.metadata["choices"]:
+        if text not in f.metadata["choices"]:
+            raise ValueError(f"parameter {f.name} must be {_range(f, None)}, got {text!r}")
+        return text
     try:
         if f.type == "bool":
             if text.lower() not in ("true", "false", "1", "0"):

@@ -30,21 +30,29 @@ class KVBuffers:
         device_id=0,
         block_size=0,
         blocks=0,
+        block_shapes=None,
     ):
-        """`blocks` (with `block_size`): how many blocks (default: `slots x max_len` worth)."""
+        """`blocks` (with `block_size`): how many blocks (default: `slots x max_len` worth);
+        `block_shapes`: the (key, value) shape of one block where a runtime lays them out
+        itself (OpenVINO's u8 cache keeps each block's scales and zero points inside it),
+        default `(n_head, block_size, head_size)` for both."""
         self.dtype = np.dtype(dtype)
         if block_size:
             self.blocks = blocks or slots * max_len // block_size
-            self.shape = (self.blocks, n_head, block_size, head_size)
+            key, value = block_shapes or ((n_head, block_size, head_size),) * 2
+            self.shapes = ((self.blocks, *key), (self.blocks, *value))
         else:
             self.blocks = 0
-            self.shape = (slots, n_head, max_len, head_size)
+            self.shapes = ((slots, n_head, max_len, head_size),) * 2
         self.device, self.device_id = device, device_id
         self.block_size = block_size
         self.slot_bytes = n_head * max_len * head_size * self.dtype.itemsize
-        self.nbytes = 2 * n_layer * int(np.prod(self.shape)) * self.dtype.itemsize
+        self.block_bytes = 0
+        if block_size:  # one block of every layer, key and value: what a request takes as it grows
+            self.block_bytes = n_layer * sum(int(np.prod(s[1:])) for s in self.shapes) * self.dtype.itemsize
+        self.nbytes = n_layer * sum(int(np.prod(s)) for s in self.shapes) * self.dtype.itemsize
         if device == "cpu":
-            self._buffers = [np.zeros(self.shape, self.dtype) for _ in range(2 * n_layer)]
+            self._buffers = [np.zeros(self.shapes[i % 2], self.dtype) for i in range(2 * n_layer)]
             for b in self._buffers:
                 b.fill(0)  # commit the pages now: resident memory stays flat afterwards
             self.ptrs = [b.ctypes.data for b in self._buffers]
@@ -52,8 +60,10 @@ class KVBuffers:
             import onnxruntime as ort
 
             self._buffers = [
-                ort.OrtValue.ortvalue_from_shape_and_type(self.shape, self.dtype.type, device, device_id)
-                for _ in range(2 * n_layer)
+                ort.OrtValue.ortvalue_from_shape_and_type(
+                    self.shapes[i % 2], self.dtype.type, device, device_id
+                )
+                for i in range(2 * n_layer)
             ]
             self.ptrs = [v.data_ptr() for v in self._buffers]
 

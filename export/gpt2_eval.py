@@ -138,8 +138,9 @@ def version_folder(graph: Path):
 
 
 @contextlib.contextmanager
-def slot_runner(graph: Path, slots: int, max_len: int, threads: int = 2):
-    """The serving engine's own runner over an exported graph file, on the CPU."""
+def slot_runner(graph: Path, slots: int, max_len: int, threads: int = 2, kv_cache_precision: str = "auto"):
+    """The serving engine's own runner over an exported graph file, on the CPU (a block
+    runner's cache in `kv_cache_precision`; `auto`: f32)."""
     from engine import runtimes
     from engine.config import EngineConfig
 
@@ -149,7 +150,7 @@ def slot_runner(graph: Path, slots: int, max_len: int, threads: int = 2):
             .runner_class()
             .from_version(
                 folder,
-                EngineConfig(slots=slots),
+                EngineConfig(slots=slots, kv_cache_precision=kv_cache_precision),
                 max_len,
                 threads=threads,
                 providers=["CPUExecutionProvider"],
@@ -170,6 +171,7 @@ def decode_profiles(
     prefill_lens: tuple[int, ...] = PROFILE_PREFILL,
     threads: int = 2,
     rounds: int = 3,
+    kv_precisions: dict[str, str] | None = None,
 ) -> dict[str, dict]:
     """What generation costs with each file, measured through the serving engine's own
     runner (`slot_runner`: IO binding, cache written in place, last-position logits):
@@ -178,15 +180,18 @@ def decode_profiles(
     The variants are measured in turns, `rounds` times, and each figure is the median of its
     rounds: on a shared machine a variant measured alone can land in a slow minute and swap
     places with another. `aigc build` ranks variants by the expected latency of a workload
-    computed from these figures (`serving.variant_choice`)."""
-    batches = batches or {}
+    computed from these figures (`serving.variant_choice`). `kv_precisions`: a block
+    runner's cache precision per name (the same file can be measured under two names)."""
+    batches, kv_precisions = batches or {}, kv_precisions or {}
     past_lens = tuple(sorted({max(1, min(p, n_positions - 2)) for p in past_lens}))
     prefill_lens = tuple(sorted({max(1, min(p, n_positions - 1)) for p in prefill_lens}))
     runs = {}  # name -> list of (key, callable)
     with contextlib.ExitStack() as stack:
         for name, path in paths.items():
             sizes = batches.get(name, PROFILE_BATCHES)
-            model = stack.enter_context(slot_runner(path, max(sizes), n_positions, threads))
+            model = stack.enter_context(
+                slot_runner(path, max(sizes), n_positions, threads, kv_precisions.get(name, "auto"))
+            )
             calls = []
             for b in sizes:
                 for past in past_lens:

@@ -8,6 +8,7 @@ the generation engine and its tokenizer beside it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from serving import config_gen
 from serving.config_gen import Tensor
 from serving.flavours import NATIVE_FLAVOUR
 from serving.onnx_io import io_tensors
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from serving.builder import BuildOptions
@@ -43,18 +46,39 @@ def engine_files() -> dict[str, Path]:
     }
 
 
-def kv_cache_bytes(model_info: dict, opts: BuildOptions, dtype_bytes: int = 4) -> int:
-    """What the gpt2 model allocates for its KV slots: 2 x layers x slots x heads x len x head size."""
-    max_len = opts.engine.max_len or int(model_info["n_positions"])
+def kv_cache_bytes(
+    model_info: dict, opts: BuildOptions | None, dtype_bytes: int = 4, positions: int = 0
+) -> int:
+    """What the gpt2 model allocates for its KV slots: 2 x layers x slots x heads x len x head
+    size (`positions`: that many positions of one sequence instead)."""
+    max_len = positions or opts.engine.max_len or int(model_info["n_positions"])
     return (
         2
         * int(model_info["n_layer"])
-        * opts.engine.slots
+        * (1 if positions else opts.engine.slots)
         * int(model_info["n_head"])
         * max_len
         * int(model_info["head_size"])
         * dtype_bytes
     )
+
+
+def kv_cache_precision(entry: dict, model_info: dict, variant: str, asked: str) -> tuple[str, int]:
+    """(precision, bytes per cached position) a block runner's cache gets: `asked`, or with
+    `auto` the export's choice (its report's `kv_cache`, judged by the fidelity gate and
+    measured; f32 where the report predates it)."""
+    kv = entry.get("kv_cache") or {}
+    precision = kv.get("choice", "f32") if asked == "auto" else asked
+    if asked == "u8" and kv.get("u8", {}).get("passed") is False:
+        logger.warning(
+            "%s: the export's gate failed the u8 KV cache (%s); serving it as asked", variant, kv["why"]
+        )
+    per_token = (kv.get(precision) or {}).get("bytes_per_token")
+    if not per_token:  # f16 (not measured by the export) or a report that predates `kv_cache`
+        per_token = (
+            kv_cache_bytes(model_info, None, 4, positions=1) // {"f32": 1, "f16": 2, "u8": 4}[precision]
+        )
+    return precision, int(per_token)
 
 
 def image_config(name: str, onnx_file: Path, opts: BuildOptions) -> mc.ModelConfig:
@@ -166,18 +190,30 @@ def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.Mo
     files.update(engine_files())
     for asset in ("tokenizer.json", "model_info.json"):
         files[asset] = export_dir / "assets" / asset
-    # the cache's dtype as the export read it from the graph (float32 where a report predates it)
-    kv_dtype = np.dtype(report["variants"][variant].get("kv_dtype", "float32"))
-    kv = kv_cache_bytes(info, opts, kv_dtype.itemsize)
     window = opts.engine.max_len or info["n_positions"]
-    if runtimes.of_variant(variant).cache_blocks and opts.engine.kv_cache_mib:
-        detail = (
-            f"  KV cache: {opts.engine.kv_cache_mib:g} MiB of blocks taken by use, allocated once when the model "
-            f"loads; up to {opts.engine.slots} sequences of up to {window} positions"
-        )
+    entry = report["variants"][variant]
+    if runtimes.of_variant(variant).cache_blocks:
+        precision, per_token = kv_cache_precision(entry, info, variant, opts.engine.kv_cache_precision)
+        cfg.parameters["kv_cache_precision"].string_value = precision
+        if opts.engine.kv_cache_mib:
+            detail = (
+                f"  KV cache: {opts.engine.kv_cache_mib:g} MiB of {precision} blocks taken by use, allocated once "
+                f"when the model loads ({opts.engine.kv_cache_mib * 2**20 / per_token:.0f} positions); up to "
+                f"{opts.engine.slots} sequences of up to {window} positions"
+            )
+            return cfg, detail
+        kv = opts.engine.slots * window * per_token
     else:
-        detail = (
-            f"  KV cache: {opts.engine.slots} slots x {window} positions = "
-            f"{kv / 2**20:.0f} MiB, allocated once when the model loads"
-        )
+        if opts.engine.kv_cache_precision not in ("auto",):
+            raise ConfigError(
+                f"--kv-cache-precision {opts.engine.kv_cache_precision} applies to a block runner (OpenVINO); "
+                f"{variant} runs on {runtimes.of_variant(variant).name}, whose cache has its graph's type "
+                f"({entry.get('kv_dtype', 'float32')}): use auto"
+            )
+        # the cache's dtype as the export read it from the graph (float32 where a report predates it)
+        kv = kv_cache_bytes(info, opts, np.dtype(entry.get("kv_dtype", "float32")).itemsize)
+    detail = (
+        f"  KV cache: {opts.engine.slots} slots x {window} positions = "
+        f"{kv / 2**20:.0f} MiB, allocated once when the model loads"
+    )
     return cfg, detail

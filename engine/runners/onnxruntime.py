@@ -160,6 +160,11 @@ class OrtRunner:
         """The runner of a repository version folder, as `engine.loader` builds it.
         `own_process`: the engine is the process's only ONNX Runtime user (a Triton
         Python-backend stub), so a pair of graphs may take the process-wide thread pool."""
+        if config.kv_cache_precision != "auto":
+            raise ValueError(
+                f"kv_cache_precision {config.kv_cache_precision}: ONNX Runtime's cache has its graph's "
+                "type (the export chose it); only a block runner (OpenVINO) takes another, use auto"
+            )
         return cls(
             model_dir,
             config.slots,

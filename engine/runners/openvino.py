@@ -39,8 +39,14 @@ def _vocab_projection(model):
     return node
 
 
-def paged_model(xml_path: str, n_head: int, head_size: int, kv_type: str = "f32"):
-    """The IR with paged attention, `logits_indices` and `next_token`, caches typed and shaped."""
+# the cache precisions the CPU plugin's PagedAttention stores (`KV_CACHE_PRECISION`); u8 keeps
+# a scale and a zero point per group inside each block, so its blocks are not plain arrays
+KV_TYPES = {"f32": np.float32, "f16": np.float16, "u8": np.uint8}
+
+
+def paged_model(xml_path: str):
+    """The IR with paged attention, `logits_indices` and `next_token`; the caches' types and
+    shapes are left to the plugin, which sets them from `KV_CACHE_PRECISION` when it compiles."""
     import openvino as ov
     import openvino._offline_transformations as transforms
     from openvino import opset13 as ops
@@ -52,11 +58,6 @@ def paged_model(xml_path: str, n_head: int, head_size: int, kv_type: str = "f32"
             f"{xml_path}: not a stateful causal-LM IR (input_ids, beam_idx); re-run `aigc export`"
         )
     transforms.paged_attention_transformation(model, False, False)
-    element = ov.Type(np.dtype({"f32": np.float32, "f16": np.float16}[kv_type]))
-    for param in model.get_parameters():
-        if param.get_output_tensor(0).get_any_name().startswith(("key_cache.", "value_cache.")):
-            param.set_element_type(element)
-            param.set_partial_shape(ov.PartialShape([-1, n_head, BLOCK_SIZE, head_size]))
     proj = _vocab_projection(model)
     indices = ops.parameter([-1], ov.Type.i64, name="logits_indices")
     indices.output(0).get_tensor().set_names({"logits_indices"})
@@ -81,12 +82,16 @@ class OvRunner:
         threads: int = 0,
         kv_type: str = "f32",
         blocks: int = 0,
+        cache_mib: float = 0.0,
     ):
-        """`blocks`: the cache's blocks, taken by use through each call's block tables
-        (default `slots` x `max_len` worth; slot `s` owns the `s`-th run of them when a call
-        gives no tables, as the export's measurements call it)."""
+        """`kv_type`: the cache's precision (`KV_TYPES`); `blocks`, or `cache_mib` of them:
+        the cache's blocks, taken by use through each call's block tables (default `slots` x
+        `max_len` worth; slot `s` owns the `s`-th run of them when a call gives no tables, as
+        the export's measurements call it)."""
         import openvino as ov
 
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_cache_precision must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
         with open(os.path.join(model_dir, "model_info.json")) as f:
             self.info = json.load(f)
         self.n_layer, self.n_head = int(self.info["n_layer"]), int(self.info["n_head"])
@@ -94,7 +99,6 @@ class OvRunner:
         self.vocab = int(self.info["vocab_size"])
         self.slots, self.max_len = slots, max_len
         self.device = "cpu"
-        model = paged_model(os.path.join(model_dir, IR_NAME), self.n_head, self.head_size, kv_type)
         config = {
             # f32 activations: OpenVINO's default on AMX CPUs is bf16, slower for this model
             # with int8/int4 weights and further from the fp32 reference.
@@ -105,9 +109,18 @@ class OvRunner:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self.compiled = ov.Core().compile_model(paged_model(os.path.join(model_dir, IR_NAME)), "CPU", config)
         self.request = self.compiled.create_infer_request()
+        # each block's key and value shape as the plugin laid them out for this precision
+        shapes = [
+            tuple(d.get_length() for d in list(self.compiled.input(f"{kv}_cache.0").get_partial_shape())[1:])
+            for kv in ("key", "value")
+        ]
+        dtype = np.dtype(KV_TYPES[kv_type])
         self.blocks_per_slot = -(-max_len // BLOCK_SIZE)
+        if cache_mib and not blocks:
+            per_block = self.n_layer * sum(int(np.prod(s)) for s in shapes) * dtype.itemsize
+            blocks = max(1, int(cache_mib * 2**20) // per_block)
         blocks = blocks or slots * self.blocks_per_slot
         if blocks < self.blocks_per_slot:
             raise ValueError(
@@ -120,11 +133,12 @@ class OvRunner:
             self.head_size,
             slots,
             self.blocks_per_slot * BLOCK_SIZE,
-            np.float32 if kv_type == "f32" else np.float16,
+            dtype,
             block_size=BLOCK_SIZE,
             blocks=blocks,
+            block_shapes=shapes,
         )
-        self.kv_dtype = self.kv.dtype.type
+        self.kv_type = kv_type
         cache_names = [f"{kv}_cache.{i}" for i in range(self.n_layer) for kv in ("key", "value")]
         for name, buf in zip(cache_names, self.kv.buffers, strict=True):
             self.request.set_tensor(name, ov.Tensor(buf, shared_memory=True))
@@ -150,16 +164,12 @@ class OvRunner:
         cls, model_dir: str, config: EngineConfig, max_len: int, threads: int = 0, **_
     ) -> OvRunner:
         """The runner of a repository version folder, as `engine.loader` builds it: the cache
-        is `kv_cache_mib` of blocks (0: `slots` x `max_len` worth)."""
-        blocks = 0
-        if config.kv_cache_mib:
-            with open(os.path.join(model_dir, "model_info.json")) as f:
-                info = json.load(f)
-            per_block = (
-                2 * int(info["n_layer"]) * int(info["n_head"]) * BLOCK_SIZE * int(info["head_size"]) * 4
-            )
-            blocks = max(1, int(config.kv_cache_mib * 2**20) // per_block)
-        return cls(model_dir, config.slots, max_len, threads, blocks=blocks)
+        is `kv_cache_mib` of blocks (0: `slots` x `max_len` worth) in `kv_cache_precision`
+        (`auto` where no build resolved it from the export report: f32)."""
+        precision = "f32" if config.kv_cache_precision == "auto" else config.kv_cache_precision
+        return cls(
+            model_dir, config.slots, max_len, threads, kv_type=precision, cache_mib=config.kv_cache_mib
+        )
 
     def execute(self, forward: Forward) -> ForwardOutput:
         """Any rows, each through its block table (or, without tables, its slot's run)."""
@@ -176,7 +186,7 @@ class OvRunner:
     def describe(self) -> str:
         return (
             f"openvino {self._ov.get_version()} from {os.path.dirname(self._ov.__file__)}, CPU, "
-            f"f32 activations, {self.kv.dtype.name} paged KV cache in blocks of {BLOCK_SIZE}"
+            f"f32 activations, {self.kv_type} paged KV cache in blocks of {BLOCK_SIZE}"
         )
 
     def _run(

@@ -11,17 +11,26 @@ import pytest
 from engine.config import EngineConfig
 
 
-def test_every_setting_has_a_help_text_and_a_range_or_a_boolean_type():
+def test_every_setting_has_a_help_text_and_a_range_its_choices_or_a_boolean_type():
     for f in dataclasses.fields(EngineConfig):
         assert f.metadata["help"], f.name
-        assert f.type == "bool" or f.metadata["lo"] is not None, f.name
+        assert f.type == "bool" or f.metadata["lo"] is not None or f.metadata["choices"], f.name
+        assert not f.metadata["choices"] or f.default in f.metadata["choices"], f.name
 
 
 def test_parameters_round_trip_every_setting():
-    config = EngineConfig(slots=3, max_len=48, prefill_budget=0.5, cuda_graph=False, max_request_seconds=1e-6)
+    config = EngineConfig(
+        slots=3,
+        max_len=48,
+        prefill_budget=0.5,
+        cuda_graph=False,
+        max_request_seconds=1e-6,
+        kv_cache_precision="u8",
+    )
     params = config.to_parameters()
     assert set(params) == {f.name for f in dataclasses.fields(EngineConfig)}
     assert params["max_request_seconds"] == "1e-06" and params["cuda_graph"] == "false"
+    assert params["kv_cache_precision"] == "u8"
     assert EngineConfig.from_parameters(params) == config
     assert EngineConfig.from_parameters({"slots": "2", "unrelated": "x", "max_len": ""}) == EngineConfig(
         slots=2
@@ -34,6 +43,7 @@ def test_parameters_round_trip_every_setting():
         ({"slots": "abc"}, "slots must be int, got 'abc'"),
         ({"cuda_graph": "maybe"}, "cuda_graph must be true or false"),
         ({"prefill_budget": "x"}, "prefill_budget must be float"),
+        ({"kv_cache_precision": "int3"}, "kv_cache_precision must be one of auto, f32, f16, u8, got 'int3'"),
     ],
 )
 def test_a_parameter_that_does_not_parse_is_named(params, message):
@@ -50,6 +60,7 @@ def test_a_parameter_that_does_not_parse_is_named(params, message):
         ({"max_request_seconds": 0.0}, r"max_request_seconds must be a number in \(0, 86400\]"),
         ({"max_queue": 100_001}, r"max_queue must be an integer in 0\.\.100000"),
         ({"metrics_interval_s": -1.0}, r"metrics_interval_s must be a number in 0\.\.3600 \(0 = off\)"),
+        ({"kv_cache_precision": "i8"}, r"kv_cache_precision must be one of auto, f32, f16, u8, got 'i8'"),
     ],
 )
 def test_out_of_range_settings_name_the_setting_and_its_range(changes, message):
@@ -68,8 +79,12 @@ def test_flags_are_generated_from_the_fields_with_their_defaults_and_ranges():
     EngineConfig.add_arguments(parser)
     flagged = [f for f in dataclasses.fields(EngineConfig) if f.metadata["flag"]]
     assert EngineConfig.from_args(parser.parse_args([])) == EngineConfig()
-    args = parser.parse_args(["--slots", "3", "--no-cuda-graph", "--prefill-budget", "0.5"])
-    assert EngineConfig.from_args(args) == EngineConfig(slots=3, cuda_graph=False, prefill_budget=0.5)
+    args = parser.parse_args(
+        ["--slots", "3", "--no-cuda-graph", "--prefill-budget", "0.5", "--kv-cache-precision", "u8"]
+    )
+    assert EngineConfig.from_args(args) == EngineConfig(
+        slots=3, cuda_graph=False, prefill_budget=0.5, kv_cache_precision="u8"
+    )
     text = parser.format_help()
     for f in flagged:
         assert "--" + f.name.replace("_", "-") in text

@@ -258,6 +258,36 @@ def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(ov_
     assert engine.scheduler.kv_blocks.free == 5
 
 
+def test_openvino_u8_cache_fits_more_blocks_and_keeps_greedy_tokens(ov_dir, checkpoints):
+    """The same MiB of u8 cache hold over three times the f32 blocks (a scale and a zero point
+    per group inside each block); the tokens stay transformers' on the tiny model, with a
+    prompt spanning several blocks, through prefix hits and preemption."""
+    f32, _, _ = make_engine(ov_dir, slots=3, kv_cache_mib=1.0, kv_cache_precision="f32")
+    engine, _, _ = make_engine(ov_dir, slots=3, kv_cache_mib=1.0, kv_cache_precision="u8", prefill_chunk=16)
+    assert engine.runner.caps.kv_dtype == np.uint8 and engine.runner.kv.nbytes <= 2**20
+    assert 3 * f32.runner.caps.blocks < engine.runner.caps.blocks < 4 * f32.runner.caps.blocks
+    assert "u8 paged KV cache" in engine.runner.describe()
+    system = engine.tokenizer.encode("def f(x): return x + 1 if x else 0 " * 8).ids[:70]
+    prompts = [system, system + engine.tokenizer.encode(" import os").ids]
+    got = [engine.generate_ids(p, greedy(24)) for p in prompts]
+    assert engine.stats.prefix_hits == 64
+    for p, tokens in zip(prompts, got):
+        assert tokens == transformers_greedy(checkpoints["gpt2"], p, 24)
+
+
+def test_a_cache_precision_the_runner_cannot_store_is_refused(version_dir):
+    if (version_dir / "model.onnx").exists():
+        with pytest.raises(
+            ValueError, match="kv_cache_precision u8: ONNX Runtime's cache has its graph's type"
+        ):
+            make_engine(version_dir, slots=1, kv_cache_precision="u8")
+    else:
+        from engine.runners.openvino import OvRunner
+
+        with pytest.raises(ValueError, match="kv_cache_precision must be one of f32, f16, u8, got 'i4'"):
+            OvRunner(str(version_dir), 1, 64, kv_type="i4")
+
+
 class _CallCounter:
     """Counts the runs of an ONNX Runtime session (the engine's companion graph)."""
 

@@ -127,6 +127,27 @@ def test_openvino_variants_pass_the_same_gates_with_compressed_weights(gpt2_expo
     assert report["variants"]["ov-int4"]["size_bytes"] < report["variants"]["ov-int8"]["size_bytes"]
 
 
+def test_openvino_variants_judge_and_measure_a_u8_kv_cache(gpt2_export):
+    """The compressed cache is judged by the variant's own gate and measured against f32 at
+    batch 8; it is chosen only when it passes and is faster at the long context."""
+    _, _, report = gpt2_export
+    for v in ("ov-int8", "ov-int4"):
+        kv = report["variants"][v]["kv_cache"]
+        u8, f32 = kv["u8"], kv["f32"]
+        assert u8["fidelity"]["perplexity_bound"] == quantize.GATES.ppl_bound(v)
+        assert u8["passed"] is (u8["fidelity"]["perplexity_increase"] <= quantize.GATES.ppl_bound(v))
+        assert 0.0 <= u8["fidelity"]["greedy_agreement"] <= 1.0
+        # a quarter of f32's bytes, plus a scale and a zero point per group (GPT-2 124M's
+        # 64-wide heads: 3.4x fewer bytes; this tiny model's narrow heads pay more for them)
+        assert f32["bytes_per_token"] / 4 < u8["bytes_per_token"] < f32["bytes_per_token"] / 2
+        pasts = sorted(f32["step_ms"], key=int)
+        assert len(pasts) == 2 and sorted(u8["step_ms"], key=int) == pasts
+        faster = u8["step_ms"][pasts[-1]] <= quantize._KV_LONG_GAIN * f32["step_ms"][pasts[-1]]
+        not_slower = u8["step_ms"][pasts[0]] <= quantize._KV_SHORT_SLACK * f32["step_ms"][pasts[0]]
+        assert kv["choice"] == ("u8" if u8["passed"] and faster and not_slower else "f32"), kv
+        assert kv["why"].startswith(kv["choice"] + ":")
+
+
 def test_gpt2_gate_rejects_damaged_int8(gpt2_export, tmp_path, monkeypatch):
     ckpt, _, _ = gpt2_export
     real = quantize.to_int8_dynamic

@@ -231,6 +231,44 @@ def test_gpt2_engine_settings_reach_the_config_and_build_reports_the_cache(expor
         )
 
 
+def test_the_kv_cache_precision_auto_serves_is_the_exports_choice(exports, tmp_path):
+    """`--kv-cache-precision auto` writes what the export chose for the variant (its gate and
+    its measurement); an asked precision is written as asked; ONNX Runtime takes none."""
+    export = tmp_path / "export"
+    shutil.copytree(exports["gpt2"], export)
+    report_file = export / "export_report.json"
+    report = json.loads(report_file.read_text())
+    kv = report["variants"]["ov-fp32"]["kv_cache"]
+    assert kv["choice"] in ("u8", "f32") and kv["u8"]["bytes_per_token"] < kv["f32"]["bytes_per_token"] / 2
+
+    def built(choice, asked, mib=0.0):
+        kv["choice"] = choice
+        report_file.write_text(json.dumps(report))
+        repo = tmp_path / f"repo-{choice}-{asked}"
+        engine = EngineConfig(kv_cache_precision=asked, kv_cache_mib=mib)
+        out = build_repository(
+            [export], repo, BuildOptions(variant="ov-fp32", runtime="openvino", engine=engine)
+        )
+        return read_config(repo / "gpt2").parameters["kv_cache_precision"].string_value, str(out[0])
+
+    assert built("u8", "auto")[0] == "u8" and built("f32", "auto")[0] == "f32"
+    precision, detail = built("f32", "u8", mib=2.0)
+    positions = 2 * 2**20 / kv["u8"]["bytes_per_token"]
+    assert (
+        precision == "u8"
+        and f"2 MiB of u8 blocks taken by use, allocated once when the model loads ({positions:.0f} positions)"
+        in detail
+    )
+    with pytest.raises(
+        ConfigError, match="--kv-cache-precision u8 applies to a block runner .*fp32 runs on onnxruntime"
+    ):
+        build_repository(
+            [exports["gpt2"]],
+            tmp_path / "r3",
+            BuildOptions(variant="fp32", engine=EngineConfig(kv_cache_precision="u8")),
+        )
+
+
 def test_written_configs_parse_back(fp32_repository):
     for model_dir in fp32_repository.iterdir():
         cfg = read_config(model_dir)
