@@ -60,6 +60,7 @@ def _serve_embedded(opts: BenchOptions, subs: list[Subject], stack: contextlib.E
             repo, grpc_port=0, http_port=0, metrics_port=0, log_file=(opts.out / "triton.log").absolute()
         )
     )
+    opts.server_pid = server.process.pid if server.process else None
     return server.grpc_url, variants
 
 

@@ -120,6 +120,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mixed workload: short streams running while long prompts arrive (default 4; 0: not run)",
     )
     load.add_argument(
+        "--many-users",
+        type=int,
+        default=64,
+        help="many-users workload: short streams at once, one request each, with the server's "
+        "resident memory (default 64; 0: not run)",
+    )
+    load.add_argument(
+        "--engine-probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the engine's offline probes on the export's OpenVINO variant: mixed calls, blocks "
+        "by use at 64 users, prefix caching, a shared 256-token prefix (default on)",
+    )
+    load.add_argument(
         "--mixed-new-tokens",
         type=int,
         default=128,
@@ -232,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
         mixed_new_tokens=args.mixed_new_tokens,
         mixed_arrivals=args.mixed_arrivals,
         mixed_period_s=args.mixed_period,
+        many_users=args.many_users,
+        engine_probe=args.engine_probe,
         batch_sizes=args.batch_sizes,
         threads=args.threads,
         repeats=args.repeats,

@@ -6,7 +6,10 @@
 - users: 64 concurrent requests of 16 -> 64 tokens with 8 slots against 64 sequences over
   the same cache memory in blocks taken by use;
 - prefix: time to first token of a 512-token prompt asked three times, prefix caching off
-  and on (and whether the tokens are identical).
+  and on (and whether the tokens are identical);
+- shared_prefix: 32 requests whose prompts share a 256-token prefix (a system prompt), the
+  first alone and the others together once it has its first token, prefix caching off
+  and on.
 
 Prints one JSON object; `benchmarks/many-users.md` records a run.
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aigc.errors import ExportError
 from engine import runtimes
 from engine.config import EngineConfig
 from engine.loader import load_engine
@@ -120,6 +124,60 @@ def prefix(folder: str, threads: int) -> dict:
     return out
 
 
+def shared_prefix(folder: str, threads: int, n: int = 32, shared: int = 256, new_tokens: int = 16) -> dict:
+    info = json.loads((Path(folder) / "model_info.json").read_text())
+    rng, vocab = np.random.default_rng(2), info["vocab_size"]
+    shared = min(shared, info["n_positions"] - 16 - new_tokens)
+    system = rng.integers(1, vocab, shared).tolist()
+    prompts = [system + rng.integers(1, vocab, 16).tolist() for _ in range(n)]
+    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
+    out = {}
+    for caching in (False, True):
+        eng = load_engine(
+            folder, EngineConfig(slots=n, prefix_caching=caching, max_queue=n), intra_op_threads=threads
+        )
+        eng.generate_ids(rng.integers(1, vocab, 16).tolist(), SamplingParams(max_tokens=2, ignore_eos=True))
+        t0 = time.perf_counter()
+        first = eng.submit(prompts[0], params)
+        while first.first_token_at is None:
+            eng.step()
+        rest = [eng.submit(p, params) for p in prompts[1:]]
+        eng.run_until_done([first, *rest])
+        wall = time.perf_counter() - t0
+        out[f"prefix_caching {'on' if caching else 'off'}"] = {
+            "first_ttft_ms": round((first.first_token_at - first.arrived) * 1e3, 1),
+            "others_ttft_p50_ms": round(
+                statistics.median(r.first_token_at - r.arrived for r in rest) * 1e3, 1
+            ),
+            "tokens_per_s": round(n * new_tokens / wall, 1),
+            "hit_tokens": eng.stats.prefix_hits,
+        }
+    on, off = out["prefix_caching on"], out["prefix_caching off"]
+    out["others_ttft_on_vs_off"] = round(on["others_ttft_p50_ms"] / off["others_ttft_p50_ms"], 3)
+    out["tokens_per_s_on_vs_off"] = round(on["tokens_per_s"] / off["tokens_per_s"], 3)
+    out["shared_tokens"], out["requests"] = shared, n
+    return out
+
+
+PROBES = {"mixed": mixed, "users": users, "prefix": prefix, "shared_prefix": shared_prefix}
+
+
+def probe_export(export: Path, variant: str, threads: int, names=tuple(PROBES)) -> dict:
+    """The probes `names` on `variant` of an export folder (a block runner's variant)."""
+    from aigc import registry
+    from export.api import read_report
+    from export.gpt2_eval import version_folder
+
+    if not runtimes.of_variant(variant).cache_blocks:
+        raise ValueError(f"variant {variant}: its runtime has no block cache; name an ov-* variant")
+    text_model = registry.components(registry.TEXT_GENERATOR)[0].name
+    files = read_report(export)["variants"].get(variant, {}).get("files", {})
+    if text_model not in files:
+        raise ValueError(f"variant {variant}: {export} has no such {text_model} variant")
+    with version_folder(export / files[text_model]) as folder:
+        return {"variant": variant, **{name: PROBES[name](folder, threads) for name in names}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -127,24 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--variant", default="ov-int4", help="a variant of a block runner (default ov-int4)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    parser.add_argument(
+        "--probes",
+        default=",".join(PROBES),
+        help=f"comma-separated subset of {','.join(PROBES)} (default all)",
+    )
     args = parser.parse_args(argv)
-    if not runtimes.of_variant(args.variant).cache_blocks:
-        parser.error(f"--variant {args.variant}: its runtime has no block cache; name an ov-* variant")
-    from aigc import registry
-    from export.api import read_report
-    from export.gpt2_eval import version_folder
-
-    text_model = registry.components(registry.TEXT_GENERATOR)[0].name
-    files = read_report(args.export)["variants"].get(args.variant, {}).get("files", {})
-    if text_model not in files:
-        parser.error(f"--variant {args.variant}: {args.export} has no such {text_model} variant")
-    with version_folder(args.export / files[text_model]) as folder:
-        result = {
-            "variant": args.variant,
-            "mixed": mixed(folder, args.threads),
-            "users": users(folder, args.threads),
-            "prefix": prefix(folder, args.threads),
-        }
+    names = tuple(n for n in args.probes.split(",") if n)
+    unknown = sorted(set(names) - set(PROBES))
+    if unknown:
+        parser.error(f"--probes: {', '.join(unknown)} unknown; choose from {', '.join(PROBES)}")
+    try:
+        result = probe_export(args.export, args.variant, args.threads, names)
+    except ValueError as exc:
+        parser.error(f"--{exc}")
+    except ExportError as exc:
+        parser.error(f"--export: {exc}")
     print(json.dumps(result, indent=1))  # noqa: T201 - the command's output
     return 0
 

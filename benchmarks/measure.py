@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import statistics
 import threading
 import time
@@ -153,6 +154,29 @@ def served_concurrency(
 
     wall = _run_together([worker] * concurrency)
     return {"concurrency": concurrency, **summarise_streams(runs, wall)}
+
+
+def process_tree_rss_mib(pid: int) -> float | None:
+    """Resident memory of `pid` and every process under it (Triton and its Python-backend
+    stubs), read from /proc; None where /proc or the process is gone."""
+    try:
+        with open("/proc/self/status"):
+            pass
+    except OSError:
+        return None
+    todo, total = [pid], 0
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            if p == pid:
+                return None
+    return round(total / 1024, 1)
 
 
 def split_gaps(runs: list[dict], windows: list[tuple[float, float]]) -> tuple[list[float], list[float]]:

@@ -59,6 +59,12 @@ class BenchOptions:
     mixed_long_new_tokens: int = 4
     mixed_arrivals: int = 5
     mixed_period_s: float = 3.0
+    # The many-users workload: this many short streams at once, one request each (0: not run),
+    # with the server's resident memory before and after.
+    many_users: int = 64
+    # The engine's offline probes (benchmarks.engine_probe) on the export's block-runner
+    # (OpenVINO) variant: mixed calls, blocks by use, prefix caching, a shared prefix.
+    engine_probe: bool = True
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     threads: int = 2
     repeats: int = 5
@@ -73,6 +79,8 @@ class BenchOptions:
     # off, or the path of its executable
     genai_perf: str = "auto"
     extra: dict = field(default_factory=dict)
+    # the embedded server's process (its resident memory is read from /proc); None with --url
+    server_pid: int | None = None
 
     def validate(self) -> None:
         if not 1 <= self.prompt_tokens <= 512:
@@ -94,6 +102,8 @@ class BenchOptions:
                 f"--mixed-new-tokens must be in 1..512, got {self.mixed_new_tokens} "
                 f"(long: {self.mixed_long_new_tokens})"
             )
+        if not 0 <= self.many_users <= 256:
+            raise ConfigError(f"--many-users must be in 0..256, got {self.many_users}")
         if not 1 <= self.mixed_arrivals <= 1000:
             raise ConfigError(f"--mixed-arrivals must be in 1..1000, got {self.mixed_arrivals}")
         if not 0.01 <= self.mixed_period_s <= 600:
@@ -143,7 +153,8 @@ class BenchOptions:
         """The CI setting: a few minutes of measuring on 2 cores. 8 streams stay: the gate
         compares them with the ceiling that the offline step at batch 8 sets."""
         self.concurrency = tuple(c for c in self.concurrency if c in (1, 4, 8)) or (1,)
-        self.long_concurrency = tuple(c for c in self.long_concurrency if c == 1) or (1,)
+        # 8 long streams stay: their inter-token gap against 8 short streams' is gated
+        self.long_concurrency = tuple(c for c in self.long_concurrency if c in (1, 8)) or (1,)
         self.mixed_arrivals = min(self.mixed_arrivals, 2)
         self.batch_sizes = tuple(b for b in self.batch_sizes if b in (1, 8)) or (1,)
         self.repeats = min(self.repeats, 3)

@@ -118,6 +118,43 @@ def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
     return out
 
 
+def _gpt2_many_users_ratios(g: dict) -> dict:
+    """Many users: the long prompts' and many streams' served figures against the short
+    streams', and the engine probes' (offline, on the export's OpenVINO variant)."""
+    out: dict[str, float | None] = {}
+    served = g.get("served") or {}
+    long = ((g.get("long") or {}).get("served") or {}).get("8")
+    if long and "8" in served:
+        # 8 streams reading ~500 cached tokens a step against 8 reading ~50
+        out["gpt2_long_itl_p50_c8_vs_short_c8"] = div(long["itl_ms"]["p50"], served["8"]["itl_ms"]["p50"])
+    many = g.get("many_users")
+    if many and "8" in served:
+        out[f"gpt2_aggregate_c{many['concurrency']}_vs_c8"] = div(
+            many["aggregate_tokens_per_s"], served["8"]["aggregate_tokens_per_s"]
+        )
+    probe = g.get("engine_probe") or {}
+    users = probe.get("users") or {}
+    blocks = next((v for k, v in users.items() if k != "8 slots"), None)
+    if blocks and "8 slots" in users:
+        out["gpt2_engine_blocks_vs_slots_c64_tokens_per_s"] = div(
+            blocks["tokens_per_s"], users["8 slots"]["tokens_per_s"]
+        )
+    if probe.get("prefix"):
+        out["gpt2_engine_prefix_second_vs_first_ttft"] = probe["prefix"]["second_vs_first_ttft_on"]
+    if probe.get("shared_prefix"):
+        out["gpt2_engine_shared_prefix_ttft_on_vs_off"] = probe["shared_prefix"]["others_ttft_on_vs_off"]
+    chunk16 = (probe.get("mixed") or {}).get("4 decode rows + 16-token chunk")
+    if chunk16:
+        out["gpt2_engine_mixed_call_vs_two_calls"] = chunk16["ratio"]
+    kv = probe.get("kv_cache")
+    if kv:
+        steps = {p: kv[p]["step_ms"] for p in ("f32", "u8")}
+        pasts = sorted(steps["f32"], key=int)
+        for p in ("f32", "u8"):
+            out[f"gpt2_{p}_cache_step_long_vs_short_b8"] = div(steps[p][pasts[-1]], steps[p][pasts[0]])
+    return out
+
+
 def _gpt2_peer_ratios(g: dict) -> dict:
     """Served figures against the fastest peer runtime (highest tokens/s at one stream)."""
     out: dict[str, float | None] = {}
@@ -169,7 +206,10 @@ def ratios(results: dict) -> dict:
     time to first token beyond the prefill (`gpt2_ttft_minus_prefill_ms`), and the batch-1
     step over its read floor (`gpt2_step_b1_vs_read_floor`). Against the fastest peer runtime
     (`gpt2_*_vs_best_peer`, `gpt2_*ttft_minus_best_peer_ms`), the peer with the highest
-    tokens/s at one stream on the same prompt, tokens and threads.
+    tokens/s at one stream on the same prompt, tokens and threads. Many users: 8 long
+    streams' inter-token gap over 8 short ones', the many-users aggregate over 8 streams',
+    and the engine probes' blocks-by-use, prefix-cache, mixed-call and KV-cache ratios
+    (`gpt2_engine_*`, `gpt2_*_cache_step_long_vs_short_b8`).
     """
     out: dict[str, float] = {}
     g = results.get("gpt2")
@@ -194,6 +234,7 @@ def ratios(results: dict) -> dict:
                     g["served"][c]["aggregate_tokens_per_s"], c1["aggregate_tokens_per_s"]
                 )
         out.update(_gpt2_profile_ratios(g, results.get("config", {})))
+        out.update(_gpt2_many_users_ratios(g))
         out.update(_gpt2_peer_ratios(g))
     for model, r in results.get("images", {}).items():
         served = r["served_ms"]["p50"]

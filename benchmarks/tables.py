@@ -233,6 +233,68 @@ def _workload_tables(g: dict) -> list[str]:
     return lines
 
 
+def _many_users_tables(g: dict) -> list[str]:
+    """The many-users workload served, and the engine probes offline."""
+    lines: list[str] = []
+    many = g.get("many_users")
+    if many:
+        rss = many.get("server_rss_mib") or {}
+        lines += [
+            f"**Many users**: {many['concurrency']} streams at once, one request each: "
+            f"{fmt(many['aggregate_tokens_per_s'])} tok/s aggregate, TTFT p50 / p90 "
+            f"{fmt(many['ttft_ms']['p50'])} / {fmt(many['ttft_ms']['p90'])} ms, ITL p50 "
+            f"{fmt(many['itl_ms']['p50'], 2)} ms; the server's resident memory "
+            f"{fmt(rss.get('before'))} MiB before, {fmt(rss.get('after'))} MiB after.",
+            "",
+        ]
+    probe = g.get("engine_probe") or {}
+    if probe.get("skipped"):
+        lines += [f"Engine probes not run: {probe['skipped']}.", ""]
+    elif probe:
+        lines += [
+            f"**The engine offline** ({probe['variant']}, no server; `benchmarks/engine_probe.py`):",
+            "",
+        ]
+        lines += ["| probe | figure |", "|---|---|"]
+        for k, m in (probe.get("mixed") or {}).items():
+            lines.append(
+                f"| {k}: one mixed call / prefill call + decode call | {fmt(m['one_mixed_call_ms'], 2)} / "
+                f"{fmt(m['two_calls_ms'], 2)} ms ({m['ratio']}) |"
+            )
+        for k, u in (probe.get("users") or {}).items():
+            lines.append(
+                f"| 64 requests of 16 → 64 tokens, {k} ({u['kv_mib']} MiB) | {fmt(u['tokens_per_s'])} tok/s, "
+                f"TTFT p50 {u['ttft_p50_s']} s, {u['preemptions']} preemptions |"
+            )
+        prefix = probe.get("prefix")
+        if prefix:
+            on = prefix["prefix_caching on"]["ttft_ms"]
+            lines.append(
+                f"| a 512-token prompt three times, prefix caching on: TTFT ms | {' / '.join(map(str, on))} "
+                f"(identical tokens: {prefix['identical_tokens']}) |"
+            )
+        shared = probe.get("shared_prefix")
+        if shared:
+            on, off = shared["prefix_caching on"], shared["prefix_caching off"]
+            lines.append(
+                f"| {shared['requests']} requests sharing a {shared['shared_tokens']}-token prefix: the later "
+                f"ones' TTFT p50, prefix caching on / off | {fmt(on['others_ttft_p50_ms'])} / "
+                f"{fmt(off['others_ttft_p50_ms'])} ms, {fmt(on['tokens_per_s'])} / {fmt(off['tokens_per_s'])} tok/s |"
+            )
+        kv = probe.get("kv_cache")
+        if kv:
+            for name in ("f32", "u8"):
+                steps = kv[name]["step_ms"]
+                pasts = sorted(steps, key=int)
+                lines.append(
+                    f"| batch-8 step, {name} KV cache ({kv[name]['bytes_per_token']} B a position), "
+                    f"{pasts[0]} / {pasts[-1]} cached tokens | {fmt(steps[pasts[0]], 2)} / "
+                    f"{fmt(steps[pasts[-1]], 2)} ms{' (served: the export chose it)' if kv['choice'] == name else ''} |"
+                )
+        lines.append("")
+    return lines
+
+
 def _images_table(imgs: dict) -> list[str]:
     lines = [
         "| image model | path (batch 1) | variant | p50 ms | p90 ms | p99 ms |",
@@ -301,6 +363,7 @@ def markdown(results: dict) -> str:
         lines += _gpt2_table(g, cfg) + [""]
         lines += _genai_perf_table(g)
         lines += _workload_tables(g)
+        lines += _many_users_tables(g)
         profile = _profile_tables(g)
         lines += profile + ([""] if profile else [])
     if results.get("images"):

@@ -38,6 +38,7 @@ def steps(opts: BenchOptions) -> int:
         + len(names)
         + (1 if names and opts.long_prompt_tokens else 0)
         + (opts.peer_rounds - 1 if names and 1 in opts.concurrency else 0)
+        + 2  # many users, engine probes
     )
 
 
@@ -217,7 +218,9 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
             opts.out,
         )
     _long_and_mixed(opts, url, s, tok, text, prompt, out, bar)
+    _many_users(opts, url, prompt, out, bar)
     step(bar, "gpt2 offline decode profile and read floors")
+    exp_report = None
     if s.export is not None:
         from export.api import read_report
 
@@ -227,6 +230,7 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
         # (after its streams, as the baselines are): what batching can give at best.
         out.update(_offline(opts, s, exp_report, variant))
     bar.update()
+    _engine_probes(opts, s, exp_report, variant, out, bar)
     ids = torch.tensor([tok.encode(prompt).ids])
     eos = AutoConfig.from_pretrained(s.checkpoint).eos_token_id
     if "eager" in opts.baselines:
@@ -368,6 +372,56 @@ def _long_and_mixed(
                 opts.mixed_period_s,
             ),
         }
+    bar.update()
+
+
+def _many_users(opts: BenchOptions, url: str, prompt: str, out: dict, bar) -> None:
+    """`many_users` short streams at once, one request each (a warm-up of 2 tokens per
+    connection first), with the server's resident memory before and after."""
+    from benchmarks import measure
+
+    if not opts.many_users:
+        bar.update()
+        return
+    step(bar, f"gpt2 many users c={opts.many_users}")
+    before = measure.process_tree_rss_mib(opts.server_pid) if opts.server_pid else None
+    figures = measure.served_concurrency(url, prompt, opts.new_tokens, opts.many_users, 1, warmup_tokens=2)
+    after = measure.process_tree_rss_mib(opts.server_pid) if opts.server_pid else None
+    out["many_users"] = {**figures, "server_rss_mib": {"before": before, "after": after}}
+    bar.update()
+
+
+def probe_variant(exp_report: dict, served: str | None) -> str | None:
+    """The block-runner variant the engine probes measure: the served one if it is, else the
+    first of the OpenVINO variants that passed its gate (int4 first)."""
+    candidates = [served] + [v for v in ("ov-int4", "ov-int8", "ov-fp32") if v != served]
+    for v in candidates:
+        entry = exp_report["variants"].get(v or "")
+        if v and entry and entry.get("passed") and runtimes.of_variant(v).cache_blocks:
+            return v
+    return None
+
+
+def _engine_probes(
+    opts: BenchOptions, s: Subject, exp_report: dict | None, served: str | None, out: dict, bar
+) -> None:
+    """The engine's offline probes (benchmarks.engine_probe) on the export's block-runner
+    variant, and that variant's KV-cache measurement from the export (u8 against f32)."""
+    if not opts.engine_probe or exp_report is None:
+        bar.update()
+        return
+    from benchmarks import engine_probe
+
+    probed = probe_variant(exp_report, served)
+    if probed is None:
+        out["engine_probe"] = {"skipped": "the export has no OpenVINO variant that passed its gate"}
+        bar.update()
+        return
+    step(bar, f"gpt2 engine probes on {probed}")
+    out["engine_probe"] = engine_probe.probe_export(s.export, probed, opts.threads)
+    kv = exp_report["variants"][probed].get("kv_cache")
+    if kv:
+        out["engine_probe"]["kv_cache"] = kv
     bar.update()
 
 

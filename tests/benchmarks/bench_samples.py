@@ -51,6 +51,50 @@ def _mixed() -> dict:
     }
 
 
+def _engine_probe() -> dict:
+    """What `benchmarks.engine_probe.probe_export` and the export's `kv_cache` give."""
+    users = {
+        "tokens_per_s": 260.0,
+        "ttft_p50_s": 7.2,
+        "kv_mib": 576,
+        "preemptions": 0,
+        "finished": ["length"],
+    }
+    return {
+        "variant": "ov-int4",
+        "mixed": {
+            "4 decode rows + 16-token chunk": {
+                "two_calls_ms": 45.0,
+                "one_mixed_call_ms": 38.0,
+                "ratio": 0.844,
+            }
+        },
+        "users": {
+            "8 slots": users,
+            "64 sequences, same MiB": dict(users, tokens_per_s=403.0, ttft_p50_s=0.75),
+        },
+        "prefix": {
+            "prefix_caching off": {"ttft_ms": [636.7, 632.1, 618.0], "hit_tokens": 0},
+            "prefix_caching on": {"ttft_ms": [659.1, 61.4, 62.2], "hit_tokens": 960},
+            "second_vs_first_ttft_on": 0.093,
+            "identical_tokens": True,
+        },
+        "shared_prefix": {
+            "prefix_caching off": {"others_ttft_p50_ms": 5000.0, "tokens_per_s": 100.0},
+            "prefix_caching on": {"others_ttft_p50_ms": 1000.0, "tokens_per_s": 160.0},
+            "others_ttft_on_vs_off": 0.2,
+            "tokens_per_s_on_vs_off": 1.6,
+            "shared_tokens": 256,
+            "requests": 32,
+        },
+        "kv_cache": {
+            "choice": "u8",
+            "f32": {"step_ms": {"48": 27.0, "496": 35.0}, "bytes_per_token": 73728},
+            "u8": {"step_ms": {"48": 26.5, "496": 30.0}, "bytes_per_token": 21888, "passed": True},
+        },
+    }
+
+
 def sample_results() -> dict:
     base = {"ttft_ms": {"p50": 90.0}, "itl_ms": {"p50": 45.0, "p90": 50.0, "p99": 60.0}, "tokens_per_s": 20.0}
     int8 = sample_profile(7.5, 12.0, 17.0, 1.5)
@@ -77,8 +121,17 @@ def sample_results() -> dict:
             "long": {
                 "prompt_tokens": 512,
                 "new_tokens": 128,
-                "served": {"1": _served(700.0, 70.0, 70.0, 1), "8": _served(6000.0, 160.0, 20.0, 8)},
+                "served": {
+                    "1": _served(700.0, 70.0, 70.0, 1),
+                    "8": dict(
+                        _served(6000.0, 160.0, 20.0, 8), itl_ms={"p50": 12.0, "p90": 14.0, "p99": 20.0}
+                    ),
+                },
             },
+            "many_users": dict(
+                _served(2000.0, 450.0, 7.0, 64), server_rss_mib={"before": 900.0, "after": 905.0}
+            ),
+            "engine_probe": _engine_probe(),
             "mixed": _mixed(),
             "eager": base,
             "optimum": dict(base, tokens_per_s=30.0),

@@ -30,6 +30,7 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
             mixed_new_tokens=16,
             mixed_arrivals=2,
             mixed_period_s=0.3,
+            many_users=4,
             batch_sizes=(1, 4),
             repeats=2,
             image_requests=20,
@@ -65,6 +66,21 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
     assert long["prompt_tokens"] == 64 and long["served"]["2"]["requests"] == 4
     assert mixed["long_requests"] == 2 and mixed["long_ttft_ms"]["n"] == 2 and mixed["short"]["requests"] >= 2
     assert mixed["short_itl_other_ms"]["n"] + mixed["short_itl_during_long_prefill_ms"]["n"] >= 2
+    # many users at once (no resident memory with --url: the server is not this process's),
+    # and the engine probes on the export's OpenVINO variant, with its KV-cache measurement
+    many = g["many_users"]
+    assert many["requests"] == 4 and many["server_rss_mib"] == {"before": None, "after": None}
+    probe = g["engine_probe"]
+    assert probe["variant"] == "ov-fp32" and probe["kv_cache"]["choice"] in ("f32", "u8")
+    assert probe["shared_prefix"]["prefix_caching on"]["hit_tokens"] > 0
+    engine_ratios = {
+        "gpt2_engine_blocks_vs_slots_c64_tokens_per_s",
+        "gpt2_engine_prefix_second_vs_first_ttft",
+        "gpt2_engine_shared_prefix_ttft_on_vs_off",
+        "gpt2_engine_mixed_call_vs_two_calls",
+        "gpt2_u8_cache_step_long_vs_short_b8",
+    }
+    assert engine_ratios <= set(results["ratios"])
     # both exported variants against their read floors (served figures need not be fast)
     assert set(g["read_floors"]) == {"fp32", "int8"} and g["memory_bandwidth_1gib"]["gb_per_s"] > 0
     assert all(r["step_over_floor"]["1gib"] > 0 for f in g["read_floors"].values() for r in f["rows"])

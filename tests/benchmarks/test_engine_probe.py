@@ -30,3 +30,18 @@ def test_the_probes_run_on_an_openvino_variant(exports, capsys):
     # the newest are preempted and recomputed, and every one still completes
     assert many["preemptions"] > 0 and many["finished"] == few["finished"] == ["length"]
     assert out["prefix"]["identical_tokens"] and out["prefix"]["prefix_caching on"]["hit_tokens"] > 0
+    shared = out["shared_prefix"]
+    # the 31 later requests read the shared prefix's full blocks from the cache
+    blocks = shared["shared_tokens"] // 32 * 32
+    assert shared["prefix_caching on"]["hit_tokens"] >= (shared["requests"] - 1) * blocks > 0
+    assert shared["prefix_caching off"]["hit_tokens"] == 0
+
+
+def test_an_unknown_probe_is_named(exports, capsys):
+    with pytest.raises(SystemExit):
+        engine_probe.main(
+            ["--export", str(exports["gpt2"]), "--variant", "ov-fp32", "--probes", "users,speed"]
+        )
+    assert (
+        "--probes: speed unknown; choose from mixed, users, prefix, shared_prefix" in capsys.readouterr().err
+    )

@@ -26,6 +26,7 @@ from benchmarks.options import BenchOptions
         ("long_new_tokens", 0, "--long-new-tokens"),
         ("long_concurrency", (), "--long-concurrency"),
         ("mixed_streams", 65, "--mixed-streams"),
+        ("many_users", 257, "--many-users"),
         ("mixed_new_tokens", 0, "--mixed-new-tokens"),
         ("mixed_arrivals", 0, "--mixed-arrivals"),
         ("mixed_period_s", 0, "--mixed-period"),
@@ -41,4 +42,4 @@ def test_bad_flags_are_named(field, value, flag):
 def test_quick_mode_is_small():
     opts = BenchOptions(quick=True).quick_mode()
     assert opts.concurrency == (1, 4, 8) and opts.batch_sizes == (1, 8) and opts.repeats <= 3
-    assert opts.long_concurrency == (1,) and opts.mixed_arrivals == 2
+    assert opts.long_concurrency == (1, 8) and opts.mixed_arrivals == 2 and opts.many_users == 64

@@ -43,6 +43,18 @@ def test_ratios_against_the_offline_profile():
     assert r["gpt2_mixed_itl_p99_during_long_vs_other"] == pytest.approx(2.0)
 
 
+def test_many_users_ratios():
+    r = sample_results()["ratios"]
+    assert r["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(12.0 / 8.0)
+    assert r["gpt2_aggregate_c64_vs_c8"] == pytest.approx(450.0 / 360.0, rel=1e-3)
+    assert r["gpt2_engine_blocks_vs_slots_c64_tokens_per_s"] == pytest.approx(403.0 / 260.0, rel=1e-3)
+    assert r["gpt2_engine_prefix_second_vs_first_ttft"] == 0.093
+    assert r["gpt2_engine_shared_prefix_ttft_on_vs_off"] == 0.2
+    assert r["gpt2_engine_mixed_call_vs_two_calls"] == 0.844
+    assert r["gpt2_f32_cache_step_long_vs_short_b8"] == pytest.approx(35.0 / 27.0, rel=1e-3)
+    assert r["gpt2_u8_cache_step_long_vs_short_b8"] == pytest.approx(30.0 / 26.5, rel=1e-3)
+
+
 def test_profile_ratios_follow_the_prompt_length():
     results = sample_results()
     results["config"].update(prompt_tokens=128, new_tokens=64)  # cache 160 on average, 128-token prefill

@@ -43,6 +43,21 @@ def test_table_and_plots_are_written(tmp_path):
     assert "| the other gaps | 900 | 20.00 | 24.00 | 30.00 |" in md
     assert "Long requests' TTFT p50 / p90 / p99: 1500.0 / 1700.0 / 1800.0 ms" in md
     assert "| gpt2_step_long_vs_short_b8 | 1.5 |" in md and "| gpt2_ttft_minus_prefill_ms | 6.0 |" in md
+    # many users served, and the engine offline
+    assert "**Many users**: 64 streams at once, one request each: 450.0 tok/s aggregate" in md
+    assert "resident memory 900.0 MiB before, 905.0 MiB after" in md
+    assert "| 64 requests of 16 → 64 tokens, 64 sequences, same MiB (576 MiB) | 403.0 tok/s" in md
+    assert (
+        "| batch-8 step, u8 KV cache (21888 B a position), 48 / 496 cached tokens | 26.50 / 30.00 ms (served"
+        in md
+    )
+    assert (
+        "| 32 requests sharing a 256-token prefix: the later ones' TTFT p50, prefix caching on / off | 1000.0 / 5000.0 ms"
+        in md
+    )
+    assert (
+        "| a 512-token prompt three times, prefix caching on: TTFT ms | 659.1 / 61.4 / 62.2 (identical" in md
+    )
     assert json.loads((tmp_path / "results.json").read_text())["ratios"] == results["ratios"]
     for png in ("gpt2.png", "gpt2-workloads.png", "images.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
