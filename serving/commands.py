@@ -70,6 +70,18 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url", help="gRPC address of a running server: load the new versions there and check them"
     )
+    _add_key_argument(parser)
+
+
+def _add_key_argument(parser: argparse.ArgumentParser) -> None:
+    from serving.security import TRITON_KEY_ENV
+
+    parser.add_argument(
+        "--triton-key-file",
+        type=Path,
+        help=f"the key of the server's control APIs (the file `aigc serve` wrote or was given; "
+        f"default ${TRITON_KEY_ENV})",
+    )
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -93,9 +105,11 @@ def run_build(args: argparse.Namespace) -> int:
         logger.info("%s", b)
     if args.url:
         from serving.control import reload
+        from serving.security import read_key
 
+        key = read_key(args.triton_key_file)
         for b in built:
-            reload(args.url, b.name)
+            reload(args.url, b.name, key=key)
     return 0
 
 
@@ -103,7 +117,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repository", type=Path, default=Path("model_repository"), help="Triton model repository"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument(
+        "--triton-host",
+        default=None,
+        help="address Triton binds (default 127.0.0.1, loopback only); beyond loopback its control "
+        "APIs need a key (--triton-key-file) and the embedded server is not fit for exposure "
+        "(docs/SECURITY.md)",
+    )
+    parser.add_argument(
+        "--host", default=None, help="both --triton-host and --openai-host where those are not given"
+    )
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = any free port)")
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (0 = any free port)")
     parser.add_argument("--metrics-port", type=int, default=8002, help="metrics port (0 = any free port)")
@@ -116,6 +139,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=30,
         help="seconds a stop waits for active generations to finish before cutting them (default 30)",
     )
+    _add_key_argument(parser)
     parser.add_argument(
         "--openai-port",
         type=int,
@@ -124,9 +148,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "/v1/chat/completions) on this port, talking to Triton over gRPC (0 = any free port; "
         "default: off)",
     )
+    from serving.openai_api.options import FrontendOptions
+
+    FrontendOptions.add_arguments(parser.add_argument_group("OpenAI API frontend (with --openai-port)"))
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from serving import security
+    from serving.openai_api.options import FrontendOptions
     from serving.server import EmbeddedTritonServer
 
     for flag in ("grpc_port", "http_port", "metrics_port", "openai_port"):
@@ -135,17 +164,25 @@ def run_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} must be in 0..65535, got {value}")
     if not 0 <= args.exit_timeout <= 3600:
         raise ConfigError(f"--exit-timeout must be in 0..3600 seconds, got {args.exit_timeout}")
+    triton_host = args.triton_host or args.host or "127.0.0.1"
+    openai_host = args.openai_host or args.host or "127.0.0.1"
+    frontend_options = FrontendOptions.from_args(args)
+    log_file = args.log_file or args.repository.absolute().parent / "runs" / "triton.log"
+    key = security.serve_key(triton_host, security.read_key(args.triton_key_file), log_file.parent)
+    if not security.is_loopback(triton_host):
+        logger.warning("Triton binds %s: %s", triton_host, security.EMBEDDED_WARNING)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with EmbeddedTritonServer(
         args.repository,
-        host=args.host,
+        host=triton_host,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         metrics_port=args.metrics_port,
-        log_file=args.log_file,
+        log_file=log_file,
         exit_timeout_s=args.exit_timeout,
+        control_key=key,
     ) as server:
         logger.info(
             "serving %s — gRPC %s, HTTP %s; Ctrl-C stops", args.repository, server.grpc_url, server.http_url
@@ -157,9 +194,11 @@ def run_serve(args: argparse.Namespace) -> int:
             frontend = OpenAIFrontend(
                 server.grpc_url,
                 args.repository,
-                host=args.host,
+                host=openai_host,
                 port=args.openai_port,
                 graceful_s=args.exit_timeout,
+                options=frontend_options,
+                triton_key=key,
             ).start()
         try:
             while not stop.wait(0.5):
@@ -229,11 +268,13 @@ def add_rollback_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url", help="gRPC address of a running server to switch too (explicit model control)"
     )
+    _add_key_argument(parser)
 
 
 def run_rollback(args: argparse.Namespace) -> int:
     from serving.control import rollback
+    from serving.security import read_key
 
-    version = rollback(args.repository, args.model, args.url)
+    version = rollback(args.repository, args.model, args.url, read_key(args.triton_key_file))
     logger.info("%s: version %d is now the newest%s", args.model, version, " and serving" if args.url else "")
     return 0

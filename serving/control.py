@@ -20,15 +20,23 @@ from tritonclient.utils import InferenceServerException
 
 from aigc import registry
 from aigc.errors import ServerError
+from serving import security
 from serving.repository import versions
+from serving.security import key_headers
 
 logger = logging.getLogger(__name__)
 
 
-def served_versions(url: str, model: str) -> list[int]:
-    """The versions of `model` that the server at `url` has READY."""
+def served_versions(url: str, model: str, key: str | None = None) -> list[int]:
+    """The versions of `model` that the server at `url` has READY (`key`: Triton's control
+    key, `serving.security`)."""
     with grpcclient.InferenceServerClient(url) as client:
-        index = client.get_model_repository_index(as_json=True).get("models", [])
+        try:
+            index = client.get_model_repository_index(as_json=True, headers=key_headers(key)).get(
+                "models", []
+            )
+        except InferenceServerException as exc:
+            raise ServerError(_refused(url, exc)) from None
     return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
 
 
@@ -58,18 +66,29 @@ def check_decoder(client, model: str) -> None:
     client.decode(np.zeros((1, *dims), np.float32), model=model)
 
 
-def reload(url: str, model: str, timeout_s: float = 120.0) -> int:
+def _refused(url: str, exc: InferenceServerException) -> str:
+    """The message of a control request Triton answered with an error."""
+    if "restricted" in (exc.message() or "").lower() or "PERMISSION_DENIED" in str(exc.status()):
+        return (
+            f"the server at {url} restricts its control APIs to a key: pass --triton-key-file "
+            f"(the file `aigc serve` wrote or was given) or set ${security.TRITON_KEY_ENV}"
+        )
+    return f"the server at {url}: {exc.message()}"
+
+
+def reload(url: str, model: str, timeout_s: float = 120.0, key: str | None = None) -> int:
     """Load the newest version of `model` on the running server, check it, return it."""
     with grpcclient.InferenceServerClient(url) as client:
         try:
-            client.load_model(model, client_timeout=timeout_s)
+            client.load_model(model, client_timeout=timeout_s, headers=key_headers(key))
         except InferenceServerException as exc:
+            why = _refused(url, exc)
             raise ServerError(
-                f"{model}: the new version failed to load, the previous one keeps serving: {exc.message()}"
+                f"{model}: the new version was not loaded, the previous one keeps serving: {why}"
             ) from None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ready = served_versions(url, model)
+        ready = served_versions(url, model, key)
         if ready:
             break
         time.sleep(0.2)
@@ -80,7 +99,7 @@ def reload(url: str, model: str, timeout_s: float = 120.0) -> int:
     return ready[-1]
 
 
-def rollback(repository: Path, model: str, url: str | None = None) -> int:
+def rollback(repository: Path, model: str, url: str | None = None, key: str | None = None) -> int:
     """Retire the newest version of `model`; returns the version now newest (and served)."""
     repository = Path(repository).absolute()
     have = versions(repository / model)
@@ -95,8 +114,12 @@ def rollback(repository: Path, model: str, url: str | None = None) -> int:
     logger.info("retired %s version %d to %s", model, have[-1], target)
     if url:
         with grpcclient.InferenceServerClient(url) as client:
-            client.load_model(model)  # reload: the removed version is unloaded, the previous serves
-        served = served_versions(url, model)
+            try:  # reload: the removed version is unloaded, the previous serves
+                client.load_model(model, headers=key_headers(key))
+            except InferenceServerException as exc:
+                os.rename(target, repository / model / str(have[-1]))  # nothing changed after all
+                raise ServerError(f"{model}: not rolled back: {_refused(url, exc)}") from None
+        served = served_versions(url, model, key)
         if served != [have[-2]]:
             raise ServerError(
                 f"{model}: after rollback the server reports versions {served}, expected {have[-2]}"

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from aigc.errors import ServerError
+from serving import security
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,10 @@ class EmbeddedTritonServer:
         exit_timeout_s: int = 5,
         model_control: str = "explicit",
         extra_args: list[str] | None = None,
+        control_key: str | None = None,
     ):
+        """`control_key`: Triton's control APIs (`serving.security.RESTRICTED`) answer only
+        requests that carry it."""
         self.repository = Path(repository).absolute()
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
@@ -144,6 +148,7 @@ class EmbeddedTritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.model_control = model_control
         self.extra_args = list(extra_args or [])
+        self.control_key = control_key
         self.process: subprocess.Popen | None = None
 
     @property
@@ -182,7 +187,7 @@ class EmbeddedTritonServer:
         ]
         if self.model_control == "explicit":
             cmd.append("--load-model=*")
-        return cmd + self.extra_args
+        return cmd + security.triton_args(self.control_key) + self.extra_args
 
     def start(self) -> EmbeddedTritonServer:
         if not self.repository.is_dir() or not any(self.repository.iterdir()):
@@ -195,7 +200,8 @@ class EmbeddedTritonServer:
             _check_port(self.host, port, what)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "w")  # noqa: SIM115 - owned by the process for its lifetime
-        logger.debug("starting %s", " ".join(self.command()))
+        shown = " ".join(self.command())
+        logger.debug("starting %s", shown.replace(self.control_key, "***") if self.control_key else shown)
         self.process = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
         )
