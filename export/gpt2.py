@@ -263,6 +263,10 @@ def load_gpt2_tokenizer(checkpoint: Path):
     return tok.backend_tokenizer
 
 
+# generation_config.json fields that are sampling defaults of the engine's requests
+GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
 def write_gpt2_assets(checkpoint: Path, assets_dir: Path, info: dict) -> dict:
     """tokenizer.json and model_info.json: what the server needs beside the graph.
 
@@ -277,6 +281,11 @@ def write_gpt2_assets(checkpoint: Path, assets_dir: Path, info: dict) -> dict:
         tok.save(str(assets_dir / "tokenizer.json"))
     eos = tok.token_to_id("<|endoftext|>")
     info = dict(info, eos_token_id=info["eos_token_id"] if eos is None else eos)
+    # the checkpoint's own sampling defaults (what the OpenAI frontend uses where a request
+    # leaves a field out, as vLLM does); none set: OpenAI's (temperature 1)
+    gen_file = Path(checkpoint) / "generation_config.json"
+    gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+    info["generation_defaults"] = {k: gen[k] for k in GENERATION_DEFAULTS if gen.get(k) is not None}
     (assets_dir / "model_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

@@ -17,18 +17,24 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aigc.errors import ClientError, ServerError
 from engine.config import EngineConfig
 from engine.request_schema import SamplingParams
+from serving import security
 from serving.client import AigcClient
+from serving.openai_api.guard import BodyTooLarge, Guard, HttpMetrics, redact_paths
+from serving.openai_api.options import FrontendOptions
 from serving.openai_api.protocol import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
     SSE_DONE,
@@ -41,6 +47,8 @@ from serving.openai_api.protocol import (
     model_not_found,
     parse_chat,
     parse_completion,
+    parse_detokenize,
+    parse_tokenize,
     server_error,
     sse,
     usage,
@@ -63,6 +71,8 @@ class ServedModel:
     window: int  # positions a request may fill: prompt + max_tokens
     max_tokens_limit: int
     counts: bool = False  # the model returns finish_reason and token counts (vLLM's return_* flags)
+    # sampling fields a request leaves out: the checkpoint's generation config, else OpenAI's
+    sampling_defaults: tuple[tuple[str, object], ...] = (("temperature", 1.0),)
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text).ids) if text else 0
@@ -81,8 +91,9 @@ class TritonModels:
     switch (`aigc build --url`, `aigc rollback`) is followed; a version's tokenizer, limits
     and chat template are read once."""
 
-    def __init__(self, url: str, repository: Path, timeout_s: float = 10.0):
+    def __init__(self, url: str, repository: Path, timeout_s: float = 10.0, key: str | None = None):
         self.url, self.repository, self.timeout_s = url, Path(repository), timeout_s
+        self.headers = security.key_headers(key)  # Triton's control key (`serving.security`)
         self._client = None
         self._is_text: dict[tuple[str, str], bool] = {}
         self._loaded: dict[tuple[str, str], ServedModel] = {}
@@ -103,13 +114,12 @@ class TritonModels:
 
         try:
             return await getattr(self._grpc(), method)(
-                *args, as_json=True, client_timeout=self.timeout_s, **kwargs
+                *args, as_json=True, client_timeout=self.timeout_s, headers=self.headers, **kwargs
             )
         except InferenceServerException as exc:
+            logger.error("the inference server at %s answered %s: %s", self.url, method, exc)
             status = 503 if str(exc.status()) == "StatusCode.UNAVAILABLE" else 500
-            raise APIError(
-                status, f"the inference server at {self.url}: {exc.message()}", type="server_error"
-            ) from None
+            raise APIError(status, f"the inference server: {exc.message()}", type="server_error") from None
 
     async def ready(self) -> bool:
         try:
@@ -157,11 +167,36 @@ class TritonModels:
             window = engine_config.max_len or int(info["n_positions"])
             max_tokens_limit = engine_config.max_tokens_limit
             counts = any(i.get("name") == "return_finish_reason" for i in config.get("input", []))
+            defaults = {"temperature": 1.0, **info.get("generation_defaults", {})}
         except Exception as exc:  # missing or unreadable files, a bad parameter
+            logger.error("model %s version %s in %s: %r", name, version, self.repository, exc)
             raise APIError(
-                500, f"model {name} version {version} in {self.repository}: {exc!r}", type="server_error"
+                500,
+                f"model {name} version {version} could not be read (see the server's log)",
+                type="server_error",
             ) from None
-        return ServedModel(name, version, tokenizer, template, window, max_tokens_limit, counts)
+        return ServedModel(
+            name,
+            version,
+            tokenizer,
+            template,
+            window,
+            max_tokens_limit,
+            counts,
+            tuple(sorted(defaults.items())),
+        )
+
+
+def _extra_sampling(p: SamplingParams) -> dict:
+    """The sampling fields `generate_text` takes as extras, where a request set them."""
+    extra = {}
+    if p.min_p:
+        extra["min_p"] = p.min_p
+    if p.stop_token_ids:
+        extra["stop_token_ids"] = list(p.stop_token_ids)
+    if p.bad_words:
+        extra["bad_words"] = list(p.bad_words)
+    return extra
 
 
 class _ClientGone(Exception):
@@ -211,6 +246,7 @@ class _Run:
                 frequency_penalty=p.frequency_penalty,
                 repetition_penalty=p.repetition_penalty,
                 details=self.details,
+                **_extra_sampling(p),
             )
             for delta in deltas:
                 if self.cancelled.is_set():
@@ -251,11 +287,21 @@ class _Run:
             self._get.cancel()
 
 
-def create_app(grpc_url: str, repository: Path, timeout_s: float = 600.0) -> FastAPI:
+def create_app(
+    grpc_url: str,
+    repository: Path,
+    timeout_s: float = 600.0,
+    options: FrontendOptions | None = None,
+    triton_key: str | None = None,
+) -> FastAPI:
     """The FastAPI app for the Triton server at `grpc_url` serving `repository`.
-    `timeout_s`: longest wait for a model's next response (queued requests included)."""
-    models = TritonModels(grpc_url, repository)
+    `timeout_s`: longest wait for a model's next response (queued requests included);
+    `options`: who may call it and how much it takes; `triton_key`: Triton's control key."""
+    options = options or FrontendOptions()
+    options.validate()
+    models = TritonModels(grpc_url, repository, key=triton_key)
     client = AigcClient(grpc_url, timeout_s=timeout_s)
+    metrics = HttpMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -263,20 +309,85 @@ def create_app(grpc_url: str, repository: Path, timeout_s: float = 600.0) -> Fas
         await models.close()
         client.close()
 
-    app = FastAPI(title="aigc-serve OpenAI-compatible API", lifespan=lifespan)
+    app = FastAPI(title="aigc-serve OpenAI-compatible API", version=_version(), lifespan=lifespan)
     app.state.models = models
+    app.add_middleware(Guard, options=options, metrics=metrics, routes=_route_of)
+    if options.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(options.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type"],
+        )
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        body = exc.body()
+        if exc.status >= 500:  # the server's own words may name its files: logged whole, sent without
+            logger.error("%s %s: %d %s", request.method, request.url.path, exc.status, exc.message)
+            body["error"]["message"] = redact_paths(exc.message)
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(
+            APIError(exc.status_code, message, code=code).body(),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
+        return JSONResponse(
+            bad_request(f"{param or 'the request'}: {first.get('msg', 'invalid')}", param).body(), 400
+        )
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(APIError(413, str(exc), code="request_too_large").body(), status_code=413)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(
-            APIError(500, f"internal error: {exc}", type="server_error").body(), status_code=500
-        )
+        ref = uuid.uuid4().hex[:12]
+        logger.error("unexpected error %s in %s %s", ref, request.method, request.url.path, exc_info=exc)
+        message = f"internal error (reference {ref} in the server's log)"
+        return JSONResponse(APIError(500, message, type="server_error").body(), status_code=500)
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": _version()}
+
+    @app.get("/metrics")
+    async def http_metrics() -> Response:
+        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        req = parse_tokenize(await _json(request))
+        model = await models.get(req.model)
+        text = model.template.render(req.messages) if req.messages else req.prompt
+        ids = model.tokenizer.encode(text).ids
+        out = {"count": len(ids), "max_model_len": model.window, "tokens": ids}
+        if req.return_token_strs:
+            out["token_strs"] = [model.tokenizer.id_to_token(i) for i in ids]
+        return out
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        req = parse_detokenize(await _json(request))
+        model = await models.get(req.model)
+        vocab = model.tokenizer.get_vocab_size()
+        bad = next((t for t in req.tokens if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise bad_request(f"tokens: every id must be in 0..{vocab - 1}, got {bad}", "tokens")
+        return {"prompt": model.tokenizer.decode(list(req.tokens), skip_special_tokens=False)}
 
     @app.get("/health")
     async def health() -> Response:
@@ -310,7 +421,11 @@ def create_app(grpc_url: str, repository: Path, timeout_s: float = 600.0) -> Fas
         if gen.kind == "chat":
             gen = replace(gen, prompt=model.template.render(gen.messages))
         prompt_tokens = model.count(gen.prompt)
-        params = gen.params(model.default_max_tokens(gen, prompt_tokens), model.max_tokens_limit)
+        params = gen.params(
+            model.default_max_tokens(gen, prompt_tokens),
+            model.max_tokens_limit,
+            dict(model.sampling_defaults),
+        )
         run = _Run(client, model.name, gen.prompt, params, {} if model.counts else None)
         try:
             first = await run.next(request)  # an error before any text keeps its HTTP status
@@ -392,6 +507,37 @@ def _outcome(
     return finish_reason(completion_tokens, max_tokens), usage(prompt_tokens, completion_tokens)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("aigc-serve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_ROUTES = (
+    "/health",
+    "/version",
+    "/metrics",
+    "/tokenize",
+    "/detokenize",
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+)
+
+
+def _route_of(path: str) -> str:
+    """The route a path is counted under in /metrics (a bounded set of labels)."""
+    if path in _ROUTES:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{name}"
+    return "other"
+
+
 async def _json(request: Request):
     try:
         return json.loads(await request.body())
@@ -410,9 +556,12 @@ class OpenAIFrontend:
         host: str = "127.0.0.1",
         port: int = 0,
         graceful_s: float = 30.0,
+        options: FrontendOptions | None = None,
+        triton_key: str | None = None,
     ):
         self.grpc_url, self.repository, self.host, self.port = grpc_url, Path(repository), host, port
         self.graceful_s = graceful_s
+        self.options, self.triton_key = options or FrontendOptions(), triton_key
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -433,8 +582,15 @@ class OpenAIFrontend:
                 "stop what holds it or pass another --openai-port"
             ) from None
         self.port = sock.getsockname()[1]
+        if not security.is_loopback(self.host) and not self.options.api_key:
+            logger.warning(
+                "the OpenAI API binds %s without an API key: anyone who reaches the port may generate "
+                "(--openai-api-key-file or $%s)",
+                self.host,
+                security.OPENAI_KEY_ENV,
+            )
         config = uvicorn.Config(
-            create_app(self.grpc_url, self.repository),
+            create_app(self.grpc_url, self.repository, options=self.options, triton_key=self.triton_key),
             host=self.host,
             port=self.port,
             log_config=None,

@@ -9,11 +9,15 @@ checks; OpenAI's own limits (n = 1, temperature 0..2) are checked here first.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 from engine.request_schema import SAMPLING_KEYS, RequestError, SamplingParams
+
+logger = logging.getLogger(__name__)
 
 # OpenAI's documented default for /v1/completions; chat defaults to what fits the window.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -43,7 +47,15 @@ _NEUTRAL = {
 # Bookkeeping fields with no effect on the text: accepted and ignored.
 _IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key", "verbosity")
 # vLLM's extra sampling fields (the openai client sends them through `extra_body`).
-_EXTRA_SAMPLING = ("top_k", "ignore_eos", "repetition_penalty", "min_tokens")
+_EXTRA_SAMPLING = (
+    "top_k",
+    "ignore_eos",
+    "repetition_penalty",
+    "min_tokens",
+    "min_p",
+    "stop_token_ids",
+    "bad_words",
+)
 # OpenAI's sampling fields, passed on as the same SamplingParams fields (the same ranges:
 # penalties in [-2, 2])
 _SAMPLING = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
@@ -123,8 +135,11 @@ class Generation:
     max_tokens_field: str = "max_tokens"  # how the caller named it, for error messages
     messages: tuple[tuple[str, str], ...] = ()  # chat: (role, content) pairs
 
-    def params(self, default_max_tokens: int, max_tokens_limit: int | None = None) -> SamplingParams:
-        fields = dict(self.sampling)
+    def params(
+        self, default_max_tokens: int, max_tokens_limit: int | None = None, defaults: dict | None = None
+    ) -> SamplingParams:
+        """The request's sampling fields, with `defaults` (the model's) for those it left out."""
+        fields = {**(defaults or {}), **self.sampling}
         if fields.get("max_tokens") is None:
             fields["max_tokens"] = default_max_tokens
         return check_sampling(fields, self.max_tokens_field, max_tokens_limit)
@@ -174,7 +189,14 @@ def _check_object(body) -> dict:
     return body
 
 
+_logged_unknown: set[str] = set()
+_logged_lock = threading.Lock()
+
+
 def _check_fields(body: dict, allowed: frozenset) -> None:
+    """Fields this server cannot honour at a value that asks for something: 400. Fields it
+    does not know: ignored, as vLLM does (clients send newer and vendor fields), and logged
+    once per name."""
     for key, value in body.items():
         if key in allowed or key in _IGNORED:
             continue
@@ -182,7 +204,14 @@ def _check_fields(body: dict, allowed: frozenset) -> None:
             if value not in _NEUTRAL[key]:
                 raise bad_request(f"{key} is not supported by this server (got {value!r})", key)
             continue
-        raise bad_request(f"Unrecognized request argument supplied: {key}", key)
+        with _logged_lock:
+            first = key not in _logged_unknown and len(_logged_unknown) < 1000
+            if first:
+                _logged_unknown.add(key)
+        if first:
+            logger.warning(
+                "ignoring the request field %r, which this server does not know (logged once)", key
+            )
 
 
 def _common(body: dict) -> tuple[str, dict, bool, bool]:
@@ -272,6 +301,58 @@ def _message(i: int, m) -> tuple[str, str]:
     if not isinstance(content, str):
         raise bad_request(f"{where}.content must be a string or a list of text parts", "messages")
     return role, content
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    model: str
+    prompt: str = ""
+    messages: tuple[tuple[str, str], ...] = ()
+    return_token_strs: bool = False
+
+
+@dataclass(frozen=True)
+class DetokenizeRequest:
+    model: str
+    tokens: tuple[int, ...]
+
+
+def _model_field(body: dict) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("model is required: the name of a served text model (GET /v1/models)", "model")
+    return model
+
+
+def parse_tokenize(body) -> TokenizeRequest:
+    """vLLM's /tokenize: `prompt` (text) or `messages` (rendered by the chat template)."""
+    body = _check_object(body)
+    model = _model_field(body)
+    strs = body.get("return_token_strs") or False
+    if not isinstance(strs, bool):
+        raise bad_request(f"return_token_strs must be true or false, got {strs!r}", "return_token_strs")
+    if "messages" in body:
+        messages = body["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("messages must be a non-empty list of {role, content} objects", "messages")
+        return TokenizeRequest(
+            model, messages=tuple(_message(i, m) for i, m in enumerate(messages)), return_token_strs=strs
+        )
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise bad_request("prompt must be a string (or give messages)", "prompt")
+    return TokenizeRequest(model, prompt=prompt, return_token_strs=strs)
+
+
+def parse_detokenize(body) -> DetokenizeRequest:
+    body = _check_object(body)
+    model = _model_field(body)
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in tokens
+    ):
+        raise bad_request("tokens must be a list of token ids (integers)", "tokens")
+    return DetokenizeRequest(model, tuple(tokens))
 
 
 # -- responses --------------------------------------------------------------------------

@@ -88,11 +88,13 @@ def test_completion_equals_the_client_with_usage(oai, client, tokenizer):
     assert r.choices[0].finish_reason == ("length" if r.usage.completion_tokens == N else "stop")
 
     # EOS ignored (vLLM's extra field): exactly N tokens, finish_reason "length"
-    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, extra_body={"ignore_eos": True})
+    r = oai.completions.create(
+        model="gpt2", temperature=0, prompt=PROMPT, max_tokens=N, extra_body={"ignore_eos": True}
+    )
     assert r.usage.completion_tokens == N and r.choices[0].finish_reason == "length"
     assert r.choices[0].text == client.generate_text(PROMPT, max_tokens=N, ignore_eos=True, stream=False)
 
-    echoed = oai.completions.create(model="gpt2", prompt=[PROMPT], max_tokens=N, echo=True)
+    echoed = oai.completions.create(model="gpt2", temperature=0, prompt=[PROMPT], max_tokens=N, echo=True)
     assert echoed.choices[0].text == PROMPT + ref
 
 
@@ -102,6 +104,7 @@ def test_completion_stream_equals_the_client(oai, client, tokenizer):
     chunks = list(
         oai.completions.create(
             model="gpt2",
+            temperature=0,
             prompt=PROMPT,
             max_tokens=N,
             stream=True,
@@ -126,13 +129,15 @@ def test_chat_uses_the_plain_template_and_equals_the_client(oai, client, tokeniz
     ]
     prompt = "system: You write Python.\nuser: Define a class\nassistant:"
     ref = client.generate_text(prompt, max_tokens=N, stream=False)
-    r = oai.chat.completions.create(model="gpt2", messages=messages, max_completion_tokens=N)
+    r = oai.chat.completions.create(model="gpt2", temperature=0, messages=messages, max_completion_tokens=N)
     assert r.object == "chat.completion"
     assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == ref
     assert r.usage.prompt_tokens == _count(tokenizer, prompt)
     assert r.usage.completion_tokens == _count(tokenizer, ref)
 
-    stream = oai.chat.completions.create(model="gpt2", messages=messages, max_tokens=N, stream=True)
+    stream = oai.chat.completions.create(
+        model="gpt2", temperature=0, messages=messages, max_tokens=N, stream=True
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == ref
@@ -143,7 +148,9 @@ def test_chat_uses_the_plain_template_and_equals_the_client(oai, client, tokeniz
 def test_stop_and_seed_map_onto_the_sampling_parameters(oai, client):
     ref = client.generate_text(PROMPT, max_tokens=N, stream=False)
     stop = ref[len(ref) // 2 : len(ref) // 2 + 3]
-    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, stop=["\x00never", stop])
+    r = oai.completions.create(
+        model="gpt2", temperature=0, prompt=PROMPT, max_tokens=N, stop=["\x00never", stop]
+    )
     assert r.choices[0].text == ref[: ref.find(stop)] and r.choices[0].finish_reason == "stop"
 
     sampled = dict(temperature=0.9, top_p=0.95, seed=7)
@@ -160,14 +167,18 @@ def test_penalties_reach_the_server_sampler(oai, client):
     plain = client.generate_text(PROMPT, max_tokens=N, ignore_eos=True, stream=False)
     fields = dict(presence_penalty=0.8, frequency_penalty=0.6)
     extra = {"repetition_penalty": 1.3, "min_tokens": 4, "ignore_eos": True}
-    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, extra_body=extra, **fields)
+    r = oai.completions.create(
+        model="gpt2", temperature=0, prompt=PROMPT, max_tokens=N, extra_body=extra, **fields
+    )
     ref = client.generate_text(PROMPT, max_tokens=N, stream=False, **fields, **extra)
     assert r.choices[0].text == ref and ref != plain
     chat = [{"role": "user", "content": PROMPT}]
     streamed = oai.chat.completions.create(
-        model="gpt2", messages=chat, max_tokens=N, stream=True, extra_body=extra, **fields
+        model="gpt2", temperature=0, messages=chat, max_tokens=N, stream=True, extra_body=extra, **fields
     )
-    whole = oai.chat.completions.create(model="gpt2", messages=chat, max_tokens=N, extra_body=extra, **fields)
+    whole = oai.chat.completions.create(
+        model="gpt2", temperature=0, messages=chat, max_tokens=N, extra_body=extra, **fields
+    )
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == whole.choices[0].message.content
 
 
@@ -180,7 +191,9 @@ def test_usage_and_finish_reason_are_the_servers_counts(oai, client):
     info: dict = {}
     ref = client.generate_text(PROMPT, max_tokens=N, ignore_eos=True, stop=stop, stream=False, details=info)
     extra = {"ignore_eos": True}
-    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, stop=stop, extra_body=extra)
+    r = oai.completions.create(
+        model="gpt2", temperature=0, prompt=PROMPT, max_tokens=N, stop=stop, extra_body=extra
+    )
     assert r.choices[0].text == ref and r.choices[0].finish_reason == info["finish_reason"] == "stop"
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (
         info["prompt_tokens"],
@@ -188,6 +201,7 @@ def test_usage_and_finish_reason_are_the_servers_counts(oai, client):
     )
     stream = oai.completions.create(
         model="gpt2",
+        temperature=0,
         prompt=PROMPT,
         max_tokens=N,
         stream=True,
@@ -227,11 +241,11 @@ def test_bad_completion_fields_are_400s_naming_the_field(oai, fields, param, wor
 def test_bad_chat_fields_unknown_models_and_bad_json(oai, api):
     with pytest.raises(openai.BadRequestError) as err:
         oai.chat.completions.create(
-            model="gpt2", messages=[{"role": "user", "content": "x"}], max_completion_tokens=0
+            model="gpt2", temperature=0, messages=[{"role": "user", "content": "x"}], max_completion_tokens=0
         )
     assert err.value.body["param"] == "max_completion_tokens"
     with pytest.raises(openai.BadRequestError) as err:
-        oai.chat.completions.create(model="gpt2", messages=[{"role": "robot", "content": "x"}])
+        oai.chat.completions.create(model="gpt2", temperature=0, messages=[{"role": "robot", "content": "x"}])
     assert err.value.body["param"] == "messages" and "role" in err.value.body["message"]
     with pytest.raises(openai.NotFoundError) as err:
         oai.completions.create(model="gpt-4o", prompt=PROMPT)
@@ -241,7 +255,58 @@ def test_bad_chat_fields_unknown_models_and_bad_json(oai, api):
     status, body = _post(api.url, "/v1/completions", b"{not json")
     assert status == 400 and set(body["error"]) == {"message", "type", "param", "code"}
     # the server answers as usual afterwards
-    assert oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=2).choices[0].text is not None
+    assert (
+        oai.completions.create(model="gpt2", temperature=0, prompt=PROMPT, max_tokens=2).choices[0].text
+        is not None
+    )
+
+
+def _get(url: str, path: str) -> tuple[int, dict]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.server
+def test_tokenize_detokenize_and_version(api, tokenizer):
+    ids = tokenizer.encode(PROMPT).ids
+    status, body = _post(api.url, "/tokenize", {"model": "gpt2", "prompt": PROMPT, "return_token_strs": True})
+    assert status == 200 and body["tokens"] == ids and body["count"] == len(ids)
+    assert body["max_model_len"] == 128 and body["token_strs"] == [tokenizer.id_to_token(i) for i in ids]
+    chat = {"model": "gpt2", "messages": [{"role": "user", "content": "hi"}]}
+    assert _post(api.url, "/tokenize", chat)[1]["tokens"] == tokenizer.encode("user: hi\nassistant:").ids
+    assert _post(api.url, "/detokenize", {"model": "gpt2", "tokens": ids}) == (200, {"prompt": PROMPT})
+    status, body = _post(api.url, "/detokenize", {"model": "gpt2", "tokens": [10**7]})
+    assert status == 400 and body["error"]["param"] == "tokens"
+    status, body = _get(api.url, "/version")
+    assert status == 200 and body["version"]
+
+
+@pytest.mark.server
+def test_unknown_fields_are_ignored_and_engine_fields_pass_through(oai, client, tokenizer):
+    ref = client.generate_text(PROMPT, max_tokens=N, ignore_eos=True, stream=False)
+    extra = {"ignore_eos": True, "a_field_from_the_future": {"x": 1}, "user_tags": ["a"]}
+    r = oai.completions.create(model="gpt2", temperature=0, prompt=PROMPT, max_tokens=N, extra_body=extra)
+    assert r.choices[0].text == ref
+    # stop_token_ids: the text ends before the first of them (vLLM's field)
+    stop_id = tokenizer.encode(PROMPT + ref).ids[len(tokenizer.encode(PROMPT).ids) + 3]
+    fields = {"stop_token_ids": [stop_id], "ignore_eos": True}
+    r = oai.completions.create(model="gpt2", temperature=0, prompt=PROMPT, max_tokens=N, extra_body=fields)
+    assert r.choices[0].text == client.generate_text(PROMPT, max_tokens=N, stream=False, **fields)
+    assert r.choices[0].finish_reason == "stop" and len(r.choices[0].text) < len(ref)
+
+
+@pytest.mark.server
+def test_temperature_defaults_to_the_models_generation_config_else_one(oai, client):
+    """OpenAI's and vLLM's default: sampling at temperature 1 (this checkpoint sets none)."""
+    r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, seed=11)
+    sampled = client.generate_text(PROMPT, max_tokens=N, stream=False, temperature=1.0, seed=11)
+    assert r.choices[0].text == sampled
 
 
 CUSTOM_TEMPLATE = {
@@ -289,7 +354,7 @@ def test_chat_template_from_the_model_config(one_slot_serve):
     url, grpc_url, _ = one_slot_serve
     oai = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
     messages = [{"role": "user", "content": "Define a class"}]
-    r = oai.chat.completions.create(model="gpt2", messages=messages, max_tokens=N)
+    r = oai.chat.completions.create(model="gpt2", temperature=0, messages=messages, max_tokens=N)
     prompt = ChatTemplate.from_parameters(CUSTOM_TEMPLATE).render([("user", "Define a class")])
     assert prompt == "<user>Define a class</user>\n<assistant>"
     with AigcClient(grpc_url) as client:

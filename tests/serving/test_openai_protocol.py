@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from aigc.errors import ConfigError
-from serving.openai_api.protocol import APIError, ChatTemplate, parse_chat, parse_completion
+from serving.openai_api.protocol import (
+    APIError,
+    ChatTemplate,
+    parse_chat,
+    parse_completion,
+    parse_detokenize,
+    parse_tokenize,
+)
 
 
 def test_serve_rejects_a_bad_openai_port():
@@ -57,7 +64,6 @@ def test_requests_map_onto_sampling_parameters():
         ({"model": "gpt2", "prompt": [1, 2]}, "prompt"),
         ({"model": "gpt2", "prompt": "x", "frequency_penalty": 2.5}, "frequency_penalty"),
         ({"model": "gpt2", "prompt": "x", "logit_bias": {"50256": -100}}, "logit_bias"),
-        ({"model": "gpt2", "prompt": "x", "beam_width": 2}, "beam_width"),
         ({"model": "gpt2", "prompt": "x", "seed": "7"}, "seed"),
         ({"model": "gpt2", "prompt": "x", "temperature": float("nan")}, "temperature"),
     ],
@@ -66,3 +72,42 @@ def test_bad_requests_name_the_field(body, param):
     with pytest.raises(APIError) as err:
         parse_completion(body)
     assert err.value.status == 400 and err.value.param == param
+
+
+def test_unknown_fields_are_ignored_and_logged_once_per_name(caplog):
+    body = {"model": "gpt2", "prompt": "x", "beam_width": 2, "vendor_extra": {"a": 1}}
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            gen = parse_completion(body)
+    assert gen.params(16).max_tokens == 16
+    warned = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert sum("'beam_width'" in w for w in warned) == 1 and sum("'vendor_extra'" in w for w in warned) == 1
+
+
+def test_engine_fields_pass_through_and_the_models_defaults_fill_the_rest():
+    body = {"model": "gpt2", "prompt": "x", "min_p": 0.1, "stop_token_ids": [11], "bad_words": ["no"]}
+    p = parse_completion(body).params(16, defaults={"temperature": 1.0, "top_p": 0.9, "min_p": 0.0})
+    assert (p.min_p, p.stop_token_ids, p.bad_words) == (0.1, (11,), ("no",))
+    assert (p.temperature, p.top_p) == (1.0, 0.9)  # the request left them out
+    asked = parse_completion({"model": "gpt2", "prompt": "x", "temperature": 0}).params(
+        16, defaults={"temperature": 1.0}
+    )
+    assert asked.temperature == 0.0
+
+
+def test_tokenize_and_detokenize_requests():
+    assert parse_tokenize({"model": "gpt2", "prompt": "a b"}).prompt == "a b"
+    chat = parse_tokenize(
+        {"model": "gpt2", "messages": [{"role": "user", "content": "hi"}], "return_token_strs": True}
+    )
+    assert chat.messages == (("user", "hi"),) and chat.return_token_strs
+    assert parse_detokenize({"model": "gpt2", "tokens": [1, 2]}).tokens == (1, 2)
+    for parse, body, param in (
+        (parse_tokenize, {"prompt": "x"}, "model"),
+        (parse_tokenize, {"model": "gpt2", "prompt": 3}, "prompt"),
+        (parse_detokenize, {"model": "gpt2", "tokens": ["a"]}, "tokens"),
+        (parse_detokenize, {"model": "gpt2", "tokens": [True]}, "tokens"),
+    ):
+        with pytest.raises(APIError) as err:
+            parse(body)
+        assert err.value.status == 400 and err.value.param == param
