@@ -123,6 +123,10 @@ class Engine:
         req.eos = self.eos if params.end_id is None else params.end_id
         req.history = TokenHistory(req.prompt_ids) if params.penalized else None
         req.bad_ids = self.output.bad_word_ids(params.bad_words)
+        if params.logprobs is not None:
+            req.logprobs = []
+        if params.prompt_logprobs is not None:
+            req.prompt_logprobs = [None]  # the first prompt token: nothing predicts it
         self.scheduler.add(req)
         self.stats.prompt_tokens += len(req.prompt_ids)
         return req

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from engine import logprobs
 from engine.metrics import EngineStats
 from engine.sampler import sample_token
 from engine.types import FinishReason, Request
@@ -57,7 +58,12 @@ class OutputProcessor:
         self, req: Request, greedy_token: int, logits: Callable[[], np.ndarray]
     ) -> tuple[str, FinishReason | None]:
         """Take the next token: the text it releases, and the reason `req` ends (None: on)."""
-        token = self.next_token(req, greedy_token, logits)
+        if req.params.logprobs is not None:  # the raw distribution, before the sampler's changes
+            row = np.array(logits(), copy=True)
+            token = self.next_token(req, greedy_token, lambda: row.copy())
+            req.logprobs.append(logprobs.entry(row, token, req.params.logprobs))
+        else:
+            token = self.next_token(req, greedy_token, logits)
         now = self.clock()
         if req.first_token_at is None:
             req.first_token_at = now

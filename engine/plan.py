@@ -46,6 +46,8 @@ class Forward:
     graph: str = MAIN
     # a block runner: each row's block table (the blocks holding its positions, in order)
     blocks: tuple[np.ndarray, ...] | None = None
+    # rows whose every position's logits come back too (prompt log-probabilities)
+    all_logits: tuple[int, ...] = ()
 
     @classmethod
     def rectangle(cls, phase: Phase, slots, ids: np.ndarray, starts, requests, graph: str = MAIN) -> Forward:
@@ -100,13 +102,16 @@ class StepPlan:
 @dataclass
 class ForwardOutput:
     """A runner call's result: each row's arg-max token (what greedy requests take), and its
-    logits `(rows, vocab)` on demand (sampling, penalties, banned tokens); `ms` as the engine's
-    clock measured the call; `error` when it failed (its requests end with it)."""
+    logits `(rows, vocab)` on demand (sampling, penalties, banned tokens, log-probabilities);
+    `ms` as the engine's clock measured the call; `error` when it failed (its requests end
+    with it); `position_logits` for the rows the call asked every position's logits of."""
 
     greedy: np.ndarray
     logits: Callable[[], np.ndarray]
     ms: float = 0.0
     error: str | None = None
+    # row i of `Forward.all_logits` -> its (lens[i], vocab) logits, every position
+    position_logits: Callable[[int], np.ndarray] | None = None
 
     @classmethod
     def failed(cls, error: str) -> ForwardOutput:

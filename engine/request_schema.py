@@ -41,10 +41,13 @@ SAMPLING_KEYS = (
     "presence_penalty",
     "frequency_penalty",
     "repetition_penalty",
+    "logprobs",
+    "prompt_logprobs",
     "n",
     "best_of",
 )
 DEFAULT_MAX_TOKENS = 64
+MAX_LOGPROBS = 20  # alternatives a token's log-probability comes with (OpenAI's top_logprobs)
 MAX_STOP_STRINGS = 16
 MAX_WORDS = 64  # stop_token_ids, bad_words
 PENALTY_LIMIT = 2.0  # presence and frequency penalty in [-2, 2], as vLLM and OpenAI
@@ -126,6 +129,10 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     end_id: int | None = None  # TensorRT-LLM's `end_id` tensor: the token that ends the text
+    # vLLM's: each generated token's log-probability with this many most likely alternatives
+    # (0: the chosen token's alone; None: none), and the same for the prompt's tokens
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -304,6 +311,20 @@ RULES = (
         "float",
         _in(0, REPETITION_LIMIT, lo_open=True),
         lambda _: f"a number in (0, {REPETITION_LIMIT:g}] (1 = off)",
+    ),
+    Rule(
+        "logprobs",
+        "int",
+        _in(0, MAX_LOGPROBS),
+        lambda _: f"an integer in 0..{MAX_LOGPROBS} (alternatives per token; null = none)",
+        optional=True,
+    ),
+    Rule(
+        "prompt_logprobs",
+        "int",
+        _in(0, MAX_LOGPROBS),
+        lambda _: f"an integer in 0..{MAX_LOGPROBS} (alternatives per prompt token; null = none)",
+        optional=True,
     ),
     _one_sequence("n"),
     _one_sequence("best_of"),

@@ -19,9 +19,11 @@ import collections
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
+from engine import logprobs
 from engine.config import EngineConfig
 from engine.cost import CostFit, Ema
 from engine.kv import BlockPool, SlotPool, block_hashes
@@ -32,6 +34,17 @@ from engine.runners.base import RunnerCaps
 from engine.types import FinishReason, QueueFullError, Request, Sink, Status
 
 logger = logging.getLogger(__name__)
+
+
+def _with_all_logits(forward: Forward) -> Forward:
+    """`forward` asking every position's logits of the prompt rows whose requests want
+    prompt log-probabilities."""
+    rows = tuple(
+        i
+        for i, r in enumerate(forward.requests)
+        if r is not None and r.status is Status.PREFILLING and r.wants_prompt_logprobs
+    )
+    return replace(forward, all_logits=rows) if rows else forward
 
 
 def share_of(prefilling: int, decoding: int) -> float:
@@ -135,7 +148,8 @@ class Scheduler:
             ids = np.asarray([r.prefill_ids[head.filled : head.filled + chunk] for r in group], np.int64)
             starts = np.full(len(group), head.filled, np.int64)
             slots = [r.slot for r in group]
-            forwards.append(Forward.rectangle(Phase.PREFILL, slots, ids, starts, group, self.prefill_graph))
+            forward = Forward.rectangle(Phase.PREFILL, slots, ids, starts, group, self.prefill_graph)
+            forwards.append(_with_all_logits(forward))
         if decoding and self.kv_blocks is not None:
             forwards.append(self._rows_forward(Phase.DECODE, decoding, 0))
         elif decoding:
@@ -156,14 +170,16 @@ class Scheduler:
                 np.asarray(r.blocks[: -(-(r.filled + len(p)) // size)], np.int32)
                 for r, p in zip(rows, pieces, strict=True)
             )
-        return Forward(
-            phase,
-            tuple(r.slot for r in rows),
-            np.asarray([t for piece in pieces for t in piece], np.int64),
-            np.asarray([len(p) for p in pieces], np.int64),
-            np.asarray([r.filled for r in rows], np.int64),
-            tuple(rows),
-            blocks=tables,
+        return _with_all_logits(
+            Forward(
+                phase,
+                tuple(r.slot for r in rows),
+                np.asarray([t for piece in pieces for t in piece], np.int64),
+                np.asarray([len(p) for p in pieces], np.int64),
+                np.asarray([r.filled for r in rows], np.int64),
+                tuple(rows),
+                blocks=tables,
+            )
         )
 
     def _decode_forward(self, running: list[Request], decoding: list[Request], written: dict) -> Forward:
@@ -286,6 +302,8 @@ class Scheduler:
         least one token is left to compute: its logits give the first token)."""
         ids, size = req.prefill_ids, self.kv_blocks.block_size
         req.block_hashes = block_hashes(ids, size)[: (len(ids) - 1) // size]
+        if req.wants_prompt_logprobs:  # every prompt position's logits are needed: its blocks
+            return  # are computed (and registered for later prompts), none read
         req.blocks = self.kv_blocks.match(req.block_hashes)
         req.filled, req.registered = len(req.blocks) * size, len(req.blocks)
         self.stats.prefix_queries += len(ids)
@@ -335,6 +353,8 @@ class Scheduler:
             if forward.phase is Phase.DECODE:
                 self.decode_ms.add(out.ms)
         for i, req in live:
+            if i in forward.all_logits and out.position_logits is not None:
+                self._prompt_logprobs(req, out.position_logits(i), int(forward.starts[i]))
             req.filled += int(forward.lens[i])
             if req.status is Status.PREFILLING:
                 if self.prefix_caching:
@@ -346,6 +366,14 @@ class Scheduler:
                     req.recompute = None
                     continue
             self._token(req, int(out.greedy[i]), lambda i=i: out.logits()[i])
+
+    def _prompt_logprobs(self, req: Request, logits: np.ndarray, start: int) -> None:
+        try:
+            req.prompt_logprobs += logprobs.prompt_entries(
+                logits, req.prompt_ids, start, len(req.prompt_ids), req.params.prompt_logprobs
+            )
+        except Exception as exc:  # noqa: BLE001 - that request only
+            self.finish(req, FinishReason.ERROR, f"internal error computing prompt logprobs: {exc}")
 
     def _token(self, req: Request, greedy: int, logits) -> None:
         try:

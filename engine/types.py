@@ -64,6 +64,16 @@ class Request:
     recompute: list[int] | None = None
     block_hashes: list[int] = field(default_factory=list)  # its prefill's full blocks (prefix caching)
     registered: int = 0  # its leading blocks found in or added to the prefix cache
+    # `engine.logprobs` entries of its generated tokens, and of its prompt's (the first prompt
+    # token has none: None), where its params ask for them
+    logprobs: list | None = None
+    prompt_logprobs: list | None = None
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Its prefill must return every position's logits (not after a preemption: they
+        were taken the first time)."""
+        return self.params.prompt_logprobs is not None and self.recompute is None
 
     @property
     def prefill_ids(self) -> list[int]:

@@ -158,6 +158,7 @@ class FakeRunner:
             error, self.fail_next = self.fail_next, None
             raise RuntimeError(error)
         logits = self._logits[: forward.rows]
+        every = {}  # row -> each position's logits (the rows `forward.all_logits` names)
         for i, (slot, start) in enumerate(zip(forward.slots, forward.starts, strict=True)):
             ids = forward.row(i)
             if self.block_size:  # position p lives in block table[p // size] at p % size
@@ -165,11 +166,14 @@ class FakeRunner:
                 where = np.arange(start + len(ids))
                 blocks, offsets = table[where // self.block_size], where % self.block_size
                 self.cache[blocks[start:], offsets[start:]] = ids
-                logits[i] = self.logits_of(self.cache[blocks, offsets])
+                held = self.cache[blocks, offsets]
             else:
                 self.cache[slot, start : start + len(ids)] = ids
-                logits[i] = self.logits_of(self.cache[slot, : start + len(ids)])
-        return ForwardOutput(logits.argmax(axis=1), lambda: logits)
+                held = self.cache[slot, : start + len(ids)]
+            logits[i] = self.logits_of(held)
+            if i in forward.all_logits:
+                every[i] = np.stack([self.logits_of(held[: start + j + 1]) for j in range(len(ids))])
+        return ForwardOutput(logits.argmax(axis=1), lambda: logits, position_logits=every.__getitem__)
 
     def _check(self, forward: Forward) -> None:
         """What the real runners need of a call (their kernels would misbehave silently)."""

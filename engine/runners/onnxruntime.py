@@ -180,9 +180,14 @@ class OrtRunner:
         if forward.phase is Phase.DECODE:
             greedy, logits = self.decode(forward.ids, forward.starts, forward.graph)
         else:
+            every = np.empty(0, np.float32)
+            if forward.all_logits:  # prompt log-probabilities: every position's logits too
+                every = np.empty((forward.rows, int(forward.lens[0]), self.vocab), np.float32)
             greedy, logits = self.prefill_rows(
-                forward.slots[0], forward.matrix(), int(forward.starts[0]), forward.graph
+                forward.slots[0], forward.matrix(), int(forward.starts[0]), forward.graph, every
             )
+            if forward.all_logits:
+                return ForwardOutput(greedy, logits, position_logits=every.__getitem__)
         return ForwardOutput(greedy, logits)
 
     def describe(self) -> str:
@@ -286,15 +291,26 @@ class OrtRunner:
         return int(tokens[0]), lambda: logits()[0]
 
     def prefill_rows(
-        self, first_slot: int, ids: np.ndarray, start: int, graph: str = MAIN
+        self,
+        first_slot: int,
+        ids: np.ndarray,
+        start: int,
+        graph: str = MAIN,
+        every: np.ndarray | None = None,
     ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
         """`ids` (k, t): chunks of the same length for slots `first_slot..first_slot+k-1`,
         each written at positions `start..start+t-1`; returns greedy tokens (k,) and a function
-        giving the (k, vocab) logits."""
+        giving the (k, vocab) logits. `every` (k, t, vocab), when given, receives every
+        position's logits (the graph's `logits` output, computed only then)."""
         k, t = ids.shape
         session = self._session(graph)
         binding = self._prefill_bindings.get((graph, first_slot, k))
-        if binding is None:
+        if every is not None and every.size:  # a binding of its own: the cached ones skip it
+            binding = session.io_binding()
+            self._bind_kv(binding, first_slot, k)
+            self._bind_outputs(binding, k)
+            binding.bind_output("logits", "cpu", 0, np.float32, [k, t, self.vocab], every.ctypes.data)
+        elif binding is None:
             binding = session.io_binding()
             self._bind_kv(binding, first_slot, k)
             self._bind_outputs(binding, k)

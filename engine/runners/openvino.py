@@ -178,10 +178,25 @@ class OvRunner:
         # token j of row i sits at ids[begins[i] + j] and writes position starts[i] + j
         positions = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(begins - forward.starts, lens)
         last = begins + lens - 1
-        greedy, logits = self._run(
-            forward.ids, positions, lens, np.asarray(forward.slots), last, forward.blocks
+        if not forward.all_logits:
+            greedy, logits = self._run(
+                forward.ids, positions, lens, np.asarray(forward.slots), last, forward.blocks
+            )
+            return ForwardOutput(greedy, logits)
+        # prompt log-probabilities: every position of those rows, the last of the others
+        wanted = [
+            np.arange(begins[i], begins[i] + lens[i]) if i in forward.all_logits else last[i : i + 1]
+            for i in range(forward.rows)
+        ]
+        at = np.concatenate(wanted)
+        ends = np.cumsum([len(w) for w in wanted]) - 1  # each row's last position in `at`
+        tokens, every = self._run(forward.ids, positions, lens, np.asarray(forward.slots), at, forward.blocks)
+        firsts = ends - np.array([len(w) for w in wanted]) + 1
+        return ForwardOutput(
+            tokens[ends],
+            lambda: every()[ends],
+            position_logits=lambda i: every()[firsts[i] : ends[i] + 1],
         )
-        return ForwardOutput(greedy, logits)
 
     def describe(self) -> str:
         return (

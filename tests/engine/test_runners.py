@@ -258,6 +258,34 @@ def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(ov_
     assert engine.scheduler.kv_blocks.free == 5
 
 
+def test_logprobs_of_prompt_and_output_equal_transformers(version_dir, checkpoints):
+    """fp32 weights: each prompt token's and each generated token's log-probability and its
+    top alternatives equal transformers' log-softmax within 1e-3, the prompt prefilled in
+    chunks of 5 while another stream decodes."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    engine, _, _ = make_engine(version_dir, slots=2, prefill_chunk=5, idle_prefill_chunk=5)
+    other = engine.submit(engine.tokenizer.encode("import os").ids, greedy(30))
+    prompt = engine.tokenizer.encode("def area(r): return 3.14 * r * r").ids
+    params = SamplingParams(max_tokens=8, ignore_eos=True, logprobs=3, prompt_logprobs=2)
+    req = engine.submit(prompt, params)
+    engine.run_until_done([other, req])
+    hf = GPT2LMHeadModel.from_pretrained(checkpoints["gpt2"]).eval()
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(torch.tensor([prompt + req.tokens])).logits[0].double(), -1).numpy()
+    seq = prompt + req.tokens
+    assert req.prompt_logprobs[0] is None and len(req.prompt_logprobs) == len(prompt)
+    pairs = [(req.prompt_logprobs[j], j - 1, 2) for j in range(1, len(prompt))]
+    pairs += [(req.logprobs[k], len(prompt) + k - 1, 3) for k in range(len(req.tokens))]
+    for (token, lp, top), pos, k in pairs:
+        assert token == seq[pos + 1] and abs(lp - ref[pos, token]) < 1e-3
+        want = np.argsort(-ref[pos])[:k]
+        assert [t for t, _ in top] == want.tolist()
+        assert np.allclose([v for _, v in top], ref[pos, want], atol=1e-3)
+    assert req.tokens == transformers_greedy(checkpoints["gpt2"], prompt, 8)
+
+
 def test_openvino_u8_cache_fits_more_blocks_and_keeps_greedy_tokens(ov_dir, checkpoints):
     """The same MiB of u8 cache hold over three times the f32 blocks (a scale and a zero point
     per group inside each block); the tokens stay transformers' on the tiny model, with a
