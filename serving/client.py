@@ -156,7 +156,7 @@ class AigcClient:
     # -- text ---------------------------------------------------------------------------
     def generate_text(
         self,
-        prompt: str,
+        prompt: str | list[int],
         max_tokens: int = 64,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -176,10 +176,13 @@ class AigcClient:
         **extra,
     ) -> Iterator[str] | str:
         """Text from the served GPT-2: an iterator of deltas (stream=True) or the whole string.
-        `extra`: further `sampling_parameters` fields (`min_p`, `stop_token_ids`, `bad_words`).
-        `details`: a dict the server's counts fill once the text is complete (the vLLM
-        backend's additional outputs): `finish_reason` ("stop", "length"), `prompt_tokens`,
-        `completion_tokens`."""
+        `prompt`: text, or token ids (sent as `input_ids`). `extra`: further
+        `sampling_parameters` fields (`min_p`, `stop_token_ids`, `bad_words`, `logprobs`,
+        `prompt_logprobs`). `details`: a dict the server's counts fill once the text is
+        complete (the vLLM backend's additional outputs): `finish_reason` ("stop", "length"),
+        `prompt_tokens`, `completion_tokens`; with `logprobs` / `prompt_logprobs`, also
+        `logprobs` (an `engine.logprobs` entry per generated token, filled as responses
+        arrive) and `prompt_logprobs` (one per prompt token, the first None)."""
         params = sampling_parameters(
             max_tokens,
             temperature,
@@ -194,16 +197,24 @@ class AigcClient:
             repetition_penalty=repetition_penalty,
             **extra,
         )
-        if not isinstance(prompt, str) or not prompt:
-            raise ClientError("prompt (text_input) must be a non-empty string")
+        if isinstance(prompt, (list, tuple, np.ndarray)):
+            if len(prompt) == 0 or not all(_is_token_id(t) for t in prompt):
+                raise ClientError("prompt as token ids must be a non-empty list of integers >= 0")
+        elif not isinstance(prompt, str) or not prompt:
+            raise ClientError("prompt (text_input) must be a non-empty string or a list of token ids")
         deltas = self._stream(
             model, prompt, params, stream, exclude_input_in_output, timeout_s or self.timeout_s, details
         )
         return deltas if stream else "".join(deltas)
 
     def _stream(self, model, prompt, params, stream, exclude, timeout_s, details=None) -> Iterator[str]:
+        if isinstance(prompt, str):
+            first = _bytes_input("text_input", prompt)
+        else:
+            first = grpcclient.InferInput("input_ids", [len(prompt)], "INT64")
+            first.set_data_from_numpy(np.asarray(prompt, np.int64))
         inputs = [
-            _bytes_input("text_input", prompt),
+            first,
             _bytes_input("sampling_parameters", json.dumps(params)),
             _bool_input("stream", stream),
             _bool_input("exclude_input_in_output", exclude),
@@ -211,6 +222,9 @@ class AigcClient:
         if details is not None:
             details.update(finish_reason=None, prompt_tokens=None, completion_tokens=0)
             inputs += [_bool_input(flag, True) for flag in _DETAIL_FLAGS]
+            if params.get("logprobs") is not None or params.get("prompt_logprobs") is not None:
+                details.update(logprobs=[], prompt_logprobs=None)
+                inputs.append(_bool_input("return_logprobs", True))
         request_id = uuid.uuid4().hex
         conn, pooled = self._send(model, inputs, request_id)
         answered = False  # a response of this request has arrived
@@ -393,6 +407,17 @@ def _add_details(details: dict, result) -> None:
     generated = result.as_numpy("num_output_tokens")
     if generated is not None and generated.size:
         details["completion_tokens"] += int(generated.reshape(-1)[0])
+    if "logprobs" in details:
+        raw = result.as_numpy("logprobs")
+        if raw is not None and raw.size and raw.reshape(-1)[0]:
+            got = json.loads(raw.reshape(-1)[0])
+            if "prompt" in got:
+                details["prompt_logprobs"] = got["prompt"]
+            details["logprobs"].extend(got.get("tokens", ()))
+
+
+def _is_token_id(t) -> bool:
+    return isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t >= 0
 
 
 def _in_band(error: InferenceServerException) -> bool:

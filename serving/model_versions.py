@@ -100,6 +100,9 @@ GPT2_EXTRA_OUTPUTS = (
     ("return_finish_reason", Tensor("finish_reason", mc.TYPE_STRING, (-1,))),
     ("return_num_input_tokens", Tensor("num_input_tokens", mc.TYPE_UINT32, (-1,))),
     ("return_num_output_tokens", Tensor("num_output_tokens", mc.TYPE_UINT32, (-1,))),
+    # JSON: the log-probability entries (`engine.logprobs`) of the tokens since the previous
+    # response, and the prompt's in the first (with the logprobs / prompt_logprobs fields)
+    ("return_logprobs", Tensor("logprobs", mc.TYPE_STRING, (-1,))),
 )
 
 
@@ -110,7 +113,8 @@ def gpt2_tensors() -> tuple[list[Tensor], list[Tensor]]:
     the vLLM backend's additional outputs."""
     flag = mc.TYPE_BOOL
     inputs = [
-        Tensor("text_input", mc.TYPE_STRING, (1,)),
+        Tensor("text_input", mc.TYPE_STRING, (1,), optional=True),  # or the ids in input_ids
+        Tensor("input_ids", mc.TYPE_INT64, (-1,), optional=True),  # a prompt as token ids
         Tensor("stream", flag, (1,), optional=True),
         Tensor("sampling_parameters", mc.TYPE_STRING, (1,), optional=True),
         Tensor("exclude_input_in_output", flag, (1,), optional=True),

@@ -44,6 +44,7 @@ EXTRA_OUTPUTS = (
     ("return_finish_reason", "finish_reason"),
     ("return_num_input_tokens", "num_input_tokens"),
     ("return_num_output_tokens", "num_output_tokens"),
+    ("return_logprobs", "logprobs"),
 )
 # The engine's reasons in vLLM's words (OpenAI's finish_reason): EOS and stop strings are "stop".
 FINISH_REASONS = {
@@ -198,6 +199,7 @@ class _Job:
         "pending_tokens",
         "queued",
         "finished",
+        "logprobs_sent",
     )
 
     def __init__(self, sender, stream, prefix, request_id="", extras=()):
@@ -210,6 +212,7 @@ class _Job:
         self.pending_tokens = 0  # the request's output tokens that text covers
         self.queued = False  # in the sender's queue
         self.finished = False  # its final response is queued
+        self.logprobs_sent = -1  # generated tokens whose log-probabilities went out (-1: not the prompt's)
 
 
 class _TritonSink(Sink):
@@ -402,23 +405,42 @@ class TritonPythonModel:
 
     def _parse(self, request, sender):
         raw = _optional_scalar(request, "text_input")
-        if raw is None:
-            raise RequestError("text_input is required")
-        try:
-            prompt = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        except UnicodeDecodeError:
-            raise RequestError("text_input must be UTF-8 text") from None
+        given_ids = pb_utils.get_input_tensor_by_name(request, "input_ids")
+        if raw is None and given_ids is None:
+            raise RequestError("text_input (or input_ids, the prompt as token ids) is required")
+        if raw is not None and given_ids is not None:
+            raise RequestError("text_input and input_ids are both given: send the prompt once")
+        prompt = None
+        if raw is not None:
+            try:
+                prompt = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            except UnicodeDecodeError:
+                raise RequestError("text_input must be UTF-8 text") from None
         sp = _optional_scalar(request, "sampling_parameters")
         sp = sp if sp is not None else _request_parameters(request)
         tensors = {t.name(): t.as_numpy() for t in request.inputs() if t.name() in _SAMPLING_TENSORS}
         params = params_from_request(sp, tensors, self.max_tokens_limit)
         stream = _optional_scalar(request, "stream")
         exclude = _optional_scalar(request, "exclude_input_in_output")
-        ids = self.engine.encode_prompt(prompt, params)
+        if prompt is None:
+            ids = self.engine.check_prompt(self._token_ids(given_ids.as_numpy()), params)
+            prompt = self.engine.tokenizer.decode(ids, skip_special_tokens=False)
+        else:
+            ids = self.engine.encode_prompt(prompt, params)
         prefix = "" if exclude is None or bool(exclude) else prompt
         stream = bool(stream) if stream is not None else False
         extras = tuple(name for flag, name in EXTRA_OUTPUTS if _optional_scalar(request, flag))
         return ids, params, _Job(sender, stream, prefix, request.request_id(), extras)
+
+    def _token_ids(self, array):
+        vocab = int(self.engine.runner.info["vocab_size"])
+        ids = np.asarray(array).reshape(-1)
+        if not np.issubdtype(ids.dtype, np.integer) or ids.size == 0:
+            raise RequestError("input_ids must be a non-empty list of token ids (INT64)")
+        bad = ids[(ids < 0) | (ids >= vocab)]
+        if bad.size:
+            raise RequestError(f"input_ids must hold token ids in 0..{vocab - 1}, got {int(bad[0])}")
+        return ids.astype(np.int64).tolist()
 
     # -- the generation loop (background thread) ---------------------------------------
     def _loop(self):
@@ -477,10 +499,26 @@ def _extras(request, tokens, final=False):
             out.append(pb_utils.Tensor(name, np.array([word.encode()], dtype=np.object_)))
         elif name == "num_input_tokens":
             out.append(pb_utils.Tensor(name, np.array([len(request.prompt_ids)], dtype=np.uint32)))
+        elif name == "logprobs":
+            out.append(pb_utils.Tensor(name, np.array([_logprobs_json(request, tokens)], dtype=np.object_)))
         else:
             out.append(pb_utils.Tensor(name, np.array([tokens - job.reported], dtype=np.uint32)))
     job.reported = tokens
     return out
+
+
+def _logprobs_json(request, tokens):
+    """The log-probability entries a response carries: the generated tokens' since the
+    previous response (up to `tokens`), and the prompt's in the first one."""
+    job, out = request.context, {}
+    if job.logprobs_sent < 0:
+        job.logprobs_sent = 0
+        if request.prompt_logprobs is not None:
+            out["prompt"] = request.prompt_logprobs
+    if request.logprobs is not None:
+        out["tokens"] = request.logprobs[job.logprobs_sent : tokens]
+        job.logprobs_sent = max(job.logprobs_sent, tokens)
+    return json.dumps(out, separators=(",", ":")).encode()
 
 
 def _request_parameters(request):

@@ -527,7 +527,7 @@ def test_a_client_that_went_away_ends_its_request_and_the_others_go_on(start, pb
 
 # -- errors ----------------------------------------------------------------------------------
 BAD_REQUESTS = {
-    "no-text-input": (dict(text=None), "text_input is required"),
+    "no-text-input": (dict(text=None), "text_input (or input_ids, the prompt as token ids) is required"),
     "text-not-utf8": (dict(text=b"t1 \xff\xfe"), "text_input must be UTF-8 text"),
     "empty-text": (dict(text=""), "text_input must be a non-empty string"),
     "sampling-not-json": (dict(sampling="{max_tokens: 5"), "sampling_parameters: not valid JSON"),
@@ -580,7 +580,7 @@ def test_a_full_queue_answers_server_busy_without_disturbing_the_running_request
     busy, bad = make_request(pb, PROMPT), make_request(pb, None)
     model.execute([busy, bad])
     assert "server busy: all 1 KV slots in use" in error_of(responses(busy))
-    assert "text_input is required" in error_of(responses(bad))
+    assert "text_input (or input_ids, the prompt as token ids) is required" in error_of(responses(bad))
     assert model.engine.stats.refused == {"busy": 1, "rejected": 1}
     gate.set()
     assert final_text(responses(running)) == offline_text(PROMPT, max_tokens=5)

@@ -64,7 +64,8 @@ def test_config_files_parse_back_with_the_public_tensors(fp32_repository):
     )
     # TensorRT-LLM's optional sampling tensors are declared too, all optional
     assert {name for name, *_ in TENSOR_INPUTS} <= set(inputs)
-    assert all(i.optional for i in g.input if i.name != "text_input")
+    assert all(i.optional for i in g.input)  # the prompt: text_input or input_ids
+    assert inputs["input_ids"] == mc.TYPE_INT64 and inputs["return_logprobs"] == mc.TYPE_BOOL
     # TensorRT-LLM's stop, and the vLLM backend's additional outputs with their flags
     assert {"stop", "return_finish_reason", "return_num_input_tokens", "return_num_output_tokens"} <= set(
         inputs
@@ -74,6 +75,7 @@ def test_config_files_parse_back_with_the_public_tensors(fp32_repository):
         "finish_reason",
         "num_input_tokens",
         "num_output_tokens",
+        "logprobs",
     ]
     for m in cfg.values():
         assert m.backend == "python"
