@@ -51,6 +51,7 @@ from serving.openai_api.protocol import (
     parse_tokenize,
     server_error,
     sse,
+    total_usage,
     usage,
 )
 
@@ -73,6 +74,7 @@ class ServedModel:
     counts: bool = False  # the model returns finish_reason and token counts (vLLM's return_* flags)
     # sampling fields a request leaves out: the checkpoint's generation config, else OpenAI's
     sampling_defaults: tuple[tuple[str, object], ...] = (("temperature", 1.0),)
+    logprobs: bool = False  # the model takes input_ids and returns log-probabilities
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text).ids) if text else 0
@@ -166,7 +168,9 @@ class TritonModels:
             engine_config = EngineConfig.from_parameters(params)
             window = engine_config.max_len or int(info["n_positions"])
             max_tokens_limit = engine_config.max_tokens_limit
-            counts = any(i.get("name") == "return_finish_reason" for i in config.get("input", []))
+            inputs = {i.get("name") for i in config.get("input", [])}
+            counts = "return_finish_reason" in inputs
+            logprobs = {"return_logprobs", "input_ids"} <= inputs
             defaults = {"temperature": 1.0, **info.get("generation_defaults", {})}
         except Exception as exc:  # missing or unreadable files, a bad parameter
             logger.error("model %s version %s in %s: %r", name, version, self.repository, exc)
@@ -184,6 +188,7 @@ class TritonModels:
             max_tokens_limit,
             counts,
             tuple(sorted(defaults.items())),
+            logprobs,
         )
 
 
@@ -196,6 +201,10 @@ def _extra_sampling(p: SamplingParams) -> dict:
         extra["stop_token_ids"] = list(p.stop_token_ids)
     if p.bad_words:
         extra["bad_words"] = list(p.bad_words)
+    if p.logprobs is not None:
+        extra["logprobs"] = p.logprobs
+    if p.prompt_logprobs is not None:
+        extra["prompt_logprobs"] = p.prompt_logprobs
     return extra
 
 
@@ -210,7 +219,12 @@ class _Run:
     complete once "end" has arrived."""
 
     def __init__(
-        self, client: AigcClient, model: str, prompt: str, params: SamplingParams, details: dict | None = None
+        self,
+        client: AigcClient,
+        model: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        details: dict | None = None,
     ):
         self.client, self.model, self.prompt, self.params = client, model, prompt, params
         self.details = details
@@ -418,93 +432,186 @@ def create_app(
 
     async def generate(request: Request, gen: Generation) -> Response:
         model = await models.get(gen.model)
+        if gen.logprobs is not None and not model.logprobs:
+            raise bad_request(
+                f"logprobs: version {model.version} of {model.name} was built before the served models "
+                "returned log-probabilities; rebuild it (aigc build)",
+                "logprobs",
+            )
         if gen.kind == "chat":
-            gen = replace(gen, prompt=model.template.render(gen.messages))
-        prompt_tokens = model.count(gen.prompt)
-        params = gen.params(
-            model.default_max_tokens(gen, prompt_tokens),
-            model.max_tokens_limit,
-            dict(model.sampling_defaults),
-        )
-        run = _Run(client, model.name, gen.prompt, params, {} if model.counts else None)
+            gen = replace(gen, prompt=model.template.render(gen.messages), prompts=())
+        prompts = gen.prompts or (gen.prompt,)
+        if any(not isinstance(p, str) for p in prompts) and not model.logprobs:
+            raise bad_request(
+                f"prompt: version {model.version} of {model.name} takes text prompts only; rebuild it "
+                "(aigc build) for token-id prompts",
+                "prompt",
+            )
+        choices = [_Choice(i, p, gen, model) for i, p in enumerate(prompts)]  # all checked first
+        for c in choices:
+            c.start(client)
         try:
-            first = await run.next(request)  # an error before any text keeps its HTTP status
+            firsts = await asyncio.gather(*(c.run.next(request) for c in choices))
         except _ClientGone:
+            for c in choices:
+                c.run.cancel()
             return Response(status_code=499)
-        if first[0] == "error":
-            raise server_error(first[1], gen)
+        errors = [f[1] for f in firsts if f[0] == "error"]
+        if errors:  # an error before any text keeps its HTTP status
+            for c in choices:
+                c.run.cancel()
+            raise server_error(errors[0], gen)
         writer = ResponseWriter(gen)
         if gen.stream:
-            events = _events(request, run, first, gen, writer, model, prompt_tokens, params.max_tokens)
+            events = _events(request, choices, firsts, gen, writer)
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        parts, item = [], first
         try:
-            while item[0] == "delta":
-                parts.append(item[1])
-                item = await run.next(request)
+            await asyncio.gather(
+                *(c.collect(request, first) for c, first in zip(choices, firsts, strict=True))
+            )
         except _ClientGone:
+            for c in choices:
+                c.run.cancel()
             return Response(status_code=499)
-        if item[0] == "error":
-            raise server_error(item[1], gen)
-        text = "".join(parts)
-        reason, counts = _outcome(run, model, prompt_tokens, text, params.max_tokens)
-        body = writer.response(gen.prompt + text if gen.echo else text, reason, counts)
+        failed = next((c.error for c in choices if c.error is not None), None)
+        if failed is not None:
+            raise server_error(failed, gen)
+        body = writer.response(
+            [c.answer(writer) for c in choices], total_usage([c.outcome()[1] for c in choices])
+        )
         return JSONResponse(body)
 
     return app
 
 
+class _Choice:
+    """One prompt of a request (a completions batch holds several) and its generation."""
+
+    def __init__(self, index: int, prompt, gen: Generation, model: ServedModel):
+        self.index, self.gen, self.model = index, gen, model
+        self.ids = None if isinstance(prompt, str) else list(prompt)
+        self.text = (
+            prompt if self.ids is None else model.tokenizer.decode(self.ids, skip_special_tokens=False)
+        )
+        self.prompt_tokens = len(self.ids) if self.ids is not None else model.count(self.text)
+        self.params = gen.params(
+            model.default_max_tokens(gen, self.prompt_tokens),
+            model.max_tokens_limit,
+            dict(model.sampling_defaults),
+        )
+        self.run: _Run | None = None
+        self.parts: list[str] = []
+        self.error: str | None = None
+        self.sent = 0  # generated tokens whose log-probabilities have gone out (streams)
+
+    def start(self, client: AigcClient) -> None:
+        details = {} if (self.model.counts or self.gen.logprobs is not None) else None
+        prompt = self.text if self.ids is None else self.ids
+        self.run = _Run(client, self.model.name, prompt, self.params, details)
+
+    async def collect(self, request: Request, item: tuple[str, str | None]) -> None:
+        while item[0] == "delta":
+            self.parts.append(item[1])
+            item = await self.run.next(request)
+        if item[0] == "error":
+            self.error = item[1]
+
+    @property
+    def generated(self) -> str:
+        return "" if self.gen.score_only else "".join(self.parts)
+
+    def outcome(self) -> tuple[str, dict]:
+        """(finish_reason, usage): the server's own when the model returns them, else counted
+        here with the model's tokenizer."""
+        d, max_tokens = self.run.details, self.params.max_tokens
+        if self.gen.score_only:
+            return "length", usage(self.prompt_tokens, 0)
+        if d and d.get("finish_reason") and d.get("prompt_tokens") is not None:
+            return d["finish_reason"], usage(d["prompt_tokens"], d["completion_tokens"])
+        completion_tokens = self.model.count(self.generated)
+        return finish_reason(completion_tokens, max_tokens), usage(self.prompt_tokens, completion_tokens)
+
+    def prompt_ids(self) -> list[int]:
+        return self.ids if self.ids is not None else self.model.tokenizer.encode(self.text).ids
+
+    def answer(self, writer: ResponseWriter) -> dict:
+        reason, _ = self.outcome()
+        text = (self.text if self.gen.echo else "") + self.generated
+        return writer.choice(self.index, text, reason, self.logprobs_of(writer))
+
+    def logprobs_of(self, writer: ResponseWriter, first_chunk: bool = True, generated: bool = True):
+        """This choice's log-probabilities in OpenAI's shape: with echo, the prompt's in the
+        first chunk; the generated tokens' not yet sent."""
+        if self.gen.logprobs is None:
+            return None
+        d = self.run.details or {}
+        new = []
+        if generated and not self.gen.score_only:
+            made = d.get("logprobs") or []
+            new, self.sent = made[self.sent :], len(made)
+        prompt = []
+        if self.gen.echo and first_chunk:
+            ids = self.prompt_ids()
+            prompt = [[ids[0], None, None], *(d.get("prompt_logprobs") or [None])[1:]]
+        return writer.logprobs(self.model.tokenizer, prompt + new, self.index)
+
+
 async def _events(
     request: Request,
-    run: _Run,
-    item: tuple[str, str | None],
+    choices: list[_Choice],
+    firsts: list[tuple[str, str | None]],
     gen: Generation,
     writer: ResponseWriter,
-    model: ServedModel,
-    prompt_tokens: int,
-    max_tokens: int,
 ) -> AsyncIterator[bytes]:
-    """Server-sent events of one stream. Starlette cancels this generator's task when the
-    client disconnects; `finally` then cancels the generation."""
-    parts = []
+    """Server-sent events of one request's choices, interleaved as their text arrives.
+    Starlette cancels this generator's task when the client disconnects; `finally` then
+    cancels the generations."""
+    pending: dict = {}
     try:
-        if gen.kind == "chat":
-            yield sse(writer.chunk(first=True))
-        if gen.echo:
-            yield sse(writer.chunk(gen.prompt))
-        while True:
-            kind, value = item
-            if kind == "delta":
-                parts.append(value)
-                yield sse(writer.chunk(value))
-            elif kind == "error":  # after text went out the status is sent: OpenAI's error event
-                yield sse(server_error(value, gen).body())
+        for c, first in zip(choices, firsts, strict=True):
+            if gen.kind == "chat":
+                yield sse(writer.chunk(first=True, index=c.index))
+            if gen.echo:
+                yield sse(
+                    writer.chunk(c.text, index=c.index, logprobs=c.logprobs_of(writer, generated=False))
+                )
+            pending[asyncio.ensure_future(_ready(first))] = c
+        failed = None
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                c = pending.pop(fut)
+                kind, value = fut.result()
+                if kind == "delta":
+                    c.parts.append(value)
+                    if not gen.score_only:
+                        lp = c.logprobs_of(writer, first_chunk=False)
+                        yield sse(writer.chunk(value, index=c.index, logprobs=lp))
+                    pending[asyncio.ensure_future(c.run.next(request))] = c
+                elif kind == "error":  # after text went out the status is sent: OpenAI's error event
+                    failed = value
+                else:
+                    reason, _ = c.outcome()
+                    lp = c.logprobs_of(writer, first_chunk=False) if not gen.score_only else None
+                    yield sse(writer.chunk(reason=reason, index=c.index, logprobs=lp))
+            if failed is not None:
+                yield sse(server_error(failed, gen).body())
                 break
-            else:
-                reason, counts = _outcome(run, model, prompt_tokens, "".join(parts), max_tokens)
-                yield sse(writer.chunk(reason=reason))
-                if gen.include_usage:
-                    yield sse(writer.usage_chunk(counts))
-                break
-            item = await run.next(request)
+        if failed is None and gen.include_usage:
+            yield sse(writer.usage_chunk(total_usage([c.outcome()[1] for c in choices])))
         yield SSE_DONE
     except _ClientGone:
         return
     finally:
-        run.cancel()
+        for fut in pending:
+            fut.cancel()
+        for c in choices:
+            c.run.cancel()
 
 
-def _outcome(
-    run: _Run, model: ServedModel, prompt_tokens: int, text: str, max_tokens: int
-) -> tuple[str, dict]:
-    """(finish_reason, usage) of a finished generation: the server's own when the model
-    returns them, else counted here with the model's tokenizer."""
-    d = run.details
-    if d and d.get("finish_reason") and d.get("prompt_tokens") is not None:
-        return d["finish_reason"], usage(d["prompt_tokens"], d["completion_tokens"])
-    completion_tokens = model.count(text)
-    return finish_reason(completion_tokens, max_tokens), usage(prompt_tokens, completion_tokens)
+async def _ready(item):
+    return item
 
 
 def _version() -> str:

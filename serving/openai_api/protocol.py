@@ -28,8 +28,6 @@ CHAT_ROLES = ("system", "developer", "user", "assistant")
 # for nothing (what the official clients send when the caller leaves them out).
 _NEUTRAL = {
     "logit_bias": (None, {}),
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
     "best_of": (None, 1),
     "suffix": (None, ""),
     "tools": (None, []),
@@ -60,8 +58,12 @@ _EXTRA_SAMPLING = (
 # penalties in [-2, 2])
 _SAMPLING = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 _COMMON = ("model", "stream", "stream_options", "n", "max_tokens") + _SAMPLING
-COMPLETION_FIELDS = frozenset(_COMMON + ("prompt", "echo") + _EXTRA_SAMPLING)
-CHAT_FIELDS = frozenset(_COMMON + ("messages", "max_completion_tokens") + _EXTRA_SAMPLING)
+COMPLETION_FIELDS = frozenset(_COMMON + ("prompt", "echo", "logprobs") + _EXTRA_SAMPLING)
+CHAT_FIELDS = frozenset(
+    _COMMON + ("messages", "max_completion_tokens", "logprobs", "top_logprobs") + _EXTRA_SAMPLING
+)
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs (OpenAI: 5 for completions, 20 for chat)
+MAX_BATCH = 256  # prompts in one completions request
 
 
 class APIError(Exception):
@@ -134,14 +136,25 @@ class Generation:
     echo: bool = False
     max_tokens_field: str = "max_tokens"  # how the caller named it, for error messages
     messages: tuple[tuple[str, str], ...] = ()  # chat: (role, content) pairs
+    # completions: each prompt of the batch, text or token ids (a choice each, by index)
+    prompts: tuple = ()
+    logprobs: int | None = None  # alternatives per token; None: no log-probabilities
+    score_only: bool = False  # max_tokens 0 with echo: the prompt's log-probabilities alone
 
     def params(
         self, default_max_tokens: int, max_tokens_limit: int | None = None, defaults: dict | None = None
     ) -> SamplingParams:
-        """The request's sampling fields, with `defaults` (the model's) for those it left out."""
+        """The request's sampling fields, with `defaults` (the model's) for those it left out;
+        the log-probabilities it asks (with `echo`, the prompt's too)."""
         fields = {**(defaults or {}), **self.sampling}
         if fields.get("max_tokens") is None:
             fields["max_tokens"] = default_max_tokens
+        if self.score_only:  # one token is generated and dropped: the engine always makes one
+            fields["max_tokens"] = 1
+        if self.logprobs is not None:
+            fields["logprobs"] = self.logprobs
+            if self.echo:
+                fields["prompt_logprobs"] = self.logprobs
         return check_sampling(fields, self.max_tokens_field, max_tokens_limit)
 
 
@@ -248,23 +261,70 @@ def _common(body: dict) -> tuple[str, dict, bool, bool]:
     return model, sampling, bool(stream), include_usage
 
 
+def _prompts(prompt) -> tuple:
+    """OpenAI's prompt forms: a string, a list of strings, a list of token ids, or a list of
+    lists of token ids; each prompt a string or a tuple of ids."""
+
+    def ids(x) -> bool:
+        return (
+            isinstance(x, list)
+            and bool(x)
+            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in x)
+        )
+
+    if isinstance(prompt, str) and prompt:
+        return (prompt,)
+    if ids(prompt):
+        return (tuple(prompt),)
+    if isinstance(prompt, list) and prompt and len(prompt) <= MAX_BATCH:
+        if all(isinstance(p, str) and p for p in prompt):
+            return tuple(prompt)
+        if all(ids(p) for p in prompt):
+            return tuple(tuple(p) for p in prompt)
+    raise bad_request(
+        "prompt must be a non-empty string, a list of token ids, or a list of up to "
+        f"{MAX_BATCH} of either (one choice each)",
+        "prompt",
+    )
+
+
+def _logprobs_field(body: dict, key: str) -> int | None:
+    value = body.get(key)
+    if value is None or value is False:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LOGPROBS:
+        raise bad_request(f"{key} must be an integer in 0..{MAX_LOGPROBS} or null, got {value!r}", key)
+    return value
+
+
 def parse_completion(body) -> Generation:
     body = _check_object(body)
     _check_fields(body, COMPLETION_FIELDS)
     model, sampling, stream, include_usage = _common(body)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise bad_request(
-            "prompt must be a non-empty string (or a list holding one; token-id prompts are not supported)",
-            "prompt",
-        )
+    prompts = _prompts(body.get("prompt"))
     echo = body.get("echo") or False
     if not isinstance(echo, bool):
         raise bad_request(f"echo must be true or false, got {echo!r}", "echo")
-    sampling["max_tokens"] = body.get("max_tokens")
-    return Generation("completion", model, prompt, sampling, stream, include_usage, echo)
+    max_tokens = body.get("max_tokens")
+    score_only = max_tokens == 0 and echo
+    if max_tokens == 0 and not echo:
+        raise bad_request(
+            "max_tokens 0 needs echo: true (the prompt scored, nothing generated)", "max_tokens"
+        )
+    sampling["max_tokens"] = None if score_only else max_tokens
+    first = prompts[0] if isinstance(prompts[0], str) else ""
+    return Generation(
+        "completion",
+        model,
+        first,
+        sampling,
+        stream,
+        include_usage,
+        echo,
+        prompts=prompts,
+        logprobs=_logprobs_field(body, "logprobs"),
+        score_only=score_only,
+    )
 
 
 def parse_chat(body) -> Generation:
@@ -278,8 +338,22 @@ def parse_chat(body) -> Generation:
     turns = tuple(_message(i, m) for i, m in enumerate(messages))
     field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     sampling["max_tokens"] = body.get(field)
+    wants = body.get("logprobs") or False
+    if not isinstance(wants, bool):
+        raise bad_request(f"logprobs must be true or false, got {wants!r}", "logprobs")
+    top = _logprobs_field(body, "top_logprobs")
+    if top is not None and not wants:
+        raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
     return Generation(
-        "chat", model, "", sampling, stream, include_usage, max_tokens_field=field, messages=turns
+        "chat",
+        model,
+        "",
+        sampling,
+        stream,
+        include_usage,
+        max_tokens_field=field,
+        messages=turns,
+        logprobs=(top or 0) if wants else None,
     )
 
 
@@ -371,6 +445,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
+def total_usage(each: list[dict]) -> dict:
+    """The usage of a request whose choices had `each`."""
+    prompt = sum(u["prompt_tokens"] for u in each)
+    return usage(prompt, sum(u["completion_tokens"] for u in each))
+
+
 class ResponseWriter:
     """Builds one request's response or stream chunks in OpenAI's format."""
 
@@ -381,6 +461,7 @@ class ResponseWriter:
         )
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
+        self._offsets: dict[int, int] = {}  # choice -> characters its tokens covered so far
 
     def _envelope(self, obj: str, choices: list, extra: dict | None = None) -> dict:
         out = {
@@ -393,27 +474,74 @@ class ResponseWriter:
         out.update(extra or {})
         return out
 
-    def response(self, text: str, reason: str, counts: dict) -> dict:
+    def choice(self, index: int, text: str, reason: str, logprobs: dict | None = None) -> dict:
         if self.gen.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None}
+            out = {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None}
-        choice["finish_reason"] = reason
-        return self._envelope(self.object, [choice], {"usage": counts})
+            out = {"index": index, "text": text, "logprobs": logprobs}
+        out["finish_reason"] = reason
+        return out
 
-    def chunk(self, text: str | None = None, reason: str | None = None, first: bool = False) -> dict:
+    def response(self, choices: list[dict], counts: dict) -> dict:
+        return self._envelope(self.object, choices, {"usage": counts})
+
+    def chunk(
+        self,
+        text: str | None = None,
+        reason: str | None = None,
+        first: bool = False,
+        index: int = 0,
+        logprobs: dict | None = None,
+    ) -> dict:
         if self.gen.kind == "chat":
             delta = {"role": "assistant", "content": ""} if first else {}
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
             return self._envelope("chat.completion.chunk", [choice])
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+        choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": reason}
         return self._envelope("text_completion", [choice])
 
     def usage_chunk(self, counts: dict) -> dict:
         obj = "chat.completion.chunk" if self.gen.kind == "chat" else "text_completion"
         return self._envelope(obj, [], {"usage": counts})
+
+    def logprobs(self, tokenizer, entries: list, index: int = 0) -> dict | None:
+        """`engine.logprobs` entries (`[token, logprob, [[alt, logprob], ...]]`; a prompt's
+        first token `[token, None, None]`) in OpenAI's shape: completions' `tokens`,
+        `token_logprobs`, `top_logprobs` (the alternatives and the token itself, as vLLM) and
+        `text_offset` (into the choice's returned text, as vLLM); chat's `content` list."""
+        if self.gen.logprobs is None:
+            return None
+
+        def piece(token: int) -> str:
+            return tokenizer.decode([token], skip_special_tokens=False)
+
+        if self.gen.kind == "chat":
+            content = []
+            for token, lp, alts in entries:
+                text = piece(token)
+                top = [
+                    {"token": piece(t), "logprob": v, "bytes": list(piece(t).encode())} for t, v in alts or ()
+                ]
+                content.append(
+                    {"token": text, "logprob": lp, "bytes": list(text.encode()), "top_logprobs": top}
+                )
+            return {"content": content}
+        out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for token, lp, alts in entries:
+            text = piece(token)
+            out["text_offset"].append(self._offsets.get(index, 0))
+            self._offsets[index] = self._offsets.get(index, 0) + len(text)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(lp)
+            if lp is None:
+                out["top_logprobs"].append(None)
+            else:
+                top = {piece(t): v for t, v in alts}
+                top.setdefault(text, lp)
+                out["top_logprobs"].append(top)
+        return out
 
 
 def sse(data: dict | str) -> bytes:

@@ -95,12 +95,13 @@ def test_gpt2_config_is_the_composition_and_parses_back():
     assert again == cfg and again.model_transaction_policy.decoupled and again.max_batch_size == 0
     inputs, outputs = gpt2_tensors()
     assert [i.name for i in cfg.input] == [t.name for t in inputs]
-    assert [i.name for i in cfg.input if not i.optional] == ["text_input"]
+    assert [i.name for i in cfg.input if not i.optional] == []  # the prompt: text_input or input_ids
     assert [o.name for o in cfg.output] == [
         "text_output",
         "finish_reason",
         "num_input_tokens",
         "num_output_tokens",
+        "logprobs",
     ]
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["max_tokens_limit"] == "255" and params["slots"] == "4" and params["cuda_graph"] == "true"

@@ -219,11 +219,12 @@ def test_usage_and_finish_reason_are_the_servers_counts(oai, client):
         ({"temperature": 5}, "temperature", ["temperature", "0..2"]),
         ({"top_p": 0}, "top_p", ["top_p", "(0, 1]"]),
         ({"n": 2}, "n", ["n must be 1"]),
-        ({"max_tokens": 0}, "max_tokens", ["max_tokens", "1..127"]),
         ({"max_tokens": 1000}, "max_tokens", ["max_tokens", "1..127"]),
         ({"prompt": "x " * 200}, "prompt", ["text_input has 400 tokens", "limit is 127"]),  # the server's
         ({"max_tokens": 127}, "max_tokens", ["context window of 128"]),  # the server's
-        ({"logprobs": 2}, "logprobs", ["not supported"]),
+        ({"logprobs": 21}, "logprobs", ["logprobs must be an integer in 0..20"]),
+        ({"max_tokens": 0}, "max_tokens", ["max_tokens 0 needs echo"]),
+        ({"prompt": [[1, 2], "x"]}, "prompt", ["list of token ids"]),
         ({"stream": True, "temperature": -1}, "temperature", ["0..2"]),
     ],
 )
@@ -307,6 +308,128 @@ def test_temperature_defaults_to_the_models_generation_config_else_one(oai, clie
     r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, seed=11)
     sampled = client.generate_text(PROMPT, max_tokens=N, stream=False, temperature=1.0, seed=11)
     assert r.choices[0].text == sampled
+
+
+def _log_softmax(checkpoint, ids):
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        return torch.log_softmax(hf(torch.tensor([ids])).logits[0].double(), -1).numpy()
+
+
+@pytest.mark.server
+def test_harness_scoring_token_id_batches_with_echo_equal_transformers(api, oai, tokenizer, checkpoints):
+    """What lm-evaluation-harness's local-completions sends for log-likelihoods: a batch of
+    token-id prompts (context + continuation), echo, logprobs 1, max_tokens 1, temperature 0.
+    Read as the harness reads it: the continuation's token_logprobs summed and whether each
+    is the top one."""
+    contexts = ["def area(r):", "import os\nimport"]
+    continuations = [" return 3.14 * r * r", " sys"]
+    batch = [tokenizer.encode(c + x).ids for c, x in zip(contexts, continuations)]
+    r = oai.completions.create(model="gpt2", prompt=batch, echo=True, logprobs=1, max_tokens=1, temperature=0)
+    assert [c.index for c in r.choices] == [0, 1]
+    for ids, ctx, choice in zip(batch, contexts, sorted(r.choices, key=lambda c: c.index)):
+        lp = choice.logprobs
+        ref = _log_softmax(checkpoints["gpt2"], ids)
+        assert len(lp.token_logprobs) == len(ids) + 1 and lp.token_logprobs[0] is None
+        for j in range(1, len(ids)):
+            assert abs(lp.token_logprobs[j] - ref[j - 1, ids[j]]) < 1e-3
+        ctxlen = len(tokenizer.encode(ctx).ids)
+        score = sum(lp.token_logprobs[ctxlen:-1])
+        assert abs(score - sum(ref[j - 1, ids[j]] for j in range(ctxlen, len(ids)))) < 1e-3
+        greedy = all(
+            t == max(top.values()) for t, top in zip(lp.token_logprobs[ctxlen:-1], lp.top_logprobs[ctxlen:-1])
+        )
+        assert greedy == all(ids[j] == int(ref[j - 1].argmax()) for j in range(ctxlen, len(ids)))
+        assert choice.text.startswith(tokenizer.decode(ids)) and lp.text_offset[0] == 0
+        assert lp.tokens[-1] == tokenizer.decode([int(ref[-1].argmax())])  # the generated token, greedy
+    # max_tokens 0 with echo: the prompt scored, nothing generated
+    status, body = _post(
+        api.url,
+        "/v1/completions",
+        {"model": "gpt2", "prompt": batch[0], "echo": True, "logprobs": 0, "max_tokens": 0},
+    )
+    choice = body["choices"][0]
+    assert (
+        status == 200
+        and choice["text"] == tokenizer.decode(batch[0])
+        and body["usage"]["completion_tokens"] == 0
+    )
+    assert len(choice["logprobs"]["token_logprobs"]) == len(batch[0])
+
+
+@pytest.mark.server
+def test_batches_of_text_prompts_generate_each_prompts_greedy_text(oai, client):
+    prompts = ["The class", "import os", "def f(x):"]
+    r = oai.completions.create(model="gpt2", prompt=prompts, max_tokens=N, temperature=0)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    for p, c in zip(prompts, r.choices):
+        assert c.text == client.generate_text(p, max_tokens=N, stream=False)
+    stream = oai.completions.create(
+        model="gpt2", prompt=prompts[:2], max_tokens=N, temperature=0, stream=True
+    )
+    texts = {0: "", 1: ""}
+    for chunk in stream:
+        texts[chunk.choices[0].index] += chunk.choices[0].text
+    assert texts == {0: r.choices[0].text, 1: r.choices[1].text}
+
+
+@pytest.mark.server
+def test_completion_and_chat_logprobs_equal_transformers(oai, tokenizer, checkpoints):
+    r = oai.completions.create(
+        model="gpt2", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3, extra_body={"ignore_eos": True}
+    )
+    lp = r.choices[0].logprobs
+    prompt_ids = tokenizer.encode(PROMPT).ids
+    generated = tokenizer.encode(PROMPT + r.choices[0].text).ids[len(prompt_ids) :]
+    ref = _log_softmax(checkpoints["gpt2"], prompt_ids + generated)
+    assert len(lp.token_logprobs) == 6 and "".join(lp.tokens) == r.choices[0].text
+    for k, value in enumerate(lp.token_logprobs):
+        pos = len(prompt_ids) - 1 + k
+        assert abs(value - ref[pos].max()) < 1e-3  # greedy: the most likely token
+        assert len(lp.top_logprobs[k]) == 3 and abs(max(lp.top_logprobs[k].values()) - value) < 1e-9
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:k]) for k in range(6)]
+    streamed = list(
+        oai.completions.create(
+            model="gpt2",
+            prompt=PROMPT,
+            max_tokens=6,
+            temperature=0,
+            logprobs=3,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
+    assert [
+        v
+        for c in streamed
+        if c.choices and c.choices[0].logprobs
+        for v in c.choices[0].logprobs.token_logprobs
+    ] == pytest.approx(lp.token_logprobs, abs=1e-9)
+
+    messages = [{"role": "user", "content": "Define a class"}]
+    chat = oai.chat.completions.create(
+        model="gpt2",
+        messages=messages,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"ignore_eos": True},
+    )
+    content = chat.choices[0].logprobs.content
+    prompt_ids = tokenizer.encode("user: Define a class\nassistant:").ids
+    generated = tokenizer.encode("user: Define a class\nassistant:" + chat.choices[0].message.content).ids[
+        len(prompt_ids) :
+    ]
+    ref = _log_softmax(checkpoints["gpt2"], prompt_ids + generated)
+    assert len(content) == 4 and "".join(t.token for t in content) == chat.choices[0].message.content
+    for k, t in enumerate(content):
+        pos = len(prompt_ids) - 1 + k
+        assert abs(t.logprob - ref[pos].max()) < 1e-3 and len(t.top_logprobs) == 2
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob and bytes(t.bytes).decode() == t.token
 
 
 CUSTOM_TEMPLATE = {

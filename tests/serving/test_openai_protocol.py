@@ -61,7 +61,7 @@ def test_requests_map_onto_sampling_parameters():
     "body, param",
     [
         ({"prompt": "x"}, "model"),
-        ({"model": "gpt2", "prompt": [1, 2]}, "prompt"),
+        ({"model": "gpt2", "prompt": [1.5, 2]}, "prompt"),
         ({"model": "gpt2", "prompt": "x", "frequency_penalty": 2.5}, "frequency_penalty"),
         ({"model": "gpt2", "prompt": "x", "logit_bias": {"50256": -100}}, "logit_bias"),
         ({"model": "gpt2", "prompt": "x", "seed": "7"}, "seed"),
@@ -111,3 +111,40 @@ def test_tokenize_and_detokenize_requests():
         with pytest.raises(APIError) as err:
             parse(body)
         assert err.value.status == 400 and err.value.param == param
+
+
+def test_prompt_forms_logprobs_and_scoring():
+    one = parse_completion({"model": "gpt2", "prompt": [5, 6, 7]})
+    assert one.prompts == ((5, 6, 7),)
+    batch = parse_completion(
+        {"model": "gpt2", "prompt": [[5, 6], [7]], "echo": True, "logprobs": 1, "max_tokens": 0}
+    )
+    assert batch.prompts == ((5, 6), (7,)) and batch.score_only and batch.logprobs == 1
+    p = batch.params(16)
+    assert (p.max_tokens, p.logprobs, p.prompt_logprobs) == (1, 1, 1)  # one token made and dropped
+    texts = parse_completion({"model": "gpt2", "prompt": ["a", "b"], "logprobs": 0})
+    assert texts.prompts == ("a", "b") and texts.params(16).prompt_logprobs is None  # no echo
+    chat = parse_chat(
+        {"model": "gpt2", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 3}
+    )
+    assert chat.logprobs == 3 and chat.params(8).logprobs == 3
+    assert (
+        parse_chat(
+            {"model": "gpt2", "messages": [{"role": "user", "content": "x"}], "logprobs": True}
+        ).logprobs
+        == 0
+    )
+    for body, param in (
+        ({"prompt": [[1], "a"]}, "prompt"),
+        ({"prompt": [-1]}, "prompt"),
+        ({"prompt": [[]]}, "prompt"),
+        ({"prompt": ["a"] * 257}, "prompt"),
+        ({"prompt": "a", "logprobs": True}, "logprobs"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
+    ):
+        with pytest.raises(APIError) as err:
+            parse_completion({"model": "gpt2", **body})
+        assert err.value.param == param
+    with pytest.raises(APIError) as err:
+        parse_chat({"model": "gpt2", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
+    assert err.value.param == "top_logprobs" and "needs logprobs" in err.value.message
