@@ -447,19 +447,28 @@ def create_app(
                 "(aigc build) for token-id prompts",
                 "prompt",
             )
-        choices = [_Choice(i, p, gen, model) for i, p in enumerate(prompts)]  # all checked first
-        for c in choices:
-            c.start(client)
+        if gen.best_of > gen.n and not model.logprobs:
+            raise bad_request(
+                f"best_of: version {model.version} of {model.name} returns no log-probabilities to rank by; "
+                "rebuild it (aigc build)",
+                "best_of",
+            )
+        # each prompt's best_of samples (all checked before any starts), index prompt * n + j
+        groups = [
+            [_Choice(i * gen.n + j, p, gen, model, j) for j in range(gen.best_of)]
+            for i, p in enumerate(prompts)
+        ]
+        choices = [c for group in groups for c in group]
         try:
-            firsts = await asyncio.gather(*(c.run.next(request) for c in choices))
+            firsts = await _start(request, groups, client)
         except _ClientGone:
             for c in choices:
-                c.run.cancel()
+                c.cancel()
             return Response(status_code=499)
         errors = [f[1] for f in firsts if f[0] == "error"]
         if errors:  # an error before any text keeps its HTTP status
             for c in choices:
-                c.run.cancel()
+                c.cancel()
             raise server_error(errors[0], gen)
         writer = ResponseWriter(gen)
         if gen.stream:
@@ -472,14 +481,22 @@ def create_app(
             )
         except _ClientGone:
             for c in choices:
-                c.run.cancel()
+                c.cancel()
             return Response(status_code=499)
         failed = next((c.error for c in choices if c.error is not None), None)
         if failed is not None:
             raise server_error(failed, gen)
-        body = writer.response(
-            [c.answer(writer) for c in choices], total_usage([c.outcome()[1] for c in choices])
-        )
+        answers = []
+        for i, group in enumerate(groups):  # best_of: the n of highest log-probability
+            best = (
+                sorted(group, key=lambda c: -c.cumulative_logprob())[: gen.n]
+                if gen.best_of > gen.n
+                else group
+            )
+            for j, c in enumerate(best):
+                c.index = i * gen.n + j
+                answers.append(c.answer(writer))
+        body = writer.response(answers, total_usage([c.outcome()[1] for c in choices]))
         return JSONResponse(body)
 
     return app
@@ -488,7 +505,7 @@ def create_app(
 class _Choice:
     """One prompt of a request (a completions batch holds several) and its generation."""
 
-    def __init__(self, index: int, prompt, gen: Generation, model: ServedModel):
+    def __init__(self, index: int, prompt, gen: Generation, model: ServedModel, sample: int = 0):
         self.index, self.gen, self.model = index, gen, model
         self.ids = None if isinstance(prompt, str) else list(prompt)
         self.text = (
@@ -499,6 +516,7 @@ class _Choice:
             model.default_max_tokens(gen, self.prompt_tokens),
             model.max_tokens_limit,
             dict(model.sampling_defaults),
+            sample,
         )
         self.run: _Run | None = None
         self.parts: list[str] = []
@@ -506,7 +524,8 @@ class _Choice:
         self.sent = 0  # generated tokens whose log-probabilities have gone out (streams)
 
     def start(self, client: AigcClient) -> None:
-        details = {} if (self.model.counts or self.gen.logprobs is not None) else None
+        asks = self.gen.logprobs is not None or self.gen.best_of > self.gen.n
+        details = {} if (self.model.counts or asks) else None
         prompt = self.text if self.ids is None else self.ids
         self.run = _Run(client, self.model.name, prompt, self.params, details)
 
@@ -516,6 +535,13 @@ class _Choice:
             item = await self.run.next(request)
         if item[0] == "error":
             self.error = item[1]
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+
+    def cumulative_logprob(self) -> float:
+        return sum(e[1] for e in (self.run.details or {}).get("logprobs") or ())
 
     @property
     def generated(self) -> str:
@@ -607,11 +633,27 @@ async def _events(
         for fut in pending:
             fut.cancel()
         for c in choices:
-            c.run.cancel()
+            c.cancel()
 
 
 async def _ready(item):
     return item
+
+
+async def _start(request: Request, groups: list[list[_Choice]], client: AigcClient) -> list:
+    """Start every choice and wait for each one's first event. A prompt's other samples
+    start once its first has its first token: its prompt is then in the prefix cache (a block
+    runner's), so theirs is read, not computed again (vLLM's parallel sampling)."""
+    leaders = [group[0] for group in groups]
+    for c in leaders:
+        c.start(client)
+    first = await asyncio.gather(*(c.run.next(request) for c in leaders))
+    rest = [c for group in groups for c in group[1:]]
+    for c in rest:
+        c.start(client)
+    later = iter(await asyncio.gather(*(c.run.next(request) for c in rest)))
+    by_leader = dict(zip(map(id, leaders), first, strict=True))
+    return [by_leader[id(c)] if c is group[0] else next(later) for group in groups for c in group]
 
 
 def _version() -> str:

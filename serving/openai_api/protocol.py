@@ -28,7 +28,6 @@ CHAT_ROLES = ("system", "developer", "user", "assistant")
 # for nothing (what the official clients send when the caller leaves them out).
 _NEUTRAL = {
     "logit_bias": (None, {}),
-    "best_of": (None, 1),
     "suffix": (None, ""),
     "tools": (None, []),
     "tool_choice": (None, "none"),
@@ -58,12 +57,13 @@ _EXTRA_SAMPLING = (
 # penalties in [-2, 2])
 _SAMPLING = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 _COMMON = ("model", "stream", "stream_options", "n", "max_tokens") + _SAMPLING
-COMPLETION_FIELDS = frozenset(_COMMON + ("prompt", "echo", "logprobs") + _EXTRA_SAMPLING)
+COMPLETION_FIELDS = frozenset(_COMMON + ("prompt", "echo", "logprobs", "best_of") + _EXTRA_SAMPLING)
 CHAT_FIELDS = frozenset(
     _COMMON + ("messages", "max_completion_tokens", "logprobs", "top_logprobs") + _EXTRA_SAMPLING
 )
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs (OpenAI: 5 for completions, 20 for chat)
 MAX_BATCH = 256  # prompts in one completions request
+MAX_N = 64  # choices per prompt (n, best_of)
 
 
 class APIError(Exception):
@@ -140,13 +140,24 @@ class Generation:
     prompts: tuple = ()
     logprobs: int | None = None  # alternatives per token; None: no log-probabilities
     score_only: bool = False  # max_tokens 0 with echo: the prompt's log-probabilities alone
+    n: int = 1  # choices returned per prompt
+    best_of: int = 1  # generated per prompt; the n of highest log-probability returned
 
     def params(
-        self, default_max_tokens: int, max_tokens_limit: int | None = None, defaults: dict | None = None
+        self,
+        default_max_tokens: int,
+        max_tokens_limit: int | None = None,
+        defaults: dict | None = None,
+        choice: int = 0,
     ) -> SamplingParams:
         """The request's sampling fields, with `defaults` (the model's) for those it left out;
-        the log-probabilities it asks (with `echo`, the prompt's too)."""
+        the log-probabilities it asks (with `echo`, the prompt's too). `choice` j of a prompt's
+        n samples draws from `seed + j`, and best_of ranks by log-probabilities."""
         fields = {**(defaults or {}), **self.sampling}
+        if choice and fields.get("seed") is not None:
+            fields["seed"] = (fields["seed"] + choice) % 2**64
+        if self.best_of > self.n:
+            fields.setdefault("logprobs", 0)
         if fields.get("max_tokens") is None:
             fields["max_tokens"] = default_max_tokens
         if self.score_only:  # one token is generated and dropped: the engine always makes one
@@ -232,9 +243,6 @@ def _common(body: dict) -> tuple[str, dict, bool, bool]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model is required: the name of a served text model (GET /v1/models)", "model")
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise bad_request(f"n must be 1 (one choice per request on this server), got {n!r}", "n")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise bad_request(f"stream must be true or false, got {stream!r}", "stream")
@@ -297,10 +305,29 @@ def _logprobs_field(body: dict, key: str) -> int | None:
     return value
 
 
+def _count_field(body: dict, key: str, least: int = 1) -> int:
+    value = body.get(key)
+    if value is None:
+        return least
+    if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= MAX_N:
+        raise bad_request(f"{key} must be an integer in {least}..{MAX_N}, got {value!r}", key)
+    return value
+
+
+def _choices(body: dict, stream: bool) -> tuple[int, int]:
+    """(n, best_of): best_of >= n, and not with a stream (the best are known at the end)."""
+    n = _count_field(body, "n")
+    best_of = _count_field(body, "best_of", n) if body.get("best_of") is not None else n
+    if best_of > n and stream:
+        raise bad_request("best_of > n cannot stream: the best are known when all have ended", "best_of")
+    return n, best_of
+
+
 def parse_completion(body) -> Generation:
     body = _check_object(body)
     _check_fields(body, COMPLETION_FIELDS)
     model, sampling, stream, include_usage = _common(body)
+    n, best_of = _choices(body, stream)
     prompts = _prompts(body.get("prompt"))
     echo = body.get("echo") or False
     if not isinstance(echo, bool):
@@ -324,6 +351,8 @@ def parse_completion(body) -> Generation:
         prompts=prompts,
         logprobs=_logprobs_field(body, "logprobs"),
         score_only=score_only,
+        n=n,
+        best_of=best_of,
     )
 
 
@@ -341,6 +370,7 @@ def parse_chat(body) -> Generation:
     wants = body.get("logprobs") or False
     if not isinstance(wants, bool):
         raise bad_request(f"logprobs must be true or false, got {wants!r}", "logprobs")
+    n = _count_field(body, "n")
     top = _logprobs_field(body, "top_logprobs")
     if top is not None and not wants:
         raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
@@ -354,6 +384,8 @@ def parse_chat(body) -> Generation:
         max_tokens_field=field,
         messages=turns,
         logprobs=(top or 0) if wants else None,
+        n=n,
+        best_of=n,
     )
 
 

@@ -218,7 +218,9 @@ def test_usage_and_finish_reason_are_the_servers_counts(oai, client):
     [
         ({"temperature": 5}, "temperature", ["temperature", "0..2"]),
         ({"top_p": 0}, "top_p", ["top_p", "(0, 1]"]),
-        ({"n": 2}, "n", ["n must be 1"]),
+        ({"n": 65}, "n", ["n must be an integer in 1..64"]),
+        ({"n": 2, "best_of": 1}, "best_of", ["best_of must be an integer in 2..64"]),
+        ({"best_of": 2, "stream": True}, "best_of", ["cannot stream"]),
         ({"max_tokens": 1000}, "max_tokens", ["max_tokens", "1..127"]),
         ({"prompt": "x " * 200}, "prompt", ["text_input has 400 tokens", "limit is 127"]),  # the server's
         ({"max_tokens": 127}, "max_tokens", ["context window of 128"]),  # the server's
@@ -430,6 +432,61 @@ def test_completion_and_chat_logprobs_equal_transformers(oai, tokenizer, checkpo
         pos = len(prompt_ids) - 1 + k
         assert abs(t.logprob - ref[pos].max()) < 1e-3 and len(t.top_logprobs) == 2
         assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob and bytes(t.bytes).decode() == t.token
+
+
+@pytest.mark.server
+def test_n_choices_each_draw_their_own_seed_and_best_of_keeps_the_most_likely(oai, client):
+    sampled = dict(temperature=0.9, seed=5)
+    r = oai.completions.create(model="gpt2", prompt=["The class", "import"], max_tokens=N, n=3, **sampled)
+    assert [c.index for c in r.choices] == list(range(6))
+    for c in r.choices:
+        prompt, j = ["The class", "import"][c.index // 3], c.index % 3
+        assert c.text == client.generate_text(prompt, max_tokens=N, stream=False, temperature=0.9, seed=5 + j)
+    chat = oai.chat.completions.create(
+        model="gpt2", messages=[{"role": "user", "content": "x"}], max_tokens=4, n=2, **sampled
+    )
+    assert [c.index for c in chat.choices] == [0, 1]
+    # best_of 3, n 1: the sample of highest cumulative log-probability
+    best = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, best_of=3, **sampled)
+    scored = []
+    for j in range(3):
+        info: dict = {}
+        text = client.generate_text(
+            PROMPT, max_tokens=N, stream=False, temperature=0.9, seed=5 + j, logprobs=0, details=info
+        )
+        scored.append((sum(e[1] for e in info["logprobs"]), text))
+    assert len(best.choices) == 1 and best.choices[0].text == max(scored)[1]
+    assert best.choices[0].logprobs is None  # ranked by them, not asked for
+    assert best.usage.completion_tokens >= 3  # every sample counts
+
+
+def _metric(url: str, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+@pytest.mark.server
+def test_n_samples_of_a_prompt_share_its_prefill_on_a_block_runner(ov_server, tokenizer):
+    """OpenVINO's block cache: the first sample computes the prompt, the other three read its
+    full blocks from the prefix cache (the engine's prefix-hit counter says so)."""
+    prompt = "def area(r): return 3.14 * r * r\n" * 4
+    n_prompt = len(tokenizer.encode(prompt).ids)
+    assert n_prompt > 32  # at least one full 32-position block
+    with OpenAIFrontend(ov_server.grpc_url, ov_server.repository) as frontend:
+        oai = openai.OpenAI(base_url=f"{frontend.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        before = _metric(ov_server.metrics_url, "vllm:prefix_cache_hits_total")
+        r = oai.completions.create(model="gpt2", prompt=prompt, max_tokens=4, n=4, temperature=1.0, seed=3)
+        assert len(r.choices) == 4
+        want = 3 * ((n_prompt - 1) // 32) * 32  # the three later samples, every full block
+        deadline = time.monotonic() + 10
+        while (
+            _metric(ov_server.metrics_url, "vllm:prefix_cache_hits_total") - before < want
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert _metric(ov_server.metrics_url, "vllm:prefix_cache_hits_total") - before >= want
 
 
 CUSTOM_TEMPLATE = {

@@ -148,3 +148,13 @@ def test_prompt_forms_logprobs_and_scoring():
     with pytest.raises(APIError) as err:
         parse_chat({"model": "gpt2", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
     assert err.value.param == "top_logprobs" and "needs logprobs" in err.value.message
+
+
+def test_n_and_best_of():
+    gen = parse_completion({"model": "gpt2", "prompt": "x", "n": 2, "best_of": 4, "seed": 7, "temperature": 1})
+    assert (gen.n, gen.best_of) == (2, 4)
+    first, third = gen.params(8, choice=0), gen.params(8, choice=2)
+    assert (first.seed, third.seed) == (7, 9) and first.logprobs == 0  # ranked by log-probability
+    assert parse_completion({"model": "gpt2", "prompt": "x", "n": 3}).best_of == 3
+    chat = parse_chat({"model": "gpt2", "messages": [{"role": "user", "content": "x"}], "n": 2})
+    assert (chat.n, chat.best_of) == (2, 2)
