@@ -257,6 +257,24 @@ class AigcClient:
             else:  # a timeout, a broken stream or the caller stopped reading
                 self._stop(conn, model, request_id)
 
+    def model_assets(self, model: str = "gpt2", timeout_s: float | None = None) -> dict:
+        """The served text model's `tokenizer` (tokenizer.json text) and `model_info`, read
+        through Triton (`return_assets`): no access to the repository's storage needed."""
+        conn, _ = self._send(model, [_bool_input("return_assets", True)], uuid.uuid4().hex, reuse=False)
+        try:
+            result, error = conn.next(timeout_s or self.timeout_s, model)
+            if error is not None:
+                raise ClientError(_message(error))
+            raw = result.as_numpy("assets")
+            if raw is None or not raw.size:
+                raise ClientError(f"{model} returned no assets")
+            data = json.loads(raw.reshape(-1)[0])
+            if not _is_final(result):  # the empty final response
+                conn.next(timeout_s or self.timeout_s, model)
+            return data
+        finally:
+            conn.close()
+
     def _send(self, model, inputs, request_id, reuse=True) -> tuple[_Stream, bool]:
         """Send a request on an idle stream (or a new one); (stream, whether it was idle)."""
         conn = self._take_stream() if reuse else None

@@ -123,8 +123,12 @@ def gpt2_tensors() -> tuple[list[Tensor], list[Tensor]]:
         data_type = mc.TYPE_STRING if dtype == "BYTES" else getattr(mc, f"TYPE_{dtype}")
         inputs.append(Tensor(name, data_type, tuple(dims), optional=True))
     inputs.append(Tensor("stop", flag, (1,), optional=True))  # ends the requests with this id
+    # asks for the version's tokenizer and model info (the OpenAI frontend reads them through
+    # Triton, so it needs no access to the repository's storage, S3 included)
+    inputs.append(Tensor("return_assets", flag, (1,), optional=True))
     inputs += [Tensor(name, flag, (1,), optional=True) for name, _ in GPT2_EXTRA_OUTPUTS]
     outputs = [Tensor("text_output", mc.TYPE_STRING, (-1,))] + [out for _, out in GPT2_EXTRA_OUTPUTS]
+    outputs.append(Tensor("assets", mc.TYPE_STRING, (-1,)))
     return inputs, outputs
 
 

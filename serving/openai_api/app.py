@@ -93,8 +93,9 @@ class TritonModels:
     switch (`aigc build --url`, `aigc rollback`) is followed; a version's tokenizer, limits
     and chat template are read once."""
 
-    def __init__(self, url: str, repository: Path, timeout_s: float = 10.0, key: str | None = None):
-        self.url, self.repository, self.timeout_s = url, Path(repository), timeout_s
+    def __init__(self, url: str, repository: Path | None, timeout_s: float = 10.0, key: str | None = None):
+        self.url, self.timeout_s = url, timeout_s
+        self.repository = Path(repository) if repository is not None else None
         self.headers = security.key_headers(key)  # Triton's control key (`serving.security`)
         self._client = None
         self._is_text: dict[tuple[str, str], bool] = {}
@@ -156,19 +157,34 @@ class TritonModels:
             self._loaded[key] = await asyncio.to_thread(self._load, name, served[name], config["config"])
         return self._loaded[key]
 
-    def _load(self, name: str, version: str, config: dict) -> ServedModel:
+    def _assets(self, name: str, version: str, inputs: set) -> tuple[object, dict]:
+        """(tokenizer, model info) of a served version: through Triton where the model
+        answers `return_assets` (no access to the repository's storage needed, S3 included),
+        else from the version's folder under `repository`."""
         from tokenizers import Tokenizer
 
+        if "return_assets" in inputs:
+            with AigcClient(self.url, timeout_s=60) as client:
+                data = client.model_assets(name)
+            return Tokenizer.from_str(data["tokenizer"]), data["model_info"]
+        if self.repository is None:
+            raise ValueError(
+                f"{name} version {version} predates return_assets, and no --repository was given"
+            )
         folder = self.repository / name / version
+        return Tokenizer.from_file(str(folder / "tokenizer.json")), json.loads(
+            (folder / "model_info.json").read_text()
+        )
+
+    def _load(self, name: str, version: str, config: dict) -> ServedModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        inputs = {i.get("name") for i in config.get("input", [])}
         try:
-            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            info = json.loads((folder / "model_info.json").read_text())
+            tokenizer, info = self._assets(name, version, inputs)
             template = ChatTemplate.from_parameters(params)
             engine_config = EngineConfig.from_parameters(params)
             window = engine_config.max_len or int(info["n_positions"])
             max_tokens_limit = engine_config.max_tokens_limit
-            inputs = {i.get("name") for i in config.get("input", [])}
             counts = "return_finish_reason" in inputs
             logprobs = {"return_logprobs", "input_ids"} <= inputs
             defaults = {"temperature": 1.0, **info.get("generation_defaults", {})}
@@ -303,7 +319,7 @@ class _Run:
 
 def create_app(
     grpc_url: str,
-    repository: Path,
+    repository: Path | None,
     timeout_s: float = 600.0,
     options: FrontendOptions | None = None,
     triton_key: str | None = None,
@@ -409,8 +425,8 @@ def create_app(
         return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 
     def model_card(name: str, version: str) -> dict:
-        folder = Path(repository) / name / version  # created: when its version was built
-        created = int(folder.stat().st_mtime) if folder.is_dir() else 0
+        folder = Path(repository) / name / version if repository is not None else None
+        created = int(folder.stat().st_mtime) if folder is not None and folder.is_dir() else 0  # its build
         return {"id": name, "object": "model", "created": created, "owned_by": "aigc-serve"}
 
     @app.get("/v1/models")
@@ -708,7 +724,8 @@ class OpenAIFrontend:
         options: FrontendOptions | None = None,
         triton_key: str | None = None,
     ):
-        self.grpc_url, self.repository, self.host, self.port = grpc_url, Path(repository), host, port
+        self.grpc_url, self.host, self.port = grpc_url, host, port
+        self.repository = Path(repository) if repository is not None else None
         self.graceful_s = graceful_s
         self.options, self.triton_key = options or FrontendOptions(), triton_key
         self._server = None

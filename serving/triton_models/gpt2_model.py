@@ -380,6 +380,9 @@ class TritonPythonModel:
                     self._stop(request.request_id())
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue
+                if _optional_scalar(request, "return_assets"):
+                    sender.send(self._assets(), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    continue
                 prompt_ids, params, job = self._parse(request, sender)
                 self.engine.submit(prompt_ids, params, context=job)
                 self.wake.set()
@@ -431,6 +434,16 @@ class TritonPythonModel:
         stream = bool(stream) if stream is not None else False
         extras = tuple(name for flag, name in EXTRA_OUTPUTS if _optional_scalar(request, flag))
         return ids, params, _Job(sender, stream, prefix, request.request_id(), extras)
+
+    def _assets(self):
+        """This version's tokenizer.json and model_info.json, as one JSON object."""
+        info = dict(self.engine.runner.info)
+        data = {"tokenizer": self.engine.tokenizer.to_str(), "model_info": info}
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("assets", np.array([json.dumps(data).encode()], dtype=np.object_))
+            ]
+        )
 
     def _token_ids(self, array):
         vocab = int(self.engine.runner.info["vocab_size"])

@@ -102,6 +102,7 @@ def test_gpt2_config_is_the_composition_and_parses_back():
         "num_input_tokens",
         "num_output_tokens",
         "logprobs",
+        "assets",
     ]
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["max_tokens_limit"] == "255" and params["slots"] == "4" and params["cuda_graph"] == "true"

@@ -312,6 +312,22 @@ def test_temperature_defaults_to_the_models_generation_config_else_one(oai, clie
     assert r.choices[0].text == sampled
 
 
+@pytest.mark.server
+def test_the_frontend_needs_only_triton_the_assets_come_through_it(server, client, tokenizer):
+    """No repository folder: the tokenizer and model info come from the served model
+    (`return_assets`), as they must when Triton reads its repository from S3."""
+    assets = client.model_assets("gpt2")
+    assert assets["model_info"]["n_positions"] == 128 and "model" in json.loads(assets["tokenizer"])
+    with OpenAIFrontend(server.grpc_url, None) as frontend:
+        oai = openai.OpenAI(base_url=f"{frontend.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        r = oai.completions.create(model="gpt2", prompt=PROMPT, max_tokens=N, temperature=0)
+        assert r.choices[0].text == client.generate_text(PROMPT, max_tokens=N, stream=False)
+        assert (
+            _post(frontend.url, "/tokenize", {"model": "gpt2", "prompt": PROMPT})[1]["tokens"]
+            == tokenizer.encode(PROMPT).ids
+        )
+
+
 def _log_softmax(checkpoint, ids):
     import torch
     from transformers import GPT2LMHeadModel

@@ -151,7 +151,9 @@ def test_prompt_forms_logprobs_and_scoring():
 
 
 def test_n_and_best_of():
-    gen = parse_completion({"model": "gpt2", "prompt": "x", "n": 2, "best_of": 4, "seed": 7, "temperature": 1})
+    gen = parse_completion(
+        {"model": "gpt2", "prompt": "x", "n": 2, "best_of": 4, "seed": 7, "temperature": 1}
+    )
     assert (gen.n, gen.best_of) == (2, 4)
     first, third = gen.params(8, choice=0), gen.params(8, choice=2)
     assert (first.seed, third.seed) == (7, 9) and first.logprobs == 0  # ranked by log-probability

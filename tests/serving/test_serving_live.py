@@ -76,6 +76,7 @@ def test_config_files_parse_back_with_the_public_tensors(fp32_repository):
         "num_input_tokens",
         "num_output_tokens",
         "logprobs",
+        "assets",
     ]
     for m in cfg.values():
         assert m.backend == "python"
