@@ -15,6 +15,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "export": ("export.commands", "add_arguments", "run", "export a checkpoint to validated ONNX variants"),
     "build": ("serving.commands", "add_build_arguments", "run_build", "build the Triton model repository"),
     "serve": ("serving.commands", "add_serve_arguments", "run_serve", "run the embedded Triton server"),
+    "openai": (
+        "serving.commands",
+        "add_openai_arguments",
+        "run_openai",
+        "run the OpenAI-compatible API alone, in front of a Triton server",
+    ),
     "rollback": (
         "serving.commands",
         "add_rollback_arguments",

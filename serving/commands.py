@@ -213,6 +213,64 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_openai_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--triton-url",
+        default="127.0.0.1:8001",
+        help="gRPC address of the Triton server to front (default 127.0.0.1:8001)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=9000, help="port of the API (default 9000; 0 = any free port)"
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="the repository folder, only for model versions built before they served their own "
+        "tokenizer (return_assets); default none: everything comes through Triton",
+    )
+    parser.add_argument(
+        "--exit-timeout", type=int, default=30, help="seconds a stop waits for active requests (default 30)"
+    )
+    _add_key_argument(parser)
+    from serving.openai_api.options import FrontendOptions
+
+    FrontendOptions.add_arguments(parser)
+
+
+def run_openai(args: argparse.Namespace) -> int:
+    """The OpenAI frontend alone, in front of a Triton server that runs elsewhere (the
+    container's second process, a sidecar in the pod of deploy/k8s)."""
+    from serving import security
+    from serving.openai_api import OpenAIFrontend
+    from serving.openai_api.options import FrontendOptions
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    if not 0 <= args.exit_timeout <= 3600:
+        raise ConfigError(f"--exit-timeout must be in 0..3600 seconds, got {args.exit_timeout}")
+    options = FrontendOptions.from_args(args)
+    key = security.read_key(args.triton_key_file)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    frontend = OpenAIFrontend(
+        args.triton_url,
+        args.repository,
+        host=args.openai_host or "127.0.0.1",
+        port=args.port,
+        graceful_s=args.exit_timeout,
+        options=options,
+        triton_key=key,
+    ).start()
+    try:
+        stop.wait()
+    finally:
+        logger.info("stopping the OpenAI API")
+        frontend.stop()
+    return 0
+
+
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
     image = sub.add_parser("image", help="a PNG grid of generated images")

@@ -328,6 +328,31 @@ def test_the_frontend_needs_only_triton_the_assets_come_through_it(server, clien
         )
 
 
+@pytest.mark.server
+def test_the_frontend_runs_alone_as_a_process_in_front_of_triton(server):
+    """`python -m serving.openai_api` (what deploy/k8s runs beside Triton): no repository,
+    no rest of the CLI; SIGTERM stops it cleanly."""
+    cmd = [sys.executable, "-m", "serving.openai_api", "--triton-url", server.grpc_url, "--port", "0"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    pattern = re.compile(r"OpenAI-compatible API on (http://\S+)/v1")
+    deadline, found = time.monotonic() + 60, None
+    while found is None and time.monotonic() < deadline and proc.poll() is None:
+        found = next((m for line in list(lines) if (m := pattern.search(line))), None)
+        time.sleep(0.1)
+    try:
+        assert found, "".join(lines)
+        assert _get(found.group(1), "/v1/models")[1]["data"][0]["id"] == "gpt2"
+        status, body = _post(
+            found.group(1), "/v1/completions", {"model": "gpt2", "prompt": PROMPT, "max_tokens": 2}
+        )
+        assert status == 200 and body["choices"][0]["text"] is not None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+
+
 def _log_softmax(checkpoint, ids):
     import torch
     from transformers import GPT2LMHeadModel
