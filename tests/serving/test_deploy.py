@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,25 +72,78 @@ def test_kubernetes_manifests():
     kust = docs["Kustomization"]
     for res in kust["resources"]:
         assert (DEPLOY / "k8s" / res).is_file(), res
-    pod = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    assert pod["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert {p["containerPort"] for p in pod["ports"]} == {8000, 8001, 8002}
-    assert pod["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert pod["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert pod["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert "--model-repository=$(MODEL_REPOSITORY)" in pod["args"]
-    assert docs["Secret"]["stringData"]["MODEL_REPOSITORY"].startswith("s3://")
-    assert {p["port"] for p in docs["Service"]["spec"]["ports"]} == {8000, 8001, 8002}
+    spec = docs["Deployment"]["spec"]["template"]["spec"]
+    triton, openai = spec["containers"]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {p["containerPort"] for p in triton["ports"]} == {8000, 8001, 8002}
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert "--model-repository=$(MODEL_REPOSITORY)" in triton["args"]
+    # Triton's control APIs behind the key; the frontend beside it, the only port clients reach
+    restricted = [a for a in triton["args"] if "restricted" in a]
+    assert len(restricted) == 2 and all(
+        a.endswith(":aigc-triton-key=$(TRITON_CONTROL_KEY)") for a in restricted
+    )
+    assert (
+        openai["command"] == ["python3", "-m", "serving.openai_api"]
+        and "--triton-url=127.0.0.1:8001" in openai["args"]
+    )
+    # non-root, read-only, no capabilities, no image tag `latest`
+    assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["runAsUser"] == 1000
+    for c in spec["containers"]:
+        sc = c["securityContext"]
+        assert (
+            sc["readOnlyRootFilesystem"]
+            and not sc["allowPrivilegeEscalation"]
+            and sc["capabilities"]["drop"] == ["ALL"]
+        )
+        assert (
+            not c["image"].endswith(":latest") and c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+        )
+    assert docs["Secret"]["stringData"]  # the example secrets
+    secrets = {d["metadata"]["name"]: d for f in (DEPLOY / "k8s").glob("secret*.yaml") for d in _docs(f)}
+    assert secrets["model-repository-s3"]["stringData"]["MODEL_REPOSITORY"].startswith("s3://")
+    assert set(secrets["aigc-keys"]["stringData"]) == {"TRITON_CONTROL_KEY", "OPENAI_API_KEY"}
+    assert {p["port"] for p in docs["Service"]["spec"]["ports"]} == {9000, 8002}
+    ingress = docs["NetworkPolicy"]["spec"]["ingress"]
+    assert sorted(p["port"] for rule in ingress for p in rule["ports"]) == [8002, 9000]
+    assert docs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
     hpa = docs["HorizontalPodAutoscaler"]["spec"]
     assert hpa["metrics"][0]["pods"]["metric"]["name"] == "triton_queue_time_us_per_request"
     assert "nv_inference_queue_duration_us" in docs["ConfigMap"]["data"]["config.yaml"]
 
 
 def test_compose_and_dockerfile():
-    compose = _docs(DEPLOY / "docker" / "compose.yaml")[0]["services"]["triton"]
-    assert set(compose["ports"]) == {"8000:8000", "8001:8001", "8002:8002"}
-    assert any(v.endswith(":/models:ro") for v in compose["volumes"])
-    assert compose["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    services = _docs(DEPLOY / "docker" / "compose.yaml")[0]["services"]
+    triton, openai = services["triton"], services["openai"]
+    assert set(triton["ports"]) == {"127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"}
+    assert openai["ports"] == ["9000:9000"] and openai["entrypoint"] == [
+        "python3",
+        "-m",
+        "serving.openai_api",
+    ]
+    assert any(v.endswith(":/models:ro") for v in triton["volumes"])
+    assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert all(s["read_only"] and s["cap_drop"] == ["ALL"] for s in services.values())
     text = (DEPLOY / "docker" / "Dockerfile").read_text()
-    assert "FROM nvcr.io/nvidia/tritonserver:" in text
-    assert "onnxruntime-gpu" in text and "tokenizers" in text
+    assert "FROM nvcr.io/nvidia/tritonserver:" in text and "USER 1000:1000" in text
+    pins = [  # the pip install's lines: one quoted requirement each
+        line.strip().strip('"\\ ')
+        for line in text.splitlines()
+        if line.strip().startswith('"') and not line.rstrip().endswith("]")
+    ]
+    assert pins and all("==" in p for p in pins), pins  # every pip package pinned
+    assert {"onnxruntime-gpu", "tokenizers", "fastapi", "uvicorn"} <= {p.split("==")[0] for p in pins}
+    assert "COPY serving/ serving/" in text
+
+
+def test_the_image_copies_what_the_frontend_imports():
+    """The image carries aigc/, engine/ and serving/ only: the frontend must import nothing else
+    of the project (and no torch)."""
+    code = (
+        "import sys, serving.openai_api.__main__; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'export', 'training', 'benchmarks', 'torch', 'transformers'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

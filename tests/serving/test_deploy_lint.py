@@ -40,7 +40,15 @@ def _kubernetes_versions() -> list[str]:
 
 def test_there_are_manifests_to_check():
     kinds = {doc["kind"] for _, doc in _documents()}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "Secret", "ConfigMap"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "Secret",
+        "ConfigMap",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    } <= kinds
 
 
 def _api_documents() -> list[tuple[str, dict]]:
