@@ -9,7 +9,9 @@
   and on (and whether the tokens are identical);
 - shared_prefix: 32 requests whose prompts share a 256-token prefix (a system prompt), the
   first alone and the others together once it has its first token, prefix caching off
-  and on.
+  and on;
+- structured: what a JSON schema's token masks cost a generated token, at 1 and 8 streams
+  (the same greedy requests with and without it, in turns).
 
 Prints one JSON object; `benchmarks/many-users.md` records a run.
 """
@@ -159,7 +161,52 @@ def shared_prefix(folder: str, threads: int, n: int = 32, shared: int = 256, new
     return out
 
 
-PROBES = {"mixed": mixed, "users": users, "prefix": prefix, "shared_prefix": shared_prefix}
+# a schema whose output is as long as max_tokens lets it be: the per-token cost is compared
+# over the same number of tokens with and without it
+STRUCTURED_SCHEMA = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 0, "maximum": 99},
+    "minItems": 1000,  # it cannot end before max_tokens
+}
+
+
+def structured(folder: str, threads: int, new_tokens: int = 48, rounds: int = 3) -> dict:
+    info = json.loads((Path(folder) / "model_info.json").read_text())
+    eng = load_engine(folder, EngineConfig(slots=8), intra_op_threads=threads)
+    rng, vocab = np.random.default_rng(3), info["vocab_size"]
+    spec = json.dumps({"json": STRUCTURED_SCHEMA})
+    out = {}
+    for streams in (1, 8):
+        prompts = [rng.integers(1, vocab, 16).tolist() for _ in range(streams)]
+        times: dict[str, list[float]] = {"plain": [], "constrained": []}
+        for _ in range(rounds + 1):  # the first round warms up
+            for kind in times:
+                params = SamplingParams(
+                    max_tokens=new_tokens,
+                    ignore_eos=True,
+                    structured_output=spec if kind == "constrained" else None,
+                )
+                t0 = time.perf_counter()
+                reqs = [eng.submit(p, params) for p in prompts]
+                eng.run_until_done(reqs)
+                times[kind].append((time.perf_counter() - t0) * 1e3 / (streams * new_tokens))
+                assert all(len(r.tokens) == new_tokens for r in reqs)
+        plain, constrained = (statistics.median(times[k][1:]) for k in ("plain", "constrained"))
+        out[str(streams)] = {
+            "plain_ms_per_token": round(plain, 3),
+            "constrained_ms_per_token": round(constrained, 3),
+            "ratio": round(constrained / plain, 3),
+        }
+    return out
+
+
+PROBES = {
+    "mixed": mixed,
+    "users": users,
+    "prefix": prefix,
+    "shared_prefix": shared_prefix,
+    "structured": structured,
+}
 
 
 def probe_export(export: Path, variant: str, threads: int, names=tuple(PROBES)) -> dict:

@@ -281,6 +281,11 @@ def _many_users_tables(g: dict) -> list[str]:
                 f"ones' TTFT p50, prefix caching on / off | {fmt(on['others_ttft_p50_ms'])} / "
                 f"{fmt(off['others_ttft_p50_ms'])} ms, {fmt(on['tokens_per_s'])} / {fmt(off['tokens_per_s'])} tok/s |"
             )
+        for streams, m in (probe.get("structured") or {}).items():
+            lines.append(
+                f"| {streams} stream(s) with a JSON schema / without: ms a token | "
+                f"{fmt(m['constrained_ms_per_token'], 3)} / {fmt(m['plain_ms_per_token'], 3)} ({m['ratio']}) |"
+            )
         kv = probe.get("kv_cache")
         if kv:
             for name in ("f32", "u8"):

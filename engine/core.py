@@ -28,6 +28,7 @@ from engine.request_schema import RequestError, SamplingParams
 from engine.runners.base import Runner
 from engine.sampler import TokenHistory
 from engine.scheduler import Scheduler
+from engine.structured import Grammars
 from engine.types import Request, Sink, Status
 
 CANCEL_CHECK_EVERY = 8  # steps between asking whether clients went away (an IPC round trip)
@@ -47,6 +48,7 @@ class Engine:
         self.max_len = runner.caps.max_len
         self.stats = EngineStats()  # for the metrics endpoint (engine.metrics)
         self.output = OutputProcessor(tokenizer, self.stats, clock, self.max_len)
+        self.grammars = Grammars(tokenizer, self.eos, int(runner.info["vocab_size"]))
         self.scheduler = Scheduler(config, runner.caps, self.output, self.stats, sink or Sink(), clock)
 
     @property
@@ -127,6 +129,11 @@ class Engine:
             req.logprobs = []
         if params.prompt_logprobs is not None:
             req.prompt_logprobs = [None]  # the first prompt token: nothing predicts it
+        if params.structured_output is not None:
+            try:
+                req.grammar = self.grammars.matcher(params.structured_output)
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
         self.scheduler.add(req)
         self.stats.prompt_tokens += len(req.prompt_ids)
         return req

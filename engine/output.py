@@ -50,6 +50,12 @@ class OutputProcessor:
         """The graph's arg-max when it is the answer (greedy, no penalty, not banned); else
         the sampler over the row's logits."""
         banned = self.banned(req) if req.bad_ids or req.generated < req.params.min_tokens else ()
+        if req.grammar is not None:  # the tokens the grammar forbids are out before choosing
+            row = np.array(logits(), np.float32, copy=True)
+            allowed = req.grammar.allowed()
+            row[: len(allowed)][~allowed] = -np.inf
+            row[len(allowed) :] = -np.inf
+            return sample_token(row, req.params, req.rng, req.history, banned)
         if req.params.greedy and req.history is None and greedy_token not in banned:
             return greedy_token
         return sample_token(logits(), req.params, req.rng, req.history, banned)
@@ -64,6 +70,7 @@ class OutputProcessor:
             req.logprobs.append(logprobs.entry(row, token, req.params.logprobs))
         else:
             token = self.next_token(req, greedy_token, logits)
+        complete = req.grammar is not None and req.grammar.take(token)
         now = self.clock()
         if req.first_token_at is None:
             req.first_token_at = now
@@ -82,7 +89,7 @@ class OutputProcessor:
         text = req.detok.push(token)
         if req.detok.stopped:
             return text, FinishReason.STOP
-        if token in req.params.stop_token_ids:
+        if token in req.params.stop_token_ids or complete:  # complete: the grammar admits no more
             return text + req.detok.flush(), FinishReason.STOP
         # the next token would be written at `filled`: none fits past the slot's end
         if req.generated >= req.params.max_tokens or req.filled >= self.max_len:

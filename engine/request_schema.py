@@ -43,6 +43,7 @@ SAMPLING_KEYS = (
     "repetition_penalty",
     "logprobs",
     "prompt_logprobs",
+    "structured_output",
     "n",
     "best_of",
 )
@@ -133,6 +134,9 @@ class SamplingParams:
     # (0: the chosen token's alone; None: none), and the same for the prompt's tokens
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # a grammar the output must follow (`engine.structured`), as canonical JSON text:
+    # {"json": schema} | {"json_object": true} | {"regex": r} | {"choice": [...]} | {"grammar": lark}
+    structured_output: str | None = None
 
     @property
     def greedy(self) -> bool:
@@ -216,6 +220,19 @@ class Rule:
 
     def parse(self, raw, ctx: _Context, strings: bool, name: str | None):
         name = name or self.key
+        if self.kind == "spec":  # an object (or, in vLLM's string-typed schema, its JSON text)
+            from engine.structured import check_spec
+
+            value = raw
+            if isinstance(raw, str):
+                try:
+                    value = json.loads(raw)
+                except ValueError:
+                    value = raw
+            why = check_spec(value)
+            if why is not None:
+                raise RequestError(f"{name} must be {why}")
+            return json.dumps(value, sort_keys=True, separators=(",", ":"))
         if self.kind in ("texts", "ids"):
             items = [raw] if self.kind == "texts" and isinstance(raw, str) else raw
             good = isinstance(items, (list, tuple)) and len(items) <= self.most
@@ -324,6 +341,13 @@ RULES = (
         "int",
         _in(0, MAX_LOGPROBS),
         lambda _: f"an integer in 0..{MAX_LOGPROBS} (alternatives per prompt token; null = none)",
+        optional=True,
+    ),
+    Rule(
+        "structured_output",
+        "spec",
+        lambda v, _: True,
+        lambda _: "a structured-output object",
         optional=True,
     ),
     _one_sequence("n"),

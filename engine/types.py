@@ -68,6 +68,7 @@ class Request:
     # token has none: None), where its params ask for them
     logprobs: list | None = None
     prompt_logprobs: list | None = None
+    grammar: object = None  # an `engine.structured.Matcher` where its params ask for structured output
 
     @property
     def wants_prompt_logprobs(self) -> bool:

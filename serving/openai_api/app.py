@@ -221,6 +221,8 @@ def _extra_sampling(p: SamplingParams) -> dict:
         extra["logprobs"] = p.logprobs
     if p.prompt_logprobs is not None:
         extra["prompt_logprobs"] = p.prompt_logprobs
+    if p.structured_output is not None:
+        extra["structured_output"] = p.structured_output
     return extra
 
 

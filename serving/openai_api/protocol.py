@@ -33,7 +33,6 @@ _NEUTRAL = {
     "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}),
     "parallel_tool_calls": (None, False, True),
     "modalities": (None, ["text"]),
     "audio": (None,),
@@ -56,7 +55,16 @@ _EXTRA_SAMPLING = (
 # OpenAI's sampling fields, passed on as the same SamplingParams fields (the same ranges:
 # penalties in [-2, 2])
 _SAMPLING = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
-_COMMON = ("model", "stream", "stream_options", "n", "max_tokens") + _SAMPLING
+# structured output: OpenAI's response_format, vLLM's guided_* and structured_outputs fields
+_STRUCTURED = (
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
+_COMMON = ("model", "stream", "stream_options", "n", "max_tokens") + _SAMPLING + _STRUCTURED
 COMPLETION_FIELDS = frozenset(_COMMON + ("prompt", "echo", "logprobs", "best_of") + _EXTRA_SAMPLING)
 CHAT_FIELDS = frozenset(
     _COMMON + ("messages", "max_completion_tokens", "logprobs", "top_logprobs") + _EXTRA_SAMPLING
@@ -140,6 +148,7 @@ class Generation:
     prompts: tuple = ()
     logprobs: int | None = None  # alternatives per token; None: no log-probabilities
     score_only: bool = False  # max_tokens 0 with echo: the prompt's log-probabilities alone
+    structured_field: str = "response_format"  # the field that asked for structured output
     n: int = 1  # choices returned per prompt
     best_of: int = 1  # generated per prompt; the n of highest log-probability returned
 
@@ -166,25 +175,36 @@ class Generation:
             fields["logprobs"] = self.logprobs
             if self.echo:
                 fields["prompt_logprobs"] = self.logprobs
-        return check_sampling(fields, self.max_tokens_field, max_tokens_limit)
+        return check_sampling(fields, self.max_tokens_field, max_tokens_limit, self.structured_field)
 
 
 def check_sampling(
-    fields: dict, max_tokens_field: str = "max_tokens", max_tokens_limit: int | None = None
+    fields: dict,
+    max_tokens_field: str = "max_tokens",
+    max_tokens_limit: int | None = None,
+    structured_field: str = "response_format",
 ) -> SamplingParams:
     """SamplingParams' own checks, with the served model's max_tokens limit when known (the
     server checks it again); a RequestError becomes a 400 naming the field."""
     try:
         return SamplingParams.from_dict(fields, max_tokens_limit=max_tokens_limit)
     except RequestError as exc:
-        raise field_error(str(exc), max_tokens_field) from None
+        raise field_error(str(exc), max_tokens_field, structured_field=structured_field) from None
 
 
-def field_error(message: str, max_tokens_field: str = "max_tokens", prompt_field: str = "prompt") -> APIError:
+def field_error(
+    message: str,
+    max_tokens_field: str = "max_tokens",
+    prompt_field: str = "prompt",
+    structured_field: str = "response_format",
+) -> APIError:
     """A 400 for a RequestError message (client- or server-side), `param` set from the field
     it names (its first word) in OpenAI's spelling."""
     head = message.split(" ", 1)[0].rstrip(":")
-    if head == "max_tokens" and max_tokens_field != "max_tokens":
+    if head == "structured_output":  # the field the request used for it
+        message = structured_field + message[len("structured_output") :]
+        head = structured_field
+    elif head == "max_tokens" and max_tokens_field != "max_tokens":
         message = max_tokens_field + message[len("max_tokens") :]
         head = max_tokens_field
     elif head == "text_input":
@@ -201,7 +221,8 @@ def server_error(message: str, gen: Generation) -> APIError:
     if message.startswith("Request for unknown model"):  # unloaded since it was looked up
         return APIError(404, message, param="model", code="model_not_found")
     if message.split(" ", 1)[0].rstrip(":") in (*SAMPLING_KEYS, "text_input", "sampling_parameters"):
-        return field_error(message, gen.max_tokens_field, "messages" if gen.kind == "chat" else "prompt")
+        prompt_field = "messages" if gen.kind == "chat" else "prompt"
+        return field_error(message, gen.max_tokens_field, prompt_field, gen.structured_field)
     if "StatusCode.UNAVAILABLE" in message or "failed to connect" in message:
         return APIError(503, f"the inference server is unreachable: {message}", type="server_error")
     return APIError(500, message, type="server_error")
@@ -265,7 +286,10 @@ def _common(body: dict) -> tuple[str, dict, bool, bool]:
             f"temperature must be a number in 0..{OPENAI_MAX_TEMPERATURE:g} (0 = greedy), got {t!r}",
             "temperature",
         )
-    check_sampling(sampling)  # types and ranges: SamplingParams' own checks
+    spec = _structured(body)
+    if spec is not None:
+        sampling["structured_output"] = spec
+    check_sampling(sampling, structured_field=_structured_field(body))  # SamplingParams' own checks
     return model, sampling, bool(stream), include_usage
 
 
@@ -323,6 +347,59 @@ def _choices(body: dict, stream: bool) -> tuple[int, int]:
     return n, best_of
 
 
+def _structured_field(body: dict) -> str:
+    return next((k for k in _STRUCTURED if body.get(k) is not None), "response_format")
+
+
+def _structured(body: dict) -> dict | None:
+    """The engine's `structured_output` spec from whichever of OpenAI's and vLLM's fields
+    the request uses (at most one)."""
+    given = [k for k in _STRUCTURED if body.get(k) is not None]
+    fmt = body.get("response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+            raise bad_request(
+                'response_format must be {"type": "text"}, {"type": "json_object"} or '
+                '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+                "response_format",
+            )
+        if fmt["type"] == "text":
+            given.remove("response_format")
+    if len(given) > 1:
+        raise bad_request(f"give one structured-output field, not {', '.join(given)}", given[1])
+    if not given:
+        return None
+    key = given[0]
+    value = body[key]
+    if key == "response_format":
+        if value["type"] == "json_object":
+            return {"json_object": True}
+        schema = (value.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise bad_request(
+                "response_format.json_schema.schema must be a JSON schema object", "response_format"
+            )
+        return {"json": schema}
+    if key == "structured_outputs":
+        if not isinstance(value, dict):
+            raise bad_request('structured_outputs must be an object such as {"json": {...}}', key)
+        return value
+    kind = {
+        "guided_json": "json",
+        "guided_regex": "regex",
+        "guided_choice": "choice",
+        "guided_grammar": "grammar",
+    }[key]
+    if kind == "json" and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise bad_request(
+                "guided_json must be a JSON schema (an object, or its JSON text)", key
+            ) from None
+    return {kind: value}
+
+
 def parse_completion(body) -> Generation:
     body = _check_object(body)
     _check_fields(body, COMPLETION_FIELDS)
@@ -353,6 +430,7 @@ def parse_completion(body) -> Generation:
         score_only=score_only,
         n=n,
         best_of=best_of,
+        structured_field=_structured_field(body),
     )
 
 
@@ -386,6 +464,7 @@ def parse_chat(body) -> Generation:
         logprobs=(top or 0) if wants else None,
         n=n,
         best_of=n,
+        structured_field=_structured_field(body),
     )
 
 

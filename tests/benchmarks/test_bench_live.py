@@ -79,6 +79,7 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
         "gpt2_engine_shared_prefix_ttft_on_vs_off",
         "gpt2_engine_mixed_call_vs_two_calls",
         "gpt2_u8_cache_step_long_vs_short_b8",
+        "gpt2_engine_structured_b8_vs_plain",
     }
     assert engine_ratios <= set(results["ratios"])
     # both exported variants against their read floors (served figures need not be fast)

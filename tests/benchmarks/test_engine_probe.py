@@ -35,6 +35,7 @@ def test_the_probes_run_on_an_openvino_variant(exports, capsys):
     blocks = shared["shared_tokens"] // 32 * 32
     assert shared["prefix_caching on"]["hit_tokens"] >= (shared["requests"] - 1) * blocks > 0
     assert shared["prefix_caching off"]["hit_tokens"] == 0
+    assert set(out["structured"]) == {"1", "8"} and all(m["ratio"] > 0 for m in out["structured"].values())
 
 
 def test_an_unknown_probe_is_named(exports, capsys):

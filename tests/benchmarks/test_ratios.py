@@ -53,6 +53,9 @@ def test_many_users_ratios():
     assert r["gpt2_engine_mixed_call_vs_two_calls"] == 0.844
     assert r["gpt2_f32_cache_step_long_vs_short_b8"] == pytest.approx(35.0 / 27.0, rel=1e-3)
     assert r["gpt2_u8_cache_step_long_vs_short_b8"] == pytest.approx(30.0 / 26.5, rel=1e-3)
+    assert (
+        r["gpt2_engine_structured_b1_vs_plain"] == 0.988 and r["gpt2_engine_structured_b8_vs_plain"] == 1.04
+    )
 
 
 def test_profile_ratios_follow_the_prompt_length():

@@ -353,6 +353,90 @@ def test_the_frontend_runs_alone_as_a_process_in_front_of_triton(server):
         assert proc.wait(timeout=60) == 0, "".join(lines)
 
 
+STRUCTURED_SCHEMAS = [
+    {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 10},
+            "n": {"type": "integer", "minimum": 0, "maximum": 99},
+        },
+        "required": ["name", "n"],
+        "additionalProperties": False,
+    },
+    {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 3},
+    {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]$"}, "ok": {"type": "boolean"}},
+        "required": ["code", "ok"],
+        "additionalProperties": False,
+    },
+]
+
+
+@pytest.mark.server
+def test_structured_output_through_openai_and_vllm_fields(oai, api):
+    import jsonschema
+
+    for i, schema in enumerate(STRUCTURED_SCHEMAS):
+        fmt = {"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema, "strict": True}}
+        chat = oai.chat.completions.create(
+            model="gpt2",
+            messages=[{"role": "user", "content": "JSON:"}],
+            max_tokens=80,
+            response_format=fmt,
+            temperature=1.0,
+            seed=i,
+        )
+        jsonschema.validate(json.loads(chat.choices[0].message.content), schema)
+        done = oai.completions.create(
+            model="gpt2", prompt="Data:", max_tokens=80, temperature=0, extra_body={"guided_json": schema}
+        )
+        jsonschema.validate(json.loads(done.choices[0].text), schema)
+    obj = oai.chat.completions.create(
+        model="gpt2",
+        messages=[{"role": "user", "content": "x"}],
+        max_tokens=100,
+        response_format={"type": "json_object"},
+        temperature=0,
+    )
+    # any JSON object: a free string may run to max_tokens (then it is cut, finish_reason
+    # "length", as with any engine); ended by the grammar, it parses
+    text, reason = obj.choices[0].message.content, obj.choices[0].finish_reason
+    assert text.startswith("{") and (reason == "length" or isinstance(json.loads(text), dict))
+    r = oai.completions.create(
+        model="gpt2", prompt="Code:", max_tokens=20, temperature=0, extra_body={"guided_regex": "[a-f]{4}"}
+    )
+    assert re.fullmatch("[a-f]{4}", r.choices[0].text) and r.choices[0].finish_reason == "stop"
+    r = oai.completions.create(
+        model="gpt2",
+        prompt="Pick:",
+        max_tokens=20,
+        temperature=1.0,
+        seed=2,
+        extra_body={"structured_outputs": {"choice": ["yes", "no way"]}},
+    )
+    assert r.choices[0].text in ("yes", "no way")
+    stream = oai.completions.create(
+        model="gpt2",
+        prompt="Pick:",
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        extra_body={"guided_choice": ["left", "right"]},
+    )
+    assert "".join(c.choices[0].text for c in stream) in ("left", "right")
+    for body, param, words in (
+        ({"guided_grammar": "start: ("}, "guided_grammar", "guided_grammar: "),
+        ({"response_format": {"type": "xml"}}, "response_format", "response_format must be"),
+        ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice", "give one structured-output field"),
+        ({"structured_outputs": {"choice": []}}, "structured_outputs", "choice: a non-empty list"),
+    ):
+        status, err = _post(
+            api.url, "/v1/completions", {"model": "gpt2", "prompt": "x", "max_tokens": 4, **body}
+        )
+        assert status == 400 and err["error"]["param"] == param and words in err["error"]["message"], err
+
+
 def _log_softmax(checkpoint, ids):
     import torch
     from transformers import GPT2LMHeadModel
