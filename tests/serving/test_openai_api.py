@@ -67,6 +67,20 @@ def _post(url: str, path: str, body, timeout: float = 60) -> tuple[int, dict]:
         conn.close()
 
 
+def _start_logged(cmd: list[str], pattern: str, timeout_s: float):
+    """Start `cmd` and wait for a line of its stderr matching `pattern`: (process, the match
+    or None, the lines so far, still filling)."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    regex = re.compile(pattern)
+    deadline, found = time.monotonic() + timeout_s, None
+    while found is None and time.monotonic() < deadline and proc.poll() is None:
+        found = next((m for line in list(lines) if (m := regex.search(line))), None)
+        time.sleep(0.1)
+    return proc, found, lines
+
+
 # -- against the live server -----------------------------------------------------------------
 @pytest.mark.server
 def test_models_lists_the_text_models_only(oai):
@@ -333,14 +347,7 @@ def test_the_frontend_runs_alone_as_a_process_in_front_of_triton(server):
     """`python -m serving.openai_api` (what deploy/k8s runs beside Triton): no repository,
     no rest of the CLI; SIGTERM stops it cleanly."""
     cmd = [sys.executable, "-m", "serving.openai_api", "--triton-url", server.grpc_url, "--port", "0"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
-    pattern = re.compile(r"OpenAI-compatible API on (http://\S+)/v1")
-    deadline, found = time.monotonic() + 60, None
-    while found is None and time.monotonic() < deadline and proc.poll() is None:
-        found = next((m for line in list(lines) if (m := pattern.search(line))), None)
-        time.sleep(0.1)
+    proc, found, lines = _start_logged(cmd, r"OpenAI-compatible API on (http://\S+)/v1", 60)
     try:
         assert found, "".join(lines)
         assert _get(found.group(1), "/v1/models")[1]["data"][0]["id"] == "gpt2"
@@ -638,14 +645,9 @@ def one_slot_serve(exports, tmp_path_factory):
     cmd = [sys.executable, "-m", "aigc.cli", "serve", "--repository", str(repo), "--openai-port", "0"]
     cmd += ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
     cmd += ["--log-file", str(repo.parent / "triton.log"), "--exit-timeout", "1"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
-    pattern = re.compile(r"OpenAI-compatible API on (http://\S+)/v1 \(Triton gRPC (\S+)\)")
-    deadline, found = time.monotonic() + 180, None
-    while found is None and time.monotonic() < deadline and proc.poll() is None:
-        found = next((m for line in list(lines) if (m := pattern.search(line))), None)
-        time.sleep(0.1)
+    proc, found, lines = _start_logged(
+        cmd, r"OpenAI-compatible API on (http://\S+)/v1 \(Triton gRPC (\S+)\)", 180
+    )
     try:
         assert found, "aigc serve did not start the OpenAI API:\n" + "".join(lines)
         yield found.group(1), found.group(2), lines
