@@ -33,6 +33,7 @@ from engine.config import EngineConfig
 from engine.request_schema import SamplingParams
 from serving import security
 from serving.client import AigcClient
+from serving.openai_api import schemas
 from serving.openai_api.guard import BodyTooLarge, Guard, HttpMetrics, redact_paths
 from serving.openai_api.options import FrontendOptions
 from serving.openai_api.protocol import (
@@ -400,7 +401,7 @@ def create_app(
     async def http_metrics() -> Response:
         return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", openapi_extra=schemas.request_body(schemas.TokenizeRequest))
     async def tokenize(request: Request) -> dict:
         req = parse_tokenize(await _json(request))
         model = await models.get(req.model)
@@ -411,7 +412,7 @@ def create_app(
             out["token_strs"] = [model.tokenizer.id_to_token(i) for i in ids]
         return out
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", openapi_extra=schemas.request_body(schemas.DetokenizeRequest))
     async def detokenize(request: Request) -> dict:
         req = parse_detokenize(await _json(request))
         model = await models.get(req.model)
@@ -440,11 +441,11 @@ def create_app(
         served = await models.get(name)
         return model_card(served.name, served.version)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=schemas.request_body(schemas.CompletionRequest))
     async def completions(request: Request) -> Response:
         return await generate(request, parse_completion(await _json(request)))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=schemas.request_body(schemas.ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         return await generate(request, parse_chat(await _json(request)))
 

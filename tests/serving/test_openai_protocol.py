@@ -160,3 +160,21 @@ def test_n_and_best_of():
     assert parse_completion({"model": "gpt2", "prompt": "x", "n": 3}).best_of == 3
     chat = parse_chat({"model": "gpt2", "messages": [{"role": "user", "content": "x"}], "n": 2})
     assert (chat.n, chat.best_of) == (2, 2)
+
+
+def test_the_api_schema_lists_every_field_the_parser_takes():
+    """/openapi.json (and so /docs) shows the real request bodies: every field protocol.py
+    accepts is in the route's schema, and nothing it refuses."""
+    from serving.openai_api.app import create_app
+    from serving.openai_api.protocol import CHAT_FIELDS, COMPLETION_FIELDS
+
+    spec = create_app("127.0.0.1:1", None).openapi()
+
+    def fields(path):
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        return set(body["properties"])
+
+    assert fields("/v1/completions") == COMPLETION_FIELDS
+    assert fields("/v1/chat/completions") == CHAT_FIELDS
+    assert fields("/tokenize") == {"model", "prompt", "messages", "return_token_strs"}
+    assert fields("/detokenize") == {"model", "tokens"}
