@@ -33,6 +33,7 @@ install-llamacpp: $(STAMP)
 	CMAKE_ARGS="$(strip $(LLAMA_CMAKE_ARGS))" $(BIN)/python -m pip install -q -e ".[llamacpp]"
 
 demo: $(STAMP)
+	$(BIN)/aigc doctor
 	$(BIN)/aigc demo
 
 test: $(STAMP)

@@ -11,6 +11,7 @@ import warnings
 
 # name -> (module, add-arguments function, run function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "doctor": ("aigc.doctor", "add_arguments", "run", "check this machine before the long steps"),
     "train": ("training.commands", "add_arguments", "run", "train a DCGAN, VAE or GPT-2 checkpoint"),
     "export": ("export.commands", "add_arguments", "run", "export a checkpoint to validated ONNX variants"),
     "build": ("serving.commands", "add_build_arguments", "run_build", "build the Triton model repository"),
