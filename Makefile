@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,peers
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-llamacpp demo test test-fast lint bench bench-quick results clean
+.PHONY: install install-llamacpp demo test test-fast lint bench bench-quick results docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench-quick: $(STAMP)
 
 results: $(STAMP)
 	$(BIN)/aigc results --write-readme
+
+# The generated tables of docs/: the export results (from the demo's reports) and the
+# benchmark section (a full bench run writes it).
+docs: $(STAMP)
+	$(BIN)/aigc results --write-readme docs/EXPORT.md
+	$(BIN)/aigc bench --write-readme docs/BENCHMARKS.md --out benchmarks/results
 
 clean:
 	rm -rf runs/ model_repository.staging/ .pytest_cache

@@ -207,10 +207,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--write-readme",
         type=Path,
         nargs="?",
-        const=Path("README.md"),
+        const=Path("docs/BENCHMARKS.md"),
         default=None,
-        metavar="README",
-        help="replace the README's <!-- bench:start/end --> section with this run's table and plots",
+        metavar="DOC",
+        help="replace the <!-- bench:start/end --> section of this document (default docs/BENCHMARKS.md) "
+        "with this run's table and plots",
     )
     out.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)"

@@ -48,10 +48,11 @@ def readme_section(results: dict, plot_links: list[str]) -> str:
 
 
 def write_readme(results: dict, out: Path, readme: Path) -> None:
-    """Replace the text between the bench markers with this run's table; plots to docs/images."""
+    """Replace the text between the bench markers of `readme` (a document) with this run's
+    table; the plots go to an `images/` folder beside it, linked relative to it."""
     check_readme(readme)
     readme = Path(readme)
-    images = readme.parent / "docs" / "images"
+    images = readme.parent / "images"
     links = []
     for name, title in (
         ("gpt2.png", "GPT-2 tokens/s and latency"),
@@ -61,7 +62,7 @@ def write_readme(results: dict, out: Path, readme: Path) -> None:
         if (Path(out) / name).is_file():
             images.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(out) / name, images / f"bench-{name}")
-            links.append(f"![{title}](docs/images/bench-{name})")
+            links.append(f"![{title}](images/bench-{name})")
     from export.results import replace_between_markers
 
     body = readme_section(results, links).removesuffix("\n")

@@ -74,9 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--write-readme",
         type=Path,
         nargs="?",
-        const=Path("README.md"),
+        const=Path("docs/EXPORT.md"),
         default=None,
-        help="replace the table between the results markers of this README (default README.md)",
+        metavar="DOC",
+        help="replace the table between the results markers of this document (default docs/EXPORT.md)",
     )
 
 

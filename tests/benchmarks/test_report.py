@@ -81,12 +81,14 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
     results = sample_results()
     out = tmp_path / "bench"
     report.write(results, out)
-    readme = tmp_path / "README.md"
+    (tmp_path / "docs").mkdir()
+    readme = tmp_path / "docs" / "BENCHMARKS.md"
     readme.write_text("# title\n<!-- bench:start -->\nold table\n<!-- bench:end -->\nafter\n")
     report.write_readme(results, out, readme)
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# title\n") and text.endswith("after\n")
-    assert "| gpt2_tokens_per_s_vs_eager |" in text and "docs/images/bench-gpt2.png" in text
+    # the plots beside the document, linked relative to it
+    assert "| gpt2_tokens_per_s_vs_eager |" in text and "](images/bench-gpt2.png)" in text
     assert (tmp_path / "docs" / "images" / "bench-gpt2.png").is_file()
     readme.write_text("no markers")
     with pytest.raises(ConfigError, match="--write-readme"):
