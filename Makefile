@@ -9,14 +9,24 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,peers
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-llamacpp demo test test-fast lint bench bench-quick results docs clean
+.PHONY: install install-llamacpp demo test test-fast lint bench bench-quick results docs lock clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every version (the environment the suite last passed in); on a GPU host
+# CONSTRAINTS= leaves them free.
+CONSTRAINTS ?= -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
+
+# Refresh constraints.txt from this venv (after `make install` and a green `make test`).
+lock: $(STAMP)
+	@{ echo "# The versions CI, make install and the serving image install (pip install -c constraints.txt):"; \
+	  echo "# the environment the suite last passed in. Refresh with \`make lock\` in a venv from \`make install\`."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^-e' -e ' @ ' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
 
 install: $(STAMP)
 

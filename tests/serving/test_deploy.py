@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from serving.builder import BuildOptions, build_repository
 from serving.native import config_matches_onnx, native_model_config
 from serving.repository import read_config
 
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
@@ -128,14 +130,48 @@ def test_compose_and_dockerfile():
     assert all(s["read_only"] and s["cap_drop"] == ["ALL"] for s in services.values())
     text = (DEPLOY / "docker" / "Dockerfile").read_text()
     assert "FROM nvcr.io/nvidia/tritonserver:" in text and "USER 1000:1000" in text
-    pins = [  # the pip install's lines: one quoted requirement each
-        line.strip().strip('"\\ ')
-        for line in text.splitlines()
-        if line.strip().startswith('"') and not line.rstrip().endswith("]")
+    # every package the image installs has its version: pinned in its requirements or by the
+    # project's constraints.txt, which the image installs under
+    assert "-r /tmp/aigc-install/requirements.txt -c /tmp/aigc-install/constraints.txt" in text
+    constraints = _pins(ROOT / "constraints.txt")
+    wanted = [
+        r
+        for r in (DEPLOY / "docker" / "requirements.txt").read_text().splitlines()
+        if r and not r.startswith("#")
     ]
-    assert pins and all("==" in p for p in pins), pins  # every pip package pinned
-    assert {"onnxruntime-gpu", "tokenizers", "fastapi", "uvicorn"} <= {p.split("==")[0] for p in pins}
+    for req in wanted:
+        name = re.split(r"[\[=<>]", req)[0].lower()
+        assert "==" in req or name in constraints, f"{req}: no version in requirements.txt or constraints.txt"
+    assert {"onnxruntime-gpu", "tokenizers", "llguidance", "fastapi", "uvicorn", "tritonclient"} <= {
+        re.split(r"[\[=]", r)[0] for r in wanted
+    }
     assert "COPY serving/ serving/" in text
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_constraints_pin_every_dependency_the_installs_resolve():
+    """CI and make install install under constraints.txt: every dependency of the project
+    (core, dev and peers extras) has its version there."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = (
+        project["dependencies"]
+        + project["optional-dependencies"]["dev"]
+        + project["optional-dependencies"]["peers"]
+    )
+    pins = _pins(ROOT / "constraints.txt")
+    names = {re.split(r"[\[=<>!~; ]", d)[0].lower().replace("_", "-") for d in deps}
+    assert sorted(n for n in names if n not in pins) == []
+    assert pins["numpy"].startswith("1.") and "+" not in pins["torch"]  # a torch pin GPU builds satisfy too
 
 
 def test_the_image_copies_what_the_frontend_imports():
