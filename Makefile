@@ -3,10 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build that these machines carry; on a GPU host use e.g. TORCH_SPEC='torch' and EXTRAS=dev,peers,gpu.
+# The CPU build that these machines carry; on a GPU host use e.g. TORCH_SPEC='torch' and
+# EXTRAS=server,gpu,export,bench,client,dev,peers (gpu instead of cpu: one onnxruntime).
 TORCH_SPEC ?= torch==2.13.0
-# peers: the runtimes `aigc bench` compares with (wheels); llama.cpp's is `make install-llamacpp`
-EXTRAS ?= dev,peers
+# all: every role on one CPU machine (pyproject.toml); peers: the runtimes `aigc bench`
+# compares with (wheels); llama.cpp's is `make install-llamacpp`
+EXTRAS ?= all,dev,peers
 STAMP := $(VENV)/.installed
 
 .PHONY: install install-llamacpp demo test test-fast lint bench bench-quick results docs lock clean

@@ -7,6 +7,14 @@ front of the Triton server's text models; `aigc serve --openai-port PORT` starts
         ...  # openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused")
 """
 
-from serving.openai_api.app import OpenAIFrontend, create_app
-
 __all__ = ["OpenAIFrontend", "create_app"]
+
+
+def __getattr__(name: str):
+    # FastAPI is imported when the frontend is used, not when the CLI reads its flags
+    # (`aigc --help` on a client-only install has no FastAPI).
+    if name in __all__:
+        from serving.openai_api import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'serving.openai_api' has no attribute {name!r}")

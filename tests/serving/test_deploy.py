@@ -174,6 +174,28 @@ def test_constraints_pin_every_dependency_the_installs_resolve():
     assert pins["numpy"].startswith("1.") and "+" not in pins["torch"]  # a torch pin GPU builds satisfy too
 
 
+def test_roles_install_one_onnxruntime_and_the_client_no_torch():
+    """The client is the base install; ONNX Runtime's CPU and GPU wheels (one import name)
+    are the `cpu` and `gpu` extras only, and `all` takes the CPU one."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(deps):
+        return {re.split(r"[\[=<>!~; ]", d)[0].lower() for d in deps}
+
+    assert not names(project["dependencies"] + extras["client"]) & {
+        "torch",
+        "transformers",
+        "onnxruntime",
+        "openvino",
+    }
+    holders = {role for role, deps in extras.items() if names(deps) & {"onnxruntime", "onnxruntime-gpu"}}
+    assert holders == {"cpu", "gpu"} and names(extras["gpu"]) == {"onnxruntime-gpu"}
+    assert extras["all"] == ["aigc-serve[server,cpu,export,bench,client]"]
+
+
 def test_the_image_copies_what_the_frontend_imports():
     """The image carries aigc/, engine/ and serving/ only: the frontend must import nothing else
     of the project (and no torch)."""
