@@ -102,7 +102,12 @@ def _triton(binary: Path | None) -> Check:
         env = server_env()
         prepare_backends()  # the Python-backend stub for this interpreter
     except Exception as exc:  # noqa: BLE001 - any reason is reported with its fix
-        return Check("triton", FAIL, str(exc), "pip install -e . (nvidia-pytriton carries the Triton binary)")
+        return Check(
+            "triton",
+            FAIL,
+            str(exc),
+            'pip install ".[server,cpu]" (nvidia-pytriton carries the Triton binary)',
+        )
     try:
         run = subprocess.run([str(binary), "--help"], env=env, capture_output=True, text=True, timeout=60)
         output = run.stdout + run.stderr
@@ -156,7 +161,9 @@ def _packages() -> list[Check]:
             )
         )
     else:
-        out.append(Check("onnxruntime", FAIL, "not installed", "pip install -e ."))
+        out.append(
+            Check("onnxruntime", FAIL, "not installed", 'pip install ".[cpu]" (".[gpu]" on a GPU host)')
+        )
     try:
         import openvino as ov
 
