@@ -96,10 +96,10 @@ def _calibration_feeds(component, meta, rng, batches: int = 16, batch: int = 16)
     from export.images import example_inputs
 
     if component.role is registry.IMAGE_ENCODER:  # calibrated on real images
-        from training.data import load_digits_images
+        from training.data import DIGITS_SOURCES, load_digits_images
 
         data = meta["data"]
-        if data.get("source", "sklearn-digits") == "sklearn-digits":
+        if data.get("source", "digits") in DIGITS_SOURCES:
             x = load_digits_images(int(data["image_size"]), int(data["channels"]))
             x = ((np.clip(x, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
             idx = rng.choice(len(x), size=min(len(x), batches * batch), replace=False)

@@ -39,7 +39,7 @@ def image_data(opts):
     if opts.data is None:
         channels = opts.channels or 1
         x = load_digits_images(opts.image_size, channels)
-        return x, {"image_size": opts.image_size, "channels": channels, "source": "sklearn-digits"}
+        return x, {"image_size": opts.image_size, "channels": channels, "source": "digits"}
     channels = opts.channels or 3
     x = load_image_folder(opts.data, opts.image_size, channels)
     return x, {"image_size": opts.image_size, "channels": channels, "source": str(opts.data)}

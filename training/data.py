@@ -12,28 +12,22 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 TEXT_SUFFIXES = {".txt", ".md"}
 
 
+DIGITS = Path(__file__).with_name("digits.npz")
+# The digits the image models train on: the UCI "Optical Recognition of Handwritten Digits"
+# test set as scikit-learn ships it (E. Alpaydin, C. Kaynak, 1998; CC BY 4.0), 1797 8x8
+# images of levels 0..16 and their labels, bundled (45 kB) so that training needs neither a
+# download nor scikit-learn.
+DIGITS_SOURCES = ("digits", "sklearn-digits")  # the checkpoint's data source (older: sklearn-digits)
+
+
 def digits_8x8() -> np.ndarray:
-    """scikit-learn's bundled digits as (1797, 8, 8) levels 0..16, read from its CSV file:
-    importing scikit-learn to get them costs ~3 s on the 2-core machines, reading the file
-    ~0.1 s. Through `load_digits` when the file is not where this scikit-learn keeps it."""
-    import gzip
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        csv = Path(root) / "datasets" / "data" / "digits.csv.gz"
-        if csv.is_file():
-            with gzip.open(csv, "rt") as f:
-                table = np.loadtxt(f, delimiter=",")
-            if table.ndim == 2 and table.shape[1] == 65:  # 64 pixels and the label
-                return table[:, :64].reshape(-1, 8, 8)
-    from sklearn.datasets import load_digits
-
-    return load_digits().images
+    """The bundled digits as (1797, 8, 8) levels 0..16."""
+    with np.load(DIGITS) as data:
+        return data["pixels"].astype(np.float64)
 
 
 def load_digits_images(image_size: int = 32, channels: int = 1) -> np.ndarray:
-    """scikit-learn's bundled 8x8 digits, upsampled: float32 (N, C, H, W) in [-1, 1]."""
+    """The bundled 8x8 digits, upsampled: float32 (N, C, H, W) in [-1, 1]."""
     import torch
     import torch.nn.functional as F
 

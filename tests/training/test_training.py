@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from training.models import load_image_checkpoint
 def test_two_step_image_training_writes_a_self_describing_checkpoint(model, tmp_path):
     out = train(TrainOptions(model=model, out=tmp_path / model, steps=2, progress=False))
     meta = json.loads((out / "config.json").read_text())
-    assert meta["model"] == model and meta["step"] == 2 and meta["data"]["source"] == "sklearn-digits"
+    assert meta["model"] == model and meta["step"] == 2 and meta["data"]["source"] == "digits"
     assert (out / "model.safetensors").is_file() and (out / "samples.png").stat().st_size > 0
     module, _ = load_image_checkpoint(out, expected=model)
     rebuilt = module.decoder if model == "vae" else module
@@ -129,11 +130,13 @@ def test_random_gpt2_loads_back(tmp_path):
     assert model.config.n_layer == 4 and model.config.vocab_size >= len(tok)
 
 
-def test_digits_read_from_the_file_equal_scikit_learns():
-    from sklearn.datasets import load_digits
-
+def test_the_bundled_digits_are_the_uci_set():
+    """1797 images of 8x8 levels 0..16, every digit about 180 times (the UCI test set that
+    scikit-learn ships), read from the repository's file."""
     from training.data import digits_8x8
 
     ours = digits_8x8()
-    assert ours.shape == (1797, 8, 8)
-    assert np.array_equal(ours, load_digits().images)
+    assert ours.shape == (1797, 8, 8) and ours.min() == 0 and ours.max() == 16
+    with np.load(Path(__file__).resolve().parents[2] / "training" / "digits.npz") as data:
+        counts = np.bincount(data["labels"], minlength=10)
+    assert counts.sum() == 1797 and counts.min() >= 174 and counts.max() <= 183
