@@ -261,8 +261,10 @@ def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(ov_
 
 def test_logprobs_of_prompt_and_output_equal_transformers(version_dir, checkpoints):
     """fp32 weights: each prompt token's and each generated token's log-probability and its
-    top alternatives equal transformers' log-softmax within 1e-3, the prompt prefilled in
+    top alternatives equal transformers' log-softmax within 1e-3 (OpenVINO's f32 kernels, which
+    sum in another order: 3e-3), the prompt prefilled in
     chunks of 5 while another stream decodes."""
+    tol = 1e-3 if (version_dir / "model.onnx").exists() else 3e-3
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -280,10 +282,10 @@ def test_logprobs_of_prompt_and_output_equal_transformers(version_dir, checkpoin
     pairs = [(req.prompt_logprobs[j], j - 1, 2) for j in range(1, len(prompt))]
     pairs += [(req.logprobs[k], len(prompt) + k - 1, 3) for k in range(len(req.tokens))]
     for (token, lp, top), pos, k in pairs:
-        assert token == seq[pos + 1] and abs(lp - ref[pos, token]) < 1e-3
+        assert token == seq[pos + 1] and abs(lp - ref[pos, token]) < tol
         want = np.argsort(-ref[pos])[:k]
         assert [t for t, _ in top] == want.tolist()
-        assert np.allclose([v for _, v in top], ref[pos, want], atol=1e-3)
+        assert np.allclose([v for _, v in top], ref[pos, want], atol=tol)
     assert req.tokens == transformers_greedy(checkpoints["gpt2"], prompt, 8)
 
 

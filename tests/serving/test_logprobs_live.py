@@ -21,8 +21,12 @@ def _reference(checkpoint, ids):
 
 
 @pytest.mark.server
-def test_token_id_prompts_and_logprobs_equal_transformers(gpt2_client, checkpoints):
+def test_token_id_prompts_and_logprobs_equal_transformers(gpt2_client, gpt2_server, checkpoints):
+    """Within 1e-3 of transformers on ONNX Runtime; OpenVINO's f32 CPU kernels sum in
+    another order and were measured up to 1.4e-3 off: 3e-3 there."""
     from transformers import AutoTokenizer
+
+    tol = 3e-3 if any((gpt2_server.repository / "gpt2").rglob("openvino_model.xml")) else 1e-3
 
     by_text = gpt2_client.generate_text(PROMPT, max_tokens=6, ignore_eos=True, stream=False)
     details: dict = {}
@@ -40,9 +44,9 @@ def test_token_id_prompts_and_logprobs_equal_transformers(gpt2_client, checkpoin
     for pos, (token, lp, top) in [(j - 1, prompt_lp[j]) for j in range(1, len(ids))] + [
         (len(ids) - 1 + k, e) for k, e in enumerate(details["logprobs"])
     ]:
-        assert abs(lp - ref[pos, token]) < 1e-3
+        assert abs(lp - ref[pos, token]) < tol
         best = int(np.argmax(ref[pos]))
-        assert top[0][0] == best and abs(top[0][1] - ref[pos, best]) < 1e-3
+        assert top[0][0] == best and abs(top[0][1] - ref[pos, best]) < tol
     assert all(len(e[2]) == 2 for e in details["logprobs"]) and all(len(e[2]) == 1 for e in prompt_lp[1:])
     # greedy: each generated token is its position's most likely one
     assert all(e[0] == e[2][0][0] for e in details["logprobs"])
