@@ -530,7 +530,9 @@ class _Choice:
         self.text = (
             prompt if self.ids is None else model.tokenizer.decode(self.ids, skip_special_tokens=False)
         )
-        self.prompt_tokens = len(self.ids) if self.ids is not None else model.count(self.text)
+        # the prompt's ids, encoded once (its count for usage, its first id for echo's logprobs)
+        self.prompt_ids = self.ids if self.ids is not None else model.tokenizer.encode(self.text).ids
+        self.prompt_tokens = len(self.prompt_ids)
         self.params = gen.params(
             model.default_max_tokens(gen, self.prompt_tokens),
             model.max_tokens_limit,
@@ -577,9 +579,6 @@ class _Choice:
         completion_tokens = self.model.count(self.generated)
         return finish_reason(completion_tokens, max_tokens), usage(self.prompt_tokens, completion_tokens)
 
-    def prompt_ids(self) -> list[int]:
-        return self.ids if self.ids is not None else self.model.tokenizer.encode(self.text).ids
-
     def answer(self, writer: ResponseWriter) -> dict:
         reason, _ = self.outcome()
         text = (self.text if self.gen.echo else "") + self.generated
@@ -597,8 +596,7 @@ class _Choice:
             new, self.sent = made[self.sent :], len(made)
         prompt = []
         if self.gen.echo and first_chunk:
-            ids = self.prompt_ids()
-            prompt = [[ids[0], None, None], *(d.get("prompt_logprobs") or [None])[1:]]
+            prompt = [[self.prompt_ids[0], None, None], *(d.get("prompt_logprobs") or [None])[1:]]
         return writer.logprobs(self.model.tokenizer, prompt + new, self.index)
 
 
