@@ -76,6 +76,8 @@ class ServedModel:
     # sampling fields a request leaves out: the checkpoint's generation config, else OpenAI's
     sampling_defaults: tuple[tuple[str, object], ...] = (("temperature", 1.0),)
     logprobs: bool = False  # the model takes input_ids and returns log-probabilities
+    eos_token_id: int | None = None
+    bos_token_id: int | None = None
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text).ids) if text else 0
@@ -149,7 +151,16 @@ class TritonModels:
         return sorted(newest.items())
 
     async def get(self, name: str) -> ServedModel:
+        """The served model `name`; "" names the one text model where one is served (vLLM's
+        tokenizer routes take no model)."""
         served = dict(await self.text_models())
+        if not name and len(served) == 1:
+            name = next(iter(served))
+        elif not name:
+            raise bad_request(
+                f"model is required where several text models are served: {', '.join(sorted(served)) or 'none'}",
+                "model",
+            )
         if name not in served:
             raise model_not_found(name, sorted(served))
         key = (name, served[name])
@@ -206,6 +217,8 @@ class TritonModels:
             counts,
             tuple(sorted(defaults.items())),
             logprobs,
+            info.get("eos_token_id"),
+            info.get("bos_token_id"),
         )
 
 
@@ -421,6 +434,26 @@ def create_app(
         if bad is not None:
             raise bad_request(f"tokens: every id must be in 0..{vocab - 1}, got {bad}", "tokens")
         return {"prompt": model.tokenizer.decode(list(req.tokens), skip_special_tokens=False)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(model: str = "") -> dict:
+        """vLLM's /tokenizer_info: what a client needs to tokenize as the server does
+        (lm-evaluation-harness's `tokenizer_backend=remote` reads it)."""
+        served = await models.get(model)
+
+        def token(i):
+            return served.tokenizer.id_to_token(i) if i is not None else None
+
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model": served.name,
+            "eos_token": token(served.eos_token_id),
+            "bos_token": token(served.bos_token_id),
+            "pad_token": None,
+            "model_max_length": served.window,
+            "vocab_size": served.tokenizer.get_vocab_size(),
+            "chat_template": served.template.jinja(),
+        }
 
     @app.get("/health")
     async def health() -> Response:
@@ -689,6 +722,7 @@ _ROUTES = (
     "/metrics",
     "/tokenize",
     "/detokenize",
+    "/tokenizer_info",
     "/v1/models",
     "/v1/completions",
     "/v1/chat/completions",

@@ -124,6 +124,26 @@ class ChatTemplate:
             raise ValueError(f"chat_message_template must contain {{content}}, got {message!r}")
         return cls(message, parameters.get("chat_generation_prompt", default.generation))
 
+    def jinja(self) -> str:
+        """The same template in the Jinja form Hugging Face tokenizers carry (`chat_template`),
+        for clients that render chats themselves (vLLM's /tokenizer_info)."""
+
+        def literal(text: str) -> str:
+            return "{{ " + json.dumps(text) + " }}" if text else ""
+
+        def piece(text: str) -> str:
+            out = []
+            for i, part in enumerate(text.split("{content}")):
+                if i:
+                    out.append("{{ message['content'] }}")
+                out.append("{{ message['role'] }}".join(literal(x) for x in part.split("{role}")))
+            return "".join(out)
+
+        return (
+            "{% for message in messages %}" + piece(self.message) + "{% endfor %}"
+            "{% if add_generation_prompt %}" + literal(self.generation) + "{% endif %}"
+        )
+
     def render(self, messages) -> str:
         """`messages`: (role, content) pairs."""
         # str.replace, not str.format: braces in a message are text, not fields.
@@ -490,7 +510,7 @@ def _message(i: int, m) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class TokenizeRequest:
-    model: str
+    model: str  # "": the server's one text model
     prompt: str = ""
     messages: tuple[tuple[str, str], ...] = ()
     return_token_strs: bool = False
@@ -498,7 +518,7 @@ class TokenizeRequest:
 
 @dataclass(frozen=True)
 class DetokenizeRequest:
-    model: str
+    model: str  # "": the server's one text model
     tokens: tuple[int, ...]
 
 
@@ -509,10 +529,15 @@ def _model_field(body: dict) -> str:
     return model
 
 
+def _optional_model(body: dict) -> str:
+    """vLLM's tokenizer routes: `model` may be left out where one text model is served."""
+    return _model_field(body) if body.get("model") is not None else ""
+
+
 def parse_tokenize(body) -> TokenizeRequest:
     """vLLM's /tokenize: `prompt` (text) or `messages` (rendered by the chat template)."""
     body = _check_object(body)
-    model = _model_field(body)
+    model = _optional_model(body)
     strs = body.get("return_token_strs") or False
     if not isinstance(strs, bool):
         raise bad_request(f"return_token_strs must be true or false, got {strs!r}", "return_token_strs")
@@ -531,7 +556,7 @@ def parse_tokenize(body) -> TokenizeRequest:
 
 def parse_detokenize(body) -> DetokenizeRequest:
     body = _check_object(body)
-    model = _model_field(body)
+    model = _optional_model(body)
     tokens = body.get("tokens")
     if not isinstance(tokens, list) or not all(
         isinstance(t, int) and not isinstance(t, bool) for t in tokens

@@ -71,14 +71,14 @@ class ChatCompletionRequest(_Sampling):
 
 
 class TokenizeRequest(BaseModel):
-    model: str
+    model: str | None = None  # left out: the server's one text model
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     return_token_strs: bool | None = None
 
 
 class DetokenizeRequest(BaseModel):
-    model: str
+    model: str | None = None
     tokens: list[int]
 
 

@@ -302,6 +302,16 @@ def test_tokenize_detokenize_and_version(api, tokenizer):
     assert status == 400 and body["error"]["param"] == "tokens"
     status, body = _get(api.url, "/version")
     assert status == 200 and body["version"]
+    # vLLM's tokenizer routes without a model where one text model is served
+    # (lm-evaluation-harness's tokenizer_backend=remote sends none)
+    assert _post(api.url, "/tokenize", {"prompt": PROMPT, "add_special_tokens": False})[1]["tokens"] == ids
+    assert _post(api.url, "/detokenize", {"tokens": ids}) == (200, {"prompt": PROMPT})
+    status, info = _get(api.url, "/tokenizer_info")
+    assert status == 200 and info["model"] == "gpt2" and info["model_max_length"] == 128
+    eos = tokenizer.id_to_token(0)  # the tiny tokenizer's end of text (model_info.json)
+    assert info["eos_token"] == eos and _post(api.url, "/tokenize", {"prompt": eos})[1]["tokens"] == [0]
+    assert "{% for message in messages %}" in info["chat_template"]
+    assert _get(api.url, "/tokenizer_info?model=nope")[0] == 404
 
 
 @pytest.mark.server

@@ -36,6 +36,27 @@ def test_chat_template_default_and_override():
         ChatTemplate.from_parameters({"chat_message_template": "{role}"})
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        ChatTemplate(),
+        ChatTemplate("<{role}>{content}</{role}>\n", "<assistant>"),
+        ChatTemplate("{content}'\"{{", ""),
+    ],
+)
+def test_chat_template_in_jinja_renders_as_the_server_does(template):
+    """/tokenizer_info's chat_template: clients rendering it themselves get the server's text."""
+    import jinja2
+
+    turns = (("system", "Be {brief} é."), ("user", "Hi {% x %}"))
+    jinja = jinja2.Environment().from_string(template.jinja())
+    messages = [{"role": r, "content": c} for r, c in turns]
+    assert jinja.render(messages=messages, add_generation_prompt=True) == template.render(turns)
+    assert jinja.render(
+        messages=messages, add_generation_prompt=False
+    ) + template.generation == template.render(turns)
+
+
 def test_requests_map_onto_sampling_parameters():
     gen = parse_completion(
         {
@@ -102,8 +123,10 @@ def test_tokenize_and_detokenize_requests():
     )
     assert chat.messages == (("user", "hi"),) and chat.return_token_strs
     assert parse_detokenize({"model": "gpt2", "tokens": [1, 2]}).tokens == (1, 2)
+    # no model: the server's one text model (vLLM's tokenizer routes)
+    assert parse_tokenize({"prompt": "x"}).model == parse_detokenize({"tokens": [1]}).model == ""
     for parse, body, param in (
-        (parse_tokenize, {"prompt": "x"}, "model"),
+        (parse_tokenize, {"model": 3, "prompt": "x"}, "model"),
         (parse_tokenize, {"model": "gpt2", "prompt": 3}, "prompt"),
         (parse_detokenize, {"model": "gpt2", "tokens": ["a"]}, "tokens"),
         (parse_detokenize, {"model": "gpt2", "tokens": [True]}, "tokens"),
