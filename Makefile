@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= all,dev,peers
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-llamacpp demo test test-fast lint bench bench-quick results docs lock clean
+.PHONY: install external-tools install-llamacpp demo test test-fast lint bench bench-quick results docs lock clean
 
 # constraints.txt pins every version (the environment the suite last passed in); on a GPU host
 # CONSTRAINTS= leaves them free.
@@ -32,6 +32,20 @@ lock: $(STAMP)
 
 install: $(STAMP)
 
+# The OpenAI clients the live tests run against the frontend (lm-evaluation-harness,
+# AIPerf), each in a venv of its own under .venv-tools: they need numpy 2 and transformers 5,
+# the server numpy < 2. Versions pinned in tests/external/<tool>.txt.
+TOOLS ?= .venv-tools
+EXTERNAL := $(TOOLS)/lm-eval/.installed $(TOOLS)/aiperf/.installed
+
+$(TOOLS)/%/.installed: tests/external/%.txt
+	@test -x $(TOOLS)/$*/bin/python || $(PYTHON) -m venv $(TOOLS)/$*
+	$(TOOLS)/$*/bin/python -m pip install -q --upgrade pip
+	$(TOOLS)/$*/bin/python -m pip install -q -r tests/external/$*.txt
+	@touch $@
+
+external-tools: $(EXTERNAL)
+
 # llama-cpp-python, the llama.cpp peer of `aigc bench`, built from source (15+ minutes on 2 cores)
 # for this CPU's vector units but without -march=native: its AMX matmul crashed on GPT-2's
 # q8_0 / q4_0 (on a Xeon with AMX). AVX-512 kernels where the CPU has them.
@@ -48,8 +62,9 @@ demo: $(STAMP)
 	$(BIN)/aigc doctor
 	$(BIN)/aigc demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# AIGC_EXTERNAL_TOOLS: the live tests of those clients fail, not skip, where one is missing.
+test: $(STAMP) $(EXTERNAL)
+	AIGC_EXTERNAL_TOOLS=$(TOOLS) $(BIN)/python -m pytest -q
 
 # The unit tests on TEST_WORKERS pytest-xdist workers, whole files per worker (their
 # module fixtures are made once).
