@@ -47,9 +47,12 @@ def _serve_embedded(opts: BenchOptions, subs: list[Subject], stack: contextlib.E
             BuildOptions(
                 variant=bench.variant(opts),
                 intra_op_threads=opts.threads,  # the server runs on as many threads as the baselines
-                # a slot for every stream of every workload; the mixed one's long prompts may overlap
+                # a slot for every stream of every workload; the mixed one's long prompts may overlap.
+                # Prefix caching off: the streams repeat one prompt, and every peer computes each
+                # request's prompt (the engine probes measure the prefix cache on its own).
                 engine=EngineConfig(
-                    slots=max(8, *opts.concurrency, *opts.long_concurrency, opts.mixed_streams + 2)
+                    slots=max(8, *opts.concurrency, *opts.long_concurrency, opts.mixed_streams + 2),
+                    prefix_caching=False,
                 ),
             ),
         )

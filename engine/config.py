@@ -53,9 +53,11 @@ class EngineConfig:
     )
     prefix_caching: bool = setting(
         True,
-        help="with a block runner (OpenVINO): full blocks of a prompt are kept under a hash of their "
-        "tokens and reused by later prompts that start the same (a system prompt, few-shot "
-        "examples), least recently used evicted first",
+        help="a prompt that starts as an earlier one (a system prompt, few-shot examples, the "
+        "samples of n > 1, the next turn of a chat) reads that prefix instead of computing it: with "
+        "a block runner (OpenVINO) full blocks kept under a hash of their tokens, least recently "
+        "used evicted first; with slots (ONNX Runtime) what a free slot still holds, or on the CPU "
+        "a copy of a running request's slot, from 16 shared tokens on",
     )
     prefill_chunk: int = setting(
         64, 1, 4096, "most prompt tokens prefilled per step while other streams decode"

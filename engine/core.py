@@ -148,6 +148,11 @@ class Engine:
         plan = self.scheduler.schedule()
         if not plan:
             return False
+        for copy in plan.copies:  # cached prefixes into the slots of the requests admitted
+            try:
+                self.runner.copy_slot(copy)
+            except Exception as exc:  # noqa: BLE001 - that request only
+                self.scheduler.copy_failed(copy, f"internal error copying a cached prefix: {exc}")
         for forward in plan.forwards:  # each call's logits are read before the next call
             self.scheduler.update(forward, self._execute(forward))
         return True

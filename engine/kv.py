@@ -72,6 +72,13 @@ class KVBuffers:
         """The host arrays (CPU) or device OrtValues, key then value per layer."""
         return self._buffers
 
+    def copy_slot(self, src: int, dst: int, positions: int) -> None:
+        """Slot `dst`'s first `positions` become slot `src`'s (host buffers of slots)."""
+        if self.device != "cpu" or self.block_size:
+            raise NotImplementedError("slot copies are made in host slot buffers")
+        for b in self._buffers:
+            b[dst, :, :positions] = b[src, :, :positions]
+
 
 class SlotPool:
     """Which KV slots are free; the lowest is handed out first, which keeps the decoding rows
@@ -86,8 +93,18 @@ class SlotPool:
     def free(self) -> int:
         return len(self._free)
 
-    def acquire(self) -> int | None:
-        return heapq.heappop(self._free) if self._free else None
+    def acquire(self, slot: int | None = None) -> int | None:
+        """The lowest free slot, or `slot` where it is free."""
+        if slot is None:
+            return heapq.heappop(self._free) if self._free else None
+        if slot not in self._free:
+            return None
+        self._free.remove(slot)
+        heapq.heapify(self._free)
+        return slot
+
+    def free_slots(self) -> list[int]:
+        return sorted(self._free)
 
     def release(self, slot: int) -> None:
         if not 0 <= slot < self.total or slot in self._free:

@@ -90,10 +90,23 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class SlotCopy:
+    """Copy the cache's first `positions` of slot `src` into slot `dst` (a slot runner's
+    prefix reuse: a prompt that starts as another slot's does reads those positions, not
+    computes them)."""
+
+    src: int
+    dst: int
+    positions: int
+
+
+@dataclass(frozen=True)
 class StepPlan:
-    """The runner calls of one step, run in order; empty when there is nothing to do."""
+    """The runner calls of one step, run in order, after its slot copies; empty when there is
+    nothing to do."""
 
     forwards: tuple[Forward, ...] = ()
+    copies: tuple[SlotCopy, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.forwards)

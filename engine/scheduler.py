@@ -29,11 +29,30 @@ from engine.cost import CostFit, Ema
 from engine.kv import BlockPool, SlotPool, block_hashes
 from engine.metrics import EngineStats
 from engine.output import OutputProcessor
-from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, StepPlan
+from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, SlotCopy, StepPlan
 from engine.runners.base import RunnerCaps
 from engine.types import FinishReason, QueueFullError, Request, Sink, Status
 
 logger = logging.getLogger(__name__)
+
+# A slot runner reuses a prefix from another slot from this many tokens on (a shorter one
+# saves less than it costs to copy, and would split prompts that arrive together).
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix(seq, ids, limit: int) -> int:
+    """How many leading tokens `seq` and `ids` share, at most `limit`."""
+    n = min(len(seq), limit)
+    if n <= 0 or seq[0] != ids[0]:
+        return 0
+    diff = np.flatnonzero(np.asarray(seq[:n]) != np.asarray(ids[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+def cached_tokens(req: Request) -> list[int]:
+    """The tokens whose keys and values `req`'s slot holds: its prompt (or what it recomputes)
+    and its output but the last token, as far as it has filled."""
+    return (req.prompt_ids + req.tokens)[: req.filled]
 
 
 def _with_all_logits(forward: Forward) -> Forward:
@@ -69,6 +88,12 @@ class Scheduler:
         # a block runner: the cache's blocks, taken by use (None: a slot holds its whole row)
         self.kv_blocks = BlockPool(caps.blocks, caps.block_size) if caps.block_size else None
         self.prefix_caching = self.kv_blocks is not None and config.prefix_caching
+        # a slot runner: a prompt starts from the longest prefix it shares with what a free
+        # slot's last request left there, or a running request's slot (copied, `caps.copies`)
+        self.slot_reuse = self.kv_blocks is None and config.prefix_caching
+        self.copies = caps.copies
+        self.max_len = caps.max_len
+        self.retained: dict[int, list[int]] = {}  # free slot -> the tokens its cache still holds
         self.running: list[Request] = []  # holding a slot, in admission order
         self._waiting: collections.deque[Request] = collections.deque()
         self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
@@ -115,7 +140,7 @@ class Scheduler:
     # -- plan ------------------------------------------------------------------------------
     def schedule(self) -> StepPlan:
         self._end_cancelled_and_late()
-        self._admit()
+        copies = tuple(self._admit())
         with self.lock:
             running = list(self.running)
         decoding = [r for r in running if r.status is Status.DECODING]
@@ -140,7 +165,7 @@ class Scheduler:
                 group = self._grow_prefilling(group, chunk, reserve=len(decoding))
             written = {id(r): chunk for r in group}
         if group and decoding and self.mixed:
-            return StepPlan((self._rows_forward(Phase.MIXED, decoding + group, chunk),))
+            return StepPlan((self._rows_forward(Phase.MIXED, decoding + group, chunk),), copies)
         if group and self.kv_blocks is not None:
             forwards.append(self._rows_forward(Phase.PREFILL, group, chunk))
         elif group:
@@ -154,7 +179,7 @@ class Scheduler:
             forwards.append(self._rows_forward(Phase.DECODE, decoding, 0))
         elif decoding:
             forwards.append(self._decode_forward(running, decoding, written))
-        return StepPlan(tuple(forwards))
+        return StepPlan(tuple(forwards), copies)
 
     def _rows_forward(self, phase: Phase, rows: list[Request], chunk: int) -> Forward:
         """A call of any rows, no padding: each decoding request's next token, each prefilling
@@ -190,6 +215,11 @@ class Scheduler:
         for r in running:  # a prefilling slot's padding row writes where its next token will
             if r.slot < n:
                 starts[r.slot] = r.filled + written.get(id(r), 0)
+        for slot, kept in self.retained.items():  # a free slot's: past what it keeps for reuse
+            if slot < n:
+                if len(kept) >= self.max_len:
+                    del kept[self.max_len - 1 :]
+                starts[slot] = len(kept)
         for r in decoding:
             tokens[r.slot] = r.next_token
             requests[r.slot] = r
@@ -287,15 +317,56 @@ class Scheduler:
             return 1.0 - self.kv_blocks.free / self.kv_blocks.total
         return 1.0 - self.pool.free / self.pool.total
 
-    def _admit(self) -> None:
+    def _admit(self) -> list[SlotCopy]:
+        """Waiting requests into free slots; the slot copies their prefixes need."""
+        copies = []
         with self.lock:
             while self._waiting and self.pool.free:
                 req = self._waiting.popleft()
-                req.slot = self.pool.acquire()
                 req.status, req.filled = Status.PREFILLING, 0
+                if self.slot_reuse:
+                    copy = self._reuse_slot(req)
+                    if copy is not None:
+                        copies.append(copy)
+                else:
+                    req.slot = self.pool.acquire()
                 if self.prefix_caching:
                     self._reuse_prefix(req)
                 self.running.append(req)
+        return copies
+
+    def _reuse_slot(self, req: Request) -> SlotCopy | None:
+        """Take a slot for `req` (under the lock): the free one whose kept tokens share the
+        longest prefix with its prompt, where that is at least MIN_SHARED_PREFIX tokens and no
+        running slot shares more (then copied from there, where the runner copies); else the
+        lowest free slot. At least one prompt token is left to compute (its logits give the
+        first token); prompt log-probabilities need every position computed."""
+        ids = req.prefill_ids
+        limit = len(ids) - 1
+        best = (0, None, False)  # (tokens, slot, a running request's)
+        if not req.wants_prompt_logprobs and limit >= MIN_SHARED_PREFIX:
+            for slot in self.pool.free_slots():
+                n = shared_prefix(self.retained.get(slot, ()), ids, limit)
+                if n > best[0]:
+                    best = (n, slot, False)
+            for r in self.running if self.copies else ():
+                n = shared_prefix(cached_tokens(r), ids, limit)
+                if n > best[0]:
+                    best = (n, r.slot, True)
+            self.stats.prefix_queries += len(ids)
+        n, slot, running = best
+        copy = None
+        if n < MIN_SHARED_PREFIX:
+            req.slot = self.pool.acquire()
+        elif running:
+            req.slot = self.pool.acquire()
+            copy = SlotCopy(slot, req.slot, n)
+        else:
+            req.slot = self.pool.acquire(slot)
+        req.filled = n if n >= MIN_SHARED_PREFIX else 0
+        self.stats.prefix_hits += req.filled
+        self.retained.pop(req.slot, None)
+        return copy
 
     def _reuse_prefix(self, req: Request) -> None:
         """Start `req` after the longest run of its full prefill blocks already cached (at
@@ -397,6 +468,8 @@ class Scheduler:
             else:
                 self.running.remove(req)
                 self.pool.release(req.slot)
+                if self.slot_reuse:
+                    self.retained[req.slot] = cached_tokens(req)
                 if req.blocks:
                     self.kv_blocks.give_back(req.blocks)
                     req.blocks = []
@@ -408,6 +481,16 @@ class Scheduler:
             self.sink.on_finish(req)
         except Exception:  # the request has ended; the engine serves on
             logger.exception("delivering the end of a request failed")
+
+    def copy_failed(self, copy: SlotCopy, error: str) -> None:
+        """A slot copy failed: the request it was for ends with `error`, and what its slot
+        holds is not kept for reuse."""
+        with self.lock:
+            req = next((r for r in self.running if r.slot == copy.dst), None)
+        if req is not None:
+            self.finish(req, FinishReason.ERROR, error)
+        with self.lock:
+            self.retained.pop(copy.dst, None)
 
     def abort_all(self, message: str) -> None:
         """Ends every running and waiting request with `message` (shutdown)."""

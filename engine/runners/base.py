@@ -30,6 +30,9 @@ class RunnerCaps:
     # `max_rows` then bounds only the sequences at once, not the memory.
     block_size: int = 0
     blocks: int = 0
+    # A slot runner that copies a slot's leading positions into another (`copy_slot`): a
+    # prompt that starts as a running request's reads its prefix instead of computing it.
+    copies: bool = False
 
     @property
     def cache_layout(self) -> str:
@@ -53,3 +56,5 @@ class Runner(Protocol):
     def describe(self) -> str:
         """The runtime, its version and settings, for the server's log."""
         ...
+
+    # where `caps.copies`: def copy_slot(self, copy: SlotCopy) -> None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase
+from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, SlotCopy
 from engine.runners.base import RunnerCaps
 
 
@@ -95,9 +95,11 @@ class FakeRunner:
         mixed: bool = False,
         block_size: int = 0,
         blocks: int = 0,
+        copies: bool = True,
     ):
         """`block_size` > 0: a block runner of `blocks` blocks (default: `slots` x `max_len`
-        worth) addressed through each call's block tables."""
+        worth) addressed through each call's block tables; else a slot runner that copies a
+        slot's prefix into another where `copies` (as ONNX Runtime's on the CPU)."""
         self.info = {
             "n_layer": 1,
             "n_head": 1,
@@ -119,6 +121,7 @@ class FakeRunner:
         # are valid until the next call
         self._logits = np.zeros((slots, vocab), np.float32)
         self.calls: list[FakeCall] = []
+        self.copies: list[SlotCopy] = []  # the slot copies made, in order
         self.fail_next: str | None = None  # the next call raises this (a device fault)
         self.caps = RunnerCaps(
             mixed=mixed,
@@ -130,10 +133,22 @@ class FakeRunner:
             graphs=(MAIN, COMPANION) if companion else (MAIN,),
             block_size=block_size,
             blocks=blocks if block_size else 0,
+            copies=copies and not block_size,
         )
 
     def describe(self) -> str:
         return f"fake runner: {self.caps.max_rows} slots x {self.caps.max_len} positions"
+
+    def copy_slot(self, copy: SlotCopy) -> None:
+        if not self.caps.copies:
+            raise AssertionError("a slot copy planned for a runner that makes none")
+        if copy.src == copy.dst or not 0 < copy.positions <= self.caps.max_len:
+            raise AssertionError(f"bad slot copy {copy}")
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise RuntimeError(error)
+        self.copies.append(copy)
+        self.cache[copy.dst, : copy.positions] = self.cache[copy.src, : copy.positions]
 
     def logits_of(self, prefix) -> np.ndarray:
         """The logits after `prefix` (token ids): what a solo reference computes."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.config import EngineConfig
 from engine.kv import KVBuffers
-from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase
+from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, SlotCopy
 from engine.runners.base import RunnerCaps
 from engine.runners.ortsession import session_options
 
@@ -145,6 +145,7 @@ class OrtRunner:
             kv_bytes=self.kv.nbytes,
             device=self.device,
             graphs=(MAIN, COMPANION) if self.companion is not None else (MAIN,),
+            copies=self.device == "cpu",  # host arrays; a device cache reuses free slots only
         )
 
     @classmethod
@@ -189,6 +190,9 @@ class OrtRunner:
             if forward.all_logits:
                 return ForwardOutput(greedy, logits, position_logits=every.__getitem__)
         return ForwardOutput(greedy, logits)
+
+    def copy_slot(self, copy: SlotCopy) -> None:
+        self.kv.copy_slot(copy.src, copy.dst, copy.positions)
 
     def describe(self) -> str:
         import onnxruntime as ort

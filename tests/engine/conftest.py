@@ -26,6 +26,7 @@ class Setup:
         mixed=False,
         block_size=0,
         blocks=0,
+        copies=True,
         **config,
     ):
         self.clock = FakeClock()
@@ -40,6 +41,7 @@ class Setup:
             mixed=mixed,
             block_size=block_size,
             blocks=blocks,
+            copies=copies,
         )
         self.sink = Recorder()
         self.engine = Engine(

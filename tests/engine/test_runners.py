@@ -238,6 +238,28 @@ def test_openvino_prefix_cache_hits_give_transformers_tokens(ov_dir, checkpoints
         assert tokens == transformers_greedy(checkpoints["gpt2"], system + e, 12)
 
 
+def test_onnxruntime_slot_prefix_reuse_and_copies_give_transformers_tokens(exports, checkpoints, tmp_path):
+    """ONNX Runtime's slots: a prompt read from what a free slot still holds, then one copied
+    from a running request's slot (the engine's `SlotCopy`): each computes only the rest of
+    its prompt, and every token equals transformers'."""
+    for f in ("tokenizer.json", "model_info.json"):
+        shutil.copyfile(exports["gpt2"] / "assets" / f, tmp_path / f)
+    shutil.copyfile(exports["gpt2"] / "fp32" / "gpt2.onnx", tmp_path / "model.onnx")
+    engine, _, _ = make_engine(tmp_path, slots=2, idle_prefill_chunk=128)
+    assert engine.runner.caps.copies
+    system = engine.tokenizer.encode("def f(x): return x + 1 if x else 0 " * 8).ids[:60]
+    first = engine.generate_ids(system, greedy(12))
+    again = engine.submit(system + engine.tokenizer.encode(" import os").ids, greedy(30))  # its old slot
+    engine.step()
+    assert engine.stats.prefix_hits == 60 and again.filled == len(again.prompt_ids)
+    copied = engine.submit(system + engine.tokenizer.encode(" class").ids, greedy(12))  # from again's
+    engine.run_until_done([again, copied])
+    assert engine.stats.prefix_hits == 120 and copied.slot != again.slot
+    for req in (again, copied):
+        assert req.tokens == transformers_greedy(checkpoints["gpt2"], req.prompt_ids, len(req.tokens))
+    assert first == transformers_greedy(checkpoints["gpt2"], system, 12)
+
+
 def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(ov_dir, checkpoints):
     """OpenVINO's paged cache sized in MiB (five 32-position blocks) below what three streams
     reach: the newest is preempted and recomputed, and every request's tokens still equal

@@ -584,6 +584,125 @@ def test_prefix_caching_off_computes_every_prompt(make):
     assert s.engine.stats.prefix_hits == 0 and s.engine.scheduler.kv_blocks.cached == 0
 
 
+def _prefill_calls_since(s, n):
+    return [c for c in s.runner.calls[n:] if c.phase is Phase.PREFILL]
+
+
+def test_a_slot_runner_reads_a_prefix_its_free_slot_still_holds(make):
+    s = make(slots=2, max_len=128, idle_prefill_chunk=128)
+    system = prompt(40)
+    a = s.engine.submit(system + [1, 2], greedy(4))
+    s.engine.run_until_done([a])
+    calls = len(s.runner.calls)
+    b = s.engine.submit(system + [7, 8, 9], greedy(4))  # into a's old slot: 40 tokens read
+    s.engine.run_until_done([b])
+    (prefill,) = _prefill_calls_since(s, calls)
+    assert prefill.slots == (a.slot,) and prefill.starts == (40,) and prefill.ids == ((7, 8, 9),)
+    assert b.tokens == s.reference(system + [7, 8, 9], 4) and s.runner.copies == []
+    assert s.engine.stats.prefix_hits == 40
+    # the whole of a's sequence is kept, its output too: a follow-up turn reads all of it
+    turn = system + [1, 2] + a.tokens[:3] + [5]
+    c = s.engine.submit(turn, greedy(2))
+    s.engine.run_until_done([c])
+    assert c.tokens == s.reference(turn, 2) and s.engine.stats.prefix_hits == 40 + 40
+
+
+def test_a_prompt_starting_as_a_running_ones_copies_its_prefix_and_computes_the_rest(make):
+    s = make(slots=3, max_len=128, idle_prefill_chunk=128, prefill_budget=0, prefill_chunk=128)
+    system = prompt(48)
+    a = s.engine.submit(system + [3], greedy(30))
+    s.engine.step()
+    s.engine.step()  # a decodes
+    calls = len(s.runner.calls)
+    b = s.engine.submit(system + [4, 5], greedy(6))
+    plan = s.engine.scheduler.schedule()
+    (copy,) = plan.copies
+    assert (copy.src, copy.dst, copy.positions) == (a.slot, b.slot, 48) and b.filled == 48
+    s.engine.runner.copy_slot(copy)
+    for forward in plan.forwards:
+        s.engine.scheduler.update(forward, s.engine._execute(forward))
+    s.engine.run_until_done([a, b])
+    (prefill,) = _prefill_calls_since(s, calls)
+    assert prefill.starts == (48,) and prefill.ids == ((4, 5),)
+    assert b.tokens == s.reference(system + [4, 5], 6) and a.tokens == s.reference(system + [3], 30)
+
+
+def test_samples_of_one_prompt_after_its_first_token_compute_it_once(make):
+    """`n` > 1 as the frontend sends it: the later samples arrive once the first has its
+    first token, and copy its prompt instead of computing it again."""
+    s = make(slots=4, max_len=128, idle_prefill_chunk=128, prefill_budget=0)
+    ids = prompt(60)
+    first = s.engine.submit(ids, greedy(8, temperature=1.0, seed=0))
+    s.engine.step()
+    rest = [s.engine.submit(ids, greedy(8, temperature=1.0, seed=j)) for j in (1, 2, 3)]
+    s.engine.run_until_done([first, *rest])
+    prompt_tokens = sum(len(c.ids[0]) * len(c.ids) for c in s.calls(Phase.PREFILL))
+    assert prompt_tokens == 60 + 3 * 1 and len(s.runner.copies) == 3
+    alone = make(slots=1, max_len=128)
+    for j, r in enumerate([first, *rest]):
+        assert r.tokens == alone.engine.generate_ids(ids, greedy(8, temperature=1.0, seed=j))
+
+
+def test_decode_padding_rows_leave_a_free_slots_kept_prefix_intact(make):
+    s = make(slots=2, max_len=128, idle_prefill_chunk=128)
+    system = prompt(32)
+    a = s.engine.submit(system + [1], greedy(2))  # slot 0, ends first
+    long = s.engine.submit(prompt(5, 1), greedy(40))  # slot 1: decode calls cover slot 0 too
+    s.engine.run_until_done([a])
+    for _ in range(5):
+        s.engine.step()
+    assert all(c.starts[0] >= 34 for c in s.calls(Phase.DECODE)[-5:])  # past what slot 0 keeps
+    b = s.engine.submit(system + [9, 9], greedy(5))
+    s.engine.run_until_done([b, long])
+    assert b.slot == a.slot and s.engine.stats.prefix_hits == 32
+    assert b.tokens == s.reference(system + [9, 9], 5)
+
+
+def test_slot_reuse_skips_prompt_logprob_requests_short_prefixes_and_is_off_with_prefix_caching(make):
+    s = make(slots=2, max_len=128, idle_prefill_chunk=128)
+    system = prompt(40)
+    s.engine.run_until_done([s.engine.submit(system, greedy(2))])
+    scored = s.engine.submit(system + [1], greedy(1, prompt_logprobs=0))
+    s.engine.run_until_done([scored])
+    assert s.calls(Phase.PREFILL)[-1].starts == (0,)  # every position computed
+    short = prompt(10, 5)
+    s.engine.run_until_done([s.engine.submit(short, greedy(2))])
+    s.engine.run_until_done([s.engine.submit(short + [3], greedy(2))])
+    assert s.calls(Phase.PREFILL)[-1].starts == (0,)  # 10 shared tokens: below the minimum
+    off = make(slots=2, max_len=128, idle_prefill_chunk=128, prefix_caching=False)
+    off.engine.run_until_done([off.engine.submit(system, greedy(2))])
+    again = off.engine.submit(system + [2], greedy(3))
+    off.engine.run_until_done([again])
+    assert off.calls(Phase.PREFILL)[-1].starts == (0,) and off.engine.stats.prefix_queries == 0
+    assert again.tokens == off.reference(system + [2], 3)
+
+
+def test_a_runner_without_copies_reuses_free_slots_only(make):
+    s = make(slots=2, max_len=128, idle_prefill_chunk=128, copies=False)
+    system = prompt(40)
+    a = s.engine.submit(system, greedy(20))
+    s.engine.step()
+    b = s.engine.submit(system + [6], greedy(3))
+    s.engine.run_until_done([a, b])
+    assert s.runner.copies == [] and b.tokens == s.reference(system + [6], 3)
+    assert _prefill_calls_since(s, 0)[-1].starts == (0,)
+
+
+def test_a_failed_slot_copy_ends_its_request_only(make):
+    s = make(slots=2, max_len=128, idle_prefill_chunk=128)
+    system = prompt(40)
+    a = s.engine.submit(system, greedy(12))
+    s.engine.step()
+    b = s.engine.submit(system + [6], greedy(3))
+    s.runner.fail_next = "device lost"
+    s.engine.run_until_done([a, b])
+    assert b.finish_reason is FinishReason.ERROR and "copying a cached prefix" in b.error
+    assert a.tokens == s.reference(system, 12) and b.slot not in s.engine.scheduler.retained
+    c = s.engine.submit(system + [6], greedy(3))
+    s.engine.run_until_done([c])
+    assert c.tokens == s.reference(system + [6], 3)
+
+
 def test_a_block_pool_refuses_blocks_it_does_not_hold():
     from engine.kv import BlockPool
 

@@ -610,25 +610,35 @@ def _metric(url: str, name: str) -> float:
 
 
 @pytest.mark.server
-def test_n_samples_of_a_prompt_share_its_prefill_on_a_block_runner(ov_server, tokenizer):
-    """OpenVINO's block cache: the first sample computes the prompt, the other three read its
-    full blocks from the prefix cache (the engine's prefix-hit counter says so)."""
+def test_n_samples_of_a_prompt_compute_it_once(gpt2_server, tokenizer):
+    """The first sample computes the prompt, the other three read it (the engine's prefix-hit
+    counter says so): OpenVINO's block cache from its full blocks, ONNX Runtime's slots by
+    copying the first sample's slot (all but the last prompt token, whose logits give each
+    sample's first token)."""
     prompt = "def area(r): return 3.14 * r * r\n" * 4
     n_prompt = len(tokenizer.encode(prompt).ids)
     assert n_prompt > 32  # at least one full 32-position block
-    with OpenAIFrontend(ov_server.grpc_url, ov_server.repository) as frontend:
+    blocks = any((gpt2_server.repository / "gpt2").rglob("openvino_model.xml"))
+    with OpenAIFrontend(gpt2_server.grpc_url, gpt2_server.repository) as frontend:
         oai = openai.OpenAI(base_url=f"{frontend.url}/v1", api_key="unused", max_retries=0, timeout=60)
-        before = _metric(ov_server.metrics_url, "vllm:prefix_cache_hits_total")
+        before = _metric(gpt2_server.metrics_url, "vllm:prefix_cache_hits_total")
         r = oai.completions.create(model="gpt2", prompt=prompt, max_tokens=4, n=4, temperature=1.0, seed=3)
         assert len(r.choices) == 4
-        want = 3 * ((n_prompt - 1) // 32) * 32  # the three later samples, every full block
+        # the three later samples: every full block, or every prompt token but the last
+        want = 3 * ((n_prompt - 1) // 32) * 32 if blocks else 3 * (n_prompt - 1)
         deadline = time.monotonic() + 10
         while (
-            _metric(ov_server.metrics_url, "vllm:prefix_cache_hits_total") - before < want
+            _metric(gpt2_server.metrics_url, "vllm:prefix_cache_hits_total") - before < want
             and time.monotonic() < deadline
         ):
             time.sleep(0.2)
-        assert _metric(ov_server.metrics_url, "vllm:prefix_cache_hits_total") - before >= want
+        assert _metric(gpt2_server.metrics_url, "vllm:prefix_cache_hits_total") - before >= want
+        # the samples are those of the same seeds computed alone
+        for j, choice in enumerate(sorted(r.choices, key=lambda c: c.index)):
+            alone = oai.completions.create(
+                model="gpt2", prompt=prompt, max_tokens=4, temperature=1.0, seed=3 + j
+            )
+            assert choice.text == alone.choices[0].text
 
 
 CUSTOM_TEMPLATE = {
