@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from aigc import registry
+from aigc.errors import ConfigError
 from benchmarks.options import bench_names
 
 logger = logging.getLogger(__name__)
@@ -214,6 +215,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with this run's table and plots",
     )
     out.add_argument(
+        "--from-results",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="measure nothing: take an earlier run's results.json (its plots beside it) for "
+        "--write-readme and --gate (e.g. CI's benchmarks/results/results.json)",
+    )
+    out.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)"
     )
 
@@ -221,6 +230,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from benchmarks import gate, report
     from benchmarks.api import BenchOptions, run_benchmark
+
+    if args.from_results is not None:
+        return _from_results(args)
 
     opts = BenchOptions(
         out=args.out,
@@ -270,5 +282,30 @@ def run(args: argparse.Namespace) -> int:
     if args.write_readme is not None:
         report.write_readme(results, args.out, args.write_readme)
     if thresholds is not None:
+        gate.gate(results, thresholds)
+    return 0
+
+
+def _from_results(args: argparse.Namespace) -> int:
+    """--write-readme / --gate from an earlier run's results.json, measuring nothing."""
+    import json
+
+    from benchmarks import gate, report
+
+    if args.write_readme is None and args.gate is None:
+        raise ConfigError("--from-results: give --write-readme and/or --gate (nothing to measure)")
+    try:
+        results = json.loads(args.from_results.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--from-results {args.from_results}: unreadable ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise ConfigError(f"--from-results {args.from_results}: not JSON ({exc})") from exc
+    if not isinstance(results, dict) or "env" not in results or "config" not in results:
+        raise ConfigError(f"--from-results {args.from_results}: not an `aigc bench` results.json")
+    thresholds = gate.load_thresholds(None if args.gate in (None, "default") else Path(args.gate))
+    if args.write_readme is not None:
+        report.check_readme(args.write_readme)
+        report.write_readme(results, args.from_results.parent, args.write_readme)
+    if args.gate is not None:
         gate.gate(results, thresholds)
     return 0

@@ -9,6 +9,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from aigc import provenance
+
 PACKAGES = (
     "torch",
     "onnxruntime",
@@ -20,16 +22,6 @@ PACKAGES = (
     "nvidia-pytriton",
     "numpy",
 )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _memory_gib() -> float | None:
@@ -75,7 +67,7 @@ def environment(threads: int) -> dict:
     except AttributeError:
         usable = os.cpu_count()
     return {
-        "cpu": _cpu_model(),
+        "cpu": provenance.cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "memory_gib": _memory_gib(),
@@ -86,4 +78,6 @@ def environment(threads: int) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
+        "commit": provenance.source_commit(),  # the code that measured
+        "date": provenance.now(),
     }

@@ -360,6 +360,7 @@ def markdown(results: dict) -> str:
     gpu = ", ".join(env.get("gpus") or []) or ("yes" if env.get("gpu") else "none")
     lines = [
         f"Machine: {env['cpu']}, {env['cores']} cores; GPU: {gpu}. "
+        f"Commit {env.get('commit', 'not recorded')}, {env.get('date', 'date not recorded')}. "
         f"{'Quick mode' if cfg.get('quick') else 'Full run'}, {cfg.get('repeats')} timed repetitions after a warm-up.",
         "",
     ]

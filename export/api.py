@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aigc import registry
+from aigc import provenance, registry
 from aigc.errors import AigcError, ConfigError, ExportError
 from aigc.fsutil import atomic_dir
 from export.report import variant_entry
@@ -76,6 +76,8 @@ def _base_report(spec: ExportSpec, checkpoint: Path) -> dict:
         "model": spec.model,
         "checkpoint": str(checkpoint),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": provenance.source_commit(),  # the exporter's code, and where it measured
+        "machine": provenance.machine(),
         "opset": spec.opset,
         "components": list(spec.component_names),
         "variants": {},

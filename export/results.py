@@ -45,12 +45,21 @@ def render_table(export_dirs: list[Path]) -> str:
         report = read_report(d)
         for name, v in report["variants"].items():
             lat = ", ".join(f"{c} {ms:.2f}" for c, ms in v.get("latency_ms", {}).items()) or "-"
-            gate = {True: "pass", False: f"**fail**: {v['reason']}", None: "not run on CPU"}[v["passed"]]
+            gate = {True: "pass", False: f"**fail**: {v.get('reason')}", None: "not run on CPU"}[v["passed"]]
             rows.append(
                 f"| {report['model']} | {name} | {v['target']} | {v['size_bytes'] / 1e6:.2f} | "
                 f"{_fidelity(v.get('fidelity', {}))} | {lat} | {gate} |"
             )
-    return "\n".join(rows)
+    return "\n".join(rows + [""] + [provenance_line(d, read_report(d)) for d in export_dirs])
+
+
+def provenance_line(folder: Path, report: dict) -> str:
+    """Where one export's rows come from: when, at which commit, on which machine (the
+    latencies and the int4/u8 choices are that machine's)."""
+    return (
+        f"- `{Path(folder).name}` ({report['model']}): exported {report.get('created', 'at an unrecorded time')} "
+        f"at commit {report.get('commit', 'not recorded')} on {report.get('machine', 'an unrecorded machine')}"
+    )
 
 
 def replace_between_markers(text: str, start: str, end: str, body: str) -> str:
