@@ -31,10 +31,19 @@ def test_the_table_names_each_exports_commit_date_and_machine(tmp_path):
     from export.api import FORMAT_VERSION, REPORT_NAME
     from export.results import render_table
 
-    variant = {"target": "cpu", "size_bytes": 2e6, "fidelity": {}, "latency_ms": {"gpt2": 1.5}, "passed": True}
+    variant = {
+        "target": "cpu",
+        "size_bytes": 2e6,
+        "fidelity": {},
+        "latency_ms": {"gpt2": 1.5},
+        "passed": True,
+    }
     stamped, old = tmp_path / "export-a", tmp_path / "export-b"
     for folder, extra in (
-        (stamped, {"created": "2026-12-06T16:00:00+00:00", "commit": "abc1234", "machine": "AMD EPYC, 2 cores"}),
+        (
+            stamped,
+            {"created": "2026-12-06T16:00:00+00:00", "commit": "abc1234", "machine": "AMD EPYC, 2 cores"},
+        ),
         (old, {}),
     ):
         folder.mkdir()
