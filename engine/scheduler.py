@@ -85,6 +85,7 @@ class Scheduler:
         self.config, self.output, self.stats, self.sink, self.clock = config, output, stats, sink, clock
         self.pool = SlotPool(caps.max_rows)
         self.mixed = caps.mixed  # the runner takes a step's decode rows and prompt chunk in one call
+        self.group_past = caps.group_past  # a prefill call of several rows may start past position 0
         # a block runner: the cache's blocks, taken by use (None: a slot holds its whole row)
         self.kv_blocks = BlockPool(caps.blocks, caps.block_size) if caps.block_size else None
         self.prefix_caching = self.kv_blocks is not None and config.prefix_caching
@@ -242,15 +243,17 @@ class Scheduler:
             fit = self.prefill_cost.tokens_within(budget_ms)
         return limit if fit is None else max(1, min(limit, fit))
 
-    @staticmethod
-    def prefill_group(prefilling: list[Request], budget: int) -> list[Request]:
+    def prefill_group(self, prefilling: list[Request], budget: int) -> list[Request]:
         """The oldest prefilling request, with those that can share its call: next slots, the
         same prompt progress and length (requests that arrived together), within `budget`
-        prompt tokens."""
+        prompt tokens; alone where its chunk starts past position 0 of a runner that takes
+        one row then."""
         head = prefilling[0]
         by_slot = {r.slot: r for r in prefilling}
         group = [head]
         chunk = min(budget, head.prompt_left)
+        if head.filled and chunk > 1 and not self.group_past:
+            return group
         while (len(group) + 1) * chunk <= budget:
             nxt = by_slot.get(group[-1].slot + 1)
             if nxt is None or nxt.filled != head.filled or len(nxt.prefill_ids) != len(head.prefill_ids):

@@ -33,6 +33,10 @@ class RunnerCaps:
     # A slot runner that copies a slot's leading positions into another (`copy_slot`): a
     # prompt that starts as a running request's reads its prefix instead of computing it.
     copies: bool = False
+    # A prefill call of several rows may start past position 0 (ONNX Runtime's CPU
+    # GroupQueryAttention takes one row then: "batch_size must be 1 when sequence_length > 1
+    # and past context is given").
+    group_past: bool = True
 
     @property
     def cache_layout(self) -> str:

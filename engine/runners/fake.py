@@ -96,6 +96,7 @@ class FakeRunner:
         block_size: int = 0,
         blocks: int = 0,
         copies: bool = True,
+        group_past: bool = False,
     ):
         """`block_size` > 0: a block runner of `blocks` blocks (default: `slots` x `max_len`
         worth) addressed through each call's block tables; else a slot runner that copies a
@@ -134,6 +135,7 @@ class FakeRunner:
             block_size=block_size,
             blocks=blocks if block_size else 0,
             copies=copies and not block_size,
+            group_past=group_past or bool(block_size),
         )
 
     def describe(self) -> str:
@@ -241,3 +243,5 @@ class FakeRunner:
             return  # prefill rows read their own tables: any slots, any starts
         elif len(set(starts)) != 1 or slots != list(range(slots[0], slots[0] + len(slots))):
             raise AssertionError(f"a prefill call takes consecutive slots at one start, got {slots} {starts}")
+        elif len(slots) > 1 and t > 1 and starts[0] > 0 and not self.caps.group_past:
+            raise AssertionError(f"a prefill call of {len(slots)} rows past position 0 ({starts[0]})")

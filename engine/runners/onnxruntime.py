@@ -146,6 +146,7 @@ class OrtRunner:
             device=self.device,
             graphs=(MAIN, COMPANION) if self.companion is not None else (MAIN,),
             copies=self.device == "cpu",  # host arrays; a device cache reuses free slots only
+            group_past=False,
         )
 
     @classmethod

@@ -27,6 +27,7 @@ class Setup:
         block_size=0,
         blocks=0,
         copies=True,
+        group_past=False,
         **config,
     ):
         self.clock = FakeClock()
@@ -42,6 +43,7 @@ class Setup:
             block_size=block_size,
             blocks=blocks,
             copies=copies,
+            group_past=group_past,
         )
         self.sink = Recorder()
         self.engine = Engine(

@@ -255,7 +255,14 @@ def test_onnxruntime_slot_prefix_reuse_and_copies_give_transformers_tokens(expor
     copied = engine.submit(system + engine.tokenizer.encode(" class").ids, greedy(12))  # from again's
     engine.run_until_done([again, copied])
     assert engine.stats.prefix_hits == 120 and copied.slot != again.slot
-    for req in (again, copied):
+    # two arriving together, each copying the prefix: prefilled a row a call past position 0
+    engine, _, _ = make_engine(tmp_path, slots=3, idle_prefill_chunk=128)
+    lead = engine.submit(system, greedy(20))
+    engine.step()
+    pair = [engine.submit(system + tail, greedy(8)) for tail in ([5, 6, 7], [8, 9, 10])]  # same length
+    engine.run_until_done([lead, *pair])
+    assert engine.stats.prefix_hits == 2 * 60 and all(r.finish_reason is FinishReason.LENGTH for r in pair)
+    for req in (again, copied, *pair):
         assert req.tokens == transformers_greedy(checkpoints["gpt2"], req.prompt_ids, len(req.tokens))
     assert first == transformers_greedy(checkpoints["gpt2"], system, 12)
 

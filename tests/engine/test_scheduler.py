@@ -643,6 +643,25 @@ def test_samples_of_one_prompt_after_its_first_token_compute_it_once(make):
         assert r.tokens == alone.engine.generate_ids(ids, greedy(8, temperature=1.0, seed=j))
 
 
+@pytest.mark.parametrize("group_past", [False, True])
+def test_prompts_resuming_past_position_zero_share_a_call_only_where_the_runner_takes_it(make, group_past):
+    """ONNX Runtime's CPU attention takes one row when a chunk starts past position 0: prompts
+    that copied a shared prefix are then prefilled a row a call (the fake refuses otherwise)."""
+    s = make(slots=4, max_len=128, idle_prefill_chunk=128, prefill_budget=0, group_past=group_past)
+    system = prompt(40)
+    first = s.engine.submit(system + [1], greedy(10))
+    s.engine.step()
+    calls = len(s.runner.calls)
+    tails = [[2, 3, 4, 5, 6], [7, 8, 9, 10, 11], [12, 13, 14, 15, 16]]
+    rest = [s.engine.submit(system + t, greedy(4)) for t in tails]
+    s.engine.run_until_done([first, *rest])
+    prefills = _prefill_calls_since(s, calls)
+    assert [len(c.slots) for c in prefills] == ([3] if group_past else [1, 1, 1])
+    assert all(c.starts[0] == 40 for c in prefills) and len(s.runner.copies) == 3
+    for r, t in zip(rest, tails):
+        assert r.tokens == s.reference(system + t, 4)
+
+
 def test_decode_padding_rows_leave_a_free_slots_kept_prefix_intact(make):
     s = make(slots=2, max_len=128, idle_prefill_chunk=128)
     system = prompt(32)
