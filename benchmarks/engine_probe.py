@@ -209,14 +209,26 @@ PROBES = {
 }
 
 
-def probe_export(export: Path, variant: str, threads: int, names=tuple(PROBES)) -> dict:
-    """The probes `names` on `variant` of an export folder (a block runner's variant)."""
+# the probes that compare what only a block runner does (mixed calls, blocks against slots)
+BLOCK_PROBES = ("mixed", "users")
+
+
+def probe_export(export: Path, variant: str, threads: int, names=None) -> dict:
+    """The probes `names` (default: every one the variant's runtime can run) on `variant` of
+    an export folder."""
     from aigc import registry
     from export.api import read_report
     from export.gpt2_eval import version_folder
 
-    if not runtimes.of_variant(variant).cache_blocks:
-        raise ValueError(f"variant {variant}: its runtime has no block cache; name an ov-* variant")
+    blocks = runtimes.of_variant(variant).cache_blocks
+    if names is None:
+        names = tuple(n for n in PROBES if blocks or n not in BLOCK_PROBES)
+    need = [n for n in names if n in BLOCK_PROBES]
+    if need and not blocks:
+        raise ValueError(
+            f"variant {variant}: its runtime has no block cache, which the {', '.join(need)} probes "
+            "measure; name an ov-* variant (or --probes prefix,shared_prefix,structured)"
+        )
     text_model = registry.components(registry.TEXT_GENERATOR)[0].name
     files = read_report(export)["variants"].get(variant, {}).get("files", {})
     if text_model not in files:
@@ -230,16 +242,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--export", type=Path, required=True, help="an export folder of GPT-2 with ov-* variants"
     )
-    parser.add_argument("--variant", default="ov-int4", help="a variant of a block runner (default ov-int4)")
+    parser.add_argument(
+        "--variant",
+        default="ov-int4",
+        help="the variant to probe (default ov-int4); mixed and users need a block runner's (ov-*)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     parser.add_argument(
         "--probes",
-        default=",".join(PROBES),
-        help=f"comma-separated subset of {','.join(PROBES)} (default all)",
+        default="",
+        help=f"comma-separated subset of {','.join(PROBES)} (default: all the variant's runtime can run)",
     )
     args = parser.parse_args(argv)
-    names = tuple(n for n in args.probes.split(",") if n)
-    unknown = sorted(set(names) - set(PROBES))
+    names = tuple(n for n in args.probes.split(",") if n) if args.probes else None
+    unknown = sorted(set(names or ()) - set(PROBES))
     if unknown:
         parser.error(f"--probes: {', '.join(unknown)} unknown; choose from {', '.join(PROBES)}")
     try:

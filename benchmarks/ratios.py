@@ -143,6 +143,13 @@ def _gpt2_many_users_ratios(g: dict) -> dict:
         out["gpt2_engine_prefix_second_vs_first_ttft"] = probe["prefix"]["second_vs_first_ttft_on"]
     if probe.get("shared_prefix"):
         out["gpt2_engine_shared_prefix_ttft_on_vs_off"] = probe["shared_prefix"]["others_ttft_on_vs_off"]
+    slots = probe.get("served") or {}  # the served slot runner's own (ONNX Runtime)
+    if slots.get("prefix"):
+        out["gpt2_served_runner_prefix_second_vs_first_ttft"] = slots["prefix"]["second_vs_first_ttft_on"]
+    if slots.get("shared_prefix"):
+        out["gpt2_served_runner_shared_prefix_ttft_on_vs_off"] = slots["shared_prefix"][
+            "others_ttft_on_vs_off"
+        ]
     chunk16 = (probe.get("mixed") or {}).get("4 decode rows + 16-token chunk")
     if chunk16:
         out["gpt2_engine_mixed_call_vs_two_calls"] = chunk16["ratio"]

@@ -266,21 +266,9 @@ def _many_users_tables(g: dict) -> list[str]:
                 f"| 64 requests of 16 → 64 tokens, {k} ({u['kv_mib']} MiB) | {fmt(u['tokens_per_s'])} tok/s, "
                 f"TTFT p50 {u['ttft_p50_s']} s, {u['preemptions']} preemptions |"
             )
-        prefix = probe.get("prefix")
-        if prefix:
-            on = prefix["prefix_caching on"]["ttft_ms"]
-            lines.append(
-                f"| a 512-token prompt three times, prefix caching on: TTFT ms | {' / '.join(map(str, on))} "
-                f"(identical tokens: {prefix['identical_tokens']}) |"
-            )
-        shared = probe.get("shared_prefix")
-        if shared:
-            on, off = shared["prefix_caching on"], shared["prefix_caching off"]
-            lines.append(
-                f"| {shared['requests']} requests sharing a {shared['shared_tokens']}-token prefix: the later "
-                f"ones' TTFT p50, prefix caching on / off | {fmt(on['others_ttft_p50_ms'])} / "
-                f"{fmt(off['others_ttft_p50_ms'])} ms, {fmt(on['tokens_per_s'])} / {fmt(off['tokens_per_s'])} tok/s |"
-            )
+        lines += _prefix_rows(probe, "")
+        served = probe.get("served") or {}
+        lines += _prefix_rows(served, f" ({served['variant']}, the served runtime's slots)" if served else "")
         for streams, m in (probe.get("structured") or {}).items():
             lines.append(
                 f"| {streams} stream(s) with a JSON schema / without: ms a token | "
@@ -353,6 +341,26 @@ def _genai_perf_table(g: dict) -> list[str]:
             f"{r['output_tokens_per_s']:.1f} | {v['ttft_mean']} / {v['itl_mean']} / {v['tokens_per_s']} |"
         )
     return lines + [""]
+
+
+def _prefix_rows(probe: dict, where: str) -> list[str]:
+    lines = []
+    prefix = probe.get("prefix")
+    if prefix:
+        on = prefix["prefix_caching on"]["ttft_ms"]
+        lines.append(
+            f"| a 512-token prompt three times, prefix caching on{where}: TTFT ms | {' / '.join(map(str, on))} "
+            f"(identical tokens: {prefix['identical_tokens']}) |"
+        )
+    shared = probe.get("shared_prefix")
+    if shared:
+        on, off = shared["prefix_caching on"], shared["prefix_caching off"]
+        lines.append(
+            f"| {shared['requests']} requests sharing a {shared['shared_tokens']}-token prefix{where}: the later "
+            f"ones' TTFT p50, prefix caching on / off | {fmt(on['others_ttft_p50_ms'])} / "
+            f"{fmt(off['others_ttft_p50_ms'])} ms, {fmt(on['tokens_per_s'])} / {fmt(off['tokens_per_s'])} tok/s |"
+        )
+    return lines
 
 
 def markdown(results: dict) -> str:

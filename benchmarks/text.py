@@ -422,6 +422,14 @@ def _engine_probes(
     kv = exp_report["variants"][probed].get("kv_cache")
     if kv:
         out["engine_probe"]["kv_cache"] = kv
+    # a served slot runner (ONNX Runtime) reuses prefixes by slot: its own prefix probes
+    main = (served or "").split("+")[0]
+    entry = exp_report["variants"].get(main)
+    if main and entry and entry.get("passed") and not runtimes.of_variant(main).cache_blocks:
+        step(bar, f"gpt2 engine prefix probes on {main}")
+        out["engine_probe"]["served"] = engine_probe.probe_export(
+            s.export, main, opts.threads, ("prefix", "shared_prefix")
+        )
     bar.update()
 
 

@@ -87,6 +87,23 @@ def _engine_probe() -> dict:
             "shared_tokens": 256,
             "requests": 32,
         },
+        "served": {  # the served slot runner's own prefix probes (ONNX Runtime)
+            "variant": "int4",
+            "prefix": {
+                "prefix_caching off": {"ttft_ms": [900.0, 890.0, 880.0], "hit_tokens": 0},
+                "prefix_caching on": {"ttft_ms": [910.0, 30.0, 29.0], "hit_tokens": 1022},
+                "second_vs_first_ttft_on": 0.033,
+                "identical_tokens": True,
+            },
+            "shared_prefix": {
+                "prefix_caching off": {"others_ttft_p50_ms": 6000.0, "tokens_per_s": 90.0},
+                "prefix_caching on": {"others_ttft_p50_ms": 600.0, "tokens_per_s": 150.0},
+                "others_ttft_on_vs_off": 0.1,
+                "tokens_per_s_on_vs_off": 1.667,
+                "shared_tokens": 256,
+                "requests": 32,
+            },
+        },
         "structured": {
             "1": {"plain_ms_per_token": 8.4, "constrained_ms_per_token": 8.3, "ratio": 0.988},
             "8": {"plain_ms_per_token": 3.5, "constrained_ms_per_token": 3.64, "ratio": 1.04},

@@ -73,6 +73,13 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
     probe = g["engine_probe"]
     assert probe["variant"] == "ov-fp32" and probe["kv_cache"]["choice"] in ("f32", "u8")
     assert probe["shared_prefix"]["prefix_caching on"]["hit_tokens"] > 0
+    # the served variant is ONNX Runtime's: its slots' prefix reuse probed on their own
+    served = probe["served"]
+    assert served["variant"] == "fp32" and served["prefix"]["identical_tokens"]
+    assert (
+        served["shared_prefix"]["prefix_caching on"]["hit_tokens"]
+        >= 31 * served["shared_prefix"]["shared_tokens"]
+    )
     engine_ratios = {
         "gpt2_engine_blocks_vs_slots_c64_tokens_per_s",
         "gpt2_engine_prefix_second_vs_first_ttft",
@@ -80,6 +87,7 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
         "gpt2_engine_mixed_call_vs_two_calls",
         "gpt2_u8_cache_step_long_vs_short_b8",
         "gpt2_engine_structured_b8_vs_plain",
+        "gpt2_served_runner_shared_prefix_ttft_on_vs_off",
     }
     assert engine_ratios <= set(results["ratios"])
     # both exported variants against their read floors (served figures need not be fast)

@@ -10,10 +10,24 @@ import pytest
 from benchmarks import engine_probe
 
 
-def test_a_variant_without_a_block_cache_is_refused_naming_the_flag(tmp_path, capsys):
+def test_block_probes_on_a_slot_variant_are_refused_naming_the_flag(exports, capsys):
     with pytest.raises(SystemExit):
-        engine_probe.main(["--export", str(tmp_path), "--variant", "int4"])
-    assert "--variant int4: its runtime has no block cache" in capsys.readouterr().err
+        engine_probe.main(["--export", str(exports["gpt2"]), "--variant", "fp32", "--probes", "prefix,users"])
+    assert "--variant fp32: its runtime has no block cache, which the users probes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_prefix_probes_run_on_an_onnxruntime_variant(exports, capsys):
+    """ONNX Runtime's slots: a repeated prompt is read from its free slot, later requests
+    sharing a prefix copy it from the first one's slot; the tokens are those computed whole."""
+    args = ["--export", str(exports["gpt2"]), "--variant", "fp32", "--threads", "1"]
+    assert engine_probe.main(args) == 0  # what a slot runner can run: not mixed, not users
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"variant", "prefix", "shared_prefix", "structured"}
+    assert out["prefix"]["identical_tokens"] and out["prefix"]["prefix_caching on"]["hit_tokens"] > 0
+    shared = out["shared_prefix"]
+    assert shared["prefix_caching on"]["hit_tokens"] >= (shared["requests"] - 1) * shared["shared_tokens"]
+    assert shared["prefix_caching off"]["hit_tokens"] == 0
 
 
 @pytest.mark.slow

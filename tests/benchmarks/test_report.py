@@ -58,6 +58,10 @@ def test_table_and_plots_are_written(tmp_path):
     assert (
         "| a 512-token prompt three times, prefix caching on: TTFT ms | 659.1 / 61.4 / 62.2 (identical" in md
     )
+    assert (
+        "| 32 requests sharing a 256-token prefix (int4, the served runtime's slots): the later ones' TTFT p50, "
+        "prefix caching on / off | 600.0 / 6000.0 ms" in md
+    )
     assert json.loads((tmp_path / "results.json").read_text())["ratios"] == results["ratios"]
     for png in ("gpt2.png", "gpt2-workloads.png", "images.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
