@@ -315,6 +315,8 @@ class _Run:
 
     async def next(self, request: Request) -> tuple[str, str | None]:
         """The next event; _ClientGone (the generation cancelled) if the client disconnects."""
+        if self._get is None and not self.queue.empty():  # no task or wait for what is there
+            return self.queue.get_nowait()
         while True:
             if self._get is None:
                 self._get = asyncio.ensure_future(self.queue.get())
@@ -325,6 +327,13 @@ class _Run:
             if await request.is_disconnected():
                 self.cancel()
                 raise _ClientGone
+
+    def take_ready(self) -> list[tuple[str, str | None]]:
+        """The events already queued, taken without waiting (none while `next` waits)."""
+        items = []
+        while self._get is None and not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return items
 
     def cancel(self) -> None:
         """Stop the generation (no-op once it has ended); safe to call from `finally`."""
@@ -660,11 +669,21 @@ async def _events(
                 c = pending.pop(fut)
                 kind, value = fut.result()
                 if kind == "delta":
+                    # what else has arrived for this choice goes in the same chunk: when the
+                    # client or this loop falls behind the engine, a chunk carries several
+                    # tokens instead of the backlog growing a chunk a token
+                    after = None
+                    for item in c.run.take_ready():
+                        if item[0] == "delta" and after is None:
+                            value += item[1]
+                        else:
+                            after = item  # the end or an error: the choice's last event
                     c.parts.append(value)
                     if not gen.score_only:
                         lp = c.logprobs_of(writer, first_chunk=False)
                         yield sse(writer.chunk(value, index=c.index, logprobs=lp))
-                    pending[asyncio.ensure_future(c.run.next(request))] = c
+                    following = _ready(after) if after is not None else c.run.next(request)
+                    pending[asyncio.ensure_future(following)] = c
                 elif kind == "error":  # after text went out the status is sent: OpenAI's error event
                     failed = value
                 else:

@@ -1,0 +1,66 @@
+"""The frontend's server-sent events as data: when tokens arrive faster than the stream goes
+out, a chunk carries every token already there (the backlog does not grow a chunk a token),
+and the text and the end are what arrived, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+from engine.runners.fake import word_tokenizer
+from serving.openai_api import app as frontend
+from serving.openai_api.protocol import ChatTemplate, ResponseWriter, parse_completion
+
+
+class _Request:
+    async def is_disconnected(self) -> bool:
+        return False
+
+
+def _queued_run(events) -> frontend._Run:
+    """A `_Run` whose events are already queued (no server, no thread)."""
+    run = object.__new__(frontend._Run)
+    run.queue, run._get, run.cancelled, run.details = asyncio.Queue(), None, threading.Event(), None
+    for e in events:
+        run.queue.put_nowait(e)
+    return run
+
+
+def _chunks(events, late=()) -> list[dict]:
+    """The SSE payloads of a one-choice completion stream whose run has `events` queued at the
+    start and `late` ones put after its first chunk went out."""
+    model = frontend.ServedModel("gpt2", "1", word_tokenizer(), ChatTemplate(), 64, 64)
+    gen = parse_completion({"model": "gpt2", "prompt": "t1 t2", "stream": True, "max_tokens": 8})
+
+    async def collect():
+        choice = frontend._Choice(0, gen.prompt, gen, model)
+        first, *rest = events
+        choice.run = _queued_run(rest)
+        out, todo = [], list(late)
+        async for raw in frontend._events(_Request(), [choice], [first], gen, ResponseWriter(gen)):
+            body = raw.decode().removeprefix("data: ").strip()
+            out.append(body if body == "[DONE]" else json.loads(body))
+            while todo:
+                choice.run.queue.put_nowait(todo.pop(0))
+        return out
+
+    return asyncio.run(collect())
+
+
+def test_tokens_already_arrived_go_out_in_one_chunk_and_the_end_after_them():
+    chunks = _chunks([("delta", " t3"), ("delta", " t4"), ("delta", " t5"), ("end", None)])
+    texts = [c["choices"][0]["text"] for c in chunks[:-1]]
+    assert texts == [" t3 t4 t5", ""] and chunks[-1] == "[DONE]"
+    assert chunks[-2]["choices"][0]["finish_reason"] is not None
+
+
+def test_a_chunk_already_sent_is_not_merged_into():
+    chunks = _chunks([("delta", " t3")], late=[("delta", " t4"), ("end", None)])
+    assert [c["choices"][0]["text"] for c in chunks[:2]] == [" t3", " t4"] and chunks[-1] == "[DONE]"
+
+
+def test_an_error_after_tokens_follows_them():
+    chunks = _chunks([("delta", " t3"), ("delta", " t4"), ("error", "the server went away")])
+    assert chunks[0]["choices"][0]["text"] == " t3 t4"
+    assert chunks[1]["error"]["message"].endswith("the server went away") and chunks[2] == "[DONE]"
