@@ -27,7 +27,7 @@ from support import import_graph
 LAYERS = (
     ("engine",),
     ("serving.triton_models",),
-    ("aigc.errors", "aigc.fsutil", "aigc.registry", "aigc.imagegrid"),
+    ("aigc.errors", "aigc.fsutil", "aigc.registry", "aigc.imagegrid", "aigc.provenance"),
     ("training",),
     ("export",),
     ("serving",),
