@@ -129,8 +129,16 @@ def run_benchmark(opts: BenchOptions) -> dict:
         if opts.url is None:
             url, variants = _serve_embedded(opts, subs, stack)
         else:
-            url, variants = opts.url, {}
-            subs = _check_served(url, subs)
+            subs = _check_served(opts.url, subs)
+            # a running server: the variant named (not auto) is taken as the one it serves
+            url, variants = (
+                opts.url,
+                {
+                    s.model: _bench_module(s).variant(opts)
+                    for s in subs
+                    if _bench_module(s).variant(opts) not in (None, "auto")
+                },
+            )
         steps = sum(_bench_module(s).steps(opts) for s in subs)
         with tqdm(total=steps, desc="bench", disable=not opts.progress) as bar:
             for s in subs:

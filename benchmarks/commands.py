@@ -56,9 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{kind.title} checkpoint; its {kind.bench.component} is measured (default: {default})",
         )
     src.add_argument(
-        "--gpt2-variant", default="auto", help="GPT-2 variant to serve: auto (fastest passing) or a name"
+        "--gpt2-variant",
+        default="auto",
+        help="GPT-2 variant to serve: auto (fastest passing) or a name (with --url: the one that server serves)",
     )
-    src.add_argument("--image-variant", default="auto", help="image model variant to serve: auto or a name")
+    src.add_argument(
+        "--image-variant",
+        default="auto",
+        help="image model variant to serve: auto or a name (with --url: the one served)",
+    )
     src.add_argument(
         "--models",
         type=_names,

@@ -18,7 +18,8 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
         BenchOptions(
             url=server.grpc_url,
             exports=(exports["gpt2"], exports["dcgan"]),
-            image_variant="fp32",  # what the test server serves
+            gpt2_variant="fp32",  # what the test server serves
+            image_variant="fp32",
             prompt_tokens=8,
             new_tokens=8,
             concurrency=(1, 2),
