@@ -59,3 +59,9 @@ def test_the_committed_tables_are_in_the_format_their_commands_write():
     assert bench[0].startswith("Machine: ") and written[0].startswith("Machine: ")
     headers = [line for line in written if line.startswith("| path |") or line.startswith("| ratio ")]
     assert headers and all(h in bench for h in headers), "regenerate docs/BENCHMARKS.md (make docs)"
+    # each says where its figures come from: the machine, the commit and the date
+    assert " Commit " in bench[0], "regenerate docs/BENCHMARKS.md (make docs)"
+    stamps = [line for line in committed if line.startswith("- `")]
+    assert stamps and all(" at commit " in line and " on " in line for line in stamps), (
+        "regenerate docs/EXPORT.md (aigc results --write-readme)"
+    )
