@@ -79,10 +79,9 @@ def users(folder: str, threads: int, n: int = 64) -> dict:
     info = json.loads((Path(folder) / "model_info.json").read_text())
     mib = 8 * info["n_positions"] * info["n_layer"] * 2 * info["n_head"] * info["head_size"] * 4 / 2**20
     out = {}
-    for label, slots in (("8 slots", 8), (f"{n} sequences, same MiB", n)):
-        eng = load_engine(
-            folder, EngineConfig(slots=slots, kv_cache_mib=mib, max_queue=4 * n), intra_op_threads=threads
-        )
+    for label, seqs in (("8 slots", 8), (f"{n} sequences, same MiB", n)):
+        config = EngineConfig(slots=8, max_sequences=seqs, kv_cache_mib=mib, max_queue=4 * n)
+        eng = load_engine(folder, config, intra_op_threads=threads)
         rng, vocab = np.random.default_rng(0), info["vocab_size"]
         eng.generate_ids(rng.integers(1, vocab, 16).tolist(), SamplingParams(max_tokens=4, ignore_eos=True))
         params = SamplingParams(max_tokens=64, ignore_eos=True)

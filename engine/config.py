@@ -34,7 +34,21 @@ def setting(
 
 @dataclass(frozen=True)
 class EngineConfig:
-    slots: int = setting(8, 1, 1024, "generations decoded together (rows of the KV cache, allocated once)")
+    slots: int = setting(
+        8,
+        1,
+        1024,
+        "ONNX Runtime: generations decoded together, each a row of the KV cache of the whole window, "
+        "allocated once; OpenVINO (blocks): the default pool holds this many windows (--kv-cache-mib)",
+    )
+    max_sequences: int = setting(
+        0,
+        0,
+        4096,
+        "OpenVINO (blocks): requests decoded together, each taking blocks as it grows; past the "
+        "pool the newest is preempted",
+        note="0 = 64 (at least --slots)",
+    )
     max_len: int = setting(0, 0, None, "KV positions per slot", note="0 = the model's context window")
     kv_cache_mib: float = setting(
         0.0,

@@ -71,6 +71,10 @@ def paged_model(xml_path: str):
     return model
 
 
+# requests a block runner decodes together by default (`EngineConfig.max_sequences` 0)
+DEFAULT_SEQUENCES = 64
+
+
 class OvRunner:
     """The paged-attention IR compiled for the CPU; the KV blocks set on the request once."""
 
@@ -167,8 +171,12 @@ class OvRunner:
         is `kv_cache_mib` of blocks (0: `slots` x `max_len` worth) in `kv_cache_precision`
         (`auto` where no build resolved it from the export report: f32)."""
         precision = "f32" if config.kv_cache_precision == "auto" else config.kv_cache_precision
+        # sequences at once are bounded by `max_sequences` and the pool's blocks, not by
+        # windows: the pool is `slots` windows' worth unless sized in MiB
+        rows = config.max_sequences or max(config.slots, DEFAULT_SEQUENCES)
+        blocks = 0 if config.kv_cache_mib else config.slots * -(-max_len // BLOCK_SIZE)
         return cls(
-            model_dir, config.slots, max_len, threads, kv_type=precision, cache_mib=config.kv_cache_mib
+            model_dir, rows, max_len, threads, kv_type=precision, blocks=blocks, cache_mib=config.kv_cache_mib
         )
 
     def execute(self, forward: Forward) -> ForwardOutput:

@@ -38,6 +38,9 @@ def version_dir(request, exports, tmp_path_factory):
 
 
 def make_engine(version_dir, **config):
+    """An engine on `version_dir`; a block runner's sequences at once are its `slots` here
+    unless `max_sequences` is given (the tests count slots on both runtimes)."""
+    config.setdefault("max_sequences", config.get("slots", 8))
     sink, clock = Recorder(), FakeClock()
     engine = load_engine(str(version_dir), EngineConfig(**config), sink, intra_op_threads=1, clock=clock)
     return engine, sink, clock
@@ -265,6 +268,21 @@ def test_onnxruntime_slot_prefix_reuse_and_copies_give_transformers_tokens(expor
     for req in (again, copied, *pair):
         assert req.tokens == transformers_greedy(checkpoints["gpt2"], req.prompt_ids, len(req.tokens))
     assert first == transformers_greedy(checkpoints["gpt2"], system, 12)
+
+
+def test_openvino_runs_64_sequences_by_default_in_a_pool_of_slots_windows(ov_dir, checkpoints):
+    """A block runner's concurrency is bounded by its blocks and `max_sequences` (64 by
+    default), not by `slots`: with the pool of 2 windows, 20 short requests run at once."""
+    engine, _, _ = make_engine(ov_dir, slots=2, max_sequences=0)
+    caps = engine.runner.caps
+    assert caps.max_rows == 64 and caps.blocks == 2 * -(-caps.max_len // caps.block_size)
+    prompts = [engine.tokenizer.encode(f"{w} class").ids for w in ("The", "A", "import", "def", "x")] * 4
+    reqs = [engine.submit(p, greedy(6)) for p in prompts]
+    engine.step()
+    assert engine.free_slots == 64 - 20 and not engine.scheduler.waiting  # all admitted at once
+    engine.run_until_done(reqs)
+    for p, r in zip(prompts[:5], reqs[:5]):
+        assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 6)
 
 
 def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(ov_dir, checkpoints):
