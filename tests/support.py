@@ -189,6 +189,13 @@ def cached_artifact(root: Path, name: str, params: dict, build: Callable[[Path],
     return dst
 
 
+def newest_version(repository: Path, model: str = "gpt2") -> Path:
+    """The folder of `model`'s newest version in a built repository."""
+    from serving.repository import versions
+
+    return Path(repository) / model / str(versions(Path(repository) / model)[-1])
+
+
 def start_server(repository, **kwargs) -> EmbeddedTritonServer:
     return EmbeddedTritonServer(
         repository,

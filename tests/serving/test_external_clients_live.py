@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import newest_version
 from tokenizers import Tokenizer
 
 from engine.metrics import RUNNING, SUCCESS
@@ -76,10 +77,6 @@ def _run(cmd: list, cwd: Path, timeout: float = 600, **env_extra) -> str:
     return out
 
 
-def _newest_version(repository: Path) -> Path:
-    return max((p for p in (repository / "gpt2").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-
-
 @pytest.fixture(scope="module")
 def api(server, fp32_repository):
     with OpenAIFrontend(server.grpc_url, fp32_repository) as frontend:
@@ -88,7 +85,7 @@ def api(server, fp32_repository):
 
 @pytest.fixture(scope="module")
 def tokenizer(fp32_repository):
-    return Tokenizer.from_file(str(_newest_version(fp32_repository) / "tokenizer.json"))
+    return Tokenizer.from_file(str(newest_version(fp32_repository) / "tokenizer.json"))
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +199,7 @@ def test_lm_evaluation_harness_scores_and_generates_as_transformers(
     assert scored == sum(len(d["choices"]) for d in CHOICE_DOCS)
 
     # generations: transformers' greedy tokens, cut where the harness's stop strings start
-    eos = json.loads((_newest_version(fp32_repository) / "model_info.json").read_text()).get("eos_token_id")
+    eos = json.loads((newest_version(fp32_repository) / "model_info.json").read_text()).get("eos_token_id")
     samples = _samples(out, "aigc_generate")
     assert [s["doc"]["prompt"] for s in samples] == [d["prompt"] for d in GENERATE_DOCS]
     for sample in samples:
@@ -249,7 +246,7 @@ def test_aiperf_streams_and_cancels_and_the_server_serves_on(api, server, fp32_r
     tokenizer_dir = tmp_path / "tokenizer"
     tokenizer_dir.mkdir()
     (tokenizer_dir / "tokenizer.json").write_bytes(
-        (_newest_version(fp32_repository) / "tokenizer.json").read_bytes()
+        (newest_version(fp32_repository) / "tokenizer.json").read_bytes()
     )
     (tokenizer_dir / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"})

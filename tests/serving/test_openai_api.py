@@ -13,11 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import openai
 import pytest
 from google.protobuf import text_format
+from support import newest_version
 from tokenizers import Tokenizer
 
 from engine.config import EngineConfig
@@ -29,10 +29,6 @@ from serving.repository import read_config
 
 PROMPT = "The class"
 N = 12
-
-
-def _newest_version(repository: Path, model: str = "gpt2") -> Path:
-    return max((p for p in (repository / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +44,7 @@ def oai(api):
 
 @pytest.fixture(scope="module")
 def tokenizer(fp32_repository):
-    return Tokenizer.from_file(str(_newest_version(fp32_repository) / "tokenizer.json"))
+    return Tokenizer.from_file(str(newest_version(fp32_repository) / "tokenizer.json"))
 
 
 def _count(tokenizer, text: str) -> int:
