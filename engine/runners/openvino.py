@@ -87,11 +87,13 @@ class OvRunner:
         kv_type: str = "f32",
         blocks: int = 0,
         cache_mib: float = 0.0,
+        windows: int = 0,
     ):
-        """`kv_type`: the cache's precision (`KV_TYPES`); `blocks`, or `cache_mib` of them:
-        the cache's blocks, taken by use through each call's block tables (default `slots` x
-        `max_len` worth; slot `s` owns the `s`-th run of them when a call gives no tables, as
-        the export's measurements call it)."""
+        """`slots`: the sequences decoded together; `kv_type`: the cache's precision
+        (`KV_TYPES`); `blocks`, or `cache_mib` of them: the cache's blocks, taken by use
+        through each call's block tables (default `windows` x `max_len` worth, `windows` 0 =
+        `slots`; slot `s` owns the `s`-th run of them when a call gives no tables, as the
+        export's measurements call it)."""
         import openvino as ov
 
         if kv_type not in KV_TYPES:
@@ -125,7 +127,7 @@ class OvRunner:
         if cache_mib and not blocks:
             per_block = self.n_layer * sum(int(np.prod(s)) for s in shapes) * dtype.itemsize
             blocks = max(1, int(cache_mib * 2**20) // per_block)
-        blocks = blocks or slots * self.blocks_per_slot
+        blocks = blocks or (windows or slots) * self.blocks_per_slot
         if blocks < self.blocks_per_slot:
             raise ValueError(
                 f"kv_cache_mib holds {blocks} blocks of {BLOCK_SIZE} positions; one request of the "
@@ -174,9 +176,14 @@ class OvRunner:
         # sequences at once are bounded by `max_sequences` and the pool's blocks, not by
         # windows: the pool is `slots` windows' worth unless sized in MiB
         rows = config.max_sequences or max(config.slots, DEFAULT_SEQUENCES)
-        blocks = 0 if config.kv_cache_mib else config.slots * -(-max_len // BLOCK_SIZE)
         return cls(
-            model_dir, rows, max_len, threads, kv_type=precision, blocks=blocks, cache_mib=config.kv_cache_mib
+            model_dir,
+            rows,
+            max_len,
+            threads,
+            kv_type=precision,
+            cache_mib=config.kv_cache_mib,
+            windows=config.slots,
         )
 
     def execute(self, forward: Forward) -> ForwardOutput:
