@@ -131,14 +131,8 @@ def run_benchmark(opts: BenchOptions) -> dict:
         else:
             subs = _check_served(opts.url, subs)
             # a running server: the variant named (not auto) is taken as the one it serves
-            url, variants = (
-                opts.url,
-                {
-                    s.model: _bench_module(s).variant(opts)
-                    for s in subs
-                    if _bench_module(s).variant(opts) not in (None, "auto")
-                },
-            )
+            named = {s.model: _bench_module(s).variant(opts) for s in subs}
+            url, variants = opts.url, {m: v for m, v in named.items() if v not in (None, "auto")}
         steps = sum(_bench_module(s).steps(opts) for s in subs)
         with tqdm(total=steps, desc="bench", disable=not opts.progress) as bar:
             for s in subs:

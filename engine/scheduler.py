@@ -353,6 +353,8 @@ class Scheduler:
                 if n > best[0]:
                     best = (n, slot, False)
             for r in self.running if self.copies else ():
+                if r.filled <= best[0] or r.prompt_ids[0] != ids[0]:
+                    continue  # cannot share more: its token list is not built
                 n = shared_prefix(cached_tokens(r), ids, limit)
                 if n > best[0]:
                     best = (n, r.slot, True)
