@@ -196,6 +196,19 @@ def newest_version(repository: Path, model: str = "gpt2") -> Path:
     return Path(repository) / model / str(versions(Path(repository) / model)[-1])
 
 
+def metric_total(url: str, name: str, label: str = "") -> float:
+    """The sum of the series of `name` a Prometheus endpoint shows (those with `label` among
+    their labels)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and label in line.split("}")[0]
+    )
+
+
 def start_server(repository, **kwargs) -> EmbeddedTritonServer:
     return EmbeddedTritonServer(
         repository,

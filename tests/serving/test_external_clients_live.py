@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import newest_version
+from support import metric_total, newest_version
 from tokenizers import Tokenizer
 
 from engine.metrics import RUNNING, SUCCESS
@@ -228,16 +228,6 @@ def _avg(report: dict, name: str) -> float:
     return (report.get(name) or {}).get("avg", 0.0)
 
 
-def _metric(server, name: str, label: str = "") -> float:
-    """The sum of the server's series of `name` (those with `label` in their labels)."""
-    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") and label in line.split("}")[0]
-    )
-
-
 @pytest.mark.server
 @pytest.mark.slow
 def test_aiperf_streams_and_cancels_and_the_server_serves_on(api, server, fp32_repository, tmp_path):
@@ -264,7 +254,7 @@ def test_aiperf_streams_and_cancels_and_the_server_serves_on(api, server, fp32_r
 
     # the same load with half of the requests dropped mid-stream: half-way through a median
     # request (this machine's, measured above), so that it holds on a faster or slower machine
-    ended = _metric(server, SUCCESS)
+    ended = metric_total(server.metrics_url, SUCCESS)
     delay = plain["request_latency"]["p50"] / 2 / 1000
     cancelled = _aiperf(
         api, tokenizer_dir, tmp_path / "cancelled", 96, *load, "--request-count", "24",
@@ -279,12 +269,18 @@ def test_aiperf_streams_and_cancels_and_the_server_serves_on(api, server, fp32_r
     # every request ended in the engine, each dropped one aborted there unless its last token
     # had already left (the tiny model outruns the HTTP side); nothing is left running
     def settled():
-        return _metric(server, RUNNING) == 0 and _metric(server, SUCCESS) - ended == 24
+        return (
+            metric_total(server.metrics_url, RUNNING) == 0
+            and metric_total(server.metrics_url, SUCCESS) - ended == 24
+        )
 
     deadline = time.monotonic() + 60
     while not settled() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert settled(), (_metric(server, RUNNING), _metric(server, SUCCESS) - ended)
+    assert settled(), (
+        metric_total(server.metrics_url, RUNNING),
+        metric_total(server.metrics_url, SUCCESS) - ended,
+    )
     with urllib.request.urlopen(f"{api.url}/health", timeout=10) as r:
         assert r.status == 200
     with AigcClient(server.grpc_url, timeout_s=60) as client:

@@ -17,7 +17,7 @@ import time
 import openai
 import pytest
 from google.protobuf import text_format
-from support import newest_version
+from support import metric_total, newest_version
 from tokenizers import Tokenizer
 
 from engine.config import EngineConfig
@@ -598,13 +598,6 @@ def test_n_choices_each_draw_their_own_seed_and_best_of_keeps_the_most_likely(oa
     assert best.usage.completion_tokens >= 3  # every sample counts
 
 
-def _metric(url: str, name: str) -> float:
-    import urllib.request
-
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
-
-
 @pytest.mark.server
 def test_n_samples_of_a_prompt_compute_it_once(gpt2_server, tokenizer):
     """The first sample computes the prompt, the other three read it (the engine's prefix-hit
@@ -617,18 +610,18 @@ def test_n_samples_of_a_prompt_compute_it_once(gpt2_server, tokenizer):
     blocks = any((gpt2_server.repository / "gpt2").rglob("openvino_model.xml"))
     with OpenAIFrontend(gpt2_server.grpc_url, gpt2_server.repository) as frontend:
         oai = openai.OpenAI(base_url=f"{frontend.url}/v1", api_key="unused", max_retries=0, timeout=60)
-        before = _metric(gpt2_server.metrics_url, "vllm:prefix_cache_hits_total")
+        before = metric_total(gpt2_server.metrics_url, "vllm:prefix_cache_hits_total")
         r = oai.completions.create(model="gpt2", prompt=prompt, max_tokens=4, n=4, temperature=1.0, seed=3)
         assert len(r.choices) == 4
         # the three later samples: every full block, or every prompt token but the last
         want = 3 * ((n_prompt - 1) // 32) * 32 if blocks else 3 * (n_prompt - 1)
         deadline = time.monotonic() + 10
         while (
-            _metric(gpt2_server.metrics_url, "vllm:prefix_cache_hits_total") - before < want
+            metric_total(gpt2_server.metrics_url, "vllm:prefix_cache_hits_total") - before < want
             and time.monotonic() < deadline
         ):
             time.sleep(0.2)
-        assert _metric(gpt2_server.metrics_url, "vllm:prefix_cache_hits_total") - before >= want
+        assert metric_total(gpt2_server.metrics_url, "vllm:prefix_cache_hits_total") - before >= want
         # the samples are those of the same seeds computed alone
         for j, choice in enumerate(sorted(r.choices, key=lambda c: c.index)):
             alone = oai.completions.create(
