@@ -270,6 +270,16 @@ def test_onnxruntime_slot_prefix_reuse_and_copies_give_transformers_tokens(expor
     assert first == transformers_greedy(checkpoints["gpt2"], system, 12)
 
 
+def test_openvino_compiles_for_a_shared_machine(ov_dir):
+    """The plugin's threads are not pinned to cores (in a server they share them with
+    Triton's, the responses' and the clients' threads), and activations stay f32."""
+    from engine.runners.openvino import OvRunner
+
+    compiled = OvRunner(str(ov_dir), 1, 64, threads=1).compiled
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
+
+
 def test_openvino_runs_64_sequences_by_default_in_a_pool_of_slots_windows(ov_dir, checkpoints):
     """A block runner's concurrency is bounded by its blocks and `max_sequences` (64 by
     default), not by `slots`: with the pool of 2 windows, 20 short requests run at once."""
