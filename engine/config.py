@@ -38,15 +38,15 @@ class EngineConfig:
         8,
         1,
         1024,
-        "ONNX Runtime: generations decoded together, each a row of the KV cache of the whole window, "
-        "allocated once; OpenVINO (blocks): the default pool holds this many windows (--kv-cache-mib)",
+        "the default KV cache holds this many whole windows (--kv-cache-mib); ONNX Runtime on a GPU: "
+        "generations decoded together, each a row of the whole window allocated once",
     )
     max_sequences: int = setting(
         0,
         0,
         4096,
-        "OpenVINO (blocks): requests decoded together, each taking blocks as it grows; past the "
-        "pool the newest is preempted",
+        "requests decoded together on the CPU, each taking cache memory as it grows (OpenVINO: blocks; "
+        "ONNX Runtime: its row's pages); past the pool the newest is preempted and recomputed later",
         note="0 = 64 (at least --slots)",
     )
     max_len: int = setting(0, 0, None, "KV positions per slot", note="0 = the model's context window")
@@ -54,8 +54,9 @@ class EngineConfig:
         0.0,
         0.0,
         1_000_000.0,
-        "KV cache memory of a block runner (OpenVINO): blocks taken as requests grow, returned "
-        "when they end; past it the newest request is preempted and recomputed later",
+        "KV cache memory on the CPU: blocks (OpenVINO) or pages of a row (ONNX Runtime) taken as "
+        "requests grow, returned when they end; past it the newest request is preempted and "
+        "recomputed later",
         note="0 = slots x max-len",
     )
     kv_cache_precision: str = setting(

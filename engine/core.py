@@ -13,6 +13,7 @@ from any thread; `step` and `run` run on one thread (the generation loop).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from engine.sampler import TokenHistory
 from engine.scheduler import Scheduler
 from engine.structured import Grammars
 from engine.types import Request, Sink, Status
+
+logger = logging.getLogger(__name__)
 
 CANCEL_CHECK_EVERY = 8  # steps between asking whether clients went away (an IPC round trip)
 
@@ -146,6 +149,11 @@ class Engine:
     def step(self) -> bool:
         """Plan, execute, update. False: nothing to do."""
         plan = self.scheduler.schedule()
+        for slot in plan.releases:  # ended requests' pages, before any call writes that slot
+            try:
+                self.runner.release_slot(slot)
+            except Exception:  # noqa: BLE001 - the memory stays in use, the engine serves on
+                logger.exception("giving KV slot %d's pages back failed", slot)
         if not plan:
             return False
         for copy in plan.copies:  # cached prefixes into the slots of the requests admitted

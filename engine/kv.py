@@ -5,14 +5,36 @@ Per layer a key and a value buffer of shape `(slots, heads, max_len, head_size)`
 runner's device, or `(slots x max_len / block_size, heads, block_size, head_size)` blocks for
 a paged-attention runner (slot `s` owns the `s`-th run of `max_len / block_size` blocks). A
 request holds one slot from admission to its end; a step writes only its new positions.
+
+Slots on the host may be committed by use (`commit=False`): the buffers are reserved, not
+touched, so the operating system backs a page only once a position in it is written, and
+`release_slot` hands a slot's pages back when its request ends. A slot's positions of one
+head are contiguous, so a page holds `page_positions` positions of one head: memory follows
+each request's length in steps of that many positions, as a block runner's blocks do, for a
+kernel (ONNX Runtime's CPU `GroupQueryAttention`) that addresses rows, not blocks.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import heapq
+import mmap
 
 import numpy as np
+
+PAGE = mmap.PAGESIZE
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    return libc
+
+
+def page_positions(head_size: int, itemsize: int) -> int:
+    """Positions of one head a page holds (at least one)."""
+    return max(1, PAGE // (head_size * itemsize))
 
 
 class KVBuffers:
@@ -31,11 +53,13 @@ class KVBuffers:
         block_size=0,
         blocks=0,
         block_shapes=None,
+        commit=True,
     ):
         """`blocks` (with `block_size`): how many blocks (default: `slots x max_len` worth);
         `block_shapes`: the (key, value) shape of one block where a runtime lays them out
         itself (OpenVINO's u8 cache keeps each block's scales and zero points inside it),
-        default `(n_head, block_size, head_size)` for both."""
+        default `(n_head, block_size, head_size)` for both. `commit` False (host slots): the
+        pages are backed as positions are written, not up front."""
         self.dtype = np.dtype(dtype)
         if block_size:
             self.blocks = blocks or slots * max_len // block_size
@@ -51,10 +75,24 @@ class KVBuffers:
         if block_size:  # one block of every layer, key and value: what a request takes as it grows
             self.block_bytes = n_layer * sum(int(np.prod(s[1:])) for s in self.shapes) * self.dtype.itemsize
         self.nbytes = n_layer * sum(int(np.prod(s)) for s in self.shapes) * self.dtype.itemsize
+        self.committed = commit or device != "cpu"
         if device == "cpu":
-            self._buffers = [np.zeros(self.shapes[i % 2], self.dtype) for i in range(2 * n_layer)]
-            for b in self._buffers:
-                b.fill(0)  # commit the pages now: resident memory stays flat afterwards
+            if self.committed:
+                self._buffers = [np.zeros(self.shapes[i % 2], self.dtype) for i in range(2 * n_layer)]
+                for b in self._buffers:
+                    b.fill(0)  # commit the pages now: resident memory stays flat afterwards
+            else:  # anonymous maps: page-aligned, reserved, backed when first written
+                private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                self._maps = [
+                    mmap.mmap(
+                        -1, max(1, int(np.prod(self.shapes[i % 2])) * self.dtype.itemsize), flags=private
+                    )
+                    for i in range(2 * n_layer)
+                ]
+                self._buffers = [
+                    np.frombuffer(m, self.dtype, int(np.prod(self.shapes[i % 2]))).reshape(self.shapes[i % 2])
+                    for i, m in enumerate(self._maps)
+                ]
             self.ptrs = [b.ctypes.data for b in self._buffers]
         else:
             import onnxruntime as ort
@@ -78,6 +116,31 @@ class KVBuffers:
             raise NotImplementedError("slot copies are made in host slot buffers")
         for b in self._buffers:
             b[dst, :, :positions] = b[src, :, :positions]
+
+    def release_slot(self, slot: int) -> None:
+        """Hand slot `slot`'s pages back to the operating system (host slots committed by use):
+        it reads as zeros and holds no memory until written again."""
+        if self.committed or self.block_size:
+            raise NotImplementedError("only host slots committed by use give pages back")
+        if self.slot_bytes % PAGE:
+            raise NotImplementedError(f"a slot of {self.slot_bytes} bytes is not whole pages")
+        for m in self._maps:
+            m.madvise(mmap.MADV_DONTNEED, slot * self.slot_bytes, self.slot_bytes)
+
+    def resident_bytes(self) -> int:
+        """The bytes of the host buffers backed by memory now (`mincore`)."""
+        if self.device != "cpu":
+            return self.nbytes
+        libc, total = _libc(), 0
+        for b in self._buffers:
+            first = b.ctypes.data // PAGE * PAGE
+            length = b.ctypes.data + b.nbytes - first
+            pages = -(-length // PAGE)
+            vec = (ctypes.c_ubyte * pages)()
+            if libc.mincore(first, length, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore of the KV cache failed")
+            total += int(np.count_nonzero(np.frombuffer(vec, np.uint8) & 1)) * PAGE
+        return total
 
 
 class SlotPool:

@@ -103,10 +103,12 @@ class SlotCopy:
 @dataclass(frozen=True)
 class StepPlan:
     """The runner calls of one step, run in order, after its slot copies; empty when there is
-    nothing to do."""
+    nothing to do. `releases`: slots whose pages go back to the operating system first (a
+    slot runner committed by use: requests that ended or were preempted)."""
 
     forwards: tuple[Forward, ...] = ()
     copies: tuple[SlotCopy, ...] = ()
+    releases: tuple[int, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.forwards)

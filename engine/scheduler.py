@@ -86,15 +86,23 @@ class Scheduler:
         self.pool = SlotPool(caps.max_rows)
         self.mixed = caps.mixed  # the runner takes a step's decode rows and prompt chunk in one call
         self.group_past = caps.group_past  # a prefill call of several rows may start past position 0
-        # a block runner: the cache's blocks, taken by use (None: a slot holds its whole row)
+        # the cache's memory in blocks taken by use (None: a slot holds its whole row): a block
+        # runner's blocks, read through each row's table (`tables`), or the pages of a slot
+        # runner committed by use (rows are slots; an ended request's pages go back)
         self.kv_blocks = BlockPool(caps.blocks, caps.block_size) if caps.block_size else None
-        self.prefix_caching = self.kv_blocks is not None and config.prefix_caching
+        self.tables = bool(caps.block_size) and caps.block_tables
+        self.prefix_caching = self.tables and config.prefix_caching
         # a slot runner: a prompt starts from the longest prefix it shares with what a free
         # slot's last request left there, or a running request's slot (copied, `caps.copies`)
-        self.slot_reuse = self.kv_blocks is None and config.prefix_caching
+        self.slot_reuse = not self.tables and config.prefix_caching
         self.copies = caps.copies
         self.max_len = caps.max_len
         self.retained: dict[int, list[int]] = {}  # free slot -> the tokens its cache still holds
+        # slots by use: free slot -> the blocks its kept tokens hold (oldest ended first; the
+        # first given back when the pool runs short), and the slots whose pages go back to
+        # the operating system at the next step (`StepPlan.releases`)
+        self.kept_blocks: dict[int, list[int]] = {}
+        self._releases: list[int] = []
         self.running: list[Request] = []  # holding a slot, in admission order
         self._waiting: collections.deque[Request] = collections.deque()
         self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
@@ -165,9 +173,11 @@ class Scheduler:
             if self.kv_blocks is not None:
                 group = self._grow_prefilling(group, chunk, reserve=len(decoding))
             written = {id(r): chunk for r in group}
+        with self.lock:
+            releases, self._releases = tuple(self._releases), []
         if group and decoding and self.mixed:
-            return StepPlan((self._rows_forward(Phase.MIXED, decoding + group, chunk),), copies)
-        if group and self.kv_blocks is not None:
+            return StepPlan((self._rows_forward(Phase.MIXED, decoding + group, chunk),), copies, releases)
+        if group and self.tables:
             forwards.append(self._rows_forward(Phase.PREFILL, group, chunk))
         elif group:
             head = group[0]
@@ -176,11 +186,11 @@ class Scheduler:
             slots = [r.slot for r in group]
             forward = Forward.rectangle(Phase.PREFILL, slots, ids, starts, group, self.prefill_graph)
             forwards.append(_with_all_logits(forward))
-        if decoding and self.kv_blocks is not None:
+        if decoding and self.tables:
             forwards.append(self._rows_forward(Phase.DECODE, decoding, 0))
         elif decoding:
             forwards.append(self._decode_forward(running, decoding, written))
-        return StepPlan(tuple(forwards), copies)
+        return StepPlan(tuple(forwards), copies, releases)
 
     def _rows_forward(self, phase: Phase, rows: list[Request], chunk: int) -> Forward:
         """A call of any rows, no padding: each decoding request's next token, each prefilling
@@ -190,7 +200,7 @@ class Scheduler:
             for r in rows
         ]
         tables = None
-        if self.kv_blocks is not None:
+        if self.tables:
             size = self.kv_blocks.block_size
             tables = tuple(
                 np.asarray(r.blocks[: -(-(r.filled + len(p)) // size)], np.int32)
@@ -269,7 +279,7 @@ class Scheduler:
         kept = []
         for req in decoding:
             while req.status is Status.DECODING:
-                got = self.kv_blocks.take(self.kv_blocks.needed(len(req.blocks), req.filled + 1))
+                got = self._take(self.kv_blocks.needed(len(req.blocks), req.filled + 1))
                 if got is not None:
                     req.blocks += got
                     kept.append(req)
@@ -278,6 +288,22 @@ class Scheduler:
                     victim = self.running[-1]
                 self._preempt(victim)
         return kept
+
+    def _take(self, n: int, reserve: int = 0) -> list[int] | None:
+        """`n` blocks leaving `reserve` free, giving back what free slots keep (the oldest
+        first) where the pool is short; None when that is not enough."""
+        while self.kv_blocks.free - n < reserve and self.kept_blocks:
+            self._forget_kept(next(iter(self.kept_blocks)))
+        return self.kv_blocks.take(n) if self.kv_blocks.free - n >= reserve else None
+
+    def _forget_kept(self, slot: int) -> None:
+        """Free slot `slot` keeps nothing for reuse any more; its pages go back."""
+        with self.lock:
+            self.retained.pop(slot, None)
+            blocks = self.kept_blocks.pop(slot, None)
+            if blocks is not None:
+                self.kv_blocks.give_back(blocks)
+                self._releases.append(slot)
 
     def _grow_prefilling(self, group: list[Request], chunk: int, reserve: int) -> list[Request]:
         """Blocks for the chunk of each request of `group` (the oldest prompts first), leaving
@@ -288,7 +314,7 @@ class Scheduler:
         for req in group:
             while True:
                 need = self.kv_blocks.needed(len(req.blocks), req.filled + chunk)
-                got = self.kv_blocks.take(need) if self.kv_blocks.free - need >= reserve else None
+                got = self._take(need, reserve)
                 if got is not None:
                     req.blocks += got
                     kept.append(req)
@@ -308,6 +334,8 @@ class Scheduler:
             self.running.remove(req)
             self.pool.release(req.slot)
             self.kv_blocks.give_back(req.blocks)
+            if not self.tables:
+                self._releases.append(req.slot)
             req.blocks, req.slot, req.filled, req.status = [], -1, 0, Status.WAITING
             req.block_hashes, req.registered = [], 0
             req.recompute = req.prompt_ids + req.tokens[:-1] if req.tokens else None
@@ -371,6 +399,8 @@ class Scheduler:
         req.filled = n if n >= MIN_SHARED_PREFIX else 0
         self.stats.prefix_hits += req.filled
         self.retained.pop(req.slot, None)
+        # slots by use: the pages the slot's kept tokens hold are now this request's
+        req.blocks = self.kept_blocks.pop(req.slot, [])
         return copy
 
     def _reuse_prefix(self, req: Request) -> None:
@@ -475,6 +505,11 @@ class Scheduler:
                 self.pool.release(req.slot)
                 if self.slot_reuse:
                     self.retained[req.slot] = cached_tokens(req)
+                if self.kv_blocks is not None and not self.tables:
+                    if self.slot_reuse:  # its pages stay with the tokens kept for reuse
+                        self.kept_blocks[req.slot], req.blocks = req.blocks, []
+                    else:
+                        self._releases.append(req.slot)
                 if req.blocks:
                     self.kv_blocks.give_back(req.blocks)
                     req.blocks = []
@@ -496,6 +531,8 @@ class Scheduler:
             self.finish(req, FinishReason.ERROR, error)
         with self.lock:
             self.retained.pop(copy.dst, None)
+        if self.kv_blocks is not None:
+            self._forget_kept(copy.dst)
 
     def abort_all(self, message: str) -> None:
         """Ends every running and waiting request with `message` (shutdown)."""

@@ -30,6 +30,11 @@ class RunnerCaps:
     # `max_rows` then bounds only the sequences at once, not the memory.
     block_size: int = 0
     blocks: int = 0
+    # False with `block_size`: a slot runner whose memory is committed by use (`KVBuffers`
+    # with commit False): rows are slots, as without blocks, but a request holds `block_size`
+    # positions' pages as it grows, out of `blocks`, and `release_slot(slot)` hands an ended
+    # request's pages back; the scheduler counts them as a block runner's blocks.
+    block_tables: bool = True
     # A slot runner that copies a slot's leading positions into another (`copy_slot`): a
     # prompt that starts as a running request's reads its prefix instead of computing it.
     copies: bool = False
@@ -40,8 +45,11 @@ class RunnerCaps:
 
     @property
     def cache_layout(self) -> str:
-        """ "slots": a row of the cache per slot; "blocks": blocks taken by use."""
-        return "blocks" if self.block_size else "slots"
+        """ "slots": a row of the cache per slot; "blocks": blocks taken by use; "slots by
+        use": a row per slot, its memory taken by use."""
+        if not self.block_size:
+            return "slots"
+        return "blocks" if self.block_tables else "slots by use"
 
 
 @runtime_checkable
@@ -62,3 +70,4 @@ class Runner(Protocol):
         ...
 
     # where `caps.copies`: def copy_slot(self, copy: SlotCopy) -> None
+    # where `caps.cache_layout` is "slots by use": def release_slot(self, slot: int) -> None

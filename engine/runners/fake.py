@@ -97,10 +97,14 @@ class FakeRunner:
         blocks: int = 0,
         copies: bool = True,
         group_past: bool = False,
+        block_tables: bool = True,
     ):
         """`block_size` > 0: a block runner of `blocks` blocks (default: `slots` x `max_len`
-        worth) addressed through each call's block tables; else a slot runner that copies a
-        slot's prefix into another where `copies` (as ONNX Runtime's on the CPU)."""
+        worth) addressed through each call's block tables, or with `block_tables` False a slot
+        runner whose memory is counted in blocks of `block_size` positions (ONNX Runtime's
+        slots committed by use: `release_slot` wipes a slot); else a slot runner; a slot
+        runner copies a slot's prefix into another where `copies` (as ONNX Runtime's on the
+        CPU)."""
         self.info = {
             "n_layer": 1,
             "n_head": 1,
@@ -113,11 +117,14 @@ class FakeRunner:
         self.cost = cost or FakeCost()
         self.table = np.random.default_rng(seed).standard_normal((self.TABLE_ROWS, vocab)).astype(np.float32)
         self.block_size = block_size
+        self.tables = bool(block_size) and block_tables
         if block_size:
             blocks = blocks or slots * -(-max_len // block_size)
+        if self.tables:
             self.cache = np.full((blocks, block_size), -1, np.int64)  # the token at each position
         else:
             self.cache = np.full((slots, max_len), -1, np.int64)
+        self.releases: list[int] = []  # the slots given back, in order
         # one logits buffer for every call, as the real runners bind theirs: a call's logits
         # are valid until the next call
         self._logits = np.zeros((slots, vocab), np.float32)
@@ -134,8 +141,9 @@ class FakeRunner:
             graphs=(MAIN, COMPANION) if companion else (MAIN,),
             block_size=block_size,
             blocks=blocks if block_size else 0,
-            copies=copies and not block_size,
-            group_past=group_past or bool(block_size),
+            copies=copies and not self.tables,
+            group_past=group_past or self.tables,
+            block_tables=block_tables,
         )
 
     def describe(self) -> str:
@@ -151,6 +159,12 @@ class FakeRunner:
             raise RuntimeError(error)
         self.copies.append(copy)
         self.cache[copy.dst, : copy.positions] = self.cache[copy.src, : copy.positions]
+
+    def release_slot(self, slot: int) -> None:
+        if self.caps.cache_layout != "slots by use":
+            raise AssertionError("a slot released by a runner whose slots are not committed by use")
+        self.releases.append(slot)
+        self.cache[slot] = -1  # what the operating system gives back reads as nothing
 
     def logits_of(self, prefix) -> np.ndarray:
         """The logits after `prefix` (token ids): what a solo reference computes."""
@@ -178,7 +192,7 @@ class FakeRunner:
         every = {}  # row -> each position's logits (the rows `forward.all_logits` names)
         for i, (slot, start) in enumerate(zip(forward.slots, forward.starts, strict=True)):
             ids = forward.row(i)
-            if self.block_size:  # position p lives in block table[p // size] at p % size
+            if self.tables:  # position p lives in block table[p // size] at p % size
                 table = forward.blocks[i]
                 where = np.arange(start + len(ids))
                 blocks, offsets = table[where // self.block_size], where % self.block_size
@@ -205,7 +219,13 @@ class FakeRunner:
             raise AssertionError(
                 f"positions {starts} + {forward.lens.tolist()} outside the slot of {self.caps.max_len}"
             )
-        if self.block_size:
+        if self.block_size and not self.tables:  # slots by use: a row writes what its request holds
+            for r, s, n in zip(forward.requests, starts, forward.lens, strict=True):
+                if r is not None and len(r.blocks) * self.block_size < s + n:
+                    raise AssertionError(
+                        f"a row writes positions {s}..{s + n - 1} holding {len(r.blocks)} blocks of {self.block_size}"
+                    )
+        if self.tables:
             if forward.blocks is None or len(forward.blocks) != forward.rows:
                 raise AssertionError("a block runner's call without a block table per row")
             for table, s, n in zip(forward.blocks, starts, forward.lens, strict=True):
@@ -233,13 +253,13 @@ class FakeRunner:
         t = int(forward.lens[0])
         if (forward.lens != t).any():
             raise AssertionError(f"a {forward.phase.value} call with rows of {forward.lens.tolist()} tokens")
-        if forward.phase is Phase.DECODE and self.block_size:
+        if forward.phase is Phase.DECODE and self.tables:
             if t != 1:
                 raise AssertionError(f"a decode call with {t} tokens a row")
         elif forward.phase is Phase.DECODE:
             if t != 1 or slots != list(range(len(slots))):
                 raise AssertionError(f"a decode call covers slots 0..n-1 with one token each, got {slots}")
-        elif self.block_size:
+        elif self.tables:
             return  # prefill rows read their own tables: any slots, any starts
         elif len(set(starts)) != 1 or slots != list(range(slots[0], slots[0] + len(slots))):
             raise AssertionError(f"a prefill call takes consecutive slots at one start, got {slots} {starts}")

@@ -7,6 +7,14 @@ writes only the new positions of each row (`seqlens_k` per row) and reads only e
 own length: nothing is copied, padded or concatenated per token, and rows of different
 lengths share one decode call. Its kernel takes one sequence length per call, so prefill
 rows and decode rows go in separate calls (`RunnerCaps.mixed` False).
+
+The kernel addresses rows, not blocks, so on the CPU the cache's memory follows use another
+way: `max_sequences` rows of the whole window are reserved, not committed, and the operating
+system backs a page of a row only when a position in it is written (16 positions of one
+head for GPT-2's fp32 rows); an ended request's pages go back (`release_slot`). The
+scheduler counts each request's pages out of a pool of `kv_cache_mib` (default `slots`
+windows' worth) as it grows and preempts the newest when the pool is short, as it does a
+block runner's blocks. On a GPU the slots are allocated whole, once.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from engine.config import EngineConfig
-from engine.kv import KVBuffers
+from engine.kv import PAGE, KVBuffers, page_positions
 from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, SlotCopy
 from engine.runners.base import RunnerCaps
 from engine.runners.ortsession import session_options
@@ -26,6 +34,8 @@ from engine.runners.ortsession import session_options
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 GRAPH_FILE = "model.onnx"
 COMPANION_FILE = "companion.onnx"
+# requests decoded together on the CPU by default (`EngineConfig.max_sequences` 0)
+DEFAULT_SEQUENCES = 64
 
 
 class OrtRunner:
@@ -42,7 +52,11 @@ class OrtRunner:
         cuda_graph: bool = False,
         companion: bool = False,
         shared_pool: bool = False,
+        max_sequences: int = 0,
+        cache_mib: float = 0.0,
     ):
+        """`slots` rows of the whole window, allocated once; or, with `max_sequences` on the
+        CPU, that many rows committed by use out of `cache_mib` (0: `slots` windows' worth)."""
         import onnxruntime as ort
 
         with open(os.path.join(model_dir, "model_info.json")) as f:
@@ -97,20 +111,48 @@ class OrtRunner:
                 f"{model_dir}/model.onnx is not a KV-slot graph (past_key_i, seqlens_k); re-run `aigc export`"
             )
         self.kv_dtype = _NP_TYPES[inputs["past_key_0"].type]
-        self.slots, self.max_len = slots, max_len
+        itemsize = np.dtype(self.kv_dtype).itemsize
+        page = page_positions(self.head_size, itemsize)
+        windows, rows, kv_len = slots, slots, max_len
+        # by use: a row of each head is whole pages (`page` positions each; the row's length
+        # rounded up to them), where a page holds whole positions
+        by_use = bool(max_sequences) and self.device == "cpu" and PAGE % (self.head_size * itemsize) == 0
+        if by_use:
+            rows, kv_len = max(max_sequences, slots), -(-max_len // page) * page
+        self.slots, self.max_len, self.kv_len = rows, max_len, kv_len
         self.kv = KVBuffers(
-            self.n_layer, self.n_head, self.head_size, slots, max_len, self.kv_dtype, self.device
+            self.n_layer,
+            self.n_head,
+            self.head_size,
+            rows,
+            kv_len,
+            self.kv_dtype,
+            self.device,
+            commit=not by_use,
         )
+        block_size = blocks = 0
+        kv_bytes = self.kv.nbytes
+        if by_use:
+            block_size = page
+            block_bytes = 2 * self.n_layer * self.n_head * page * self.head_size * itemsize
+            per_window = -(-max_len // page)
+            blocks = int(cache_mib * 2**20) // block_bytes if cache_mib else windows * per_window
+            if blocks < per_window:
+                raise ValueError(
+                    f"kv_cache_mib {cache_mib:g} holds {blocks} pages of {page} positions; one request of "
+                    f"the {max_len}-position window needs {per_window} ({per_window * block_bytes / 2**20:.1f} MiB)"
+                )
+            kv_bytes = blocks * block_bytes
         self.kv_names = [
             (f"past_{kv}_{i}", f"present_{kv}_{i}") for i in range(self.n_layer) for kv in ("key", "value")
         ]
         # Host arrays that the bindings point at: written in place before every call.
-        self._ids = np.zeros((max(slots, 1), 1), np.int64)
-        self._pos = np.zeros((max(slots, 1), 1), np.int64)
-        self._seqlens = np.zeros(max(slots, 1), np.int32)
+        self._ids = np.zeros((max(rows, 1), 1), np.int64)
+        self._pos = np.zeros((max(rows, 1), 1), np.int64)
+        self._seqlens = np.zeros(max(rows, 1), np.int32)
         self._total = np.zeros((), np.int32)
-        self._tokens = np.zeros(max(slots, 1), np.int64)
-        self._logits = np.zeros((max(slots, 1), self.vocab), np.float32)
+        self._tokens = np.zeros(max(rows, 1), np.int64)
+        self._logits = np.zeros((max(rows, 1), self.vocab), np.float32)
         self._logits_dev = None
         self._inputs_dev = None
         if self.device != "cpu":
@@ -118,7 +160,7 @@ class OrtRunner:
             # input to the device once, when it is bound, so they are refreshed in place
             # (`update_inplace`) before each step; only the greedy ids come back to the host.
             self._logits_dev = ort.OrtValue.ortvalue_from_shape_and_type(
-                (max(slots, 1), self.vocab), np.float32, self.device, 0
+                (max(rows, 1), self.vocab), np.float32, self.device, 0
             )
             self._inputs_dev = {
                 name: ort.OrtValue.ortvalue_from_numpy(arr, self.device, 0)
@@ -132,21 +174,24 @@ class OrtRunner:
         self._tokens_dev = None
         if self._graphs:  # a captured graph writes only device memory
             self._tokens_dev = ort.OrtValue.ortvalue_from_shape_and_type(
-                (max(slots, 1),), np.int64, self.device, 0
+                (max(rows, 1),), np.int64, self.device, 0
             )
         self._run_options: dict[int, object] = {}  # graph id -> RunOptions
         self._decode_bindings: dict[tuple[str, int], object] = {}
         self._prefill_bindings: dict[tuple[str, int, int], object] = {}
         self.caps = RunnerCaps(
             mixed=False,
-            max_rows=slots,
+            max_rows=rows,
             max_len=max_len,
             kv_dtype=np.dtype(self.kv_dtype),
-            kv_bytes=self.kv.nbytes,
+            kv_bytes=kv_bytes,
             device=self.device,
             graphs=(MAIN, COMPANION) if self.companion is not None else (MAIN,),
             copies=self.device == "cpu",  # host arrays; a device cache reuses free slots only
             group_past=False,
+            block_size=block_size,
+            blocks=blocks,
+            block_tables=False,
         )
 
     @classmethod
@@ -176,6 +221,8 @@ class OrtRunner:
             config.cuda_graph,
             companion=bool(config.companion_prefill or config.companion_from_rows),
             shared_pool=own_process,
+            max_sequences=config.max_sequences or max(config.slots, DEFAULT_SEQUENCES),
+            cache_mib=config.kv_cache_mib,
         )
 
     def execute(self, forward: Forward) -> ForwardOutput:
@@ -195,17 +242,27 @@ class OrtRunner:
     def copy_slot(self, copy: SlotCopy) -> None:
         self.kv.copy_slot(copy.src, copy.dst, copy.positions)
 
+    def release_slot(self, slot: int) -> None:
+        self.kv.release_slot(slot)
+
     def describe(self) -> str:
         import onnxruntime as ort
 
+        caps = self.caps
+        memory = (
+            f"; {caps.max_rows} KV slots committed by use, {caps.blocks} pages of {caps.block_size} positions"
+            if caps.block_size
+            else f"; {caps.max_rows} KV slots allocated whole"
+        )
         return (
             f"onnxruntime {ort.__version__} from {os.path.dirname(ort.__file__)}, "
             f"providers {self.session.get_providers()}"
             + ("; a companion graph shares the KV slots" if self.companion is not None else "")
+            + memory
         )
 
     def _bind_kv(self, binding, first_slot: int, rows: int) -> None:
-        shape = [rows, self.n_head, self.max_len, self.head_size]
+        shape = [rows, self.n_head, self.kv_len, self.head_size]
         offset = first_slot * self.kv.slot_bytes
         for (past, present), ptr in zip(self.kv_names, self.kv.ptrs, strict=True):
             binding.bind_input(past, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
@@ -273,7 +330,7 @@ class OrtRunner:
         self._seqlens[:n] = positions
         # A captured graph keeps the host value it saw: give it the slot length, an upper bound
         # (each row attends over its own `seqlens_k`, read on the device at every replay).
-        self._total[...] = self.max_len if self._graphs else int(positions.max()) + 1
+        self._total[...] = self.kv_len if self._graphs else int(positions.max()) + 1
         if self._inputs_dev is not None:
             for name, host in (
                 ("input_ids", self._ids),

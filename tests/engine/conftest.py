@@ -28,6 +28,7 @@ class Setup:
         blocks=0,
         copies=True,
         group_past=False,
+        block_tables=True,
         **config,
     ):
         self.clock = FakeClock()
@@ -44,6 +45,7 @@ class Setup:
             blocks=blocks,
             copies=copies,
             group_past=group_past,
+            block_tables=block_tables,
         )
         self.sink = Recorder()
         self.engine = Engine(

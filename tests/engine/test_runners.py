@@ -20,7 +20,7 @@ from engine.loader import load_engine
 from engine.plan import Phase
 from engine.request_schema import RequestError, SamplingParams
 from engine.runners.fake import FakeClock
-from engine.types import FinishReason
+from engine.types import FinishReason, Status
 
 
 @pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
@@ -314,6 +314,72 @@ def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(ov_
         assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 40)
         assert "".join(sink.text[id(r)]) == engine.tokenizer.decode(r.tokens)
     assert engine.scheduler.kv_blocks.free == 5
+
+
+@pytest.fixture(scope="module")
+def ort_dir(exports, tmp_path_factory):
+    """A version folder of the tiny GPT-2's f32 weights on ONNX Runtime (slots)."""
+    d = tmp_path_factory.mktemp("engine-ort-by-use")
+    shutil.copyfile(exports["gpt2"] / "fp32" / "gpt2.onnx", d / "model.onnx")
+    for f in ("tokenizer.json", "model_info.json"):
+        shutil.copyfile(exports["gpt2"] / "assets" / f, d / f)
+    return d
+
+
+def test_onnxruntime_slots_are_committed_by_use_and_their_pages_given_back(ort_dir, checkpoints):
+    """On the CPU ONNX Runtime's 64 rows (by default, whatever --slots) are reserved, not
+    committed: the cache's resident memory is the pages the requests hold, growing as they
+    do, and goes back to the system when they end."""
+    engine, _, _ = make_engine(ort_dir, slots=6, max_sequences=0, prefix_caching=False)
+    runner, pool = engine.runner, engine.scheduler.kv_blocks
+    caps = runner.caps
+    assert caps.max_rows == 64 and caps.cache_layout == "slots by use" and pool.total == 6 * 4
+    assert runner.kv.resident_bytes() == 0
+    block_bytes = caps.kv_bytes // caps.blocks  # a page of every head of every layer
+    # prompts of one length: they run in step and end together (no slot is a padding row)
+    texts = ("The class Foo", "import os and", "x = 1 + 2", "def f(x): return", "Python is a")
+    prompts = [engine.tokenizer.encode(t).ids[:3] for t in texts] * 2
+    reqs = [engine.submit(p, greedy(40)) for p in prompts]
+    engine.step()
+    assert engine.free_slots == 64 - 10  # ten requests at once, in a pool of six windows
+    held, ended = [], set()
+    while engine.has_work():
+        engine.step()
+        # the pages held, and those of the requests that ended in this step (given back
+        # at the start of the next)
+        just = [r for r in reqs if r.status is Status.FINISHED and id(r) not in ended]
+        ended |= {id(r) for r in just}
+        pending = sum(-(-r.filled // caps.block_size) for r in just)
+        in_use = pool.total - pool.free
+        assert runner.kv.resident_bytes() == (in_use + pending) * block_bytes
+        held.append(in_use)
+    assert held[0] == 10 and max(held) == 20  # a page each, then a second past position 32
+    engine.step()  # the last ended requests' pages go back
+    assert runner.kv.resident_bytes() == 0 and pool.free == pool.total
+    for p, r in zip(prompts[:5], reqs[:5]):
+        assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 40)
+
+
+def test_onnxruntime_slots_by_use_preempt_and_recompute_to_transformers_tokens(ort_dir, checkpoints):
+    """A pool of 5 pages per head (32 positions each) for three streams growing past what it
+    holds: the newest is preempted, its pages given back, and recomputed; every request's
+    tokens still equal transformers'."""
+    import json
+
+    info = json.loads((ort_dir / "model_info.json").read_text())
+    page = 4096 // (info["head_size"] * 4)
+    block_mib = 2 * info["n_layer"] * info["n_head"] * page * info["head_size"] * 4 / 2**20
+    engine, sink, _ = make_engine(ort_dir, slots=3, kv_cache_mib=5 * block_mib, prefill_chunk=16)
+    assert engine.runner.caps.blocks == 5 and engine.runner.caps.block_size == page
+    prompts = [engine.tokenizer.encode(t).ids for t in ("The class", "import os", "Python is")]
+    reqs = [engine.submit(p, greedy(40)) for p in prompts]
+    engine.run_until_done(reqs)
+    assert engine.stats.preemptions >= 1
+    for p, r in zip(prompts, reqs):
+        assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 40)
+        assert "".join(sink.text[id(r)]) == engine.tokenizer.decode(r.tokens)
+    kept = engine.scheduler.kept_blocks  # free slots keep their pages for prefix reuse
+    assert engine.scheduler.kv_blocks.free + sum(len(b) for b in kept.values()) == 5
 
 
 def test_logprobs_of_prompt_and_output_equal_transformers(version_dir, checkpoints):

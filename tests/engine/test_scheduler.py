@@ -525,6 +525,81 @@ def test_a_prompt_waits_for_blocks_instead_of_preempting_a_running_stream(make):
     assert stream.tokens == s.reference(prompt(40), 20) and late.tokens == s.reference(prompt(30, 1), 2)
 
 
+# -- slots committed by use (ONNX Runtime on the CPU) ------------------------------------------
+
+
+def by_use(make, slots=8, blocks=32, **kw):
+    """A slot runner (one-phase calls, a decode call over rows 0..n-1) whose memory is
+    counted in blocks of 4 positions, `blocks` of them."""
+    return make(slots=slots, max_len=64, block_size=4, blocks=blocks, block_tables=False, **kw)
+
+
+def test_slots_by_use_take_pages_as_requests_grow_and_give_them_back_at_the_next_step(make):
+    s = by_use(make, prefix_caching=False, idle_prefill_chunk=64)
+    pool = s.engine.scheduler.kv_blocks
+    reqs = [s.engine.submit(prompt(6, i), greedy(7)) for i in range(3)]
+    s.engine.step()  # the three prompts together: positions 0..5, two blocks each
+    assert [len(r.blocks) for r in reqs] == [2, 2, 2] and pool.free == 32 - 6
+    (prefill,) = s.calls(Phase.PREFILL)
+    assert prefill.slots == (0, 1, 2)  # rows are slots, as without blocks
+    held = []
+    while any(r.status is not Status.FINISHED for r in reqs):
+        s.engine.step()
+        held.append(len(reqs[0].blocks))
+    assert held == [2, 2, 3, 3, 3, 0]
+    assert s.runner.releases == []  # the slots' pages go back at the next step, before any call
+    s.engine.step()
+    assert sorted(s.runner.releases) == [0, 1, 2] and pool.free == 32
+    assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 7) for r in reqs]
+
+
+def test_slots_by_use_serve_more_requests_than_windows_fit_and_preempt_the_newest_exactly(make):
+    """Eight rows over 20 blocks of 4 positions (a 64-position window is 16): all eight
+    short requests start at once; as they grow past the pool the newest are preempted,
+    their slots given back, and recomputed: every request gets its reference tokens."""
+    s = by_use(make, blocks=20, prefix_caching=False, prefill_chunk=8)
+    reqs = [s.engine.submit(prompt(4, i), greedy(20)) for i in range(8)]
+    s.engine.step()
+    assert len(s.engine.running) == 8
+    for _ in range(600):
+        if all(r.status is Status.FINISHED for r in reqs):
+            break
+        s.engine.step()
+        held = [b for r in s.engine.running for b in r.blocks]
+        assert len(held) == len(set(held)) and len(held) + s.engine.scheduler.kv_blocks.free == 20
+    assert s.engine.stats.preemptions >= 1 and s.runner.releases
+    assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 20) for r in reqs]
+    for r in reqs:
+        assert "".join(s.sink.text[id(r)]) == s.engine.tokenizer.decode(r.tokens)
+
+
+def test_a_free_slot_keeps_its_pages_for_reuse_until_the_pool_needs_them(make):
+    """With prefix caching a free slot keeps what its request wrote, and the blocks that
+    holds: a later prompt starting the same way takes the slot and its blocks; when the
+    pool runs short, the oldest kept slot gives its blocks back (its pages released) before
+    any running request is preempted."""
+    s = by_use(make, slots=4, blocks=20, idle_prefill_chunk=64)
+    scheduler, pool = s.engine.scheduler, s.engine.scheduler.kv_blocks
+    system = prompt(24)
+    a = s.engine.submit(system + [5, 6], greedy(4))  # 29 positions written: 8 blocks
+    b = s.engine.submit(prompt(20, 5), greedy(8))  # 27: 7 blocks
+    s.engine.run_until_done([a, b])
+    s.engine.step()
+    assert s.runner.releases == [] and list(scheduler.kept_blocks) == [0, 1] and pool.free == 5
+    c = s.engine.submit(system + [7], greedy(4))
+    s.engine.run_until_done([c])
+    assert c.slot == 0 and s.engine.stats.prefix_hits == 24  # a's slot: the prefix is read
+    assert list(scheduler.kept_blocks) == [1, 0] and pool.free == 5  # c took a's 8 blocks
+    # 60 positions (15 blocks): slot 0's 8 and 7 more, which slot 1 (b's, the oldest) gives back
+    d = s.engine.submit(prompt(40, 3), greedy(20))
+    s.engine.run_until_done([d])
+    assert s.runner.releases == [1] and s.engine.stats.preemptions == 0
+    assert 1 not in scheduler.retained and list(scheduler.kept_blocks) == [0]
+    assert [r.tokens for r in (a, b, c, d)] == [
+        s.reference(r.prompt_ids, len(r.tokens)) for r in (a, b, c, d)
+    ]
+
+
 # -- prefix caching -----------------------------------------------------------------------
 
 

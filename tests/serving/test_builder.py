@@ -213,7 +213,11 @@ def test_gpt2_engine_settings_reach_the_config_and_build_reports_the_cache(expor
     assert params["max_tokens_limit"].string_value == "47"
     info = json.loads((exports["gpt2"] / "assets" / "model_info.json").read_text())
     mib = 2 * info["n_layer"] * 3 * info["n_head"] * 48 * info["head_size"] * 4 / 2**20
-    assert f"KV cache: 3 slots x 48 positions = {mib:.0f} MiB" in str(built[0])
+    assert (
+        f"KV cache: {mib:.0f} MiB (144 positions), each sequence's rows committed by use as it grows "
+        f"(pages of {4096 // (info['head_size'] * 4)} positions), given back when it ends; up to 64 sequences "
+        "of up to 48 positions at once"
+    ) in str(built[0])
     bad = {
         "slots": (0, r"--slots must be an integer in 1\.\.1024, got 0"),
         "prefill_chunk": (0, r"--prefill-chunk must be an integer in 1\.\.4096"),
@@ -256,8 +260,8 @@ def test_the_kv_cache_precision_auto_serves_is_the_exports_choice(exports, tmp_p
     positions = 2 * 2**20 / kv["u8"]["bytes_per_token"]
     assert (
         precision == "u8"
-        and f"2 MiB of u8 blocks taken by use, allocated once when the model loads ({positions:.0f} positions)"
-        in detail
+        and f"KV cache: 2 MiB ({positions:.0f} positions), u8 blocks of 32 positions taken by use, allocated "
+        "once when the model loads" in detail
     )
     with pytest.raises(
         ConfigError, match="--kv-cache-precision u8 applies to a block runner .*fp32 runs on onnxruntime"
