@@ -73,7 +73,7 @@ METRICS = (
     (WAITING, "gauge", "Requests waiting for a free KV slot.", None),
     (KV_USAGE, "gauge", "Share of the KV slots in use, 0..1.", None),
     (KV_FREE, "gauge", "Free KV slots.", None),
-    (KV_TOTAL, "gauge", "KV slots allocated at load.", None),
+    (KV_TOTAL, "gauge", "KV slots (rows: sequences at once).", None),
     (PREEMPTIONS, "counter", "Requests preempted for KV blocks (recomputed later).", None),
     (PREFIX_QUERIES, "counter", "Prefill tokens looked up in the prefix cache.", None),
     (PREFIX_HITS, "counter", "Prefill tokens found in the prefix cache (not computed).", None),

@@ -344,8 +344,10 @@ class Scheduler:
 
     def kv_usage(self) -> float:
         """The share of the cache in use: blocks for a block runner, else slots."""
-        if self.kv_blocks is not None:
-            return 1.0 - self.kv_blocks.free / self.kv_blocks.total
+        if self.kv_blocks is not None:  # what free slots keep for reuse is evictable, as cached blocks are
+            with self.lock:  # the metrics thread asks while the generation thread steps
+                kept = sum(len(b) for b in self.kept_blocks.values())
+            return 1.0 - (self.kv_blocks.free + kept) / self.kv_blocks.total
         return 1.0 - self.pool.free / self.pool.total
 
     def _admit(self) -> list[SlotCopy]:

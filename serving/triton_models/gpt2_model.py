@@ -305,7 +305,7 @@ class _MetricsExporter:
                 self.count(family, n, finished_reason=label)
             else:
                 self.count(family, n, reason=label)
-        slots, free = engine.config.slots, engine.free_slots
+        slots, free = engine.runner.caps.max_rows, engine.free_slots  # the rows, not --slots
         self.metric(llm_metrics.RUNNING).set(len(engine.running))
         self.metric(llm_metrics.WAITING).set(engine.waiting)
         self.metric(llm_metrics.KV_FREE).set(free)

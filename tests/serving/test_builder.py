@@ -261,7 +261,8 @@ def test_the_kv_cache_precision_auto_serves_is_the_exports_choice(exports, tmp_p
     assert (
         precision == "u8"
         and f"KV cache: 2 MiB ({positions:.0f} positions), u8 blocks of 32 positions taken by use, allocated "
-        "once when the model loads" in detail
+        "once when the model loads"
+        in detail
     )
     with pytest.raises(
         ConfigError, match="--kv-cache-precision u8 applies to a block runner .*fp32 runs on onnxruntime"
