@@ -7,6 +7,7 @@ environment it inherits, so it is handed this interpreter's site-packages explic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -253,6 +254,10 @@ class EmbeddedTritonServer:
             logger.warning("Triton did not exit in %d s; killing it", self.exit_timeout_s + 5)
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        # Triton gone, a Python-backend stub still busy when its exit timeout cut it would be
+        # left behind holding its model's memory: nothing can reach it now
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def __enter__(self) -> EmbeddedTritonServer:
         return self.start()

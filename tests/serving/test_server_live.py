@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 from support import start_server
@@ -75,6 +76,20 @@ def test_new_version_switches_after_load_and_rollback_returns(exports, tmp_path)
 
 
 @pytest.mark.server
+def _live_in_group(pgid: int) -> list[str]:
+    """The processes of process group `pgid` still running (zombies, which only wait for
+    their parent to read their status, left out), as `pid command`."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(f"{stat.parent.name} {(stat.parent / 'comm').read_text().strip()}")
+    return live
+
+
 def test_stream_cut_by_server_stop_ends_with_an_error_not_a_hang(fp32_repository, tmp_path):
     import threading
     import time
@@ -104,6 +119,12 @@ def test_stream_cut_by_server_stop_ends_with_an_error_not_a_hang(fp32_repository
     t.join(30)
     assert not t.is_alive(), "the client hung after the server stopped"
     assert time.monotonic() - t0 < 30
+    # nothing of the server is left running: no Python-backend stub outlives Triton (a
+    # process killed takes a moment to go)
+    deadline = time.monotonic() + 10
+    while _live_in_group(srv.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _live_in_group(srv.process.pid) == []
     # The tiny model may write all 120 tokens before the stop (the slow reader drains them from
     # the client's buffer): then the text is whole. Otherwise the error says the server went.
     if outcome["result"] == "completed":
