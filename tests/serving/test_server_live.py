@@ -75,7 +75,6 @@ def test_new_version_switches_after_load_and_rollback_returns(exports, tmp_path)
         srv.stop()
 
 
-@pytest.mark.server
 def _live_in_group(pgid: int) -> list[str]:
     """The processes of process group `pgid` still running (zombies, which only wait for
     their parent to read their status, left out), as `pid command`."""
@@ -90,6 +89,7 @@ def _live_in_group(pgid: int) -> list[str]:
     return live
 
 
+@pytest.mark.server
 def test_stream_cut_by_server_stop_ends_with_an_error_not_a_hang(fp32_repository, tmp_path):
     import threading
     import time
