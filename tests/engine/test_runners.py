@@ -295,17 +295,19 @@ def test_openvino_runs_64_sequences_by_default_in_a_pool_of_slots_windows(ov_dir
         assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 6)
 
 
-def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(ov_dir, checkpoints):
-    """OpenVINO's paged cache sized in MiB (five 32-position blocks) below what three streams
-    reach: the newest is preempted and recomputed, and every request's tokens still equal
-    transformers'."""
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_memory_by_use_preempts_and_recomputes_to_transformers_tokens(runtime, request, checkpoints):
+    """A cache sized in MiB below what three streams reach (five blocks: OpenVINO's of 32
+    positions, or pages of ONNX Runtime's rows): the newest is preempted, its memory given
+    back, and recomputed; every request's tokens still equal transformers'."""
     import json
 
-    d = ov_dir
+    d = request.getfixturevalue("ov_dir" if runtime == "openvino" else "ort_dir")
     info = json.loads((d / "model_info.json").read_text())
-    block_mib = 2 * info["n_layer"] * info["n_head"] * 32 * info["head_size"] * 4 / 2**20
+    size = 32 if runtime == "openvino" else 4096 // (info["head_size"] * 4)
+    block_mib = 2 * info["n_layer"] * info["n_head"] * size * info["head_size"] * 4 / 2**20
     engine, sink, _ = make_engine(d, slots=3, kv_cache_mib=5 * block_mib, prefill_chunk=16)
-    assert engine.runner.caps.blocks == 5 and engine.runner.caps.block_size == 32
+    assert engine.runner.caps.blocks == 5 and engine.runner.caps.block_size == size
     prompts = [engine.tokenizer.encode(t).ids for t in ("The class", "import os", "Python is")]
     reqs = [engine.submit(p, greedy(40)) for p in prompts]
     engine.run_until_done(reqs)
@@ -313,7 +315,8 @@ def test_openvino_blocks_by_use_preempt_and_recompute_to_transformers_tokens(ov_
     for p, r in zip(prompts, reqs):
         assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 40)
         assert "".join(sink.text[id(r)]) == engine.tokenizer.decode(r.tokens)
-    assert engine.scheduler.kv_blocks.free == 5
+    kept = engine.scheduler.kept_blocks  # ONNX Runtime's free slots keep their pages for reuse
+    assert engine.scheduler.kv_blocks.free + sum(len(b) for b in kept.values()) == 5
 
 
 @pytest.fixture(scope="module")
@@ -358,28 +361,6 @@ def test_onnxruntime_slots_are_committed_by_use_and_their_pages_given_back(ort_d
     assert runner.kv.resident_bytes() == 0 and pool.free == pool.total
     for p, r in zip(prompts[:5], reqs[:5]):
         assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 40)
-
-
-def test_onnxruntime_slots_by_use_preempt_and_recompute_to_transformers_tokens(ort_dir, checkpoints):
-    """A pool of 5 pages per head (32 positions each) for three streams growing past what it
-    holds: the newest is preempted, its pages given back, and recomputed; every request's
-    tokens still equal transformers'."""
-    import json
-
-    info = json.loads((ort_dir / "model_info.json").read_text())
-    page = 4096 // (info["head_size"] * 4)
-    block_mib = 2 * info["n_layer"] * info["n_head"] * page * info["head_size"] * 4 / 2**20
-    engine, sink, _ = make_engine(ort_dir, slots=3, kv_cache_mib=5 * block_mib, prefill_chunk=16)
-    assert engine.runner.caps.blocks == 5 and engine.runner.caps.block_size == page
-    prompts = [engine.tokenizer.encode(t).ids for t in ("The class", "import os", "Python is")]
-    reqs = [engine.submit(p, greedy(40)) for p in prompts]
-    engine.run_until_done(reqs)
-    assert engine.stats.preemptions >= 1
-    for p, r in zip(prompts, reqs):
-        assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 40)
-        assert "".join(sink.text[id(r)]) == engine.tokenizer.decode(r.tokens)
-    kept = engine.scheduler.kept_blocks  # free slots keep their pages for prefix reuse
-    assert engine.scheduler.kv_blocks.free + sum(len(b) for b in kept.values()) == 5
 
 
 def test_logprobs_of_prompt_and_output_equal_transformers(version_dir, checkpoints):

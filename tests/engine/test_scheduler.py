@@ -462,6 +462,19 @@ def test_a_mixed_runner_still_prefills_alone_when_nothing_decodes(make):
 # -- KV blocks taken by use (a block runner) ------------------------------------------------
 
 
+def run_counting_blocks(s, reqs, steps=600):
+    """Step until `reqs` end, checking after every step that no block is held twice and
+    that the held and free blocks make the whole pool."""
+    pool = s.engine.scheduler.kv_blocks
+    for _ in range(steps):
+        if all(r.status is Status.FINISHED for r in reqs):
+            return
+        s.engine.step()
+        held = [b for r in s.engine.running for b in r.blocks]
+        assert len(held) == len(set(held)) and len(held) + pool.free == pool.total
+    raise AssertionError(f"requests still running after {steps} steps")
+
+
 def test_a_request_takes_blocks_as_it_grows_and_returns_them_when_it_ends(make):
     s = make(slots=2, mixed=True, block_size=4, blocks=16, idle_prefill_chunk=64)
     pool = s.engine.scheduler.kv_blocks
@@ -497,12 +510,7 @@ def test_when_blocks_run_out_the_newest_request_is_preempted_and_recomputed_exac
     tokens and its text streams on without a repeat."""
     s = make(slots=3, max_len=64, mixed=True, block_size=4, blocks=20, prefill_chunk=8)
     reqs = [s.engine.submit(prompt(4, i), greedy(24)) for i in range(3)]
-    for _ in range(400):
-        if all(r.status is Status.FINISHED for r in reqs):
-            break
-        s.engine.step()
-        held = [b for r in s.engine.running for b in r.blocks]
-        assert len(held) == len(set(held)) and len(held) + s.engine.scheduler.kv_blocks.free == 20
+    run_counting_blocks(s, reqs)
     assert s.engine.stats.preemptions >= 1
     # the preempted one had output: it was written again with its prompt, in chunks of 8
     assert max(len(row) for c in s.runner.calls for row in c.ids) == 8
@@ -561,12 +569,7 @@ def test_slots_by_use_serve_more_requests_than_windows_fit_and_preempt_the_newes
     reqs = [s.engine.submit(prompt(4, i), greedy(20)) for i in range(8)]
     s.engine.step()
     assert len(s.engine.running) == 8
-    for _ in range(600):
-        if all(r.status is Status.FINISHED for r in reqs):
-            break
-        s.engine.step()
-        held = [b for r in s.engine.running for b in r.blocks]
-        assert len(held) == len(set(held)) and len(held) + s.engine.scheduler.kv_blocks.free == 20
+    run_counting_blocks(s, reqs)
     assert s.engine.stats.preemptions >= 1 and s.runner.releases
     assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 20) for r in reqs]
     for r in reqs:
