@@ -14,6 +14,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 
+# requests decoded together on the CPU when `max_sequences` is 0 (at least `slots`)
+DEFAULT_SEQUENCES = 64
+
 
 def setting(
     default,
@@ -131,6 +134,11 @@ class EngineConfig:
             inside = number and low <= value <= high and not (f.metadata["above"] and value == low)
             if not inside or (f.type == "int" and not isinstance(value, int)):
                 raise ValueError(f"{_name(f, flags)} must be {_range(f, hi)}, got {value!r}")
+
+    @property
+    def sequences(self) -> int:
+        """Requests decoded together where memory is taken by use (the CPU runners)."""
+        return self.max_sequences or max(self.slots, DEFAULT_SEQUENCES)
 
     # -- config.pbtxt parameters -----------------------------------------------------------
     def to_parameters(self) -> dict[str, str]:

@@ -531,10 +531,7 @@ class Scheduler:
             req = next((r for r in self.running if r.slot == copy.dst), None)
         if req is not None:
             self.finish(req, FinishReason.ERROR, error)
-        with self.lock:
-            self.retained.pop(copy.dst, None)
-        if self.kv_blocks is not None:
-            self._forget_kept(copy.dst)
+        self._forget_kept(copy.dst)
 
     def abort_all(self, message: str) -> None:
         """Ends every running and waiting request with `message` (shutdown)."""

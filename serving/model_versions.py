@@ -19,7 +19,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 import engine
 from aigc.errors import ConfigError
 from engine import runtimes
+from engine.kv import page_positions
 from engine.request_schema import TENSOR_INPUTS
+from engine.runners.openvino import BLOCK_SIZE
 from serving import config_gen
 from serving.config_gen import Tensor
 from serving.flavours import NATIVE_FLAVOUR
@@ -200,12 +202,14 @@ def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.Mo
         files[asset] = export_dir / "assets" / asset
     window = opts.engine.max_len or info["n_positions"]
     entry = report["variants"][variant]
-    sequences = opts.engine.max_sequences or max(opts.engine.slots, 64)
+    sequences = opts.engine.sequences
     if runtimes.of_variant(variant).cache_blocks:
         precision, per_token = kv_cache_precision(entry, info, variant, opts.engine.kv_cache_precision)
         cfg.parameters["kv_cache_precision"].string_value = precision
         kv = opts.engine.kv_cache_mib * 2**20 or opts.engine.slots * window * per_token
-        what = f"{precision} blocks of 32 positions taken by use, allocated once when the model loads"
+        what = (
+            f"{precision} blocks of {BLOCK_SIZE} positions taken by use, allocated once when the model loads"
+        )
     else:
         if opts.engine.kv_cache_precision not in ("auto",):
             raise ConfigError(
@@ -214,18 +218,15 @@ def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.Mo
                 f"({entry.get('kv_dtype', 'float32')}): use auto"
             )
         # the cache's dtype as the export read it from the graph (float32 where a report predates it)
-        per_token = kv_cache_bytes(
-            info, opts, np.dtype(entry.get("kv_dtype", "float32")).itemsize, positions=1
-        )
+        itemsize = np.dtype(entry.get("kv_dtype", "float32")).itemsize
+        per_token = kv_cache_bytes(info, opts, itemsize, positions=1)
         kv = opts.engine.kv_cache_mib * 2**20 or opts.engine.slots * window * per_token
         if opts.target == "gpu":
             sequences = opts.engine.slots
             kv = opts.engine.slots * window * per_token
             what = "slots of the whole window on the device, allocated once when the model loads"
         else:
-            from engine.kv import page_positions
-
-            page = page_positions(int(info["head_size"]), np.dtype(entry.get("kv_dtype", "float32")).itemsize)
+            page = page_positions(int(info["head_size"]), itemsize)
             what = f"each sequence's rows committed by use as it grows (pages of {page} positions), given back when it ends"
     detail = (
         f"  KV cache: {kv / 2**20:.0f} MiB ({kv / per_token:.0f} positions), {what}; "

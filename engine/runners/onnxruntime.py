@@ -34,8 +34,6 @@ from engine.runners.ortsession import session_options
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 GRAPH_FILE = "model.onnx"
 COMPANION_FILE = "companion.onnx"
-# requests decoded together on the CPU by default (`EngineConfig.max_sequences` 0)
-DEFAULT_SEQUENCES = 64
 
 
 class OrtRunner:
@@ -221,7 +219,7 @@ class OrtRunner:
             config.cuda_graph,
             companion=bool(config.companion_prefill or config.companion_from_rows),
             shared_pool=own_process,
-            max_sequences=config.max_sequences or max(config.slots, DEFAULT_SEQUENCES),
+            max_sequences=config.sequences,
             cache_mib=config.kv_cache_mib,
         )
 

@@ -71,10 +71,6 @@ def paged_model(xml_path: str):
     return model
 
 
-# requests a block runner decodes together by default (`EngineConfig.max_sequences` 0)
-DEFAULT_SEQUENCES = 64
-
-
 class OvRunner:
     """The paged-attention IR compiled for the CPU; the KV blocks set on the request once."""
 
@@ -180,7 +176,7 @@ class OvRunner:
         precision = "f32" if config.kv_cache_precision == "auto" else config.kv_cache_precision
         # sequences at once are bounded by `max_sequences` and the pool's blocks, not by
         # windows: the pool is `slots` windows' worth unless sized in MiB
-        rows = config.max_sequences or max(config.slots, DEFAULT_SEQUENCES)
+        rows = config.sequences
         return cls(
             model_dir,
             rows,
