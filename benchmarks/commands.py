@@ -178,6 +178,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the median of the rounds' ratios, with their spread (default 3; 1: one each)",
     )
     load.add_argument(
+        "--scaling-rounds",
+        type=int,
+        default=3,
+        help="rounds of one stream and the most streams up to 8, served in turns; their gain over "
+        "one stream, set against the batch step's ceiling, is the median of the rounds' gains, "
+        "with their spread (default 3; 1: the concurrency runs alone)",
+    )
+    load.add_argument(
         "--image-requests", type=int, default=200, help="timed image requests per measurement (default 200)"
     )
     load.add_argument(
@@ -271,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         repeats=args.repeats,
         peer_rounds=args.peer_rounds,
+        scaling_rounds=args.scaling_rounds,
         image_requests=args.image_requests,
         throughput_seconds=args.throughput_seconds,
         quick=args.quick,

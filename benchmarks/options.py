@@ -71,6 +71,9 @@ class BenchOptions:
     # the one-stream served figure and the fastest peer's, measured again in turns (served,
     # peer, served, peer, ...): the ratio is taken per round, its median gated, its spread shown
     peer_rounds: int = 3
+    # one stream and the most streams up to 8 served again in turns (1, 8, 1, 8, ...): the
+    # gain of batching over one stream is taken per round, its median set against the ceiling
+    scaling_rounds: int = 3
     image_requests: int = 200
     throughput_seconds: float = 3.0
     quick: bool = False
@@ -118,6 +121,8 @@ class BenchOptions:
             raise ConfigError(f"--repeats must be in 1..1000, got {self.repeats}")
         if not 1 <= self.peer_rounds <= 20:
             raise ConfigError(f"--peer-rounds must be in 1..20, got {self.peer_rounds}")
+        if not 1 <= self.scaling_rounds <= 20:
+            raise ConfigError(f"--scaling-rounds must be in 1..20, got {self.scaling_rounds}")
         if not 1 <= self.image_requests <= 100_000:
             raise ConfigError(f"--image-requests must be in 1..100000, got {self.image_requests}")
         if not 0.1 <= self.throughput_seconds <= 600:
@@ -148,6 +153,12 @@ class BenchOptions:
         from benchmarks.peers import resolve
 
         return resolve(self.peers, self.quick)
+
+    def scaling_top(self) -> int | None:
+        """The most streams up to 8 served beside one stream: the concurrency whose gain over
+        one stream is set against the batch step's ceiling; None without both."""
+        tops = [c for c in self.concurrency if 1 < c <= 8]
+        return max(tops) if tops and 1 in self.concurrency else None
 
     def quick_mode(self) -> BenchOptions:
         """The CI setting: a few minutes of measuring on 2 cores. 8 streams stay: the gate

@@ -62,6 +62,29 @@ def _floor_row(floors: dict | None, batch: int) -> dict | None:
     return min(rows, key=lambda r: r["past"], default=None)
 
 
+def served_gains(g: dict) -> dict[str, list[float]]:
+    """Each served concurrency's aggregate over one stream's: one gain per round where one
+    stream and that concurrency ran again in turns (`scaling_rounds`), else the one pass."""
+    served = g.get("served") or {}
+    c1 = served.get("1")
+    gains: dict[str, list[float]] = {}
+    if not c1:
+        return gains
+
+    def gain(n, one) -> list[float]:
+        return [n / one] if n is not None and one else []
+
+    for c in sorted(served, key=int):
+        if c != "1":
+            gains[c] = gain(served[c]["aggregate_tokens_per_s"], c1["aggregate_tokens_per_s"])
+    scaling = g.get("scaling_rounds") or {}
+    top = str(scaling.get("concurrency", ""))
+    each = [x for r in scaling.get("rounds", []) for x in gain(r.get(f"c{top}"), r.get("c1"))]
+    if top in gains and len(each) > 1:
+        gains[top] = each
+    return gains
+
+
 def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
     """Served figures against the offline profile of the same file and threads.
 
@@ -74,6 +97,7 @@ def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
     c1 = served.get("1")
     cached = cfg.get("prompt_tokens", 16) + cfg.get("new_tokens", 64) / 2
     step1 = _profiled_step(profile, 1, cached)
+    gains = served_gains(g)
     for c in sorted(served, key=int):
         step_c = _profiled_step(profile, int(c), cached)
         if c == "1" or step1 is None or step_c is None:
@@ -81,9 +105,12 @@ def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
         # Offline step times: c streams per step over one; served aggregate over that ceiling.
         ceiling = int(c) * step1 / step_c
         out[f"gpt2_step_ceiling_c{c}_vs_c1"] = round(ceiling, 3)
-        if c1:
-            gain = served[c]["aggregate_tokens_per_s"] / c1["aggregate_tokens_per_s"]
-            out[f"gpt2_aggregate_c{c}_vs_step_ceiling"] = div(gain, ceiling)
+        each = [x / ceiling for x in gains.get(c, [])]
+        if each:  # the median of the rounds' gains (one, without rounds); their spread beside
+            out[f"gpt2_aggregate_c{c}_vs_step_ceiling"] = round(statistics.median(each), 3)
+        if len(each) > 1:
+            out[f"gpt2_aggregate_c{c}_vs_step_ceiling_min"] = round(min(each), 3)
+            out[f"gpt2_aggregate_c{c}_vs_step_ceiling_max"] = round(max(each), 3)
     steps = (profile or {}).get("step_ms") or {}
     pasts = sorted(int(p) for p in (profile or {}).get("past_lens", []))
     for b in ("1", "8"):
@@ -211,7 +238,8 @@ def ratios(results: dict) -> dict:
     `*_minus_*_ms` are differences in milliseconds. GPT-2 also gets ratios against the
     offline decode profile of the served file, measured in the same run through the serving
     engine's own runner without the server: the step's batching ceiling
-    (`gpt2_step_ceiling_cN_vs_c1`), the served share of it (`gpt2_aggregate_cN_vs_step_ceiling`),
+    (`gpt2_step_ceiling_cN_vs_c1`), the served share of it (`gpt2_aggregate_cN_vs_step_ceiling`,
+    the median over the rounds of one stream and N served in turns, `_min` / `_max` beside),
     the step at a long cache over a short one (`gpt2_step_long_vs_short_bN`), the server's
     time to first token beyond the prefill (`gpt2_ttft_minus_prefill_ms`), and the batch-1
     step over its read floor (`gpt2_step_b1_vs_read_floor`). Against the fastest peer runtime
@@ -238,11 +266,9 @@ def ratios(results: dict) -> dict:
                 out[f"gpt2_aggregate_c{top}_vs_{base}"] = div(
                     g["served"][top]["aggregate_tokens_per_s"], b["tokens_per_s"]
                 )
-        for c in sorted(g["served"], key=int):
-            if c1 and c != "1":
-                out[f"gpt2_aggregate_c{c}_vs_c1"] = div(
-                    g["served"][c]["aggregate_tokens_per_s"], c1["aggregate_tokens_per_s"]
-                )
+        for c, each in served_gains(g).items():
+            if each:  # the median of the rounds' gains where they ran in turns
+                out[f"gpt2_aggregate_c{c}_vs_c1"] = round(statistics.median(each), 3)
         out.update(_gpt2_profile_ratios(g, results.get("config", {})))
         out.update(_gpt2_many_users_ratios(g))
         out.update(_gpt2_peer_ratios(g))

@@ -38,6 +38,7 @@ def steps(opts: BenchOptions) -> int:
         + len(names)
         + (1 if names and opts.long_prompt_tokens else 0)
         + (opts.peer_rounds - 1 if names and 1 in opts.concurrency else 0)
+        + (opts.scaling_rounds - 1 if opts.scaling_top() else 0)
         + 2  # many users, engine probes
     )
 
@@ -203,6 +204,7 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
             url, prompt, opts.new_tokens, c, max(2, opts.repeats) if c == 1 else 2
         )
         bar.update()
+    _scaling_rounds(opts, url, prompt, out, bar)
     if "1" in out["served"]:
         from benchmarks import genai_perf
 
@@ -254,6 +256,33 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
         if "1" in out["served"]:
             _peer_rounds(opts, url, s, prompt, ids[0].tolist(), out, bar)
     return out
+
+
+def _scaling_rounds(opts: BenchOptions, url: str, prompt: str, out: dict, bar) -> None:
+    """One stream and `scaling_top` streams served again, in turns, `scaling_rounds` in all
+    (the first is the pass above): the gain of batching is then taken within a round, not
+    between two minutes of a shared machine that other load may have slowed apart."""
+    from benchmarks import measure
+
+    top = opts.scaling_top()
+    if top is None:
+        return
+    key = str(top)
+
+    def aggregate(c: int) -> float:
+        return measure.served_concurrency(url, prompt, opts.new_tokens, c, 2)["aggregate_tokens_per_s"]
+
+    rounds = [
+        {
+            "c1": out["served"]["1"]["aggregate_tokens_per_s"],
+            f"c{top}": out["served"][key]["aggregate_tokens_per_s"],
+        }
+    ]
+    for r in range(2, opts.scaling_rounds + 1):
+        step(bar, f"gpt2 served 1 and {top} streams, round {r}")
+        rounds.append({"c1": aggregate(1), f"c{top}": aggregate(top)})
+        bar.update()
+    out["scaling_rounds"] = {"concurrency": top, "rounds": rounds}
 
 
 def _peer_rounds(

@@ -38,6 +38,7 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
             throughput_seconds=0.3,
             peers=("ctranslate2_int8",),  # the quickest conversion of the peers
             peer_rounds=2,
+            scaling_rounds=2,
             out=tmp_path / "out",
             cache=tmp_path / "cache",
             progress=False,
@@ -63,6 +64,12 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
         r = results["ratios"]
         assert r["gpt2_tokens_per_s_vs_best_peer_min"] <= r["gpt2_tokens_per_s_vs_best_peer"]
         assert r["gpt2_tokens_per_s_vs_best_peer"] <= r["gpt2_tokens_per_s_vs_best_peer_max"]
+    # one stream and two again, in turns: the batching gain is their rounds' median
+    scaling = g["scaling_rounds"]
+    assert scaling["concurrency"] == 2 and len(scaling["rounds"]) == 2
+    assert all(r["c1"] > 0 and r["c2"] > 0 for r in scaling["rounds"])
+    gains = sorted(r["c2"] / r["c1"] for r in scaling["rounds"])
+    assert results["ratios"]["gpt2_aggregate_c2_vs_c1"] == pytest.approx(sum(gains) / 2, abs=2e-3)
     long, mixed = g["long"], g["mixed"]
     assert long["prompt_tokens"] == 64 and long["served"]["2"]["requests"] == 4
     assert mixed["long_requests"] == 2 and mixed["long_ttft_ms"]["n"] == 2 and mixed["short"]["requests"] >= 2

@@ -17,6 +17,7 @@ from benchmarks.options import BenchOptions
         ("threads", 0, "--threads"),
         ("repeats", 0, "--repeats"),
         ("peer_rounds", 0, "--peer-rounds"),
+        ("scaling_rounds", 21, "--scaling-rounds"),
         ("image_requests", 0, "--image-requests"),
         ("throughput_seconds", 0, "--throughput-seconds"),
         ("baselines", ("vllm",), "--baselines"),

@@ -43,6 +43,29 @@ def test_ratios_against_the_offline_profile():
     assert r["gpt2_mixed_itl_p99_during_long_vs_other"] == pytest.approx(2.0)
 
 
+def test_batching_gain_is_the_median_of_rounds_in_turns():
+    results = sample_results()
+    g = results["gpt2"]  # the pass (360 / 120 = 3.0) and two more rounds of 1 and 8 streams
+    g["scaling_rounds"] = {
+        "concurrency": 8,
+        "rounds": [{"c1": 120.0, "c8": 360.0}, {"c1": 100.0, "c8": 200.0}, {"c1": 150.0, "c8": 375.0}],
+    }
+    r = ratios.ratios(results)
+    ceiling = 8 * 7.5 / 17.0
+    assert r["gpt2_aggregate_c8_vs_c1"] == pytest.approx(2.5)  # median of 3.0, 2.0, 2.5
+    assert r["gpt2_aggregate_c8_vs_step_ceiling"] == pytest.approx(2.5 / ceiling, rel=1e-3)
+    assert r["gpt2_aggregate_c8_vs_step_ceiling_min"] == pytest.approx(2.0 / ceiling, rel=1e-3)
+    assert r["gpt2_aggregate_c8_vs_step_ceiling_max"] == pytest.approx(3.0 / ceiling, rel=1e-3)
+    # 4 streams ran once: their gain is the pass's
+    assert r["gpt2_aggregate_c4_vs_c1"] == pytest.approx(200.0 / 120.0, rel=1e-3)
+    assert "gpt2_aggregate_c4_vs_step_ceiling_min" not in r
+    # one round only (--scaling-rounds 1): the pass alone, no spread
+    g["scaling_rounds"]["rounds"] = g["scaling_rounds"]["rounds"][:1]
+    r = ratios.ratios(results)
+    assert r["gpt2_aggregate_c8_vs_c1"] == pytest.approx(3.0)
+    assert "gpt2_aggregate_c8_vs_step_ceiling_min" not in r
+
+
 def test_many_users_ratios():
     r = sample_results()["ratios"]
     assert r["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(12.0 / 8.0)
