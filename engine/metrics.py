@@ -112,6 +112,7 @@ class EngineStats:
         self.preemptions = 0
         self.prefix_queries = 0  # prefill tokens looked up in the prefix cache
         self.prefix_hits = 0  # ... and found there
+        self.rows_moved = 0  # decoding requests moved down into a free slot (a slot runner)
 
 
 def drain(samples: deque) -> list[float]:

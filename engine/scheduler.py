@@ -38,6 +38,15 @@ logger = logging.getLogger(__name__)
 # A slot runner reuses a prefix from another slot from this many tokens on (a shorter one
 # saves less than it costs to copy, and would split prompts that arrive together).
 MIN_SHARED_PREFIX = 16
+# A slot runner's decode call covers slots 0..n-1: a free slot below a decoding one is a
+# padding row computed every step. When one has stayed free this many steps with nothing
+# waiting (an arrival would take it), the highest decoding row moves down into it (its
+# cache copied), if it has more tokens than that left to generate. A free slot that keeps
+# an ended request's tokens for reuse (prefix caching) gives them up for it only after
+# COMPACT_KEPT_AFTER_STEPS: a padding row costs every step, a kept prefix pays only when a
+# later prompt shares it.
+COMPACT_AFTER_STEPS = 4
+COMPACT_KEPT_AFTER_STEPS = 64
 
 
 def shared_prefix(seq, ids, limit: int) -> int:
@@ -103,6 +112,10 @@ class Scheduler:
         # the operating system at the next step (`StepPlan.releases`)
         self.kept_blocks: dict[int, list[int]] = {}
         self._releases: list[int] = []
+        self._releases_next: list[int] = []  # ... at the step after this one (a row moved out)
+        self.steps = 0  # schedule() calls so far
+        self.freed_at: dict[int, int] = {}  # slot -> the step it was freed at
+        self.padded: set[int] = set()  # free slots a decode call's padding row has written
         self.running: list[Request] = []  # holding a slot, in admission order
         self._waiting: collections.deque[Request] = collections.deque()
         self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
@@ -148,8 +161,9 @@ class Scheduler:
 
     # -- plan ------------------------------------------------------------------------------
     def schedule(self) -> StepPlan:
+        self.steps += 1
         self._end_cancelled_and_late()
-        copies = tuple(self._admit())
+        copies = self._admit()
         with self.lock:
             running = list(self.running)
         decoding = [r for r in running if r.status is Status.DECODING]
@@ -158,6 +172,8 @@ class Scheduler:
             decoding = self._grow_decoding(decoding)
             with self.lock:
                 running = list(self.running)
+        if self.copies and not self.tables and decoding:
+            copies += self._compact(decoding)
         # a step that had to preempt starts no prompt: it would take the blocks back at once
         prefilling = [
             r for r in running if r.status is Status.PREFILLING and self.stats.preemptions == preempted
@@ -173,8 +189,11 @@ class Scheduler:
             if self.kv_blocks is not None:
                 group = self._grow_prefilling(group, chunk, reserve=len(decoding))
             written = {id(r): chunk for r in group}
+        if self.kv_blocks is not None and not self.tables:
+            self._settle_padding(max((r.slot for r in decoding), default=-1) + 1)
         with self.lock:
-            releases, self._releases = tuple(self._releases), []
+            releases, self._releases, self._releases_next = tuple(self._releases), self._releases_next, []
+        copies = tuple(copies)
         if group and decoding and self.mixed:
             return StepPlan((self._rows_forward(Phase.MIXED, decoding + group, chunk),), copies, releases)
         if group and self.tables:
@@ -333,6 +352,7 @@ class Scheduler:
         with self.lock:
             self.running.remove(req)
             self.pool.release(req.slot)
+            self.freed_at[req.slot] = self.steps
             self.kv_blocks.give_back(req.blocks)
             if not self.tables:
                 self._releases.append(req.slot)
@@ -367,6 +387,59 @@ class Scheduler:
                     self._reuse_prefix(req)
                 self.running.append(req)
         return copies
+
+    def _settle_padding(self, rows: int) -> None:
+        """Slots by use: a free slot below this step's decode `rows` is a padding row, which
+        commits the page it writes; once the call no longer covers it (and no request took
+        it), that page goes back too."""
+        with self.lock:
+            free = set(self.pool.free_slots())
+            for slot in sorted(self.padded):
+                if slot not in free or slot in self.retained:  # a request holds it now
+                    self.padded.discard(slot)
+                elif slot >= rows:
+                    self.padded.discard(slot)
+                    self._releases.append(slot)
+            self.padded.update(s for s in range(rows) if s in free and s not in self.retained)
+
+    def _compact(self, decoding: list[Request]) -> list[SlotCopy]:
+        """Move the highest decoding rows down into the free slots below them that have stayed
+        free `COMPACT_AFTER_STEPS` steps while nothing waits: the copies that do it. A moved
+        request keeps its blocks; its old slot's pages go back after the copy has read them."""
+        with self.lock:
+            if self._waiting:
+                return []
+            free = {
+                s: self.steps - self.freed_at.get(s, -COMPACT_KEPT_AFTER_STEPS)
+                for s in self.pool.free_slots()
+            }
+            # those that keep nothing first, then those whose kept tokens nobody has read long
+            settled = sorted(
+                s for s, idle in free.items() if idle >= COMPACT_AFTER_STEPS and s not in self.retained
+            )
+            settled += sorted(
+                s for s, idle in free.items() if idle >= COMPACT_KEPT_AFTER_STEPS and s in self.retained
+            )
+        moves = []
+        for req in sorted(decoding, key=lambda r: r.slot, reverse=True):
+            below = [s for s in settled if s < req.slot]
+            if not below:
+                break
+            if req.params.max_tokens - req.generated <= COMPACT_AFTER_STEPS:
+                break  # it ends soon; moving a lower row would not shorten the call
+            dst = below[0]
+            settled.remove(dst)
+            self._forget_kept(dst)  # what it kept for reuse: its pages go back before the copy
+            with self.lock:
+                self.pool.acquire(dst)
+                self.pool.release(req.slot)
+                self.freed_at[req.slot] = self.steps
+                if self.kv_blocks is not None:
+                    self._releases_next.append(req.slot)
+                moves.append(SlotCopy(req.slot, dst, req.filled))
+                req.slot = dst
+            self.stats.rows_moved += 1
+        return moves
 
     def _reuse_slot(self, req: Request) -> SlotCopy | None:
         """Take a slot for `req` (under the lock): the free one whose kept tokens share the
@@ -505,6 +578,7 @@ class Scheduler:
             else:
                 self.running.remove(req)
                 self.pool.release(req.slot)
+                self.freed_at[req.slot] = self.steps
                 if self.slot_reuse:
                     self.retained[req.slot] = cached_tokens(req)
                 if self.kv_blocks is not None and not self.tables:

@@ -363,6 +363,21 @@ def test_onnxruntime_slots_are_committed_by_use_and_their_pages_given_back(ort_d
         assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 40)
 
 
+def test_onnxruntime_rows_moved_down_keep_transformers_tokens_and_free_their_pages(ort_dir, checkpoints):
+    """A stream left above a free slot moves down (its cache copied to the lower row): its
+    tokens are still transformers' and the row it left gives its pages back."""
+    engine, _, _ = make_engine(ort_dir, slots=3, max_sequences=0, prefix_caching=False)
+    runner = engine.runner
+    ids = [engine.tokenizer.encode(t).ids for t in ("The class Foo", "import os and", "x = 1 + 2")]
+    reqs = [engine.submit(p, greedy(n)) for p, n in zip(ids, (2, 2, 30))]
+    while engine.has_work():
+        engine.step()
+    assert engine.stats.rows_moved == 1 and reqs[2].slot == 0  # from slot 2 into slot 0
+    assert reqs[2].tokens == transformers_greedy(checkpoints["gpt2"], ids[2], 30)
+    engine.step()
+    assert runner.kv.resident_bytes() == 0
+
+
 def test_logprobs_of_prompt_and_output_equal_transformers(version_dir, checkpoints):
     """fp32 weights: each prompt token's and each generated token's log-probability and its
     top alternatives equal transformers' log-softmax within 1e-3 (OpenVINO's f32 kernels, which

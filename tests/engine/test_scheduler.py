@@ -297,6 +297,51 @@ def test_the_lowest_free_slot_is_taken_first_so_decode_rows_stay_packed(make):
     assert late.slot == 1
 
 
+def test_rows_left_above_free_slots_move_down_and_the_decode_call_shrinks(make):
+    """Four streams; the two in slots 0 and 1 end together and nothing arrives: once those
+    slots have been free COMPACT_AFTER_STEPS steps, the streams in slots 3 and 2 move down
+    (their caches copied) and the decode call covers two rows instead of four, with the
+    same tokens."""
+    from engine.scheduler import COMPACT_AFTER_STEPS
+
+    s = make(slots=4, prefix_caching=False)
+    lengths = (3, 3, 40, 40)
+    reqs = [s.engine.submit(prompt(4, i), greedy(n)) for i, n in enumerate(lengths)]
+    s.engine.run_until_done(reqs[:2])
+    ended = len(s.runner.calls)
+    s.engine.run_until_done(reqs)
+    decodes = [c for c in s.runner.calls[ended:] if c.phase is Phase.DECODE]
+    rows = [len(c.slots) for c in decodes]
+    waited = COMPACT_AFTER_STEPS - 1
+    assert rows == [4] * waited + [2] * (len(rows) - waited)
+    assert all(c.real_rows == 2 for c in decodes)
+    first, second = s.runner.copies
+    assert (first.src, first.dst, second.src, second.dst) == (3, 0, 2, 1)
+    assert first.positions == second.positions == 4 + 2 + waited  # prompt, tokens before, waits
+    assert s.engine.stats.rows_moved == 2 and (reqs[2].slot, reqs[3].slot) == (1, 0)
+    assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, n) for r, n in zip(reqs, lengths)]
+    assert s.engine.free_slots == 4 and not s.engine.running
+
+
+def test_a_row_about_to_end_or_waiting_arrivals_leave_the_slots_as_they_are(make):
+    from engine.scheduler import COMPACT_AFTER_STEPS
+
+    s = make(slots=3, prefix_caching=False)
+    a = s.engine.submit(prompt(4), greedy(2))
+    b = s.engine.submit(prompt(4, 1), greedy(COMPACT_AFTER_STEPS + 3))  # ends as it could move
+    s.engine.run_until_done([a, b])
+    assert s.runner.copies == [] and b.tokens == s.reference(b.prompt_ids, len(b.tokens))
+    # a freed slot that an arrival takes at once is filled, not compacted into
+    long = [s.engine.submit(prompt(4, i), greedy(30)) for i in range(3)]
+    s.engine.step()
+    s.engine.cancel(long[0])
+    for _ in range(2):
+        s.engine.step()
+    late = s.engine.submit(prompt(4, 7), greedy(30))
+    s.engine.run_until_done([late, *long[1:]])
+    assert late.slot == 0 and s.runner.copies == [] and s.engine.stats.rows_moved == 0
+
+
 def test_slot_accounting_under_churn_of_cancels_timeouts_and_completions(make):
     s = make(slots=3, max_queue=100, max_request_seconds=5.0)
     rng = np.random.default_rng(0)
@@ -574,6 +619,35 @@ def test_slots_by_use_serve_more_requests_than_windows_fit_and_preempt_the_newes
     assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 20) for r in reqs]
     for r in reqs:
         assert "".join(s.sink.text[id(r)]) == s.engine.tokenizer.decode(r.tokens)
+
+
+def test_a_moved_row_keeps_its_blocks_and_its_old_slots_pages_go_back_after_the_copy(make):
+    """Slots by use: a stream moved down keeps the blocks it holds; the slot it leaves gives
+    its pages back at the next step (after the copy has read them); a free slot that keeps
+    an ended prompt for reuse is moved into only once it has kept it unread for long."""
+    from engine.scheduler import COMPACT_AFTER_STEPS, COMPACT_KEPT_AFTER_STEPS
+
+    s = make(slots=4, max_len=256, block_size=4, blocks=128, block_tables=False, idle_prefill_chunk=64)
+    scheduler, pool = s.engine.scheduler, s.engine.scheduler.kv_blocks
+    short = s.engine.submit(prompt(20), greedy(2))  # slot 0: its 21 positions kept for reuse
+    stream = s.engine.submit(prompt(4, 1), greedy(COMPACT_KEPT_AFTER_STEPS + 20))  # slot 1
+    s.engine.run_until_done([short])
+    assert list(scheduler.kept_blocks) == [0]
+    for _ in range(COMPACT_KEPT_AFTER_STEPS - 2):
+        s.engine.step()
+    assert stream.slot == 1 and s.runner.copies == []  # the kept prefix is still young
+    held = list(stream.blocks)
+    for _ in range(3):
+        s.engine.step()
+    (copy,) = s.runner.copies
+    assert (copy.src, copy.dst) == (1, 0) and stream.slot == 0 and stream.blocks[: len(held)] == held
+    assert 0 not in scheduler.retained and 0 in s.runner.releases  # the kept pages went first
+    s.engine.run_until_done([stream])
+    assert 1 in s.runner.releases and s.runner.releases.index(1) > s.runner.releases.index(0)
+    s.engine.step()
+    assert pool.free + sum(len(b) for b in scheduler.kept_blocks.values()) == pool.total
+    assert stream.tokens == s.reference(stream.prompt_ids, len(stream.tokens))
+    assert COMPACT_AFTER_STEPS < COMPACT_KEPT_AFTER_STEPS
 
 
 def test_a_free_slot_keeps_its_pages_for_reuse_until_the_pool_needs_them(make):
