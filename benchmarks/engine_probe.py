@@ -11,7 +11,9 @@
   first alone and the others together once it has its first token, prefix caching off
   and on;
 - structured: what a JSON schema's token masks cost a generated token, at 1 and 8 streams
-  (the same greedy requests with and without it, in turns).
+  (the same greedy requests with and without it, in turns);
+- moves (a slot runner, ONNX Runtime): 32 requests of 8 to 64 new tokens at once, rows moved
+  down into emptied slots on and off.
 
 Prints one JSON object; `benchmarks/many-users.md` records a run.
 """
@@ -199,17 +201,58 @@ def structured(folder: str, threads: int, new_tokens: int = 48, rounds: int = 3)
     return out
 
 
+def moves(folder: str, threads: int, n: int = 32) -> dict:
+    """`n` requests of 16 prompt tokens and 8..64 new ones (seeded) at once, rows moved down
+    into emptied slots (`compact_rows`) on and off: a slot runner's decode call covers slots
+    0..n-1, so without it the slots that emptied below a running row are computed too."""
+    info = json.loads((Path(folder) / "model_info.json").read_text())
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, info["vocab_size"], 16).tolist() for _ in range(n)]
+    lengths = rng.integers(8, 65, n).tolist()
+    out = {"requests": n, "new_tokens": sum(lengths)}
+    for label, on in (("on", True), ("off", False)):
+        eng = load_engine(
+            folder, EngineConfig(slots=8, compact_rows=on, prefix_caching=False), intra_op_threads=threads
+        )
+        eng.generate_ids(prompts[0], SamplingParams(max_tokens=4, ignore_eos=True))
+        rows, real = [0], [0]
+        execute = eng.runner.execute
+
+        def counted(forward, execute=execute, rows=rows, real=real):
+            if forward.phase is Phase.DECODE:
+                rows[0] += forward.rows
+                real[0] += sum(r is not None for r in forward.requests)
+            return execute(forward)
+
+        eng.runner.execute = counted
+        t0 = time.perf_counter()
+        reqs = [
+            eng.submit(p, SamplingParams(max_tokens=k, ignore_eos=True))
+            for p, k in zip(prompts, lengths, strict=True)
+        ]
+        eng.run_until_done(reqs)
+        wall = time.perf_counter() - t0
+        out[label] = {
+            "tokens_per_s": round(sum(lengths) / wall, 1),
+            "padding_share": round(1 - real[0] / max(1, rows[0]), 3),
+            "rows_moved": eng.stats.rows_moved,
+        }
+    return out
+
+
 PROBES = {
     "mixed": mixed,
     "users": users,
     "prefix": prefix,
     "shared_prefix": shared_prefix,
     "structured": structured,
+    "moves": moves,
 }
 
-
-# the probes that compare what only a block runner does (mixed calls, blocks against slots)
+# the probes that compare what only a block runner does (mixed calls, blocks against slots),
+# and what only a slot runner does (rows moved down into emptied slots)
 BLOCK_PROBES = ("mixed", "users")
+SLOT_PROBES = ("moves",)
 
 
 def probe_export(export: Path, variant: str, threads: int, names=None) -> dict:
@@ -221,12 +264,18 @@ def probe_export(export: Path, variant: str, threads: int, names=None) -> dict:
 
     blocks = runtimes.of_variant(variant).cache_blocks
     if names is None:
-        names = tuple(n for n in PROBES if blocks or n not in BLOCK_PROBES)
+        names = tuple(n for n in PROBES if n not in (SLOT_PROBES if blocks else BLOCK_PROBES))
     need = [n for n in names if n in BLOCK_PROBES]
     if need and not blocks:
         raise ValueError(
             f"variant {variant}: its runtime has no block cache, which the {', '.join(need)} probes "
-            "measure; name an ov-* variant (or --probes prefix,shared_prefix,structured)"
+            "measure; name an ov-* variant (or --probes prefix,shared_prefix,structured,moves)"
+        )
+    need = [n for n in names if n in SLOT_PROBES]
+    if need and blocks:
+        raise ValueError(
+            f"variant {variant}: its runtime's rows are blocks, not slots, which the {', '.join(need)} "
+            "probe measures; name an ONNX Runtime variant (int4, int8, fp32)"
         )
     text_model = registry.components(registry.TEXT_GENERATOR)[0].name
     files = read_report(export)["variants"].get(variant, {}).get("files", {})

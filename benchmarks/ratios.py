@@ -177,6 +177,10 @@ def _gpt2_many_users_ratios(g: dict) -> dict:
         out["gpt2_served_runner_shared_prefix_ttft_on_vs_off"] = slots["shared_prefix"][
             "others_ttft_on_vs_off"
         ]
+    if slots.get("moves"):
+        out["gpt2_served_runner_moves_on_vs_off_tokens_per_s"] = div(
+            slots["moves"]["on"]["tokens_per_s"], slots["moves"]["off"]["tokens_per_s"]
+        )
     chunk16 = (probe.get("mixed") or {}).get("4 decode rows + 16-token chunk")
     if chunk16:
         out["gpt2_engine_mixed_call_vs_two_calls"] = chunk16["ratio"]

@@ -361,6 +361,14 @@ def _prefix_rows(probe: dict, where: str) -> list[str]:
             f"ones' TTFT p50, prefix caching on / off | {fmt(on['others_ttft_p50_ms'])} / "
             f"{fmt(off['others_ttft_p50_ms'])} ms, {fmt(on['tokens_per_s'])} / {fmt(off['tokens_per_s'])} tok/s |"
         )
+    moves = probe.get("moves")
+    if moves:
+        on, off = moves["on"], moves["off"]
+        lines.append(
+            f"| {moves['requests']} requests of 8 to 64 new tokens at once{where}, rows moved down into "
+            f"emptied slots on / off: tok/s, padding share of rows computed | {fmt(on['tokens_per_s'])} / "
+            f"{fmt(off['tokens_per_s'])}, {fmt(on['padding_share'])} / {fmt(off['padding_share'])} |"
+        )
     return lines
 
 

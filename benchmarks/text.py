@@ -455,9 +455,9 @@ def _engine_probes(
     main = (served or "").split("+")[0]
     entry = exp_report["variants"].get(main)
     if main and entry and entry.get("passed") and not runtimes.of_variant(main).cache_blocks:
-        step(bar, f"gpt2 engine prefix probes on {main}")
+        step(bar, f"gpt2 engine prefix and row-move probes on {main}")
         out["engine_probe"]["served"] = engine_probe.probe_export(
-            s.export, main, opts.threads, ("prefix", "shared_prefix")
+            s.export, main, opts.threads, ("prefix", "shared_prefix", "moves")
         )
     bar.update()
 

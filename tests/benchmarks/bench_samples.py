@@ -103,6 +103,12 @@ def _engine_probe() -> dict:
                 "shared_tokens": 256,
                 "requests": 32,
             },
+            "moves": {
+                "requests": 32,
+                "new_tokens": 1200,
+                "on": {"tokens_per_s": 300.0, "padding_share": 0.05, "rows_moved": 20},
+                "off": {"tokens_per_s": 200.0, "padding_share": 0.45, "rows_moved": 0},
+            },
         },
         "structured": {
             "1": {"plain_ms_per_token": 8.4, "constrained_ms_per_token": 8.3, "ratio": 0.988},

@@ -84,6 +84,10 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
     # the served variant is ONNX Runtime's: its slots' prefix reuse probed on their own
     served = probe["served"]
     assert served["variant"] == "fp32" and served["prefix"]["identical_tokens"]
+    # rows moved down into emptied slots: fewer padding rows computed than without
+    moves = served["moves"]
+    assert moves["on"]["rows_moved"] > 0 and moves["off"]["rows_moved"] == 0
+    assert moves["on"]["padding_share"] < moves["off"]["padding_share"]
     assert (
         served["shared_prefix"]["prefix_caching on"]["hit_tokens"]
         >= 31 * served["shared_prefix"]["shared_tokens"]

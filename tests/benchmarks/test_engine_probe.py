@@ -23,11 +23,21 @@ def test_the_prefix_probes_run_on_an_onnxruntime_variant(exports, capsys):
     args = ["--export", str(exports["gpt2"]), "--variant", "fp32", "--threads", "1"]
     assert engine_probe.main(args) == 0  # what a slot runner can run: not mixed, not users
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"variant", "prefix", "shared_prefix", "structured"}
+    assert set(out) == {"variant", "prefix", "shared_prefix", "structured", "moves"}
     assert out["prefix"]["identical_tokens"] and out["prefix"]["prefix_caching on"]["hit_tokens"] > 0
     shared = out["shared_prefix"]
     assert shared["prefix_caching on"]["hit_tokens"] >= (shared["requests"] - 1) * shared["shared_tokens"]
     assert shared["prefix_caching off"]["hit_tokens"] == 0
+    # rows moved down into the slots that emptied: the decode calls compute fewer padding rows
+    moves = out["moves"]
+    assert moves["on"]["rows_moved"] > 0 and moves["off"]["rows_moved"] == 0
+    assert moves["on"]["padding_share"] < moves["off"]["padding_share"]
+
+
+def test_the_slot_probe_on_a_block_variant_is_refused_naming_the_flag(exports, capsys):
+    with pytest.raises(SystemExit):
+        engine_probe.main(["--export", str(exports["gpt2"]), "--variant", "ov-fp32", "--probes", "moves"])
+    assert "--variant ov-fp32: its runtime's rows are blocks, not slots" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -75,6 +75,7 @@ def test_many_users_ratios():
     assert r["gpt2_engine_shared_prefix_ttft_on_vs_off"] == 0.2
     assert r["gpt2_served_runner_prefix_second_vs_first_ttft"] == 0.033
     assert r["gpt2_served_runner_shared_prefix_ttft_on_vs_off"] == 0.1
+    assert r["gpt2_served_runner_moves_on_vs_off_tokens_per_s"] == 1.5
     assert r["gpt2_engine_mixed_call_vs_two_calls"] == 0.844
     assert r["gpt2_f32_cache_step_long_vs_short_b8"] == pytest.approx(35.0 / 27.0, rel=1e-3)
     assert r["gpt2_u8_cache_step_long_vs_short_b8"] == pytest.approx(30.0 / 26.5, rel=1e-3)

@@ -321,6 +321,11 @@ def test_rows_left_above_free_slots_move_down_and_the_decode_call_shrinks(make):
     assert s.engine.stats.rows_moved == 2 and (reqs[2].slot, reqs[3].slot) == (1, 0)
     assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, n) for r, n in zip(reqs, lengths)]
     assert s.engine.free_slots == 4 and not s.engine.running
+    off = make(slots=4, prefix_caching=False, compact_rows=False)  # --no-compact-rows
+    reqs = [off.engine.submit(prompt(4, i), greedy(n)) for i, n in enumerate(lengths)]
+    off.engine.run_until_done(reqs)
+    assert off.runner.copies == [] and {len(c.slots) for c in off.calls(Phase.DECODE)} == {4}
+    assert [r.tokens for r in reqs] == [off.reference(r.prompt_ids, n) for r, n in zip(reqs, lengths)]
 
 
 def test_a_row_about_to_end_or_waiting_arrivals_leave_the_slots_as_they_are(make):
