@@ -160,7 +160,7 @@ class Engine:
             try:
                 self.runner.copy_slot(copy)
             except Exception as exc:  # noqa: BLE001 - that request only
-                self.scheduler.copy_failed(copy, f"internal error copying a cached prefix: {exc}")
+                self.scheduler.copy_failed(copy, f"internal error copying KV cache between slots: {exc}")
         for forward in plan.forwards:  # each call's logits are read before the next call
             self.scheduler.update(forward, self._execute(forward))
         return True

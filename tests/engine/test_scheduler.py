@@ -328,6 +328,25 @@ def test_rows_left_above_free_slots_move_down_and_the_decode_call_shrinks(make):
     assert [r.tokens for r in reqs] == [off.reference(r.prompt_ids, n) for r, n in zip(reqs, lengths)]
 
 
+def test_a_failed_row_move_ends_that_request_only(make):
+    from engine.scheduler import COMPACT_AFTER_STEPS
+
+    s = make(slots=3, prefix_caching=False)
+    a = s.engine.submit(prompt(4), greedy(2))
+    b = s.engine.submit(prompt(4, 1), greedy(30))
+    c = s.engine.submit(prompt(4, 2), greedy(30))
+    s.engine.run_until_done([a])
+    for _ in range(COMPACT_AFTER_STEPS - 1):
+        s.engine.step()
+    s.runner.fail_next = "device lost"  # the next runner operation: the move of c into slot 0
+    s.engine.run_until_done([b, c])
+    assert c.finish_reason is FinishReason.ERROR and "copying KV cache between slots" in c.error
+    # b serves on, and later moves into the slot c's failure freed
+    assert b.tokens == s.reference(b.prompt_ids, 30)
+    assert [(m.src, m.dst) for m in s.runner.copies] == [(1, 0)]
+    assert s.engine.free_slots == 3 and not s.engine.running
+
+
 def test_a_row_about_to_end_or_waiting_arrivals_leave_the_slots_as_they_are(make):
     from engine.scheduler import COMPACT_AFTER_STEPS
 
@@ -872,7 +891,7 @@ def test_a_failed_slot_copy_ends_its_request_only(make):
     b = s.engine.submit(system + [6], greedy(3))
     s.runner.fail_next = "device lost"
     s.engine.run_until_done([a, b])
-    assert b.finish_reason is FinishReason.ERROR and "copying a cached prefix" in b.error
+    assert b.finish_reason is FinishReason.ERROR and "copying KV cache between slots" in b.error
     assert a.tokens == s.reference(system, 12) and b.slot not in s.engine.scheduler.retained
     c = s.engine.submit(system + [6], greedy(3))
     s.engine.run_until_done([c])
