@@ -394,6 +394,8 @@ class Scheduler:
         commits the page it writes; once the call no longer covers it (and no request took
         it), that page goes back too."""
         with self.lock:
+            if not self.padded and sum(r.slot < rows for r in self.running) == rows:
+                return  # no free slot in the call, none written before (the usual case)
             free = set(self.pool.free_slots())
             for slot in sorted(self.padded):
                 if slot not in free or slot in self.retained:  # a request holds it now
@@ -407,8 +409,10 @@ class Scheduler:
         """Move the highest decoding rows down into the free slots below them that have stayed
         free `COMPACT_AFTER_STEPS` steps while nothing waits: the copies that do it. A moved
         request keeps its blocks; its old slot's pages go back after the copy has read them."""
+        top = max(r.slot for r in decoding)
         with self.lock:
-            if self._waiting:
+            # no free slot below the highest row (the usual case): nothing to move
+            if self._waiting or sum(r.slot <= top for r in self.running) > top:
                 return []
             free = {
                 s: self.steps - self.freed_at.get(s, -COMPACT_KEPT_AFTER_STEPS)
