@@ -115,6 +115,8 @@ def summarise_streams(runs: list[dict], wall_s: float | None = None) -> dict:
         "ttft_ms": percentiles([r["ttft_ms"] for r in runs if r["ttft_ms"] is not None]),
         "itl_ms": percentiles([g for r in runs for g in r["gaps_ms"]]),
         "per_stream_tokens_per_s": round(statistics.median(per_stream), 2),
+        # responses (deltas) the client got over the tokens generated: 1 is a response a token
+        "responses_per_token": round(sum(r["deltas"] for r in runs) / tokens, 3) if tokens else None,
     }
     if wall_s is not None:
         out["aggregate_tokens_per_s"] = round(tokens / wall_s, 2)

@@ -128,6 +128,14 @@ def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
         out["gpt2_ttft_minus_prefill_ms"] = round(
             c1["ttft_ms"]["p50"] - prefill_ms_at(profile, cfg.get("prompt_tokens", 16)), 3
         )
+    if c1 and c1["itl_ms"].get("p50") is not None and step1 is not None:
+        # what the server adds to each token at one stream: the engine's loop around the
+        # step, the response through the Python backend's IPC, Triton and gRPC to the client
+        out["gpt2_itl_minus_step_ms"] = round(c1["itl_ms"]["p50"] - step1, 3)
+    for c in sorted(served, key=int):
+        if served[c].get("responses_per_token") is not None and c != "1":
+            # under load the sender puts a stream's tokens together while it is busy (< 1)
+            out[f"gpt2_responses_per_token_c{c}"] = served[c]["responses_per_token"]
     row = _floor_row((g.get("read_floors") or {}).get(g.get("variant") or ""), 1)
     if row:
         out["gpt2_step_b1_vs_read_floor"] = row["step_over_floor"].get("1gib")

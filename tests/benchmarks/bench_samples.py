@@ -15,6 +15,7 @@ def _served(ttft: float, agg: float, per: float, c: int) -> dict:
         "itl_ms": {"p50": 8.0, "p90": 9.0, "p99": 12.0},
         "aggregate_tokens_per_s": agg,
         "per_stream_tokens_per_s": per,
+        "responses_per_token": 1.0 if c < 8 else 0.75,
     }
 
 

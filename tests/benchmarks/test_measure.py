@@ -51,4 +51,4 @@ def test_stream_summary_counts_tokens_not_deltas():
     assert s["aggregate_tokens_per_s"] == pytest.approx(100.0)
     assert s["per_stream_tokens_per_s"] == pytest.approx(100.0)
     assert s["ttft_ms"]["p50"] == pytest.approx(10.0) and s["itl_ms"]["n"] == 4
-    assert s["deltas_per_request"] == [3]
+    assert s["deltas_per_request"] == [3] and s["responses_per_token"] == 0.75  # 6 deltas, 8 tokens

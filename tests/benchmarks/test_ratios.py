@@ -36,6 +36,9 @@ def test_ratios_against_the_offline_profile():
     assert r["gpt2_step_long_vs_short_b8"] == pytest.approx(1.5, rel=1e-3)
     assert r["gpt2_step_long_vs_short_b1"] == pytest.approx(1.5, rel=1e-3)
     assert r["gpt2_ttft_minus_prefill_ms"] == pytest.approx(25.0 - 19.0)
+    # the server's part of each token at one stream, and responses a token under load
+    assert r["gpt2_itl_minus_step_ms"] == pytest.approx(8.0 - 7.5)
+    assert r["gpt2_responses_per_token_c4"] == 1.0 and r["gpt2_responses_per_token_c8"] == 0.75
     assert r["gpt2_step_b1_vs_read_floor"] == pytest.approx(
         7.5 / ((124e6 + KV_PER_TOKEN * 48) / 25e6), rel=1e-3
     )
