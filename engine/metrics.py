@@ -54,6 +54,7 @@ RESPONSES = "aigc:responses_total"
 PREEMPTIONS = "vllm:num_preemptions_total"
 PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
 PREFIX_HITS = "vllm:prefix_cache_hits_total"
+ROWS_MOVED = "aigc:rows_moved_total"
 
 # (name, kind, help, buckets or None)
 METRICS = (
@@ -77,6 +78,13 @@ METRICS = (
     (PREEMPTIONS, "counter", "Requests preempted for KV blocks (recomputed later).", None),
     (PREFIX_QUERIES, "counter", "Prefill tokens looked up in the prefix cache.", None),
     (PREFIX_HITS, "counter", "Prefill tokens found in the prefix cache (not computed).", None),
+    (
+        ROWS_MOVED,
+        "counter",
+        "Decoding requests moved down into a slot that emptied below them (ONNX Runtime's rows: "
+        "the decode step then computes no padding row there).",
+        None,
+    ),
     (
         RESPONSES,
         "counter",

@@ -292,6 +292,7 @@ class _MetricsExporter:
         self.count(llm_metrics.GENERATION_TOKENS, stats.generation_tokens)
         self.count(llm_metrics.RESPONSES, self.responses.responses)
         self.count(llm_metrics.PREEMPTIONS, stats.preemptions)
+        self.count(llm_metrics.ROWS_MOVED, stats.rows_moved)
         self.count(llm_metrics.PREFIX_QUERIES, stats.prefix_queries)
         self.count(llm_metrics.PREFIX_HITS, stats.prefix_hits)
         totals = {}
