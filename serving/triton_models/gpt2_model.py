@@ -91,9 +91,11 @@ class _ResponseSender:
     response (so the cost of Triton's IPC, ~0.5-2 ms a response, is paid per response and
     not per token when many streams run). No text waits while the sender is free, and a
     stream's first response is sent by the generation thread at once. A request's final
-    response carries the text still pending."""
+    response carries the text still pending. With `stream_interval` N > 1 a stream's text
+    waits until N pieces have collected (fewer responses, each carrying more)."""
 
-    def __init__(self):
+    def __init__(self, interval: int = 1):
+        self.interval = interval  # a stream's text pieces a response waits for (`stream_interval`)
         self.cond = threading.Condition()
         self.ready = collections.deque()  # requests with something to send, each once
         self.closed = False
@@ -117,7 +119,8 @@ class _ResponseSender:
         with self.cond:
             job.pending.append(text)
             job.pending_tokens = request.generated
-            self._ready(request)
+            if len(job.pending) >= self.interval:
+                self._ready(request)
 
     def finish(self, request):
         """Queue a request's final response (after the text already queued)."""
@@ -340,6 +343,7 @@ class TritonPythonModel:
         self.responses = _ResponseSender()
         try:
             engine_config = EngineConfig.from_parameters(params)
+            self.responses.interval = engine_config.stream_interval
             threads = _threads(params)
             self.engine = load_engine(
                 version_dir,

@@ -430,6 +430,21 @@ def test_additional_outputs_give_finish_reason_and_token_counts(start, pb):
     }
 
 
+def test_a_stream_interval_puts_that_many_tokens_in_a_response(start, pb):
+    model = start(stream_interval=4)
+    extras = ("finish_reason", "num_output_tokens")
+    sampling = {"max_tokens": 9, "ignore_eos": True}
+    (got,) = run(model, make_request(pb, "t4 t5", stream=True, sampling=sampling, extras=extras))
+    outs = [outputs(r) for r, _ in got]
+    counts = [o["num_output_tokens"] for o in outs]
+    # the first token at once, then 4 a response; the last carries what is left (or nothing)
+    assert counts[0] == 1 and counts[1:3] == [4, 4] and sum(counts) == 9 and len(counts) <= 4
+    assert outs[-1]["finish_reason"] == "length" and [f for _, f in got][-1] == 1
+    assert "".join(o.get("text_output", "") for o in outs) == offline_text(
+        "t4 t5", max_tokens=9, ignore_eos=True
+    )
+
+
 def test_a_busy_sender_sends_a_streams_tokens_together_and_none_is_lost(start, pb):
     """While the response channel is busy (here: another stream's response is held in
     Triton's send), a stream's tokens collect and leave in one response when it frees up;
