@@ -167,6 +167,27 @@ def test_stop_drains_a_stream_in_flight_within_the_exit_timeout(fp32_repository,
 
 
 @pytest.mark.server
+def test_a_stream_interval_from_the_repository_config_sends_fewer_larger_responses(exports, tmp_path):
+    """`--stream-interval 4`: after the first token a response carries at least 4 tokens (the
+    last excepted), through the real server; the streamed text is the whole text."""
+    from serving.client import AigcClient
+
+    repo = tmp_path / "repo"
+    build_repository(
+        [exports["gpt2"]], repo, BuildOptions(variant="fp32", engine=EngineConfig(stream_interval=4))
+    )
+    srv = start_server(repo)
+    try:
+        with AigcClient(srv.grpc_url) as c:
+            pieces = list(c.generate_text("The class", max_tokens=17, ignore_eos=True, stream=True))
+            whole = c.generate_text("The class", max_tokens=17, ignore_eos=True, stream=False)
+        assert "".join(pieces) == whole
+        assert 3 <= len(pieces) <= 1 + 16 // 4 + 1  # the first, 4 of 4 tokens, the end
+    finally:
+        srv.stop()
+
+
+@pytest.mark.server
 def test_request_timeout_comes_from_the_repository_config(exports, tmp_path):
     """A deadline shorter than any step (a microsecond) ends every request with the named error,
     whatever the machine's speed; the model keeps answering."""
