@@ -182,7 +182,8 @@ def test_a_stream_interval_from_the_repository_config_sends_fewer_larger_respons
             pieces = list(c.generate_text("The class", max_tokens=17, ignore_eos=True, stream=True))
             whole = c.generate_text("The class", max_tokens=17, ignore_eos=True, stream=False)
         assert "".join(pieces) == whole
-        assert 3 <= len(pieces) <= 1 + 16 // 4 + 1  # the first, 4 of 4 tokens, the end
+        # the first at once, then 4 tokens or more a response (a busy sender puts more together)
+        assert 2 <= len(pieces) <= 1 + 16 // 4 + 1
     finally:
         srv.stop()
 
