@@ -115,6 +115,7 @@ def short_bench(out: Path, exports: list[Path]):
         many_users=0,
         engine_probe=False,
         peer_rounds=1,
+        scaling_rounds=1,
         image_requests=50,
         throughput_seconds=0.5,
         genai_perf="off",

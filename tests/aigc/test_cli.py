@@ -40,6 +40,7 @@ def test_the_demo_runs_a_short_bench_and_prints_a_headline(tmp_path):
     opts = short_bench(tmp_path, [tmp_path / "e"])
     assert opts.peer_names() == () and opts.baselines == ("eager",) and not opts.engine_probe
     assert opts.long_prompt_tokens == 0 and opts.many_users == 0 and opts.concurrency == (1, 4)
+    assert opts.peer_rounds == opts.scaling_rounds == 1  # each concurrency once: the demo is short
     results = {
         "gpt2": {"served": {"1": {"per_stream_tokens_per_s": 1957.2}}},
         "ratios": {"gpt2_tokens_per_s_vs_eager": 3.14},
