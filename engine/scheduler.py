@@ -352,8 +352,7 @@ class Scheduler:
         everything it had (recompute preemption); its output so far stays."""
         with self.lock:
             self.running.remove(req)
-            self.pool.release(req.slot)
-            self.freed_at[req.slot] = self.steps
+            self._free_slot(req.slot)
             self.kv_blocks.give_back(req.blocks)
             if not self.tables:
                 self._releases.append(req.slot)
@@ -389,12 +388,21 @@ class Scheduler:
                 self.running.append(req)
         return copies
 
+    def _free_slot(self, slot: int) -> None:
+        """Slot `slot` back to the pool, noting the step (under the lock)."""
+        self.pool.release(slot)
+        self.freed_at[slot] = self.steps
+
+    def _free_below(self, rows: int) -> bool:
+        """Some slot below `rows` is free (under the lock)."""
+        return sum(r.slot < rows for r in self.running) < rows
+
     def _settle_padding(self, rows: int) -> None:
         """Slots by use: a free slot below this step's decode `rows` is a padding row, which
         commits the page it writes; once the call no longer covers it (and no request took
         it), that page goes back too."""
         with self.lock:
-            if not self.padded and sum(r.slot < rows for r in self.running) == rows:
+            if not self.padded and not self._free_below(rows):
                 return  # no free slot in the call, none written before (the usual case)
             free = set(self.pool.free_slots())
             for slot in sorted(self.padded):
@@ -412,7 +420,7 @@ class Scheduler:
         top = max(r.slot for r in decoding)
         with self.lock:
             # no free slot below the highest row (the usual case): nothing to move
-            if self._waiting or sum(r.slot <= top for r in self.running) > top:
+            if self._waiting or not self._free_below(top + 1):
                 return []
             free = {
                 s: self.steps - self.freed_at.get(s, -COMPACT_KEPT_AFTER_STEPS)
@@ -437,8 +445,7 @@ class Scheduler:
             self._forget_kept(dst)  # what it kept for reuse: its pages go back before the copy
             with self.lock:
                 self.pool.acquire(dst)
-                self.pool.release(req.slot)
-                self.freed_at[req.slot] = self.steps
+                self._free_slot(req.slot)
                 if self.kv_blocks is not None:
                     self._releases_next.append(req.slot)
                 moves.append(SlotCopy(req.slot, dst, req.filled))
@@ -582,8 +589,7 @@ class Scheduler:
                     self._waiting.remove(req)
             else:
                 self.running.remove(req)
-                self.pool.release(req.slot)
-                self.freed_at[req.slot] = self.steps
+                self._free_slot(req.slot)
                 if self.slot_reuse:
                     self.retained[req.slot] = cached_tokens(req)
                 if self.kv_blocks is not None and not self.tables:
