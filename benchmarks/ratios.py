@@ -120,6 +120,16 @@ def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
             out[f"gpt2_step_long_vs_short_b{b}"] = div(
                 by_past.get(str(pasts[-1])), by_past.get(str(pasts[0]))
             )
+    # a served int8 cache (ONNX Runtime): the variant's f32-cache graph beside, same turns
+    main = (g.get("variant") or "").split("+")[0]
+    by_cache = {"f32": (g.get("decode_profiles") or {}).get(main)}
+    by_cache["i8"] = (g.get("decode_profiles") or {}).get(f"{main}@kv-i8")
+    if by_cache["i8"] and by_cache["f32"] and len(pasts) >= 2:
+        for name, p in by_cache.items():
+            by_past = p["step_ms"].get("8") or {}
+            out[f"gpt2_served_{name}_cache_step_long_vs_short_b8"] = div(
+                by_past.get(str(pasts[-1])), by_past.get(str(pasts[0]))
+            )
     prefill = (profile or {}).get("prefill_ms") or {}
     if c1 and c1["ttft_ms"].get("p50") is not None and prefill:
         from export.latency_model import prefill_ms_at

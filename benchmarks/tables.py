@@ -130,7 +130,9 @@ def _profile_tables(g: dict) -> list[str]:
     lines = [
         f"Decode profile, offline: the serving engine's own runner on each exported file in this "
         f"process, without the server, {threads} threads (median of 3 rounds taken in turns). Step ms "
-        "at batch b with `past` cached tokens per row; prefill ms of a prompt alone.",
+        "at batch b with `past` cached tokens per row; prefill ms of a prompt alone. "
+        "`<variant>@kv-i8`: the same weights with ONNX Runtime's int8 KV cache"
+        + (f" (served: {g['served_kv_cache']})." if g.get("served_kv_cache") else "."),
         "",
         f"| variant | b1 @{short} | b1 @{long} | b8 @{short} | b8 @{long} | b8 @{long} / @{short} |"
         + "".join(f" prefill {t} |" for t in prefills),

@@ -144,11 +144,23 @@ def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str |
         for n, v in variants.items()
         if v.get("decode_profile") and v.get("target") == "cpu" and s.model in v.get("files", {})
     }
+    from export.api import I8_SUFFIX
     from export.latency_model import routed_profile
+    from serving.model_versions import int8_cache_files
     from serving.variant_choice import choose_variant, split_pair
 
     main, companion = split_pair(variant or "")
-    members = {main, companion} - {None}
+    pair = [m for m in (main, companion) if m]
+    # An ONNX Runtime variant served with the export's int8 cache (`aigc build`'s auto): its
+    # int8-cache graphs are measured too, in the same turns, and give the served profile.
+    route = choose_variant(export_report, s.model, variant, "cpu")[1].get("routing") if companion else None
+    cache = int8_cache_files(variants, pair, route=route)[0] if pair and all(m in paths for m in pair) else None
+    if cache and not runtimes.of_variant(main).cache_blocks:
+        paths.update({f"{m}{I8_SUFFIX}": export / f for m, f in zip(pair, cache, strict=True)})
+        pair_served = [f"{m}{I8_SUFFIX}" for m in pair]
+    else:
+        pair_served = pair
+    members = set(pair) | set(pair_served)
     served = tuple(sorted({1, 8} | {c for c in opts.concurrency if c <= 8}))
     gib = measure.read_bandwidth(2**30, opts.threads)
     profiles = decode_profiles(
@@ -158,11 +170,10 @@ def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str |
         prefill_lens=(opts.prompt_tokens,),
         threads=opts.threads,
     )
-    served_profile = profiles.get(main)
-    if companion and served_profile and companion in profiles:
+    served_profile = profiles.get(pair_served[0]) if pair_served else None
+    if companion and served_profile and pair_served[1] in profiles:
         # a pair: what it serves is each call on the graph the build routed it to
-        route = choose_variant(export_report, s.model, variant, "cpu")[1]["routing"]
-        served_profile = routed_profile(served_profile, profiles[companion], route)
+        served_profile = routed_profile(served_profile, profiles[pair_served[1]], route)
     floors = {}
     for name, profile in profiles.items():
         if runtimes.of_file(paths[name]) is not runtimes.ONNXRUNTIME:
@@ -175,6 +186,7 @@ def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str |
         floors[name]["bandwidth_at_model_size"] = own
     return {
         "decode_profile": served_profile,
+        "served_kv_cache": "i8" if pair_served != pair else "f32",
         "decode_profiles": profiles,
         "export_decode_profiles": {
             n: v["decode_profile"] for n, v in variants.items() if v.get("decode_profile")

@@ -64,10 +64,11 @@ class EngineConfig:
     )
     kv_cache_precision: str = setting(
         "auto",
-        help="what a block runner (OpenVINO) stores the KV cache in: u8 (a scale and zero point "
-        "per group) reads a quarter of f32's bytes a step; auto = what the export measured to pass "
-        "the fidelity gates and run faster (the report's kv_cache), else f32",
-        choices=("auto", "f32", "f16", "u8"),
+        help="what the KV cache is stored in: OpenVINO's u8 (a scale and zero point per group) or "
+        "ONNX Runtime's i8 (a scale per layer, or per channel, calibrated at export) read a quarter "
+        "of f32's bytes a step and hold 4x the positions per MiB; f16 (OpenVINO); auto = what the "
+        "export measured to pass the fidelity gates and run faster (the report's kv_cache), else f32",
+        choices=("auto", "f32", "f16", "u8", "i8"),
     )
     prefix_caching: bool = setting(
         True,

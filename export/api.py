@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 REPORT_NAME = "export_report.json"
 FORMAT_VERSION = 1
 # Bumped whenever an exported graph changes for the same checkpoint (caches compare it).
-EXPORTER_VERSION = 5
+EXPORTER_VERSION = 6
 
 
 def parse_variants(text: str | Sequence[str] | None, spec: ExportSpec) -> tuple[str, ...]:
@@ -142,9 +142,13 @@ def export_gpt2(spec: ExportSpec, checkpoint: Path, out: Path, variants, rng, qu
     return report
 
 
+I8_SUFFIX = "@kv-i8"  # a variant's int8-cache graph among the decode profiles
+
+
 def _profile_gpt2(report: dict, out: Path, n_positions: int) -> None:
     """Every variant's decode profile, measured in turns so they compare like with like;
     variants made for GPUs get the batch-1 step only (their CPU speed ranks nothing)."""
+    from export import kv_cache
     from export.gpt2_eval import decode_profiles
 
     variants = report["variants"]
@@ -155,11 +159,26 @@ def _profile_gpt2(report: dict, out: Path, n_positions: int) -> None:
         if v.get("files") and v["passed"] is not None
     }
     batches = {name: (1,) if variants[name]["target"] == "gpu" else (1, 4, 8) for name in paths}
-    logger.info("gpt2: timing the decode step of %s", ", ".join(paths))
-    for name, profile in decode_profiles(paths, n_positions, batches=batches).items():
+    # each int8-cache graph that passed its gate, measured in the same turns at batch 8
+    caches = {
+        f"{name}{I8_SUFFIX}": out / variants[name]["kv_cache"]["i8"]["file"]
+        for name in paths
+        if variants[name].get("kv_cache", {}).get("i8", {}).get("passed")
+    }
+    batches.update({name: (8,) for name in caches})
+    logger.info("gpt2: timing the decode step of %s", ", ".join([*paths, *caches]))
+    profiles = decode_profiles({**paths, **caches}, n_positions, batches=batches)
+    for name in paths:
+        profile = profiles[name]
         short = str(profile["past_lens"][0])
         variants[name]["latency_ms"] = {"gpt2": profile["step_ms"]["1"][short]}
         variants[name]["decode_profile"] = profile
+        i8 = profiles.get(f"{name}{I8_SUFFIX}")
+        if i8 is not None:
+            cache = variants[name]["kv_cache"]
+            cache["i8"]["decode_profile"] = i8
+            cache.update(kv_cache.choose(profile, i8))
+            logger.info("gpt2 %s KV cache: %s", name, cache["why"])
     from export.latency_model import Workload, rank
 
     cpu = {n: variants[n]["decode_profile"] for n in paths if variants[n]["target"] == "cpu"}

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from export.ortutil import median_ms
 
-_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
 
 
 def empty_past(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:

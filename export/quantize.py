@@ -307,9 +307,18 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
     fp32["fidelity"]["gpt2"]["perplexity"] = round(ppl_ref, 4)
     fp32["fidelity"]["gpt2"]["eval_tokens"] = int(windows.size)
 
+    # The int8 KV cache's scales come from the reference graph's keys and values on text the
+    # gate does not read (the training split of the bundled corpus).
+    from export import kv_cache
+
+    from training.data import load_text_corpus
+
+    calibration = ev.token_windows(tok.encode(load_text_corpus(None)[0]).ids, window, options.eval_windows)
+    kv_peaks = kv_cache.calibrate(ref, calibration if len(calibration) else windows)
+
     result = {}
     gate = _Gate(ref_logits, ref_greedy, ppl_ref, windows)
-    job = VariantJob(checkpoint, out, src, windows, prompts, options, gate)
+    job = VariantJob(checkpoint, out, src, windows, prompts, options, gate, kv_peaks)
     for variant in variants:
         result[variant] = registry.hook(runtimes.of_variant(variant).converter)(variant, job)
     return result
@@ -328,6 +337,7 @@ class VariantJob:
     prompts: list
     options: QuantOptions
     gate: _Gate
+    kv_peaks: dict | None = None  # the reference's largest |key|, |value| per layer, head, channel
 
 
 def onnxruntime_variant(variant: str, job: VariantJob) -> dict:
@@ -365,6 +375,11 @@ def onnxruntime_variant(variant: str, job: VariantJob) -> dict:
     logits = ev.window_logits(sess, job.windows)
     greedy = [ev.greedy(sess, p, options.greedy_tokens) for p in job.prompts]
     fid, passed, reason = job.gate.judge(variant, logits, greedy)
+    if passed and job.kv_peaks is not None and target == "cpu" and extra["kv_dtype"] == "float32":
+        i8 = int8_cache(variant, dst, job)
+        extra["kv_cache"] = {"i8": i8}
+        if not i8["passed"]:
+            extra["kv_cache"].update(choice="f32", why=f"f32: the int8 cache fails the gate ({i8['reason']})")
     return variant_entry(
         target,
         files,
@@ -376,6 +391,36 @@ def onnxruntime_variant(variant: str, job: VariantJob) -> dict:
         validated_on="cpu",
         **extra,
     )
+
+
+def int8_cache(variant: str, dst: Path, job: VariantJob) -> dict:
+    """The variant's graph with an int8 KV cache (`export.kv_cache`), judged by the same gate
+    as the weights: one scale per layer first (ONNX Runtime's faster kernel), one per head
+    and channel where that fails. Its file stays only when it passes; the decode profile
+    (`export.api`) then measures it against the f32 cache and `kv_cache.choose` decides."""
+    from export import gpt2_eval as ev
+    from export import kv_cache
+
+    path = dst.with_name(kv_cache.I8_FILE)
+    bytes_per_token = 2 * int(job.kv_peaks["k"].size)  # a byte per layer, head and channel, k and v
+    for granularity in kv_cache.GRANULARITIES:
+        kv_cache.quantized_cache_graph(dst, path, kv_cache.scales(job.kv_peaks, granularity), granularity)
+        sess = make_session(path, threads=2)
+        logits = ev.window_logits(sess, job.windows)
+        greedy = [ev.greedy(sess, p, job.options.greedy_tokens) for p in job.prompts]
+        del sess
+        label = f"{variant} with an int8 KV cache ({granularity.lower().replace('_', ' ')} scales)"
+        fid, passed, reason = job.gate.judge(variant, logits, greedy, label=label)
+        if passed:
+            return {
+                "file": path.relative_to(job.out).as_posix(),
+                "granularity": granularity,
+                "fidelity": fid,
+                "passed": True,
+                "bytes_per_token": bytes_per_token,
+            }
+    path.unlink(missing_ok=True)
+    return {"passed": False, "reason": reason, "fidelity": fid, "bytes_per_token": bytes_per_token}
 
 
 @dataclass

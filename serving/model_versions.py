@@ -22,6 +22,7 @@ from engine import runtimes
 from engine.kv import page_positions
 from engine.request_schema import TENSOR_INPUTS
 from engine.runners.openvino import BLOCK_SIZE
+from export.latency_model import routed_profile
 from serving import config_gen
 from serving.config_gen import Tensor
 from serving.flavours import NATIVE_FLAVOUR
@@ -81,6 +82,98 @@ def kv_cache_precision(entry: dict, model_info: dict, variant: str, asked: str) 
             kv_cache_bytes(model_info, None, 4, positions=1) // {"f32": 1, "f16": 2, "u8": 4}[precision]
         )
     return precision, int(per_token)
+
+
+def cache_choice(variants: dict, members: list[str], route: dict | None) -> dict:
+    """The export's int8-cache choice for what is served: the variant's (`kv_cache`), or for
+    a pair, `export.kv_cache.choose` on the two graphs' profiles as the build routes them
+    (a pair serves its batched steps and prefills on the companion)."""
+    own = variants[members[0]].get("kv_cache") or {}
+    if len(members) < 2 or not route:
+        return own
+    profiles = []
+    for cache in ("f32", "i8"):
+        pair = [
+            variants[m].get("decode_profile") if cache == "f32" else variants[m]["kv_cache"]["i8"].get("decode_profile")
+            for m in members
+        ]
+        profiles.append(routed_profile(*pair, route) if all(pair) else None)
+    if not all(profiles):
+        return own
+    from export.kv_cache import choose
+
+    chosen = choose(*profiles)
+    return {**chosen, "why": f"{chosen['why']} (the pair as routed)"}
+
+
+def int8_cache_files(
+    variants: dict,
+    members: list[str],
+    asked: str = "auto",
+    target: str = "cpu",
+    name: str = "gpt2",
+    route: dict | None = None,
+) -> tuple[list[str] | None, str]:
+    """(the export's int8-cache graphs (paths in the export) that an ONNX Runtime text
+    generator of `members` (the variant and the pair's companion) serves in place of theirs,
+    why): with `--kv-cache-precision i8`, or `auto` where the export chose it
+    (`cache_choice`); None where the graphs' own caches are served. ConfigError where the
+    asked cache cannot be."""
+    own = variants[members[0]].get("kv_dtype", "float32")
+    if asked in ("f16", "u8"):
+        raise ConfigError(
+            f"--kv-cache-precision {asked} applies to OpenVINO's cache; {members[0]} runs on ONNX Runtime, "
+            f"whose cache is its graph's ({own}) or the export's int8 one (i8)"
+        )
+    if asked == "f32" and own != "float32":
+        raise ConfigError(f"--kv-cache-precision f32: {members[0]}'s graph caches {own}; use auto")
+    if asked == "i8" and target == "gpu":
+        raise ConfigError("--kv-cache-precision i8: the int8 cache is made and measured for the CPU; use auto on a GPU")
+    caches = [(variants[m].get("kv_cache") or {}) for m in members]
+    if asked == "f32":
+        return None, "f32: --kv-cache-precision f32"
+    if target == "gpu":
+        return None, "the graph's own: the int8 cache is made for the CPU"
+    missing = [m for m, c in zip(members, caches, strict=True) if not c.get("i8", {}).get("passed")]
+    granularities = {c.get("i8", {}).get("granularity") for c in caches}
+    why = (
+        f"the export has no int8-cache graph of {', '.join(missing)} (it makes one for each quantized ONNX "
+        "Runtime variant on the CPU whose gate it passes; exports of exporter version 5 and before made none)"
+        if missing
+        else "the pair's int8 caches have different scales (one per layer and one per channel)"
+        if len(granularities) > 1
+        else ""
+    )
+    if why:
+        if asked == "i8":
+            raise ConfigError(f"--kv-cache-precision i8: {why}; re-run `aigc export` or use auto")
+        if caches[0].get("choice") == "i8":
+            logger.warning("%s: serving the f32 cache: %s", name, why)
+        return None, f"f32: {why}"
+    chosen = cache_choice(variants, members, route)
+    files = [c["i8"]["file"] for c in caches]
+    if asked == "i8":
+        return files, f"i8: --kv-cache-precision i8 (the export measured {chosen.get('why', 'nothing')})"
+    if chosen.get("choice") != "i8":
+        return None, chosen.get("why") or "f32: the export measured no int8 cache"
+    return files, chosen["why"]
+
+
+def graph_cache(plan: VersionPlan, opts: BuildOptions) -> str:
+    """The cache an ONNX Runtime text generator serves (a numpy dtype name): the graph's own,
+    or the export's int8-cache graphs (`int8_cache_files`) in place of the variant's and the
+    companion's (`plan.files`)."""
+    variants, asked = plan.report["variants"], opts.engine.kv_cache_precision
+    members = [plan.variant, *([plan.companion] if plan.companion else [])]
+    files, why = int8_cache_files(variants, members, asked, opts.target, plan.name, plan.why.get("routing"))
+    plan.why["kv_cache"] = why
+    if files is None:
+        return variants[plan.variant].get("kv_dtype", "float32")
+    from engine.runners.onnxruntime import COMPANION_FILE, GRAPH_FILE
+
+    for name, file in zip((GRAPH_FILE, COMPANION_FILE), files, strict=False):
+        plan.files[name] = plan.export_dir / file
+    return "int8"
 
 
 def image_config(name: str, onnx_file: Path, opts: BuildOptions) -> mc.ModelConfig:
@@ -204,6 +297,11 @@ def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.Mo
     entry = report["variants"][variant]
     sequences = opts.engine.sequences
     if runtimes.of_variant(variant).cache_blocks:
+        if opts.engine.kv_cache_precision == "i8":
+            raise ConfigError(
+                f"--kv-cache-precision i8 is ONNX Runtime's 8-bit cache; {variant} runs on "
+                f"{runtimes.of_variant(variant).name}, whose 8-bit cache is u8"
+            )
         precision, per_token = kv_cache_precision(entry, info, variant, opts.engine.kv_cache_precision)
         cfg.parameters["kv_cache_precision"].string_value = precision
         kv = opts.engine.kv_cache_mib * 2**20 or opts.engine.slots * window * per_token
@@ -211,23 +309,24 @@ def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.Mo
             f"{precision} blocks of {BLOCK_SIZE} positions taken by use, allocated once when the model loads"
         )
     else:
-        if opts.engine.kv_cache_precision not in ("auto",):
-            raise ConfigError(
-                f"--kv-cache-precision {opts.engine.kv_cache_precision} applies to a block runner (OpenVINO); "
-                f"{variant} runs on {runtimes.of_variant(variant).name}, whose cache has its graph's type "
-                f"({entry.get('kv_dtype', 'float32')}): use auto"
-            )
-        # the cache's dtype as the export read it from the graph (float32 where a report predates it)
-        itemsize = np.dtype(entry.get("kv_dtype", "float32")).itemsize
+        # the cache's dtype as the export read it from the graph (float32 where a report predates
+        # it), or the int8-cache graph the export made beside it
+        dtype = graph_cache(plan, opts)
+        cfg.parameters["kv_cache_precision"].string_value = {"float32": "f32", "float16": "f16", "int8": "i8"}[dtype]
+        itemsize = np.dtype(dtype).itemsize
+        cache = {"float32": "f32", "float16": "f16", "int8": "int8 (scales calibrated at export)"}[dtype]
         per_token = kv_cache_bytes(info, opts, itemsize, positions=1)
         kv = opts.engine.kv_cache_mib * 2**20 or opts.engine.slots * window * per_token
         if opts.target == "gpu":
             sequences = opts.engine.slots
             kv = opts.engine.slots * window * per_token
-            what = "slots of the whole window on the device, allocated once when the model loads"
+            what = f"{cache} slots of the whole window on the device, allocated once when the model loads"
         else:
             page = page_positions(int(info["head_size"]), itemsize)
-            what = f"each sequence's rows committed by use as it grows (pages of {page} positions), given back when it ends"
+            what = (
+                f"{cache}, each sequence's rows committed by use as it grows (pages of {page} positions), "
+                "given back when it ends"
+            )
     detail = (
         f"  KV cache: {kv / 2**20:.0f} MiB ({kv / per_token:.0f} positions), {what}; "
         f"up to {sequences} sequences of up to {window} positions at once"

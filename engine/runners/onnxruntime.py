@@ -31,7 +31,9 @@ from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, SlotCopy
 from engine.runners.base import RunnerCaps
 from engine.runners.ortsession import session_options
 
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
+# `kv_cache_precision` as the build names a graph's cache type (`auto`: whatever it is)
+PRECISION_TYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
 GRAPH_FILE = "model.onnx"
 COMPANION_FILE = "companion.onnx"
 
@@ -109,6 +111,13 @@ class OrtRunner:
                 f"{model_dir}/model.onnx is not a KV-slot graph (past_key_i, seqlens_k); re-run `aigc export`"
             )
         self.kv_dtype = _NP_TYPES[inputs["past_key_0"].type]
+        if self.companion is not None:
+            theirs = {i.name: i.type for i in self.companion.get_inputs()}.get("past_key_0")
+            if theirs != inputs["past_key_0"].type:
+                raise RuntimeError(
+                    f"{model_dir}: {COMPANION_FILE} caches {theirs} but {GRAPH_FILE} {inputs['past_key_0'].type}; "
+                    "the pair shares one cache (re-run `aigc build`)"
+                )
         itemsize = np.dtype(self.kv_dtype).itemsize
         page = page_positions(self.head_size, itemsize)
         windows, rows, kv_len = slots, slots, max_len
@@ -205,12 +214,7 @@ class OrtRunner:
         """The runner of a repository version folder, as `engine.loader` builds it.
         `own_process`: the engine is the process's only ONNX Runtime user (a Triton
         Python-backend stub), so a pair of graphs may take the process-wide thread pool."""
-        if config.kv_cache_precision != "auto":
-            raise ValueError(
-                f"kv_cache_precision {config.kv_cache_precision}: ONNX Runtime's cache has its graph's "
-                "type (the export chose it); only a block runner (OpenVINO) takes another, use auto"
-            )
-        return cls(
+        runner = cls(
             model_dir,
             config.slots,
             max_len,
@@ -222,6 +226,14 @@ class OrtRunner:
             max_sequences=config.sequences,
             cache_mib=config.kv_cache_mib,
         )
+        asked = PRECISION_TYPES.get(config.kv_cache_precision)
+        if config.kv_cache_precision != "auto" and asked is not runner.kv_dtype:
+            raise ValueError(
+                f"kv_cache_precision {config.kv_cache_precision}: this graph's cache is "
+                f"{np.dtype(runner.kv_dtype).name} (ONNX Runtime's cache has its graph's type; "
+                "`aigc build --kv-cache-precision` picks the graph)"
+            )
+        return runner
 
     def execute(self, forward: Forward) -> ForwardOutput:
         if forward.phase is Phase.DECODE:

@@ -43,7 +43,7 @@ def test_parameters_round_trip_every_setting():
         ({"slots": "abc"}, "slots must be int, got 'abc'"),
         ({"cuda_graph": "maybe"}, "cuda_graph must be true or false"),
         ({"prefill_budget": "x"}, "prefill_budget must be float"),
-        ({"kv_cache_precision": "int3"}, "kv_cache_precision must be one of auto, f32, f16, u8, got 'int3'"),
+        ({"kv_cache_precision": "int3"}, "kv_cache_precision must be one of auto, f32, f16, u8, i8, got 'int3'"),
     ],
 )
 def test_a_parameter_that_does_not_parse_is_named(params, message):
@@ -60,7 +60,7 @@ def test_a_parameter_that_does_not_parse_is_named(params, message):
         ({"max_request_seconds": 0.0}, r"max_request_seconds must be a number in \(0, 86400\]"),
         ({"max_queue": 100_001}, r"max_queue must be an integer in 0\.\.100000"),
         ({"metrics_interval_s": -1.0}, r"metrics_interval_s must be a number in 0\.\.3600 \(0 = off\)"),
-        ({"kv_cache_precision": "i8"}, r"kv_cache_precision must be one of auto, f32, f16, u8, got 'i8'"),
+        ({"kv_cache_precision": "i4"}, r"kv_cache_precision must be one of auto, f32, f16, u8, i8, got 'i4'"),
     ],
 )
 def test_out_of_range_settings_name_the_setting_and_its_range(changes, message):

@@ -11,7 +11,7 @@ from support import cached_artifact
 from aigc.errors import CheckpointError
 from export import quantize
 from export.api import export_model
-from export.gpt2_eval import forward
+from export.gpt2_eval import forward, window_logits
 from export.ortutil import make_session
 
 
@@ -204,3 +204,79 @@ def test_gpt2_124m_random_weight_folder_exports_and_matches(tmp_path):
         ref = hf(torch.from_numpy(ids)).logits.numpy()
     assert np.abs(logits - ref[:, :8]).max() < 1e-3
     assert np.abs(step[:, 0] - ref[:, 8]).max() < 1e-3
+
+
+def test_onnxruntime_variants_judge_and_measure_an_int8_kv_cache(gpt2_export):
+    """Each quantized ONNX Runtime variant gets a graph with an int8 cache (ONNX Runtime's
+    quantized GroupQueryAttention, scales calibrated at export), judged by the variant's own
+    gate and measured in the same turns as the rest; the choice follows `kv_cache.choose`."""
+    from export import kv_cache
+
+    _, out, report = gpt2_export
+    info = report["model_info"]
+    for v in ("int8", "int4"):
+        kv = report["variants"][v]["kv_cache"]
+        i8 = kv["i8"]
+        assert i8["fidelity"]["perplexity_bound"] == quantize.GATES.ppl_bound(v)
+        assert i8["passed"] is (i8["fidelity"]["perplexity_increase"] <= quantize.GATES.ppl_bound(v))
+        assert i8["bytes_per_token"] == 2 * info["n_layer"] * info["n_head"] * info["head_size"]
+        if not i8["passed"]:
+            assert kv["choice"] == "f32" and "gate" in kv["why"]
+            continue
+        graph = onnx.load(str(out / i8["file"]), load_external_data=False).graph
+        cache = [t for t in [*graph.input, *graph.output] if t.name.startswith(("past_", "present_"))]
+        assert len(cache) == 4 * info["n_layer"]
+        assert {t.type.tensor_type.elem_type for t in cache} == {onnx.TensorProto.INT8}
+        attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+        assert len(attention) == info["n_layer"]
+        for node in attention:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["kv_cache_bit_width"] == 8
+            assert attrs["k_quant_type"].decode() == attrs["v_quant_type"].decode() == i8["granularity"]
+        f32_profile, i8_profile = report["variants"][v]["decode_profile"], i8["decode_profile"]
+        assert i8_profile["past_lens"] == f32_profile["past_lens"]
+        assert set(i8_profile["step_ms"]["8"]) == set(f32_profile["step_ms"]["8"])
+        assert kv["choice"] == kv_cache.choose(f32_profile, i8_profile)["choice"], kv
+        assert kv["why"].startswith(kv["choice"] + ":")
+
+
+def test_int8_cache_graph_tracks_its_variant_on_fresh_inputs(gpt2_export):
+    """Fresh random windows through a variant's graph and its int8-cache graph: the logits
+    differ by a small part of their spread and rank the same token first."""
+    _, out, report = gpt2_export
+    rng = np.random.default_rng()
+    vocab = report["model_info"]["vocab_size"]
+    windows = rng.integers(0, vocab, (4, report["model_info"]["n_positions"]))
+    for v in ("int8", "int4"):
+        i8 = report["variants"][v]["kv_cache"]["i8"]
+        if not i8["passed"]:
+            continue
+        base = np.stack(window_logits(make_session(out / v / "gpt2.onnx"), windows))
+        quant = np.stack(window_logits(make_session(out / i8["file"]), windows))
+        assert np.abs(base - quant).mean() <= 0.05 * base.std(), v
+        assert np.mean(base.argmax(-1) == quant.argmax(-1)) >= 0.9, v
+
+
+def test_engine_on_an_int8_cache_generates_what_its_graph_generates(gpt2_export):
+    """The serving engine over the int8-cache graph (rows committed by use, several requests
+    batched in one call) gives each prompt the greedy tokens of the graph's own session path,
+    where every call hands the int8 cache back: the quantized cache is written and read the
+    same way in place."""
+    from engine.config import EngineConfig
+    from engine.loader import load_engine
+    from engine.request_schema import SamplingParams
+    from export import gpt2_eval as ev
+
+    _, out, report = gpt2_export
+    graph = out / report["variants"]["int8"]["kv_cache"]["i8"]["file"]
+    session = make_session(graph)
+    rng = np.random.default_rng()
+    prompts = [rng.integers(1, report["model_info"]["vocab_size"], n).tolist() for n in (5, 9, 12, 16)]
+    expected = [ev.greedy(session, p, 12) for p in prompts]
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    with ev.version_folder(graph) as folder:
+        engine = load_engine(folder, EngineConfig(slots=4, max_sequences=8), intra_op_threads=1)
+        assert engine.runner.kv_dtype is np.int8
+        requests = [engine.submit(p, params) for p in prompts]
+        engine.run_until_done(requests)
+    assert [r.tokens for r in requests] == expected

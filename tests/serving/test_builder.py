@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import onnx
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -207,14 +208,20 @@ def test_gpt2_engine_settings_reach_the_config_and_build_reports_the_cache(expor
     # every setting is written, and reads back as the engine's config (the cap applied)
     written = EngineConfig.from_parameters({k: v.string_value for k, v in params.items()})
     expected = EngineConfig(
-        slots=3, max_len=48, prefill_chunk=5, max_queue=7, max_tokens_limit=47, cuda_graph=False
+        slots=3,
+        max_len=48,
+        prefill_chunk=5,
+        max_queue=7,
+        max_tokens_limit=47,
+        cuda_graph=False,
+        kv_cache_precision="f32",  # the cache served, as the build resolved auto
     )
     assert written == expected  # CUDA graphs only for --target gpu
     assert params["max_tokens_limit"].string_value == "47"
     info = json.loads((exports["gpt2"] / "assets" / "model_info.json").read_text())
     mib = 2 * info["n_layer"] * 3 * info["n_head"] * 48 * info["head_size"] * 4 / 2**20
     assert (
-        f"KV cache: {mib:.0f} MiB (144 positions), each sequence's rows committed by use as it grows "
+        f"KV cache: {mib:.0f} MiB (144 positions), f32, each sequence's rows committed by use as it grows "
         f"(pages of {4096 // (info['head_size'] * 4)} positions), given back when it ends; up to 64 sequences "
         "of up to 48 positions at once"
     ) in str(built[0])
@@ -265,13 +272,64 @@ def test_the_kv_cache_precision_auto_serves_is_the_exports_choice(exports, tmp_p
         in detail
     )
     with pytest.raises(
-        ConfigError, match="--kv-cache-precision u8 applies to a block runner .*fp32 runs on onnxruntime"
+        ConfigError, match=r"--kv-cache-precision u8 applies to OpenVINO's cache; fp32 runs on ONNX Runtime"
     ):
         build_repository(
             [exports["gpt2"]],
             tmp_path / "r3",
             BuildOptions(variant="fp32", engine=EngineConfig(kv_cache_precision="u8")),
         )
+    with pytest.raises(ConfigError, match="--kv-cache-precision i8 is ONNX Runtime's 8-bit cache; ov-fp32 runs"):
+        built("f32", "i8")
+
+
+def test_an_onnxruntime_int8_cache_is_served_where_asked_or_chosen(exports, tmp_path):
+    """ONNX Runtime's cache is its graph's: `--kv-cache-precision i8`, or `auto` where the
+    export chose it, puts the variant's int8-cache graph in the version; f32 keeps the
+    variant's own; a variant without one is refused with the reason."""
+    export = tmp_path / "export"
+    shutil.copytree(exports["gpt2"], export)
+    report_file = export / "export_report.json"
+    report = json.loads(report_file.read_text())
+    kv = report["variants"]["int8"]["kv_cache"]
+    assert kv["i8"]["passed"], kv  # the tiny trained model's int8 cache passes its gate
+
+    def built(choice, asked):
+        kv["choice"] = choice
+        report_file.write_text(json.dumps(report))
+        repo = tmp_path / f"repo-{choice}-{asked}"
+        engine = EngineConfig(kv_cache_precision=asked)
+        out = build_repository([export], repo, BuildOptions(variant="int8", engine=engine))
+        cache = {
+            i.name: i.type.tensor_type.elem_type
+            for i in onnx.load(str(out[0].path / "model.onnx"), load_external_data=False).graph.input
+        }["past_key_0"]
+        meta = json.loads((out[0].path / "aigc_version.json").read_text())
+        precision = read_config(repo / "gpt2").parameters["kv_cache_precision"].string_value
+        return precision, cache, str(out[0]), meta["choice"].get("kv_cache")
+
+    precision, cache, detail, why = built("i8", "auto")
+    assert (precision, cache) == ("i8", onnx.TensorProto.INT8) and why == kv["why"]
+    per_token = kv["i8"]["bytes_per_token"]
+    assert f"({8 * report['model_info']['n_positions']} positions), int8" in detail
+    assert f"KV cache: {8 * report['model_info']['n_positions'] * per_token / 2**20:.0f} MiB" in detail
+    assert built("f32", "auto")[:2] == ("f32", onnx.TensorProto.FLOAT)
+    precision, cache, _, why = built("f32", "i8")
+    assert (precision, cache) == ("i8", onnx.TensorProto.INT8) and why.startswith("i8: --kv-cache-precision i8")
+    assert built("i8", "f32")[:2] == ("f32", onnx.TensorProto.FLOAT)
+    with pytest.raises(ConfigError, match="--kv-cache-precision i8: the export has no int8-cache graph of fp32"):
+        build_repository(
+            [export], tmp_path / "r4", BuildOptions(variant="fp32", engine=EngineConfig(kv_cache_precision="i8"))
+        )
+    with pytest.raises(ConfigError, match="--kv-cache-precision i8: the int8 cache is made and measured for the CPU"):
+        build_repository(
+            [export],
+            tmp_path / "r5",
+            BuildOptions(variant="int8", target="gpu", engine=EngineConfig(kv_cache_precision="i8")),
+        )
+    # a failed gate: auto serves f32 whatever the choice says
+    kv["i8"]["passed"] = False
+    assert built("i8", "auto")[:2] == ("f32", onnx.TensorProto.FLOAT)
 
 
 def test_written_configs_parse_back(fp32_repository):

@@ -60,3 +60,35 @@ def test_served_int8_gpt2_generates_what_the_gated_variant_generates(int8_server
         offline = engine.tokenizer.decode(engine.generate_ids(engine.encode_prompt(prompt, params), params))
         with AigcClient(srv.grpc_url) as c:
             assert c.generate_text(prompt, max_tokens=20, ignore_eos=True, stream=False) == offline
+
+
+@pytest.fixture(scope="module")
+def int8_cache_server(exports, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("int8-cache") / "model_repository"
+    options = BuildOptions(variant="int8", intra_op_threads=1, engine=EngineConfig(kv_cache_precision="i8"))
+    build_repository([exports["gpt2"]], repo, options)
+    srv = start_server(repo)
+    yield srv, repo
+    srv.stop()
+
+
+def test_served_int8_cache_generates_what_its_graph_generates(int8_cache_server, exports, tmp_path):
+    """ONNX Runtime's int8 KV cache through Triton: the greedy text of the graph's own session
+    path (its int8 cache handed back each call), streamed and not; the report's gate passed."""
+    from export import gpt2_eval as ev
+    from serving.client import AigcClient
+
+    srv, repo = int8_cache_server
+    assert read_report(exports["gpt2"])["variants"]["int8"]["kv_cache"]["i8"]["passed"] is True
+    session = make_session(repo / "gpt2" / "1" / "model.onnx")
+    assert {i.name: i.type for i in session.get_inputs()}["past_key_0"] == "tensor(int8)"
+    offline_dir = tmp_path / "engine"
+    shutil.copytree(repo / "gpt2" / "1", offline_dir)
+    engine = load_engine(str(offline_dir), EngineConfig(slots=1, kv_cache_precision="i8"), intra_op_threads=1)
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    with AigcClient(srv.grpc_url) as c:
+        for prompt, stream in (("The class", False), ("import os", True), ("def f(x):", True)):
+            ids = engine.encode_prompt(prompt, params)
+            expected = engine.tokenizer.decode(ev.greedy(session, ids, 20))
+            served = c.generate_text(prompt, max_tokens=20, ignore_eos=True, stream=stream)
+            assert (served if isinstance(served, str) else "".join(served)) == expected

@@ -1,0 +1,135 @@
+"""An 8-bit KV cache for ONNX Runtime's graphs: ONNX Runtime's CPU `GroupQueryAttention`
+stores its cache as int8 with a scale per layer (`k_quant_type` / `v_quant_type`), quantizing
+each new position as it writes it and dequantizing as it reads. The scales are calibrated on
+the fp32 reference graph's keys and values over the held-out windows; the graph is the
+variant's own with its cache inputs and outputs retyped and the scales added."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# What ONNX Runtime's GroupQueryAttention calls the granularities of its cache scales, and
+# the shape of a scale at each (one per tensor, or one per head and channel).
+GRANULARITIES = ("PER_TENSOR", "PER_CHANNEL")
+QMAX = 127.0
+# Room above the calibrated peak: text that reaches further than the calibration text is
+# clipped only past 1.25x its peak, for a quarter of a step's resolution.
+HEADROOM = 1.25
+I8_FILE = "gpt2-kv-i8.onnx"  # beside the variant's gpt2.onnx
+# The int8 cache is chosen where a long request (LONG_NEW tokens after the profile's long
+# cache, at batch 8) is at least 3 % faster than with f32 and a short one (16 prompt tokens
+# -> LONG_NEW) no more than 5 % slower: the noise of one shared-CPU measurement is ~2 %.
+_LONG_GAIN, _SHORT_SLACK, LONG_NEW = 0.97, 1.05, 64
+
+
+def calibrate(session, windows: np.ndarray) -> dict[str, np.ndarray]:
+    """Largest |key| and |value| the reference graph writes to each layer's cache over the
+    held-out `windows`, per head and channel: {"k": (layers, heads, head_size), "v": ...}."""
+    from export import gpt2_eval as ev
+
+    peaks: dict[str, np.ndarray] = {}
+    for w in windows:
+        _, presents = ev.forward(session, w[None, :])
+        for name, kv in presents.items():  # past_key_3: (1, heads, T, head_size)
+            kind, layer = ("k" if "_key_" in name else "v"), int(name.rsplit("_", 1)[1])
+            peak = np.abs(kv[0]).max(axis=1)  # (heads, head_size)
+            stack = peaks.setdefault(kind, {})
+            stack[layer] = peak if layer not in stack else np.maximum(stack[layer], peak)
+    return {kind: np.stack([by_layer[i] for i in sorted(by_layer)]) for kind, by_layer in peaks.items()}
+
+
+def scales(peaks: dict[str, np.ndarray], granularity: str) -> dict[str, np.ndarray]:
+    """The dequantization scale of each layer's keys and values: its peak (with `HEADROOM`)
+    over 127, one per
+    layer (`PER_TENSOR`, shape (layers, 1)) or per head and channel (`PER_CHANNEL`, shape
+    (layers, heads x head_size)). A peak of 0 gets a scale that keeps zeros exact."""
+    out = {}
+    for kind, peak in peaks.items():
+        per = peak.reshape(peak.shape[0], -1).max(axis=1, keepdims=True) if granularity == "PER_TENSOR" else (
+            peak.reshape(peak.shape[0], -1)
+        )
+        out[kind] = np.maximum(per * HEADROOM / QMAX, np.finfo(np.float32).tiny).astype(np.float32)
+    return out
+
+
+def quantized_cache_graph(src: Path, dst: Path, layer_scales: dict[str, np.ndarray], granularity: str) -> None:
+    """`src`'s graph with an int8 cache: every GroupQueryAttention node takes its layer's
+    scales (initializers `kv_scale_k_<layer>` / `kv_scale_v_<layer>`) and the cache
+    inputs `past_*` and outputs `present_*` are int8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    model = onnx.load(str(src))
+    graph = model.graph
+    attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    if not attention:
+        raise ValueError(f"{src} has no GroupQueryAttention node: not a KV-slot graph")
+    for node in attention:
+        layer = int(node.input[3].rsplit("_", 1)[1])  # past_key_<layer>
+        names = []
+        for kind in ("k", "v"):
+            name = f"kv_scale_{kind}_{layer}"
+            graph.initializer.append(numpy_helper.from_array(layer_scales[kind][layer], name))
+            names.append(name)
+        while len(node.input) < 12:  # the optional inputs before k_scale, v_scale
+            node.input.append("")
+        node.input.extend(names)
+        for attr in [a for a in node.attribute if a.name in ("k_quant_type", "v_quant_type", "kv_cache_bit_width")]:
+            node.attribute.remove(attr)
+        node.attribute.extend(
+            [
+                helper.make_attribute("k_quant_type", granularity),
+                helper.make_attribute("v_quant_type", granularity),
+                helper.make_attribute("kv_cache_bit_width", 8),
+            ]
+        )
+    for value in [*graph.input, *graph.output]:
+        if value.name.startswith(("past_", "present_")):
+            value.type.tensor_type.elem_type = TensorProto.INT8
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+
+
+def choose(f32: dict, i8: dict) -> dict:
+    """Whether a variant serves its int8 cache, from the two decode profiles measured in turns
+    (`export.gpt2_eval.decode_profiles`): a request of LONG_NEW tokens after the long cache
+    (its prompt prefilled at the measured 128-token rate, then batch-8 steps there) and one
+    after a 16-token prompt (batch-8 steps at the short cache). ONNX Runtime's int8 kernels
+    read a quarter of the bytes a step but prefill slower, so both sides are weighed."""
+    pasts = f32["past_lens"]
+    short, long = str(pasts[0]), str(pasts[-1])
+    prefills = sorted(f32["prefill_ms"], key=int)
+    longest, shortest = prefills[-1], prefills[0]
+
+    def request(p: dict, past: str, prompt: str, tokens: int) -> float:
+        return p["prefill_ms"][prompt] * tokens / int(prompt) + LONG_NEW * p["step_ms"]["8"][past]
+
+    cost = {
+        name: {
+            "long": request(p, long, longest, int(long)),
+            "short": request(p, short, shortest, int(shortest)),
+        }
+        for name, p in (("f32", f32), ("i8", i8))
+    }
+    gain = {k: cost["i8"][k] / cost["f32"][k] for k in ("long", "short")}
+    figures = (
+        f"batch-8 step {i8['step_ms']['8'][long]:.2f} vs {f32['step_ms']['8'][long]:.2f} ms at {long} cached "
+        f"tokens, {i8['step_ms']['8'][short]:.2f} vs {f32['step_ms']['8'][short]:.2f} at {short}; "
+        f"{longest}-token prefill {i8['prefill_ms'][longest]:.1f} vs {f32['prefill_ms'][longest]:.1f} ms"
+    )
+    wins = gain["long"] <= _LONG_GAIN and gain["short"] <= _SHORT_SLACK
+    if wins:
+        why = (
+            f"i8: a long request takes {gain['long']:.2f}x f32's time and a short one {gain['short']:.2f}x "
+            f"({figures})"
+        )
+    else:
+        why = (
+            f"f32: with the int8 cache a long request takes {gain['long']:.2f}x f32's time and a short one "
+            f"{gain['short']:.2f}x (chosen at <= {_LONG_GAIN} and <= {_SHORT_SLACK}; {figures})"
+        )
+    return {"choice": "i8" if wins else "f32", "why": why, "request_vs_f32": {k: round(v, 3) for k, v in gain.items()}}
