@@ -35,13 +35,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4,
         help="GPT-2 int4: MatMulNBits compute type, 4 = int8 (default)",
     )
+    parser.add_argument(
+        "--int8-kv-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="GPT-2 int8/int4 on ONNX Runtime: also make, gate and time each graph with an int8 KV cache "
+        "(<variant>/gpt2-kv-i8.onnx; `aigc build` serves it where it passed and won; default on)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from export.api import export_model
     from export.quantize import QuantOptions
 
-    quant = QuantOptions(int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level)
+    quant = QuantOptions(
+        int4_block_size=args.int4_block_size,
+        int4_accuracy_level=args.int4_accuracy_level,
+        int8_kv_cache=args.int8_kv_cache,
+    )
     report = export_model(
         args.model, args.checkpoint, args.out, variants=args.variants, seed=args.seed, quant=quant
     )

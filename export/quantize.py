@@ -227,6 +227,7 @@ class QuantOptions:
     # the CPU (fewer scale bytes and per-block work; benchmarks/choices.md).
     int4_block_size: int = 64
     int4_accuracy_level: int = 4  # 4 = int8 compute of the int4 weights: the fast CPU path
+    int8_kv_cache: bool = True  # ONNX Runtime variants: a second graph with an int8 KV cache
     eval_windows: int = 8
     eval_window_tokens: int = 128
     greedy_prompts: int = 4
@@ -313,8 +314,10 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
 
     from training.data import load_text_corpus
 
-    calibration = ev.token_windows(tok.encode(load_text_corpus(None)[0]).ids, window, options.eval_windows)
-    kv_peaks = kv_cache.calibrate(ref, calibration if len(calibration) else windows)
+    kv_peaks = None
+    if options.int8_kv_cache:
+        calibration = ev.token_windows(tok.encode(load_text_corpus(None)[0]).ids, window, options.eval_windows)
+        kv_peaks = kv_cache.calibrate(ref, calibration if len(calibration) else windows)
 
     result = {}
     gate = _Gate(ref_logits, ref_greedy, ppl_ref, windows)
@@ -375,7 +378,7 @@ def onnxruntime_variant(variant: str, job: VariantJob) -> dict:
     logits = ev.window_logits(sess, job.windows)
     greedy = [ev.greedy(sess, p, options.greedy_tokens) for p in job.prompts]
     fid, passed, reason = job.gate.judge(variant, logits, greedy)
-    if passed and job.kv_peaks is not None and target == "cpu" and extra["kv_dtype"] == "float32":
+    if passed and options.int8_kv_cache and target == "cpu" and extra["kv_dtype"] == "float32":
         i8 = int8_cache(variant, dst, job)
         extra["kv_cache"] = {"i8": i8}
         if not i8["passed"]:

@@ -280,3 +280,12 @@ def test_engine_on_an_int8_cache_generates_what_its_graph_generates(gpt2_export)
         requests = [engine.submit(p, params) for p in prompts]
         engine.run_until_done(requests)
     assert [r.tokens for r in requests] == expected
+
+
+def test_an_export_without_the_int8_cache_makes_and_reports_none(gpt2_export, tmp_path):
+    ckpt, _, _ = gpt2_export
+    options = quantize.QuantOptions(int8_kv_cache=False)
+    report = export_model("gpt2", ckpt, tmp_path / "out", variants="fp32,int4", quant=options)
+    assert report["variants"]["int4"]["passed"] is True
+    assert "kv_cache" not in report["variants"]["int4"]
+    assert not (tmp_path / "out" / "int4" / "gpt2-kv-i8.onnx").exists()
