@@ -19,8 +19,9 @@ QMAX = 127.0
 HEADROOM = 1.25
 I8_FILE = "gpt2-kv-i8.onnx"  # beside the variant's gpt2.onnx
 # The int8 cache is chosen where a long request (LONG_NEW tokens after the profile's long
-# cache, at batch 8) is at least 3 % faster than with f32 and a short one (16 prompt tokens
-# -> LONG_NEW) no more than 5 % slower: the noise of one shared-CPU measurement is ~2 %.
+# cache, at batch 8) is at least 3 % faster than with f32 and no request (long or short: 16
+# prompt tokens -> LONG_NEW; batch 8 or 1) more than 5 % slower: the noise of one shared-CPU
+# measurement is ~2 %.
 _LONG_GAIN, _SHORT_SLACK, LONG_NEW = 0.97, 1.05, 64
 
 
@@ -97,39 +98,45 @@ def quantized_cache_graph(src: Path, dst: Path, layer_scales: dict[str, np.ndarr
 def choose(f32: dict, i8: dict) -> dict:
     """Whether a variant serves its int8 cache, from the two decode profiles measured in turns
     (`export.gpt2_eval.decode_profiles`): a request of LONG_NEW tokens after the long cache
-    (its prompt prefilled at the measured 128-token rate, then batch-8 steps there) and one
-    after a 16-token prompt (batch-8 steps at the short cache). ONNX Runtime's int8 kernels
-    read a quarter of the bytes a step but prefill slower, so both sides are weighed."""
+    (its prompt prefilled at the measured 128-token rate, then steps there) and one after a
+    16-token prompt (steps at the short cache), each at batch 8 and, where both profiles have
+    it, batch 1. The long request at batch 8 must gain and the short ones must not lose.
+    ONNX Runtime's int8 kernels read a quarter of the bytes a step but prefill slower, so
+    both are weighed."""
     pasts = f32["past_lens"]
     short, long = str(pasts[0]), str(pasts[-1])
     prefills = sorted(f32["prefill_ms"], key=int)
     longest, shortest = prefills[-1], prefills[0]
+    batches = [b for b in ("8", "1") if b in f32["step_ms"] and b in i8["step_ms"]]
 
-    def request(p: dict, past: str, prompt: str, tokens: int) -> float:
-        return p["prefill_ms"][prompt] * tokens / int(prompt) + LONG_NEW * p["step_ms"]["8"][past]
+    def request(p: dict, batch: str, past: str, prompt: str, tokens: int) -> float:
+        return p["prefill_ms"][prompt] * tokens / int(prompt) + LONG_NEW * p["step_ms"][batch][past]
 
-    cost = {
-        name: {
-            "long": request(p, long, longest, int(long)),
-            "short": request(p, short, shortest, int(shortest)),
-        }
-        for name, p in (("f32", f32), ("i8", i8))
-    }
-    gain = {k: cost["i8"][k] / cost["f32"][k] for k in ("long", "short")}
+    gain = {}
+    for b in batches:
+        for kind, past, prompt, tokens in (("long", long, longest, int(long)), ("short", short, shortest, int(shortest))):
+            costs = [request(p, b, past, prompt, tokens) for p in (i8, f32)]
+            gain[f"{kind}_b{b}"] = costs[0] / costs[1]
     figures = (
         f"batch-8 step {i8['step_ms']['8'][long]:.2f} vs {f32['step_ms']['8'][long]:.2f} ms at {long} cached "
-        f"tokens, {i8['step_ms']['8'][short]:.2f} vs {f32['step_ms']['8'][short]:.2f} at {short}; "
-        f"{longest}-token prefill {i8['prefill_ms'][longest]:.1f} vs {f32['prefill_ms'][longest]:.1f} ms"
-    )
-    wins = gain["long"] <= _LONG_GAIN and gain["short"] <= _SHORT_SLACK
-    if wins:
-        why = (
-            f"i8: a long request takes {gain['long']:.2f}x f32's time and a short one {gain['short']:.2f}x "
-            f"({figures})"
+        f"tokens, {i8['step_ms']['8'][short]:.2f} vs {f32['step_ms']['8'][short]:.2f} at {short}"
+        + (
+            f"; batch 1 {i8['step_ms']['1'][short]:.2f} vs {f32['step_ms']['1'][short]:.2f} at {short}"
+            if "1" in batches
+            else ""
         )
+        + f"; {longest}-token prefill {i8['prefill_ms'][longest]:.1f} vs {f32['prefill_ms'][longest]:.1f} ms"
+    )
+    # A long prompt alone (batch 1) pays the slower prefill with little step gain to win it
+    # back; it is reported, not held against the cache: a served cache is for many requests.
+    kept = [k for k in gain if k != "long_b1"]
+    wins = gain["long_b8"] <= _LONG_GAIN and max(gain[k] for k in kept) <= _SHORT_SLACK
+    said = ", ".join(f"{k.replace('_b', ' at batch ')} {v:.2f}x" for k, v in gain.items())
+    if wins:
+        why = f"i8: requests take this share of f32's time: {said} ({figures})"
     else:
         why = (
-            f"f32: with the int8 cache a long request takes {gain['long']:.2f}x f32's time and a short one "
-            f"{gain['short']:.2f}x (chosen at <= {_LONG_GAIN} and <= {_SHORT_SLACK}; {figures})"
+            f"f32: with the int8 cache requests take {said} of f32's time (chosen where the long one at "
+            f"batch 8 is <= {_LONG_GAIN} and the short ones <= {_SHORT_SLACK}; {figures})"
         )
     return {"choice": "i8" if wins else "f32", "why": why, "request_vs_f32": {k: round(v, 3) for k, v in gain.items()}}
