@@ -331,4 +331,6 @@ def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.Mo
         f"  KV cache: {kv / 2**20:.0f} MiB ({kv / per_token:.0f} positions), {what}; "
         f"up to {sequences} sequences of up to {window} positions at once"
     )
+    if plan.why.get("kv_cache"):
+        detail += f"\n  KV cache precision: {plan.why['kv_cache']}"
     return cfg, detail
