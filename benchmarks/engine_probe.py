@@ -2,7 +2,7 @@
 `python -m benchmarks.engine_probe --export runs/bench-cache/export-gpt2-124m-gpt2`.
 
 - mixed: one call with 4 decode rows and a prompt chunk against a prefill call plus a
-  decode call (a runner that takes mixed rows, OpenVINO);
+  decode call (OpenVINO's PagedAttention; ONNX Runtime's mixed graph on the CPU);
 - users: 64 concurrent requests of 16 -> 64 tokens with 8 slots against 64 sequences over
   the same cache memory in blocks taken by use;
 - prefix: time to first token of a 512-token prompt asked three times, prefix caching off
@@ -32,7 +32,7 @@ from aigc.errors import ExportError
 from engine import runtimes
 from engine.config import EngineConfig
 from engine.loader import load_engine
-from engine.plan import Forward, Phase
+from engine.plan import MAIN, Forward, Phase
 from engine.request_schema import SamplingParams
 
 
@@ -43,6 +43,11 @@ def _median_ms(times: list[float]) -> float:
 def mixed(folder: str, threads: int, rounds: int = 40) -> dict:
     eng = load_engine(folder, EngineConfig(slots=8), intra_op_threads=threads)
     runner, rng, past = eng.runner, np.random.default_rng(0), 64
+    if not runner.caps.mixed:
+        return {"skipped": f"the runner takes one phase a call ({runner.describe()})"}
+    # a slot runner's mixed call: the decode call's rows (slots 0..3), then the prefill call's
+    decode_rows = 4 if runner.caps.mixed_slots else 0
+    graph = getattr(runner, "mixed_graph", None) or MAIN
     for slot in range(4):  # four streams with 64 cached tokens each (slot runs of blocks)
         ids = rng.integers(1, runner.info["vocab_size"], past)
         runner.execute(Forward.rectangle(Phase.PREFILL, [slot], ids[None], [0], [None]))
@@ -50,8 +55,10 @@ def mixed(folder: str, threads: int, rounds: int = 40) -> dict:
     for chunk in (16, 64):
         vocab = runner.info["vocab_size"]
         ids, tokens = rng.integers(1, vocab, chunk), rng.integers(1, vocab, 4)
-        decode = Forward.rectangle(Phase.DECODE, range(4), tokens[:, None], np.full(4, past), [None] * 4)
-        prefill = Forward.rectangle(Phase.PREFILL, [5], ids[None], [0], [None])
+        decode = Forward.rectangle(
+            Phase.DECODE, range(4), tokens[:, None], np.full(4, past), [None] * 4, graph
+        )
+        prefill = Forward.rectangle(Phase.PREFILL, [5], ids[None], [0], [None], graph)
         both = Forward(
             Phase.MIXED,
             (0, 1, 2, 3, 5),
@@ -59,6 +66,8 @@ def mixed(folder: str, threads: int, rounds: int = 40) -> dict:
             np.array([1, 1, 1, 1, chunk]),
             np.array([past] * 4 + [0]),
             (None,) * 5,
+            graph,
+            decode_rows=decode_rows,
         )
         two, one = [], []
         for _ in range(rounds):
@@ -249,9 +258,9 @@ PROBES = {
     "moves": moves,
 }
 
-# the probes that compare what only a block runner does (mixed calls, blocks against slots),
-# and what only a slot runner does (rows moved down into emptied slots)
-BLOCK_PROBES = ("mixed", "users")
+# the probes that compare what only a block runner does (blocks against slots), and what only
+# a slot runner does (rows moved down into emptied slots)
+BLOCK_PROBES = ("users",)
 SLOT_PROBES = ("moves",)
 
 
@@ -293,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variant",
         default="ov-int4",
-        help="the variant to probe (default ov-int4); mixed and users need a block runner's (ov-*)",
+        help="the variant to probe (default ov-int4); users needs a block runner's (ov-*), moves a slot runner's",
     )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     parser.add_argument(

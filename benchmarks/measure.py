@@ -199,12 +199,13 @@ def served_mixed(
     short_prompt: str,
     short_new: int,
     streams: int,
-    long_prompt: str,
+    long_prompts: list[str],
     long_new: int,
     arrivals: int,
     period_s: float,
 ) -> dict:
-    """Short streams running back to back while long prompts arrive every `period_s`.
+    """Short streams running back to back while long prompts arrive every `period_s`
+    (arrival k sends `long_prompts[k % len(long_prompts)]`).
 
     `streams` connections each send `short_prompt` requests of `short_new` tokens until the
     last long request has ended; long request k (its own connection) is sent at
@@ -237,7 +238,7 @@ def served_mixed(
                     client.is_ready("gpt2")  # connected before the common start
                     start.wait()
                     time.sleep(period_s * (k + 0.5))
-                    r = served_stream(client, long_prompt, long_new)
+                    r = served_stream(client, long_prompts[k % len(long_prompts)], long_new)
                     with lock:
                         long_runs.append(r)
             finally:

@@ -202,6 +202,9 @@ def _gpt2_many_users_ratios(g: dict) -> dict:
     chunk16 = (probe.get("mixed") or {}).get("4 decode rows + 16-token chunk")
     if chunk16:
         out["gpt2_engine_mixed_call_vs_two_calls"] = chunk16["ratio"]
+    chunk16 = (slots.get("mixed") or {}).get("4 decode rows + 16-token chunk")
+    if chunk16:  # ONNX Runtime's mixed graph against its decode call and prefill call
+        out["gpt2_served_runner_mixed_call_vs_two_calls"] = chunk16["ratio"]
     for streams, m in (probe.get("structured") or {}).items():
         # a JSON schema's token masks, per generated token, against the same requests without
         out[f"gpt2_engine_structured_b{streams}_vs_plain"] = m["ratio"]

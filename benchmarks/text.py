@@ -47,17 +47,17 @@ def record(results: dict, s: Subject, figures: dict) -> None:
     results[s.model] = figures
 
 
-def build_prompt(tokenizer, n: int, text: str) -> str:
+def build_prompt(tokenizer, n: int, text: str, offset: int = 0) -> str:
     """A prompt that the model's tokenizer encodes to exactly `n` tokens.
 
-    Decoded from a window of token ids of `text`: `n` of them, or a few more where the
-    decoded text merges into fewer tokens (a short text repeated to length merges at each
-    seam); a window that encodes to anything but `n` tokens is skipped.
+    Decoded from a window of token ids of `text` from about token `offset` on: `n` of them,
+    or a few more where the decoded text merges into fewer tokens (a short text repeated to
+    length merges at each seam); a window that encodes to anything but `n` tokens is skipped.
     """
     ids = tokenizer.encode(text).ids
-    while len(ids) < n + 256 + 16:
+    while len(ids) < offset + n + 256 + 16:
         ids = ids + ids
-    for start in range(0, 256):
+    for start in range(offset, offset + 256):
         for extra in range(0, 17):
             prompt = tokenizer.decode(ids[start : start + n + extra])
             got = len(tokenizer.encode(prompt).ids)
@@ -407,7 +407,12 @@ def _long_and_mixed(
                 prompt,
                 opts.mixed_new_tokens,
                 opts.mixed_streams,
-                long_prompt,
+                # a prompt of its own for each arrival: a prompt the cache already holds
+                # (the long workload's) would be read, not prefilled
+                [
+                    build_prompt(tok, opts.long_prompt_tokens, text, offset=(k + 1) * opts.long_prompt_tokens)
+                    for k in range(opts.mixed_arrivals)
+                ],
                 opts.mixed_long_new_tokens,
                 opts.mixed_arrivals,
                 opts.mixed_period_s,
@@ -467,9 +472,9 @@ def _engine_probes(
     main = (served or "").split("+")[0]
     entry = exp_report["variants"].get(main)
     if main and entry and entry.get("passed") and not runtimes.of_variant(main).cache_blocks:
-        step(bar, f"gpt2 engine prefix and row-move probes on {main}")
+        step(bar, f"gpt2 engine prefix, row-move and mixed-call probes on {main}")
         out["engine_probe"]["served"] = engine_probe.probe_export(
-            s.export, main, opts.threads, ("prefix", "shared_prefix", "moves")
+            s.export, main, opts.threads, ("prefix", "shared_prefix", "moves", "mixed")
         )
     bar.update()
 

@@ -97,6 +97,23 @@ class EngineConfig:
         "a chunk may cost this many decode steps, as the engine measures them",
         note="0 = fixed --prefill-chunk",
     )
+    # A runner that takes the step's decode rows and its prompt chunk in one call (OpenVINO;
+    # ONNX Runtime on the CPU with `mixed_calls`) pays only the chunk's tokens on top of the
+    # step, so a smaller budget still moves a prompt along: the running streams' gaps grow by
+    # at most this share while a prompt goes in.
+    mixed_prefill_budget: float = setting(
+        0.3,
+        0.0,
+        100.0,
+        "a chunk riding in the decode call may add this many decode steps to it, as the engine measures them",
+        note="0 = fixed --prefill-chunk",
+    )
+    mixed_calls: bool = setting(
+        True,
+        help="ONNX Runtime on the CPU: a step's decode rows and its prompt chunk in one call, through "
+        "a second session of the graph rewritten so that only attention splits them (a prompt arriving "
+        "while others decode costs its tokens, not a second pass over the weights)",
+    )
     idle_prefill_chunk: int = setting(512, 1, 4096, "prompt tokens per step while nothing decodes")
     max_queue: int = setting(
         64, 0, 100_000, "requests that may wait for a free slot; beyond it a 'server busy' error"

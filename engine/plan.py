@@ -8,7 +8,9 @@ request's row and the step's prompt chunk, over one pass of the weights. A runne
 cannot mix them gets calls of one phase each; a prefill call's rows are consecutive slots
 with one start and one length, and a decode call covers slots `0..n-1` (a slot with nothing
 to decode gets a padding row: `requests[i]` None, written where its next real token will be
-written, so it disturbs nothing).
+written, so it disturbs nothing). A slot runner that mixes them (`RunnerCaps.mixed_slots`)
+gets the two calls' rows in one: the decode call's `decode_rows` rows first, then the
+prefill call's.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class Forward:
     blocks: tuple[np.ndarray, ...] | None = None
     # rows whose every position's logits come back too (prompt log-probabilities)
     all_logits: tuple[int, ...] = ()
+    # a MIXED call: its first `decode_rows` rows are the decode rows, the rest prompt chunks;
+    # a slot runner's (`RunnerCaps.mixed_slots`) are a decode call's (slots 0..n-1, padding
+    # rows included) and a prefill call's
+    decode_rows: int = 0
 
     @classmethod
     def rectangle(cls, phase: Phase, slots, ids: np.ndarray, starts, requests, graph: str = MAIN) -> Forward:
@@ -85,7 +91,8 @@ class Forward:
     def __repr__(self) -> str:
         return (
             f"Forward({self.phase.value}, slots={list(self.slots)}, starts={self.starts.tolist()}, "
-            f"lens={self.lens.tolist()}, graph={self.graph})"
+            f"lens={self.lens.tolist()}, graph={self.graph}"
+            + (f", decode_rows={self.decode_rows})" if self.decode_rows else ")")
         )
 
 

@@ -94,6 +94,9 @@ class Scheduler:
         self.config, self.output, self.stats, self.sink, self.clock = config, output, stats, sink, clock
         self.pool = SlotPool(caps.max_rows)
         self.mixed = caps.mixed  # the runner takes a step's decode rows and prompt chunk in one call
+        self.mixed_slots = (
+            caps.mixed and caps.mixed_slots
+        )  # ... as a decode call's rows, then a prefill call's
         self.group_past = caps.group_past  # a prefill call of several rows may start past position 0
         # the cache's memory in blocks taken by use (None: a slot holds its whole row): a block
         # runner's blocks, read through each row's table (`tables`), or the pages of a slot
@@ -122,7 +125,9 @@ class Scheduler:
         self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
         self.lock = threading.Lock()
         self.prefill_cost = CostFit()  # a prefill call alone
-        self.step_cost = CostFit()  # any call but a prefill alone, by the tokens it computes
+        self.step_cost = CostFit()  # a decode call, by its rows (padding rows too)
+        # what a mixed call costs over the decode call of its decode rows, by its chunk's tokens
+        self.mixed_cost = CostFit()
         self.decode_ms = Ema()
         pair = COMPANION in caps.graphs
         self.prefill_graph = COMPANION if pair and config.companion_prefill else MAIN
@@ -183,7 +188,10 @@ class Scheduler:
         written = {}  # request -> prompt tokens this step's prefill writes
         group, chunk = [], 0
         if prefilling:
-            budget = self.chunk_tokens(len(prefilling), len(decoding)) if decoding else None
+            head = prefilling[0]
+            # a prompt not yet started may go in whole (`chunk_tokens`), not a long one's rest
+            whole = head.prompt_left if head.filled == head.admitted_filled else None
+            budget = self.chunk_tokens(len(prefilling), len(decoding), whole) if decoding else None
             budget = budget or self.config.idle_prefill_chunk
             group = self.prefill_group(prefilling, budget)
             chunk = min(budget // len(group), group[0].prompt_left)
@@ -195,8 +203,11 @@ class Scheduler:
         with self.lock:
             releases, self._releases, self._releases_next = tuple(self._releases), self._releases_next, []
         copies = tuple(copies)
-        if group and decoding and self.mixed:
-            return StepPlan((self._rows_forward(Phase.MIXED, decoding + group, chunk),), copies, releases)
+        if group and decoding and self.mixed and not self.mixed_slots:
+            forward = replace(
+                self._rows_forward(Phase.MIXED, decoding + group, chunk), decode_rows=len(decoding)
+            )
+            return StepPlan((forward,), copies, releases)
         if group and self.tables:
             forwards.append(self._rows_forward(Phase.PREFILL, group, chunk))
         elif group:
@@ -206,6 +217,22 @@ class Scheduler:
             slots = [r.slot for r in group]
             forward = Forward.rectangle(Phase.PREFILL, slots, ids, starts, group, self.prefill_graph)
             forwards.append(_with_all_logits(forward))
+        if decoding and self.mixed_slots and forwards and not forwards[0].all_logits:
+            # one call: the decode call's rows, then the prefill call's (a prompt that wants
+            # every position's logits goes in a prefill call of its own)
+            decode = self._decode_forward(running, decoding, written)
+            prefill = forwards[0]
+            mixed = Forward(
+                Phase.MIXED,
+                decode.slots + prefill.slots,
+                np.concatenate([decode.ids, prefill.ids]),
+                np.concatenate([decode.lens, prefill.lens]),
+                np.concatenate([decode.starts, prefill.starts]),
+                decode.requests + prefill.requests,
+                self.prefill_graph,
+                decode_rows=decode.rows,
+            )
+            return StepPlan((mixed,), copies, releases)
         if decoding and self.tables:
             forwards.append(self._rows_forward(Phase.DECODE, decoding, 0))
         elif decoding:
@@ -257,21 +284,38 @@ class Scheduler:
         graph = COMPANION if self.companion_from_rows and n >= self.companion_from_rows else MAIN
         return Forward.rectangle(Phase.DECODE, range(n), tokens[:, None], starts, requests, graph)
 
-    def chunk_tokens(self, prefilling: int, decoding: int) -> int:
+    def chunk_tokens(self, prefilling: int, decoding: int, head_left: int | None = None) -> int:
         """Prompt tokens for this step's chunk while others decode: at most `prefill_chunk`,
         and a chunk measured to cost `prefill_budget` decode steps, scaled by how many
         prompts wait per decoding stream (each request gets a like share of the machine:
         a few running streams are not stalled by one long prompt, and one running stream
-        does not starve seven prompts that arrived together)."""
+        does not starve seven prompts that arrived together).
+
+        Where the chunk rides in the decode call, what it adds to the call is held to
+        `mixed_prefill_budget` steps (a long prompt goes in a little each step, the running
+        streams' gaps barely wider), but a prompt that has not started whose `head_left`
+        tokens add no more than `prefill_budget` steps goes in whole: its user waits one
+        step, not many, and the running streams lose that step once."""
         limit = self.config.prefill_chunk
-        if not self.config.prefill_budget or self.decode_ms.value is None:
+        budget = self.config.mixed_prefill_budget if self.mixed else self.config.prefill_budget
+        if not budget or self.decode_ms.value is None:
             return limit
-        budget_ms = self.config.prefill_budget * share_of(prefilling, decoding) * self.decode_ms.value
-        if self.mixed:  # the chunk rides on the decode call: only its tokens cost more
-            fit = self.step_cost.marginal_tokens(budget_ms)
+        share = share_of(prefilling, decoding) * self.decode_ms.value
+        if self.mixed:  # the chunk rides on the decode call: what it adds to the call
+            fit = self._mixed_tokens(budget * share)
+            whole = self._mixed_tokens(self.config.prefill_budget * share) if head_left else None
+            if fit is not None and whole is not None and head_left <= whole:
+                fit = max(fit, head_left)
         else:
-            fit = self.prefill_cost.tokens_within(budget_ms)
+            fit = self.prefill_cost.tokens_within(budget * share)
         return limit if fit is None else max(1, min(limit, fit))
+
+    def _mixed_tokens(self, budget_ms: float) -> int | None:
+        """Prompt tokens that add at most `budget_ms` to a decode call."""
+        fit = self.mixed_cost.tokens_adding(budget_ms)
+        if fit is None:  # no mixed call measured yet: a prompt token as a decode row
+            fit = self.step_cost.marginal_tokens(budget_ms)
+        return fit
 
     def prefill_group(self, prefilling: list[Request], budget: int) -> list[Request]:
         """The oldest prefilling request, with those that can share its call: next slots, the
@@ -385,6 +429,7 @@ class Scheduler:
                     req.slot = self.pool.acquire()
                 if self.prefix_caching:
                     self._reuse_prefix(req)
+                req.admitted_filled = req.filled
                 self.running.append(req)
         return copies
 
@@ -541,10 +586,13 @@ class Scheduler:
         computed = int(forward.lens.sum())  # padding rows are computed too
         if forward.phase is Phase.PREFILL:
             self.prefill_cost.add(computed, out.ms)
-        else:
+        elif forward.phase is Phase.DECODE:
             self.step_cost.add(computed, out.ms)
-            if forward.phase is Phase.DECODE:
-                self.decode_ms.add(out.ms)
+            self.decode_ms.add(out.ms)
+        else:
+            decode = self.step_cost.predict(forward.decode_rows)
+            if decode is not None:
+                self.mixed_cost.add(computed - forward.decode_rows, out.ms - decode)
         for i, req in live:
             if i in forward.all_logits and out.position_logits is not None:
                 self._prompt_logprobs(req, out.position_logits(i), int(forward.starts[i]))

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 REPORT_NAME = "export_report.json"
 FORMAT_VERSION = 1
 # Bumped whenever an exported graph changes for the same checkpoint (caches compare it).
-EXPORTER_VERSION = 6
+EXPORTER_VERSION = 7
 
 
 def parse_variants(text: str | Sequence[str] | None, spec: ExportSpec) -> tuple[str, ...]:

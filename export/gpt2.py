@@ -170,11 +170,13 @@ def build_graph(model) -> onnx.ModelProto:
         )
     lm_head = sd.get("lm_head.weight", sd["transformer.wte.weight"])  # tied: (V, E)
     lm = w("lm_head_t", lm_head.T)
-    node("MatMul", [x, lm], ["logits"])
-    # The last position alone: generation asks only for this output, and ONNX Runtime then
-    # skips the vocabulary projection of every other prompt position (prefill latency).
-    last = node("Gather", [x, w("last_index", np.array(-1, np.int64))], ["last_hidden"], axis=1)[0]
-    node("MatMul", [last, lm], ["last_logits"])
+    # The vocabulary projection of the positions the caller lists (`logits_indices`) only:
+    # generation lists each row's last position, perplexity every position. ONNX Runtime runs
+    # every node of a graph whatever outputs are bound, so a projection of every position
+    # would cost a prefill that many lm-head rows and a decode step a second one.
+    picked = node("Gather", [x, "logits_indices"], ["picked_hidden"], axis=1)[0]
+    logits = node("MatMul", [picked, lm], ["logits"])[0]
+    node("Gather", [logits, w("last_index", np.array(-1, np.int64))], ["last_logits"], axis=1)
     # Greedy decoding needs only this (B,) int64 off the device, not (B, vocab) logits.
     node("ArgMax", ["last_logits"], ["next_token"], axis=-1, keepdims=0)
 
@@ -187,9 +189,12 @@ def build_graph(model) -> onnx.ModelProto:
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
         # The longest row's total length after this call.
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        # The positions (of every row, 0..seq-1) whose logits `logits` returns; `last_logits`
+        # and `next_token` are those of the last one listed.
+        helper.make_tensor_value_info("logits_indices", TensorProto.INT64, ["picked"]),
     ]
     outputs = [
-        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V]),
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "picked", V]),
         helper.make_tensor_value_info("last_logits", TensorProto.FLOAT, ["batch", V]),
         helper.make_tensor_value_info("next_token", TensorProto.INT64, ["batch"]),
     ]

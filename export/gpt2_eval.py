@@ -31,6 +31,10 @@ def empty_past(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarra
     return feeds
 
 
+def has_input(session: ort.InferenceSession, name: str) -> bool:
+    return any(i.name == name for i in session.get_inputs())
+
+
 def forward(session: ort.InferenceSession, ids: np.ndarray, past: dict | None = None, past_len: int = 0):
     """One call without buffer sharing: `ids` (B, T) after `past_len` cached positions (every
     row the same length); returns (logits (B, T, V), presents as the next call's `past`)."""
@@ -40,6 +44,7 @@ def forward(session: ort.InferenceSession, ids: np.ndarray, past: dict | None = 
         "position_ids": np.broadcast_to(np.arange(past_len, past_len + t, dtype=np.int64), (b, t)).copy(),
         "seqlens_k": np.full(b, past_len + t - 1, np.int32),
         "total_sequence_length": np.array(past_len + t, np.int32),
+        **({"logits_indices": np.arange(t, dtype=np.int64)} if has_input(session, "logits_indices") else {}),
         **(past if past is not None else empty_past(session, b)),
     }
     names = [o.name for o in session.get_outputs()]
@@ -140,7 +145,7 @@ def version_folder(graph: Path):
 @contextlib.contextmanager
 def slot_runner(graph: Path, slots: int, max_len: int, threads: int = 2, kv_cache_precision: str = "auto"):
     """The serving engine's own runner over an exported graph file, on the CPU (a block
-    runner's cache in `kv_cache_precision`; `auto`: f32)."""
+    runner's cache in `kv_cache_precision`; `auto`: f32; ONNX Runtime's without its mixed-call session)."""
     from engine import runtimes
     from engine.config import EngineConfig
 
@@ -150,7 +155,7 @@ def slot_runner(graph: Path, slots: int, max_len: int, threads: int = 2, kv_cach
             .runner_class()
             .from_version(
                 folder,
-                EngineConfig(slots=slots, kv_cache_precision=kv_cache_precision),
+                EngineConfig(slots=slots, kv_cache_precision=kv_cache_precision, mixed_calls=False),
                 max_len,
                 threads=threads,
                 providers=["CPUExecutionProvider"],

@@ -42,6 +42,10 @@ class RunnerCaps:
     # GroupQueryAttention takes one row then: "batch_size must be 1 when sequence_length > 1
     # and past context is given").
     group_past: bool = True
+    # With `mixed` and slots: a MIXED call is a decode call's rows (slots 0..n-1, padding
+    # rows included) then a prefill call's (consecutive slots, one start, one length), as
+    # `Forward.decode_rows` splits them (ONNX Runtime's mixed graph); else any rows.
+    mixed_slots: bool = False
 
     @property
     def cache_layout(self) -> str:

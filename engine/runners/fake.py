@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, SlotCopy
 from engine.runners.base import RunnerCaps
+from engine.types import Status
 
 
 def word_tokenizer(vocab: int = 64):
@@ -98,6 +99,7 @@ class FakeRunner:
         copies: bool = True,
         group_past: bool = False,
         block_tables: bool = True,
+        mixed_slots: bool = False,
     ):
         """`block_size` > 0: a block runner of `blocks` blocks (default: `slots` x `max_len`
         worth) addressed through each call's block tables, or with `block_tables` False a slot
@@ -144,6 +146,7 @@ class FakeRunner:
             copies=copies and not self.tables,
             group_past=group_past or self.tables,
             block_tables=block_tables,
+            mixed_slots=mixed and mixed_slots,
         )
 
     def describe(self) -> str:
@@ -206,12 +209,39 @@ class FakeRunner:
                 every[i] = np.stack([self.logits_of(held[: start + j + 1]) for j in range(len(ids))])
         return ForwardOutput(logits.argmax(axis=1), lambda: logits, position_logits=every.__getitem__)
 
+    def _check_mixed_slots(self, forward: Forward) -> None:
+        """A slot runner's mixed call: its decode call's rows and its prefill call's, each as
+        such a call must be (a prefilling slot may have a padding row in the decode part)."""
+        if forward.phase is not Phase.MIXED or not 0 < forward.decode_rows < forward.rows:
+            raise AssertionError(
+                f"decode_rows {forward.decode_rows} in a {forward.phase.value} call of {forward.rows} rows"
+            )
+        n = forward.decode_rows
+        parts = (
+            (Phase.DECODE, slice(0, n), slice(0, n)),
+            (Phase.PREFILL, slice(n, forward.rows), slice(int(forward.lens[:n].sum()), None)),
+        )
+        for phase, rows, ids in parts:
+            self._check(
+                Forward(
+                    phase,
+                    forward.slots[rows],
+                    forward.ids[ids],
+                    forward.lens[rows],
+                    forward.starts[rows],
+                    forward.requests[rows],
+                    forward.graph,
+                )
+            )
+
     def _check(self, forward: Forward) -> None:
         """What the real runners need of a call (their kernels would misbehave silently)."""
         slots, starts = list(forward.slots), [int(s) for s in forward.starts]
         if forward.graph not in self.caps.graphs:
             raise AssertionError(f"call routed to graph {forward.graph!r}, runner has {self.caps.graphs}")
-        if len(slots) != len(set(slots)) or not all(0 <= s < self.caps.max_rows for s in slots):
+        if self.caps.mixed_slots and forward.phase is Phase.MIXED:  # a decode call's rows, a prefill call's
+            self._check_mixed_slots(forward)
+        elif len(slots) != len(set(slots)) or not all(0 <= s < self.caps.max_rows for s in slots):
             raise AssertionError(f"bad slots {slots}")
         if int(forward.lens.sum()) != len(forward.ids) or (forward.lens < 1).any():
             raise AssertionError(f"rows of {forward.lens.tolist()} tokens for {len(forward.ids)} ids")
@@ -249,6 +279,13 @@ class FakeRunner:
         if forward.phase is Phase.MIXED:
             if not self.caps.mixed:
                 raise AssertionError("a mixed call to a runner that takes one phase a call")
+            decoding = [
+                i for i, r in enumerate(forward.requests) if r is not None and r.status is Status.DECODING
+            ]
+            if decoding and max(decoding) >= forward.decode_rows:
+                raise AssertionError(
+                    f"decoding rows {decoding} past the call's {forward.decode_rows} decode rows"
+                )
             return
         t = int(forward.lens[0])
         if (forward.lens != t).any():

@@ -5,8 +5,11 @@ and runs.
 The graph's `GroupQueryAttention` gets the same buffer as `past` and `present`, so a call
 writes only the new positions of each row (`seqlens_k` per row) and reads only each row's
 own length: nothing is copied, padded or concatenated per token, and rows of different
-lengths share one decode call. Its kernel takes one sequence length per call, so prefill
-rows and decode rows go in separate calls (`RunnerCaps.mixed` False).
+lengths share one decode call. Its kernel takes one sequence length per call, so on a GPU
+prefill rows and decode rows go in separate calls. On the CPU (`mixed_calls`) a step that has
+both runs them in one call of a second session, the graph rewritten so that only attention
+tells the decode rows from the chunk (`engine.runners.mixed_graph`): the chunk then costs its
+tokens, not a second pass over the weights (`RunnerCaps.mixed_slots`).
 
 The kernel addresses rows, not blocks, so on the CPU the cache's memory follows use another
 way: `max_sequences` rows of the whole window are reserved, not committed, and the operating
@@ -19,7 +22,9 @@ block runner's blocks. On a GPU the slots are allocated whole, once.
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import os
 from collections.abc import Callable
 
@@ -29,13 +34,39 @@ from engine.config import EngineConfig
 from engine.kv import PAGE, KVBuffers, page_positions
 from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, SlotCopy
 from engine.runners.base import RunnerCaps
+from engine.runners.mixed_graph import CHUNK_PREFIX
 from engine.runners.ortsession import session_options
+
+logger = logging.getLogger(__name__)
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
 # `kv_cache_precision` as the build names a graph's cache type (`auto`: whatever it is)
 PRECISION_TYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
 GRAPH_FILE = "model.onnx"
 COMPANION_FILE = "companion.onnx"
+# a mixed call's IO bindings kept (one per decode rows, first chunk slot and chunk rows)
+MIXED_BINDINGS = 256
+# a graph this large is not rewritten in memory (a protocol buffer holds at most 2 GiB)
+MIXED_MAX_BYTES = 1_800_000_000
+
+
+def _mixed_session(path: str, opts, providers) -> tuple[object | None, str]:
+    """The mixed-call session of the graph at `path` (`mixed_graph` rewrites it in memory),
+    and what the server's log says of it; None where the graph cannot take the rewrite."""
+    import onnx
+    import onnxruntime as ort
+
+    from engine.runners.mixed_graph import mixed_graph
+
+    if os.path.getsize(path) > MIXED_MAX_BYTES:
+        return None, f"off ({os.path.basename(path)} is over {MIXED_MAX_BYTES / 2**30:.1f} GiB)"
+    try:
+        model = mixed_graph(onnx.load(path))
+    except ValueError as exc:
+        logger.warning("%s: prefill and decode rows go in separate calls: %s", path, exc)
+        return None, f"off ({exc})"
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+    return session, f"decode rows and a prompt chunk in one call of {os.path.basename(path)}, rewritten"
 
 
 class OrtRunner:
@@ -54,9 +85,12 @@ class OrtRunner:
         shared_pool: bool = False,
         max_sequences: int = 0,
         cache_mib: float = 0.0,
+        mixed: str | None = None,
     ):
         """`slots` rows of the whole window, allocated once; or, with `max_sequences` on the
-        CPU, that many rows committed by use out of `cache_mib` (0: `slots` windows' worth)."""
+        CPU, that many rows committed by use out of `cache_mib` (0: `slots` windows' worth).
+        `mixed`: the graph (MAIN or COMPANION) whose weights run the steps that mix decode
+        rows and a prompt chunk, on the CPU; None: those go in two calls."""
         import onnxruntime as ort
 
         with open(os.path.join(model_dir, "model_info.json")) as f:
@@ -83,8 +117,15 @@ class OrtRunner:
             and os.path.isfile(companion_path)
             and "CUDAExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in providers]
         )
+        mixed_source = None
+        if mixed is not None and "CUDAExecutionProvider" not in [
+            p if isinstance(p, str) else p[0] for p in providers
+        ]:
+            mixed_source = (
+                companion_path if mixed == COMPANION and pair else os.path.join(model_dir, GRAPH_FILE)
+            )
         opts = session_options(intra_op_threads)
-        if pair and shared_pool:
+        if (pair or mixed_source) and shared_pool:
             # Both graphs on one thread pool: with a pool each, the threads of the graph that
             # just ran spin on the cores the other needs, which doubles the prefill after
             # decode steps (benchmarks/pair-thread-pool.md).
@@ -97,6 +138,12 @@ class OrtRunner:
         self.companion = None
         if pair:
             self.companion = ort.InferenceSession(companion_path, opts, providers=providers)
+        self.mixed, self.mixed_graph, self.mixed_note = None, None, "off"
+        if mixed_source is not None:
+            self.mixed_graph = COMPANION if mixed_source == companion_path else MAIN
+            self.mixed, self.mixed_note = _mixed_session(mixed_source, opts, providers)
+            if self.mixed is None:
+                self.mixed_graph = None
         if "CUDAExecutionProvider" in providers and self.device != "cuda":
             raise RuntimeError(
                 f"CUDA was asked for but this onnxruntime ({ort.__version__} at {os.path.dirname(ort.__file__)}) "
@@ -111,6 +158,8 @@ class OrtRunner:
                 f"{model_dir}/model.onnx is not a KV-slot graph (past_key_i, seqlens_k); re-run `aigc export`"
             )
         self.kv_dtype = _NP_TYPES[inputs["past_key_0"].type]
+        # an export before `logits_indices` projects every position onto the vocabulary
+        self.indexed = "logits_indices" in inputs
         if self.companion is not None:
             theirs = {i.name: i.type for i in self.companion.get_inputs()}.get("past_key_0")
             if theirs != inputs["past_key_0"].type:
@@ -153,13 +202,16 @@ class OrtRunner:
         self.kv_names = [
             (f"past_{kv}_{i}", f"present_{kv}_{i}") for i in range(self.n_layer) for kv in ("key", "value")
         ]
-        # Host arrays that the bindings point at: written in place before every call.
+        # Host arrays that the bindings point at: written in place before every call. The
+        # outputs hold a mixed call's rows too (a decode call's and a prefill call's; pages
+        # are committed only where a call writes).
         self._ids = np.zeros((max(rows, 1), 1), np.int64)
         self._pos = np.zeros((max(rows, 1), 1), np.int64)
         self._seqlens = np.zeros(max(rows, 1), np.int32)
         self._total = np.zeros((), np.int32)
-        self._tokens = np.zeros(max(rows, 1), np.int64)
-        self._logits = np.zeros((max(rows, 1), self.vocab), np.float32)
+        self._last = np.zeros(1, np.int64)  # a decode call's logits_indices: its one position
+        self._tokens = np.zeros(2 * max(rows, 1), np.int64)
+        self._logits = np.zeros((2 * max(rows, 1), self.vocab), np.float32)
         self._logits_dev = None
         self._inputs_dev = None
         if self.device != "cpu":
@@ -175,6 +227,7 @@ class OrtRunner:
                     ("input_ids", self._ids),
                     ("position_ids", self._pos),
                     ("seqlens_k", self._seqlens),
+                    ("logits_indices", self._last),
                 )
             }
         self._graphs = cuda_graph and self.device == "cuda"
@@ -186,8 +239,12 @@ class OrtRunner:
         self._run_options: dict[int, object] = {}  # graph id -> RunOptions
         self._decode_bindings: dict[tuple[str, int], object] = {}
         self._prefill_bindings: dict[tuple[str, int, int], object] = {}
+        self._mixed_bindings: collections.OrderedDict[tuple[int, int, int], object] = (
+            collections.OrderedDict()
+        )
         self.caps = RunnerCaps(
-            mixed=False,
+            mixed=self.mixed is not None,
+            mixed_slots=self.mixed is not None,
             max_rows=rows,
             max_len=max_len,
             kv_dtype=np.dtype(self.kv_dtype),
@@ -225,6 +282,7 @@ class OrtRunner:
             shared_pool=own_process,
             max_sequences=config.sequences,
             cache_mib=config.kv_cache_mib,
+            mixed=(COMPANION if config.companion_prefill else MAIN) if config.mixed_calls else None,
         )
         asked = PRECISION_TYPES.get(config.kv_cache_precision)
         if config.kv_cache_precision != "auto" and asked is not runner.kv_dtype:
@@ -236,6 +294,8 @@ class OrtRunner:
         return runner
 
     def execute(self, forward: Forward) -> ForwardOutput:
+        if forward.phase is Phase.MIXED:
+            return ForwardOutput(*self.mixed_call(forward))
         if forward.phase is Phase.DECODE:
             greedy, logits = self.decode(forward.ids, forward.starts, forward.graph)
         else:
@@ -268,15 +328,16 @@ class OrtRunner:
             f"onnxruntime {ort.__version__} from {os.path.dirname(ort.__file__)}, "
             f"providers {self.session.get_providers()}"
             + ("; a companion graph shares the KV slots" if self.companion is not None else "")
+            + f"; mixed calls: {self.mixed_note}"
             + memory
         )
 
-    def _bind_kv(self, binding, first_slot: int, rows: int) -> None:
+    def _bind_kv(self, binding, first_slot: int, rows: int, prefix: str = "") -> None:
         shape = [rows, self.n_head, self.kv_len, self.head_size]
         offset = first_slot * self.kv.slot_bytes
         for (past, present), ptr in zip(self.kv_names, self.kv.ptrs, strict=True):
-            binding.bind_input(past, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
-            binding.bind_output(present, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
+            binding.bind_input(prefix + past, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
+            binding.bind_output(prefix + present, self.kv.device, 0, self.kv_dtype, shape, ptr + offset)
 
     def _graph_options(self, graph_id: int):
         """RunOptions naming the CUDA graph to capture or replay (-1: none)."""
@@ -321,6 +382,12 @@ class OrtRunner:
                 else:
                     dev = self._inputs_dev[name]
                     binding.bind_input(name, self.device, 0, host.dtype, shapes[name], dev.data_ptr())
+            if self.indexed:
+                if self._inputs_dev is None:
+                    binding.bind_input("logits_indices", "cpu", 0, np.int64, [1], self._last.ctypes.data)
+                else:
+                    dev = self._inputs_dev["logits_indices"]
+                    binding.bind_input("logits_indices", self.device, 0, np.int64, [1], dev.data_ptr())
             # GroupQueryAttention reads this one on the host on every device.
             binding.bind_input("total_sequence_length", "cpu", 0, np.int32, [], self._total.ctypes.data)
             self._bind_kv(binding, 0, rows)
@@ -394,8 +461,49 @@ class OrtRunner:
         )
         binding.bind_cpu_input("seqlens_k", np.full(k, start + t - 1, np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(start + t, np.int32))
+        if self.indexed:  # the last position's logits, or every position's
+            picked = np.arange(t, dtype=np.int64) if every is not None and every.size else np.array([t - 1])
+            binding.bind_cpu_input("logits_indices", picked)
         session.run_with_iobinding(binding, self._graph_options(-1) if self._graphs else None)
         return self._tokens[:k].copy(), lambda: self._logits_rows(k)
+
+    def mixed_call(self, forward: Forward) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """A step's decode call (its first `decode_rows` rows: slots 0..n-1, one token each)
+        and its prefill call (the rest: consecutive slots, one start, one length) in one call
+        of the mixed session; returns each row's greedy token and a function giving their
+        logits, in the forward's row order."""
+        if self.mixed is None or forward.graph != self.mixed_graph:
+            raise RuntimeError(
+                f"a mixed call for graph {forward.graph!r}; this runner mixes {self.mixed_graph}"
+            )
+        n, rows = forward.decode_rows, forward.rows
+        k = rows - n
+        first, start, t = forward.slots[n], int(forward.starts[n]), int(forward.lens[n])
+        key = (n, first, k)
+        binding = self._mixed_bindings.get(key)
+        if binding is None:
+            binding = self.mixed.io_binding()
+            self._bind_kv(binding, 0, n)
+            self._bind_kv(binding, first, k, prefix=CHUNK_PREFIX)
+            self._bind_outputs(binding, rows)
+            self._mixed_bindings[key] = binding
+            if len(self._mixed_bindings) > MIXED_BINDINGS:
+                self._mixed_bindings.popitem(last=False)
+        else:
+            self._mixed_bindings.move_to_end(key)
+        decode_starts = forward.starts[:n]
+        positions = np.concatenate([decode_starts, np.tile(np.arange(start, start + t, dtype=np.int64), k)])
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(forward.ids, np.int64)[None])
+        binding.bind_cpu_input("position_ids", positions[None])
+        binding.bind_cpu_input("seqlens_k", decode_starts.astype(np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(int(decode_starts.max()) + 1, np.int32))
+        binding.bind_cpu_input(CHUNK_PREFIX + "seqlens_k", np.full(k, start + t - 1, np.int32))
+        binding.bind_cpu_input(CHUNK_PREFIX + "total_sequence_length", np.array(start + t, np.int32))
+        binding.bind_cpu_input(
+            "logits_indices", np.concatenate([np.arange(n), n - 1 + t * np.arange(1, k + 1)]).astype(np.int64)
+        )
+        self.mixed.run_with_iobinding(binding)
+        return self._tokens[:rows].copy(), lambda: self._logits_rows(rows)
 
     def _logits_rows(self, n: int) -> np.ndarray:
         if self._logits_dev is None:

@@ -29,6 +29,7 @@ class Setup:
         copies=True,
         group_past=False,
         block_tables=True,
+        mixed_slots=False,
         **config,
     ):
         self.clock = FakeClock()
@@ -46,6 +47,7 @@ class Setup:
             copies=copies,
             group_past=group_past,
             block_tables=block_tables,
+            mixed_slots=mixed_slots,
         )
         self.sink = Recorder()
         self.engine = Engine(

@@ -124,8 +124,9 @@ def test_slots_joining_leaving_and_reused_equal_solo_and_transformers(version_di
     assert [reqs[i].tokens for i in range(len(texts))] == solo
     assert all(r.finish_reason is FinishReason.LENGTH for r in reqs.values())
     assert engine.free_slots == 3 and not engine.running
-    # a runner that takes mixed rows (OpenVINO) got the chunks with the decode rows
-    assert (Phase.MIXED in phases) == engine.runner.caps.mixed
+    # both runners take the chunks with the decode rows on the CPU: OpenVINO's PagedAttention
+    # any rows, ONNX Runtime's mixed graph a decode call's rows then a prefill call's
+    assert engine.runner.caps.mixed and Phase.MIXED in phases
     for r in reqs.values():  # the streamed text is the tokens' text
         assert "".join(sink.text.get(id(r), [])) == engine.tokenizer.decode(r.tokens)
 

@@ -501,7 +501,7 @@ def test_a_mixed_call_chunk_costs_what_the_budget_allows_on_top_of_the_decode_st
     one decode step, a chunk of 17 tokens rides on each step once the first mixed call has
     shown what a prompt token costs, and the running stream's gap stays at two steps."""
     cost = FakeCost(prefill_fixed=4.0, prefill_per_token=0.5, decode_fixed=8.0, decode_per_row=0.5)
-    s = make(slots=2, cost=cost, mixed=True, max_len=128, prefill_chunk=64)
+    s = make(slots=2, cost=cost, mixed=True, max_len=128, prefill_chunk=64, mixed_prefill_budget=1.0)
     stream = s.engine.submit(prompt(3), greedy(100))
     for _ in range(3):
         s.engine.step()
@@ -526,6 +526,135 @@ def test_a_mixed_runner_still_prefills_alone_when_nothing_decodes(make):
     s.engine.run_until_done([req])
     assert [c.phase for c in s.runner.calls][:2] == [Phase.PREFILL, Phase.PREFILL]
     assert req.tokens == s.reference(prompt(12), 3)
+
+
+def mixed_slots(make, **kw):
+    """A slot runner that takes a step's decode call and prefill call as one (ONNX Runtime's
+    mixed graph on the CPU)."""
+    return make(mixed=True, mixed_slots=True, **kw)
+
+
+def test_a_slot_runner_that_mixes_gets_its_decode_call_then_its_prefill_call_in_one(make):
+    """Slot 1's request is still prefilling while slot 2's decodes: the decode part covers
+    slots 0..2 with a padding row at slot 1, written past the chunk, and the chunk part
+    is the prompt's next rows; every request still gets its reference tokens."""
+    s = mixed_slots(make, slots=4, prefill_chunk=4, prefill_budget=0, mixed_prefill_budget=0)
+    a = s.engine.submit(prompt(3), greedy(30))
+    b = s.engine.submit(prompt(3, 4), greedy(2))
+    c = s.engine.submit(prompt(2, 2), greedy(30))
+    s.engine.run_until_done([b])  # slot 1 free, below a decoding row
+    long = s.engine.submit(prompt(13, 1), greedy(3))
+    s.engine.step()
+    assert long.slot == 1 and long.status is Status.PREFILLING and long.filled == 4
+    plan = s.engine.scheduler.schedule()
+    (call,) = plan.forwards
+    assert call.phase is Phase.MIXED and call.decode_rows == 3 and call.graph == MAIN
+    assert call.slots == (0, 1, 2, 1) and call.lens.tolist() == [1, 1, 1, 4]
+    assert call.requests == (a, None, c, long)
+    chunk_at = long.filled
+    assert call.starts.tolist() == [a.filled, chunk_at + 4, c.filled, chunk_at]
+    assert call.row(3).tolist() == long.prompt_ids[chunk_at : chunk_at + 4]
+    for forward in plan.forwards:
+        s.engine.scheduler.update(forward, s.engine._execute(forward))
+    s.engine.run_until_done([a, long, c])
+    for r, n in ((a, 30), (b, 2), (long, 3), (c, 30)):
+        assert r.tokens == s.reference(r.prompt_ids, n)
+    mixed = s.calls(Phase.MIXED)
+    assert mixed and not [c for c in s.calls(Phase.PREFILL) if c.at > mixed[0].at]  # no prefill call of its own
+
+
+def test_prompts_that_arrive_together_ride_in_the_decode_call_as_one_rectangle(make):
+    s = mixed_slots(make, slots=4, prefill_chunk=12, prefill_budget=0, mixed_prefill_budget=0)
+    a = s.engine.submit(prompt(3), greedy(20))
+    s.engine.step()
+    pair = [s.engine.submit(prompt(6, i), greedy(4)) for i in (1, 2)]
+    plan = s.engine.scheduler.schedule()
+    (call,) = plan.forwards
+    assert call.decode_rows == 1 and call.slots == (0, 1, 2) and call.lens.tolist() == [1, 6, 6]
+    for forward in plan.forwards:
+        s.engine.scheduler.update(forward, s.engine._execute(forward))
+    s.engine.run_until_done([a, *pair])
+    assert [r.tokens for r in (a, *pair)] == [s.reference(r.prompt_ids, r.params.max_tokens) for r in (a, *pair)]
+
+
+def test_a_prompt_that_wants_its_logprobs_gets_a_prefill_call_of_its_own_beside_the_decode_call(make):
+    s = mixed_slots(make, slots=3, prefill_chunk=8, prefill_budget=0, mixed_prefill_budget=0)
+    a = s.engine.submit(prompt(3), greedy(20))
+    s.engine.step()
+    scored = s.engine.submit(prompt(5, 1), greedy(2, prompt_logprobs=0))
+    plan = s.engine.scheduler.schedule()
+    assert [f.phase for f in plan.forwards] == [Phase.PREFILL, Phase.DECODE]
+    assert plan.forwards[0].all_logits == (0,)
+    for forward in plan.forwards:
+        s.engine.scheduler.update(forward, s.engine._execute(forward))
+    s.engine.run_until_done([a, scored])
+    assert scored.tokens == s.reference(scored.prompt_ids, 2) and len(scored.prompt_logprobs) == 5
+
+
+def test_by_default_a_chunk_in_the_decode_call_widens_the_running_streams_gaps_by_at_most_a_third(make):
+    """The default `mixed_prefill_budget`: a 200-token prompt rides in the decode calls of
+    four running streams, their gaps at most 1.3x a step without it, and it still goes in
+    within a bounded number of steps."""
+    cost = FakeCost(prefill_fixed=6.0, prefill_per_token=0.4, decode_fixed=8.0, decode_per_row=0.5)
+    s = mixed_slots(make, slots=6, max_len=256, cost=cost, prefill_chunk=64)
+    streams = [s.engine.submit(prompt(3, i), greedy(200)) for i in range(4)]
+    for _ in range(5):
+        s.engine.step()
+    step_ms = 8.0 + 0.5 * 4
+    long = s.engine.submit(prompt(200, 9), greedy(2))
+    stamps = []
+    while long.status is not Status.DECODING:
+        s.engine.step()
+        stamps.append(s.clock())
+    gaps = np.diff(stamps) * 1e3
+    first_fitted = 2  # the first mixed call takes the configured chunk: nothing measured yet
+    assert max(gaps[first_fitted:]) <= 1.3 * step_ms + 1e-9
+    assert len(stamps) < 80  # about 7 tokens a step on top of 10 ms
+    s.engine.run_until_done([*streams, long])
+    assert long.tokens == s.reference(long.prompt_ids, 2)
+    assert all(r.tokens == s.reference(r.prompt_ids, 200) for r in streams)
+
+
+def test_a_short_prompt_goes_in_whole_where_it_adds_no_more_than_a_decode_step(make):
+    """Beside the streams, a 12-token prompt adds 4.8 ms to a 10 ms step (within the one step
+    `prefill_budget` allows): one mixed call takes it all, where a 200-token prompt goes in
+    a third of a step at a time."""
+    cost = FakeCost(prefill_fixed=6.0, prefill_per_token=0.4, decode_fixed=8.0, decode_per_row=0.5)
+    s = mixed_slots(make, slots=8, max_len=256, cost=cost, prefill_chunk=64)
+    streams = [s.engine.submit(prompt(3, i), greedy(60)) for i in range(4)]
+    for _ in range(3):
+        s.engine.step()
+    s.engine.run_until_done([s.engine.submit(prompt(30, 7), greedy(1))])  # a mixed call measured
+    short = s.engine.submit(prompt(12, 8), greedy(2))
+    s.engine.step()
+    assert short.status is Status.DECODING and s.calls(Phase.MIXED)[-1].ids[-1] == tuple(short.prompt_ids)
+    s.engine.run_until_done([*streams, short])
+    assert short.tokens == s.reference(short.prompt_ids, 2)
+
+
+def test_the_mixed_cost_fit_is_what_a_chunk_adds_to_the_decode_call():
+    fit = CostFit()
+    assert fit.tokens_adding(10.0) is None and fit.predict(3) is None
+    fit.add(8, 4.0)  # one size: a cost in proportion to the tokens
+    assert fit.tokens_adding(10.0) == 20 and fit.predict(1) == 4.0
+    fit.add(2, 2.5)
+    fit.add(2, 2.5)  # two sizes (and the weight of more than two calls): 2 ms fixed + 0.25 ms a token
+    assert fit.predict(4) == pytest.approx(3.0) and fit.tokens_adding(3.0) == 4
+    assert fit.tokens_adding(1.0) == 1  # at least one token: a prompt always moves
+
+
+def test_slots_by_use_with_mixed_calls_preempt_and_recompute_exactly(make):
+    s = make(
+        slots=8, max_len=64, block_size=4, blocks=20, block_tables=False, prefix_caching=False,
+        prefill_chunk=8, mixed=True, mixed_slots=True,
+    )
+    reqs = [s.engine.submit(prompt(4 + i, i), greedy(20)) for i in range(8)]
+    for _ in range(600):
+        if all(r.status is Status.FINISHED for r in reqs):
+            break
+        s.engine.step()
+    assert s.engine.stats.preemptions >= 1 and s.calls(Phase.MIXED)
+    assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 20) for r in reqs]
 
 
 # -- KV blocks taken by use (a block runner) ------------------------------------------------
@@ -577,7 +706,7 @@ def test_when_blocks_run_out_the_newest_request_is_preempted_and_recomputed_exac
     """Three streams growing past what the pool holds: the newest gives its blocks back and
     starts again from a prefill of all it had; every request still gets its reference
     tokens and its text streams on without a repeat."""
-    s = make(slots=3, max_len=64, mixed=True, block_size=4, blocks=20, prefill_chunk=8)
+    s = make(slots=3, max_len=64, mixed=True, block_size=4, blocks=20, prefill_chunk=8, idle_prefill_chunk=8)
     reqs = [s.engine.submit(prompt(4, i), greedy(24)) for i in range(3)]
     run_counting_blocks(s, reqs)
     assert s.engine.stats.preemptions >= 1
