@@ -188,10 +188,11 @@ class Scheduler:
         written = {}  # request -> prompt tokens this step's prefill writes
         group, chunk = [], 0
         if prefilling:
-            head = prefilling[0]
-            # a prompt not yet started may go in whole (`chunk_tokens`), not a long one's rest
-            whole = head.prompt_left if head.filled == head.admitted_filled else None
-            budget = self.chunk_tokens(len(prefilling), len(decoding), whole) if decoding else None
+            budget = self.chunk_tokens(len(prefilling), len(decoding)) if decoding else None
+            quick = self._whole_prompt(prefilling, len(decoding)) if decoding and self.mixed else None
+            if quick is not None:  # it goes first, whole, before a long prompt's next chunk
+                prefilling = [quick] + [r for r in prefilling if r is not quick]
+                budget = max(budget, quick.prompt_left)
             budget = budget or self.config.idle_prefill_chunk
             group = self.prefill_group(prefilling, budget)
             chunk = min(budget // len(group), group[0].prompt_left)
@@ -284,31 +285,35 @@ class Scheduler:
         graph = COMPANION if self.companion_from_rows and n >= self.companion_from_rows else MAIN
         return Forward.rectangle(Phase.DECODE, range(n), tokens[:, None], starts, requests, graph)
 
-    def chunk_tokens(self, prefilling: int, decoding: int, head_left: int | None = None) -> int:
+    def chunk_tokens(self, prefilling: int, decoding: int) -> int:
         """Prompt tokens for this step's chunk while others decode: at most `prefill_chunk`,
-        and a chunk measured to cost `prefill_budget` decode steps, scaled by how many
+        and a chunk measured to cost `prefill_budget` decode steps (`mixed_prefill_budget`
+        where it rides in the decode call: what it adds to the call), scaled by how many
         prompts wait per decoding stream (each request gets a like share of the machine:
         a few running streams are not stalled by one long prompt, and one running stream
-        does not starve seven prompts that arrived together).
-
-        Where the chunk rides in the decode call, what it adds to the call is held to
-        `mixed_prefill_budget` steps (a long prompt goes in a little each step, the running
-        streams' gaps barely wider), but a prompt that has not started whose `head_left`
-        tokens add no more than `prefill_budget` steps goes in whole: its user waits one
-        step, not many, and the running streams lose that step once."""
+        does not starve seven prompts that arrived together)."""
         limit = self.config.prefill_chunk
         budget = self.config.mixed_prefill_budget if self.mixed else self.config.prefill_budget
         if not budget or self.decode_ms.value is None:
             return limit
-        share = share_of(prefilling, decoding) * self.decode_ms.value
-        if self.mixed:  # the chunk rides on the decode call: what it adds to the call
-            fit = self._mixed_tokens(budget * share)
-            whole = self._mixed_tokens(self.config.prefill_budget * share) if head_left else None
-            if fit is not None and whole is not None and head_left <= whole:
-                fit = max(fit, head_left)
-        else:
-            fit = self.prefill_cost.tokens_within(budget * share)
+        budget_ms = budget * share_of(prefilling, decoding) * self.decode_ms.value
+        fit = self._mixed_tokens(budget_ms) if self.mixed else self.prefill_cost.tokens_within(budget_ms)
         return limit if fit is None else max(1, min(limit, fit))
+
+    def _whole_prompt(self, prefilling: list[Request], decoding: int) -> Request | None:
+        """Where chunks ride in the decode call: the oldest prompt not yet started whose
+        tokens add no more than `prefill_budget` decode steps to it, if any. It goes in
+        whole, ahead of a long prompt that goes in a `mixed_prefill_budget` at a time: its
+        user waits one step, not the long prompt's many, and the running streams lose that
+        step once."""
+        if not self.config.prefill_budget or self.decode_ms.value is None:
+            return None
+        share = share_of(len(prefilling), decoding) * self.decode_ms.value
+        whole = self._mixed_tokens(self.config.prefill_budget * share)
+        if whole is None:
+            return None
+        whole = min(whole, self.config.prefill_chunk)
+        return next((r for r in prefilling if r.filled == r.admitted_filled and r.prompt_left <= whole), None)
 
     def _mixed_tokens(self, budget_ms: float) -> int | None:
         """Prompt tokens that add at most `budget_ms` to a decode call."""

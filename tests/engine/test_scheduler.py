@@ -632,6 +632,24 @@ def test_a_short_prompt_goes_in_whole_where_it_adds_no_more_than_a_decode_step(m
     assert short.tokens == s.reference(short.prompt_ids, 2)
 
 
+def test_a_short_prompt_does_not_wait_behind_a_long_one_going_in_a_little_each_step(make):
+    cost = FakeCost(prefill_fixed=6.0, prefill_per_token=0.4, decode_fixed=8.0, decode_per_row=0.5)
+    s = mixed_slots(make, slots=8, max_len=256, cost=cost, prefill_chunk=64)
+    streams = [s.engine.submit(prompt(3, i), greedy(150)) for i in range(4)]
+    for _ in range(3):
+        s.engine.step()
+    s.engine.run_until_done([s.engine.submit(prompt(30, 7), greedy(1))])  # a mixed call measured
+    long = s.engine.submit(prompt(200, 9), greedy(2))
+    for _ in range(5):
+        s.engine.step()
+    assert long.status is Status.PREFILLING
+    short = s.engine.submit(prompt(12, 8), greedy(2))
+    s.engine.step()
+    assert short.status is Status.DECODING and long.status is Status.PREFILLING  # it went first, whole
+    s.engine.run_until_done([*streams, long, short])
+    assert long.tokens == s.reference(long.prompt_ids, 2) and short.tokens == s.reference(short.prompt_ids, 2)
+
+
 def test_the_mixed_cost_fit_is_what_a_chunk_adds_to_the_decode_call():
     fit = CostFit()
     assert fit.tokens_adding(10.0) is None and fit.predict(3) is None
