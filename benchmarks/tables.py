@@ -262,18 +262,20 @@ def _many_users_tables(g: dict) -> list[str]:
             "",
         ]
         lines += ["| probe | figure |", "|---|---|"]
-        for k, m in (probe.get("mixed") or {}).items():
-            lines.append(
-                f"| {k}: one mixed call / prefill call + decode call | {fmt(m['one_mixed_call_ms'], 2)} / "
-                f"{fmt(m['two_calls_ms'], 2)} ms ({m['ratio']}) |"
-            )
+        served = probe.get("served") or {}
+        for where, runs in (("", probe), (f" ({served.get('variant')})", served)):
+            for k, m in (runs.get("mixed") or {}).items():
+                if "ratio" in m:
+                    lines.append(
+                        f"| {k}{where}: one mixed call / prefill call + decode call | "
+                        f"{fmt(m['one_mixed_call_ms'], 2)} / {fmt(m['two_calls_ms'], 2)} ms ({m['ratio']}) |"
+                    )
         for k, u in (probe.get("users") or {}).items():
             lines.append(
                 f"| 64 requests of 16 → 64 tokens, {k} ({u['kv_mib']} MiB) | {fmt(u['tokens_per_s'])} tok/s, "
                 f"TTFT p50 {u['ttft_p50_s']} s, {u['preemptions']} preemptions |"
             )
         lines += _prefix_rows(probe, "")
-        served = probe.get("served") or {}
         lines += _prefix_rows(served, f" ({served['variant']}, the served runtime's slots)" if served else "")
         for streams, m in (probe.get("structured") or {}).items():
             lines.append(

@@ -132,7 +132,8 @@ def build_repository(
                 if companion:
                     meta["companion_fidelity"] = report["variants"][companion].get("fidelity", {}).get(comp)
                     variant = f"{variant}+{companion}"
-                plans.append((comp, variant, cfg, stage_version(comp, files, meta, staging), detail))
+                stage = stage_version(comp, files, meta, staging, plan.generated)
+                plans.append((comp, variant, cfg, stage, detail))
         built = []
         for comp, variant, cfg, stage, detail in plans:
             version = install_version(repository / comp, cfg, stage)

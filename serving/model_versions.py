@@ -17,7 +17,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 import engine
-from aigc.errors import ConfigError
+from aigc.errors import BuildError, ConfigError
 from engine import runtimes
 from engine.kv import page_positions
 from engine.request_schema import TENSOR_INPUTS
@@ -312,6 +312,7 @@ def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.Mo
         # the cache's dtype as the export read it from the graph (float32 where a report predates
         # it), or the int8-cache graph the export made beside it
         dtype = graph_cache(plan, opts)
+        mixed = mixed_calls(plan, opts)
         cfg.parameters["kv_cache_precision"].string_value = {"float32": "f32", "float16": "f16", "int8": "i8"}[dtype]
         itemsize = np.dtype(dtype).itemsize
         cache = {"float32": "f32", "float16": "f16", "int8": "int8 (scales calibrated at export)"}[dtype]
@@ -333,4 +334,30 @@ def text_generator_version(plan: VersionPlan, opts: BuildOptions) -> tuple[mc.Mo
     )
     if plan.why.get("kv_cache"):
         detail += f"\n  KV cache precision: {plan.why['kv_cache']}"
+    if not runtimes.of_variant(variant).cache_blocks:
+        detail += f"\n  Mixed calls: {mixed}"
     return cfg, detail
+
+
+def mixed_calls(plan: VersionPlan, opts: BuildOptions) -> str:
+    """Where ONNX Runtime runs on the CPU with `mixed_calls`: the version's `mixed.onnx`
+    (`plan.generated`), rewritten from the graph that runs the prefills (the companion of a
+    pair that routes them there); what the build says of it."""
+    from engine.runners.mixed_graph import write_mixed_graph
+    from engine.runners.onnxruntime import COMPANION_FILE, GRAPH_FILE, MIXED_FILE
+
+    if opts.target == "gpu":
+        return "off (a GPU runs a step's prefill and decode rows in two calls)"
+    if not opts.engine.mixed_calls:
+        return "off (--no-mixed-calls): a prefill call and a decode call a step"
+    routing = plan.why.get("routing") or {}
+    source = COMPANION_FILE if plan.companion and routing.get("companion_prefill") else GRAPH_FILE
+
+    def write(dst: Path) -> None:
+        try:
+            write_mixed_graph(plan.files[source], dst)
+        except ValueError as exc:
+            raise BuildError(f"{plan.name}: {plan.files[source]}: {exc}; or build with --no-mixed-calls") from None
+
+    plan.generated[MIXED_FILE] = write
+    return f"{MIXED_FILE}: a step's decode rows and prompt chunk in one call, on {source}'s weights"

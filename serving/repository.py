@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class VersionPlan:
     companion: str | None
     why: dict
     files: dict[str, Path] = field(default_factory=dict)
+    # files the build writes into the version (name -> a function writing it at the path
+    # given), once `files` are in place
+    generated: dict[str, Callable[[Path], None]] = field(default_factory=dict)
 
 
 def write_config(model_dir: Path, cfg: mc.ModelConfig) -> None:
@@ -55,9 +59,16 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def stage_version(name: str, files: dict[str, Path], meta: dict, staging: Path) -> Path:
-    """A complete version folder under `staging`: `files` (name in the version -> source)
-    and `aigc_version.json` (`meta`: what was built from what, and why)."""
+def stage_version(
+    name: str,
+    files: dict[str, Path],
+    meta: dict,
+    staging: Path,
+    generated: dict[str, Callable[[Path], None]] | None = None,
+) -> Path:
+    """A complete version folder under `staging`: `files` (name in the version -> source),
+    the `generated` ones (name -> a function writing it) and `aigc_version.json` (`meta`:
+    what was built from what, and why)."""
     stage = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=staging))
     try:
         for dst, src in files.items():
@@ -65,6 +76,8 @@ def stage_version(name: str, files: dict[str, Path], meta: dict, staging: Path) 
                 raise BuildError(f"{name}: {src} is missing (re-run `aigc export`)")
             (stage / dst).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, stage / dst)
+        for dst, write in (generated or {}).items():
+            write(stage / dst)
         (stage / "aigc_version.json").write_text(json.dumps(meta, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -26,6 +26,8 @@ streams' gaps grow by a fraction of a step rather than doubling.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 CHUNK_PREFIX = "chunk_"
@@ -168,3 +170,14 @@ def _prune(graph) -> None:
     graph.node.extend(reversed(keep))
     for init in [i for i in graph.initializer if i.name not in needed]:
         graph.initializer.remove(init)
+
+
+def write_mixed_graph(src, dst) -> None:
+    """The mixed-call graph of the KV-slot graph file `src`, written to `dst` (what `aigc
+    build` puts in a version folder as `mixed.onnx`; ValueError where `src` cannot take the
+    rewrite)."""
+    import onnx
+
+    model = mixed_graph(onnx.load(str(src)))
+    large = model.ByteSize() > 1_800_000_000  # a protocol buffer holds at most 2 GiB
+    onnx.save_model(model, str(dst), save_as_external_data=large, location=f"{Path(dst).name}.data")

@@ -44,6 +44,7 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 PRECISION_TYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
 GRAPH_FILE = "model.onnx"
 COMPANION_FILE = "companion.onnx"
+MIXED_FILE = "mixed.onnx"  # `aigc build`'s mixed-call graph (`mixed_graph.write_mixed_graph`)
 # a mixed call's IO bindings kept (one per decode rows, first chunk slot and chunk rows)
 MIXED_BINDINGS = 256
 # a graph this large is not rewritten in memory (a protocol buffer holds at most 2 GiB)
@@ -51,22 +52,30 @@ MIXED_MAX_BYTES = 1_800_000_000
 
 
 def _mixed_session(path: str, opts, providers) -> tuple[object | None, str]:
-    """The mixed-call session of the graph at `path` (`mixed_graph` rewrites it in memory),
-    and what the server's log says of it; None where the graph cannot take the rewrite."""
-    import onnx
+    """The mixed-call session of the graph at `path`: the build's `mixed.onnx` beside it,
+    else the graph rewritten in memory (a version folder made by hand; its proto stays in
+    the process's heap, so the build writes the file); and what the server's log says of
+    it. None where the graph cannot take the rewrite."""
     import onnxruntime as ort
+
+    built = os.path.join(os.path.dirname(path), MIXED_FILE)
+    name = os.path.basename(path)
+    if os.path.isfile(built):
+        session = ort.InferenceSession(built, opts, providers=providers)
+        return session, f"decode rows and a prompt chunk in one call of {MIXED_FILE} ({name}'s weights)"
+    import onnx
 
     from engine.runners.mixed_graph import mixed_graph
 
     if os.path.getsize(path) > MIXED_MAX_BYTES:
-        return None, f"off ({os.path.basename(path)} is over {MIXED_MAX_BYTES / 2**30:.1f} GiB)"
+        return None, f"off ({name} is over {MIXED_MAX_BYTES / 2**30:.1f} GiB and no {MIXED_FILE} was built)"
     try:
         model = mixed_graph(onnx.load(path))
     except ValueError as exc:
         logger.warning("%s: prefill and decode rows go in separate calls: %s", path, exc)
         return None, f"off ({exc})"
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-    return session, f"decode rows and a prompt chunk in one call of {os.path.basename(path)}, rewritten"
+    return session, f"decode rows and a prompt chunk in one call of {name}, rewritten in memory"
 
 
 class OrtRunner:

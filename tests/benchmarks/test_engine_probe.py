@@ -21,9 +21,12 @@ def test_the_prefix_probes_run_on_an_onnxruntime_variant(exports, capsys):
     """ONNX Runtime's slots: a repeated prompt is read from its free slot, later requests
     sharing a prefix copy it from the first one's slot; the tokens are those computed whole."""
     args = ["--export", str(exports["gpt2"]), "--variant", "fp32", "--threads", "1"]
-    assert engine_probe.main(args) == 0  # what a slot runner can run: not mixed, not users
+    assert engine_probe.main(args) == 0  # what a slot runner can run: not users
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"variant", "prefix", "shared_prefix", "structured", "moves"}
+    assert set(out) == {"variant", "mixed", "prefix", "shared_prefix", "structured", "moves"}
+    # the mixed graph's one call beside a prefill call and a decode call (timed, not judged)
+    for m in out["mixed"].values():
+        assert m["one_mixed_call_ms"] > 0 and m["two_calls_ms"] > 0
     assert out["prefix"]["identical_tokens"] and out["prefix"]["prefix_caching on"]["hit_tokens"] > 0
     shared = out["shared_prefix"]
     assert shared["prefix_caching on"]["hit_tokens"] >= (shared["requests"] - 1) * shared["shared_tokens"]

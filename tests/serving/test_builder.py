@@ -190,6 +190,37 @@ def test_auto_pairs_two_graphs_when_each_is_faster_at_its_own_calls(exports, tmp
     assert cfg.parameters["companion_from_rows"].string_value == str(why["routing"]["companion_from_rows"])
     meta = json.loads((version / "aigc_version.json").read_text())
     assert meta["companion"] == "int8" and meta["companion_fidelity"]["perplexity"] > 0
+    # the prefills run on the companion, so the mixed calls do too: its graph, rewritten
+    mixed = onnx.load(str(version / "mixed.onnx"))
+    assert {"chunk_seqlens_k", "chunk_past_key_0", "logits_indices"} <= {i.name for i in mixed.graph.input}
+    int8 = {i.name: i for i in onnx.load(str(export / "int8" / "gpt2.onnx")).graph.initializer}
+    assert any(
+        i.name in int8 and i.raw_data == int8[i.name].raw_data and i.data_type == onnx.TensorProto.INT8
+        for i in mixed.graph.initializer
+    )
+    assert "Mixed calls: mixed.onnx" in built[0].detail and "companion.onnx's weights" in built[0].detail
+
+
+def test_the_mixed_call_graph_is_built_on_the_cpu_where_asked_and_the_runner_loads_it(exports, tmp_path):
+    from engine.config import EngineConfig as Config
+    from engine.loader import load_engine
+
+    on = build_repository([exports["gpt2"]], tmp_path / "a", BuildOptions(variant="fp32", intra_op_threads=1))
+    assert (on[0].path / "mixed.onnx").is_file() and "Mixed calls: mixed.onnx" in on[0].detail
+    engine = load_engine(str(on[0].path), Config(slots=2), intra_op_threads=1)
+    assert engine.runner.caps.mixed_slots and "one call of mixed.onnx" in engine.runner.describe()
+    off = build_repository(
+        [exports["gpt2"]],
+        tmp_path / "b",
+        BuildOptions(variant="fp32", engine=EngineConfig(mixed_calls=False)),
+    )
+    assert not (off[0].path / "mixed.onnx").exists() and "--no-mixed-calls" in off[0].detail
+    cfg = read_config(off[0].path.parent)
+    assert cfg.parameters["mixed_calls"].string_value == "false"
+    engine = load_engine(
+        str(off[0].path), Config.from_parameters({"mixed_calls": "false"}), intra_op_threads=1
+    )
+    assert not engine.runner.caps.mixed and "mixed calls: off" in engine.runner.describe()
 
 
 def test_gpt2_engine_settings_reach_the_config_and_build_reports_the_cache(exports, tmp_path):
@@ -279,7 +310,9 @@ def test_the_kv_cache_precision_auto_serves_is_the_exports_choice(exports, tmp_p
             tmp_path / "r3",
             BuildOptions(variant="fp32", engine=EngineConfig(kv_cache_precision="u8")),
         )
-    with pytest.raises(ConfigError, match="--kv-cache-precision i8 is ONNX Runtime's 8-bit cache; ov-fp32 runs"):
+    with pytest.raises(
+        ConfigError, match="--kv-cache-precision i8 is ONNX Runtime's 8-bit cache; ov-fp32 runs"
+    ):
         built("f32", "i8")
 
 
@@ -315,13 +348,21 @@ def test_an_onnxruntime_int8_cache_is_served_where_asked_or_chosen(exports, tmp_
     assert f"KV cache: {8 * report['model_info']['n_positions'] * per_token / 2**20:.0f} MiB" in detail
     assert built("f32", "auto")[:2] == ("f32", onnx.TensorProto.FLOAT)
     precision, cache, _, why = built("f32", "i8")
-    assert (precision, cache) == ("i8", onnx.TensorProto.INT8) and why.startswith("i8: --kv-cache-precision i8")
+    assert (precision, cache) == ("i8", onnx.TensorProto.INT8) and why.startswith(
+        "i8: --kv-cache-precision i8"
+    )
     assert built("i8", "f32")[:2] == ("f32", onnx.TensorProto.FLOAT)
-    with pytest.raises(ConfigError, match="--kv-cache-precision i8: the export has no int8-cache graph of fp32"):
+    with pytest.raises(
+        ConfigError, match="--kv-cache-precision i8: the export has no int8-cache graph of fp32"
+    ):
         build_repository(
-            [export], tmp_path / "r4", BuildOptions(variant="fp32", engine=EngineConfig(kv_cache_precision="i8"))
+            [export],
+            tmp_path / "r4",
+            BuildOptions(variant="fp32", engine=EngineConfig(kv_cache_precision="i8")),
         )
-    with pytest.raises(ConfigError, match="--kv-cache-precision i8: the int8 cache is made and measured for the CPU"):
+    with pytest.raises(
+        ConfigError, match="--kv-cache-precision i8: the int8 cache is made and measured for the CPU"
+    ):
         build_repository(
             [export],
             tmp_path / "r5",
