@@ -311,7 +311,6 @@ def gpt2_variants(checkpoint: Path, info: dict, out: Path, variants, rng, fp32: 
     # The int8 KV cache's scales come from the reference graph's keys and values on text the
     # gate does not read (the training split of the bundled corpus).
     from export import kv_cache
-
     from training.data import load_text_corpus
 
     kv_peaks = None
