@@ -615,16 +615,23 @@ def test_by_default_a_chunk_in_the_decode_call_widens_the_running_streams_gaps_b
     assert all(r.tokens == s.reference(r.prompt_ids, 200) for r in streams)
 
 
+def four_streams_and_a_measured_mixed_call(make, tokens: int):
+    """Four streams decoding (a 10 ms step) on a slot runner that mixes, after one prompt
+    rode in their decode calls (what a chunk adds is measured)."""
+    cost = FakeCost(prefill_fixed=6.0, prefill_per_token=0.4, decode_fixed=8.0, decode_per_row=0.5)
+    s = mixed_slots(make, slots=8, max_len=256, cost=cost, prefill_chunk=64)
+    streams = [s.engine.submit(prompt(3, i), greedy(tokens)) for i in range(4)]
+    for _ in range(3):
+        s.engine.step()
+    s.engine.run_until_done([s.engine.submit(prompt(30, 7), greedy(1))])
+    return s, streams
+
+
 def test_a_short_prompt_goes_in_whole_where_it_adds_no_more_than_a_decode_step(make):
     """Beside the streams, a 12-token prompt adds 4.8 ms to a 10 ms step (within the one step
     `prefill_budget` allows): one mixed call takes it all, where a 200-token prompt goes in
     a third of a step at a time."""
-    cost = FakeCost(prefill_fixed=6.0, prefill_per_token=0.4, decode_fixed=8.0, decode_per_row=0.5)
-    s = mixed_slots(make, slots=8, max_len=256, cost=cost, prefill_chunk=64)
-    streams = [s.engine.submit(prompt(3, i), greedy(60)) for i in range(4)]
-    for _ in range(3):
-        s.engine.step()
-    s.engine.run_until_done([s.engine.submit(prompt(30, 7), greedy(1))])  # a mixed call measured
+    s, streams = four_streams_and_a_measured_mixed_call(make, 60)
     short = s.engine.submit(prompt(12, 8), greedy(2))
     s.engine.step()
     assert short.status is Status.DECODING and s.calls(Phase.MIXED)[-1].ids[-1] == tuple(short.prompt_ids)
@@ -633,12 +640,7 @@ def test_a_short_prompt_goes_in_whole_where_it_adds_no_more_than_a_decode_step(m
 
 
 def test_a_short_prompt_does_not_wait_behind_a_long_one_going_in_a_little_each_step(make):
-    cost = FakeCost(prefill_fixed=6.0, prefill_per_token=0.4, decode_fixed=8.0, decode_per_row=0.5)
-    s = mixed_slots(make, slots=8, max_len=256, cost=cost, prefill_chunk=64)
-    streams = [s.engine.submit(prompt(3, i), greedy(150)) for i in range(4)]
-    for _ in range(3):
-        s.engine.step()
-    s.engine.run_until_done([s.engine.submit(prompt(30, 7), greedy(1))])  # a mixed call measured
+    s, streams = four_streams_and_a_measured_mixed_call(make, 150)
     long = s.engine.submit(prompt(200, 9), greedy(2))
     for _ in range(5):
         s.engine.step()
