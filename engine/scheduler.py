@@ -189,10 +189,12 @@ class Scheduler:
         group, chunk = [], 0
         if prefilling:
             budget = self.chunk_tokens(len(prefilling), len(decoding)) if decoding else None
-            quick = self._whole_prompt(prefilling, len(decoding)) if decoding and self.mixed else None
-            if quick is not None:  # it goes first, whole, before a long prompt's next chunk
-                prefilling = [quick] + [r for r in prefilling if r is not quick]
-                budget = max(budget, quick.prompt_left)
+            quick, whole = (
+                self._whole_prompt(prefilling, len(decoding)) if decoding and self.mixed else (None, 0)
+            )
+            if quick is not None:  # it goes first, whole (with those that arrived with it), before
+                prefilling = [quick] + [r for r in prefilling if r is not quick]  # a long prompt's chunk
+                budget = max(budget, whole)
             budget = budget or self.config.idle_prefill_chunk
             group = self.prefill_group(prefilling, budget)
             chunk = min(budget // len(group), group[0].prompt_left)
@@ -300,20 +302,23 @@ class Scheduler:
         fit = self._mixed_tokens(budget_ms) if self.mixed else self.prefill_cost.tokens_within(budget_ms)
         return limit if fit is None else max(1, min(limit, fit))
 
-    def _whole_prompt(self, prefilling: list[Request], decoding: int) -> Request | None:
+    def _whole_prompt(self, prefilling: list[Request], decoding: int) -> tuple[Request | None, int]:
         """Where chunks ride in the decode call: the oldest prompt not yet started whose
-        tokens add no more than `prefill_budget` decode steps to it, if any. It goes in
-        whole, ahead of a long prompt that goes in a `mixed_prefill_budget` at a time: its
-        user waits one step, not the long prompt's many, and the running streams lose that
-        step once."""
+        tokens add no more than `prefill_budget` decode steps to it, if any, and how many
+        tokens that budget holds. It goes in whole, ahead of a long prompt that goes in a
+        `mixed_prefill_budget` at a time: its user waits one step, not the long prompt's
+        many, and the running streams lose that step once."""
         if not self.config.prefill_budget or self.decode_ms.value is None:
-            return None
+            return None, 0
         share = share_of(len(prefilling), decoding) * self.decode_ms.value
         whole = self._mixed_tokens(self.config.prefill_budget * share)
         if whole is None:
-            return None
+            return None, 0
         whole = min(whole, self.config.prefill_chunk)
-        return next((r for r in prefilling if r.filled == r.admitted_filled and r.prompt_left <= whole), None)
+        quick = next(
+            (r for r in prefilling if r.filled == r.admitted_filled and r.prompt_left <= whole), None
+        )
+        return quick, whole
 
     def _mixed_tokens(self, budget_ms: float) -> int | None:
         """Prompt tokens that add at most `budget_ms` to a decode call."""

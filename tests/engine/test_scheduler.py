@@ -635,8 +635,13 @@ def test_a_short_prompt_goes_in_whole_where_it_adds_no_more_than_a_decode_step(m
     short = s.engine.submit(prompt(12, 8), greedy(2))
     s.engine.step()
     assert short.status is Status.DECODING and s.calls(Phase.MIXED)[-1].ids[-1] == tuple(short.prompt_ids)
-    s.engine.run_until_done([*streams, short])
-    assert short.tokens == s.reference(short.prompt_ids, 2)
+    # two that arrive together go in together where the step's budget holds both (24 tokens)
+    pair = [s.engine.submit(prompt(12, seed), greedy(2)) for seed in (10, 11)]
+    s.engine.step()
+    assert all(r.status is Status.DECODING for r in pair)
+    assert s.calls(Phase.MIXED)[-1].ids[-2:] == tuple(tuple(r.prompt_ids) for r in pair)
+    s.engine.run_until_done([*streams, short, *pair])
+    assert all(r.tokens == s.reference(r.prompt_ids, 2) for r in (short, *pair))
 
 
 def test_a_short_prompt_does_not_wait_behind_a_long_one_going_in_a_little_each_step(make):
