@@ -100,9 +100,11 @@ class EngineConfig:
     # A runner that takes the step's decode rows and its prompt chunk in one call (OpenVINO;
     # ONNX Runtime on the CPU with `mixed_calls`) pays only the chunk's tokens on top of the
     # step, so a smaller budget still moves a prompt along: the running streams' gaps grow by
-    # at most this share while a prompt goes in.
+    # about this share while a prompt goes in. 0.5 on the 2-core EPYC, 4 streams beside
+    # 512-token prompts: gap p99 during / other 1.28, the long prompt's first token 1.3 s;
+    # 0.3: 1.2-2.5 (noise) but 2.3-8 s; 1.0: 1.98 and 0.93 s (benchmarks/many-users.md).
     mixed_prefill_budget: float = setting(
-        0.3,
+        0.5,
         0.0,
         100.0,
         "a chunk riding in the decode call may add this many decode steps to it, as the engine measures them",

@@ -44,36 +44,6 @@ class CostFit:
         per_token = (w * tm - t * ms) / var
         return None if per_token <= 0 else math.floor(budget_ms / per_token + 1e-6)
 
-    def predict(self, tokens: int) -> float | None:
-        """The fitted cost of a call of `tokens` (the mean of what was seen where one size
-        only was); None before any call."""
-        w, t, ms, tt, tm = self.sums
-        if w <= 0:
-            return None
-        var = w * tt - t * t
-        if w < 2 or var <= 1e-9 * max(w * tt, 1.0):
-            return ms / w
-        per_token = (w * tm - t * ms) / var
-        return (ms - per_token * t) / w + per_token * tokens
-
-    def tokens_adding(self, budget_ms: float) -> int | None:
-        """Most tokens whose fitted cost (`fixed + per_token x tokens`, this fit being of what
-        tokens add to a call) is within `budget_ms`, at least one; where one size only was
-        seen, a cost in proportion to the tokens. None before any call, or where tokens
-        cost nothing measurable."""
-        w, t, ms, tt, tm = self.sums
-        if w <= 0 or t <= 0:
-            return None
-        var = w * tt - t * t
-        if w < 2 or var <= 1e-9 * max(w * tt, 1.0):
-            fixed, per_token = 0.0, ms / t
-        else:
-            per_token = (w * tm - t * ms) / var
-            fixed = (ms - per_token * t) / w
-        if per_token <= 0:
-            return None
-        return max(1, math.floor((budget_ms - fixed) / per_token + 1e-6))
-
 
 class Ema:
     """An exponential moving average; None until the first sample."""

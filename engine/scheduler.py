@@ -125,9 +125,7 @@ class Scheduler:
         self._cancelled: list[Request] = []  # the objects, not ids: an id can be reused
         self.lock = threading.Lock()
         self.prefill_cost = CostFit()  # a prefill call alone
-        self.step_cost = CostFit()  # a decode call, by its rows (padding rows too)
-        # what a mixed call costs over the decode call of its decode rows, by its chunk's tokens
-        self.mixed_cost = CostFit()
+        self.step_cost = CostFit()  # any call but a prefill alone, by the tokens it computes
         self.decode_ms = Ema()
         pair = COMPANION in caps.graphs
         self.prefill_graph = COMPANION if pair and config.companion_prefill else MAIN
@@ -189,12 +187,11 @@ class Scheduler:
         group, chunk = [], 0
         if prefilling:
             budget = self.chunk_tokens(len(prefilling), len(decoding)) if decoding else None
-            quick, whole = (
-                self._whole_prompt(prefilling, len(decoding)) if decoding and self.mixed else (None, 0)
-            )
-            if quick is not None:  # it goes first, whole (with those that arrived with it), before
-                prefilling = [quick] + [r for r in prefilling if r is not quick]  # a long prompt's chunk
-                budget = max(budget, whole)
+            if decoding and self.mixed:
+                # the prompt with the fewest tokens left first (a short request does not wait
+                # behind a document going in a little each step; one begun goes on before
+                # a like one arrived after it)
+                prefilling.sort(key=lambda r: r.prompt_left)
             budget = budget or self.config.idle_prefill_chunk
             group = self.prefill_group(prefilling, budget)
             chunk = min(budget // len(group), group[0].prompt_left)
@@ -290,7 +287,8 @@ class Scheduler:
     def chunk_tokens(self, prefilling: int, decoding: int) -> int:
         """Prompt tokens for this step's chunk while others decode: at most `prefill_chunk`,
         and a chunk measured to cost `prefill_budget` decode steps (`mixed_prefill_budget`
-        where it rides in the decode call: what it adds to the call), scaled by how many
+        where it rides in the decode call: its tokens at what a prompt token costs, as the
+        prefill calls' fit says, else the other calls'), scaled by how many
         prompts wait per decoding stream (each request gets a like share of the machine:
         a few running streams are not stalled by one long prompt, and one running stream
         does not starve seven prompts that arrived together)."""
@@ -299,33 +297,11 @@ class Scheduler:
         if not budget or self.decode_ms.value is None:
             return limit
         budget_ms = budget * share_of(prefilling, decoding) * self.decode_ms.value
-        fit = self._mixed_tokens(budget_ms) if self.mixed else self.prefill_cost.tokens_within(budget_ms)
+        if self.mixed:  # the chunk rides on the decode call: only its tokens count
+            fit = self.prefill_cost.marginal_tokens(budget_ms) or self.step_cost.marginal_tokens(budget_ms)
+        else:
+            fit = self.prefill_cost.tokens_within(budget_ms)
         return limit if fit is None else max(1, min(limit, fit))
-
-    def _whole_prompt(self, prefilling: list[Request], decoding: int) -> tuple[Request | None, int]:
-        """Where chunks ride in the decode call: the oldest prompt not yet started whose
-        tokens add no more than `prefill_budget` decode steps to it, if any, and how many
-        tokens that budget holds. It goes in whole, ahead of a long prompt that goes in a
-        `mixed_prefill_budget` at a time: its user waits one step, not the long prompt's
-        many, and the running streams lose that step once."""
-        if not self.config.prefill_budget or self.decode_ms.value is None:
-            return None, 0
-        share = share_of(len(prefilling), decoding) * self.decode_ms.value
-        whole = self._mixed_tokens(self.config.prefill_budget * share)
-        if whole is None:
-            return None, 0
-        whole = min(whole, self.config.prefill_chunk)
-        quick = next(
-            (r for r in prefilling if r.filled == r.admitted_filled and r.prompt_left <= whole), None
-        )
-        return quick, whole
-
-    def _mixed_tokens(self, budget_ms: float) -> int | None:
-        """Prompt tokens that add at most `budget_ms` to a decode call."""
-        fit = self.mixed_cost.tokens_adding(budget_ms)
-        if fit is None:  # no mixed call measured yet: a prompt token as a decode row
-            fit = self.step_cost.marginal_tokens(budget_ms)
-        return fit
 
     def prefill_group(self, prefilling: list[Request], budget: int) -> list[Request]:
         """The oldest prefilling request, with those that can share its call: next slots, the
@@ -439,7 +415,6 @@ class Scheduler:
                     req.slot = self.pool.acquire()
                 if self.prefix_caching:
                     self._reuse_prefix(req)
-                req.admitted_filled = req.filled
                 self.running.append(req)
         return copies
 
@@ -596,13 +571,10 @@ class Scheduler:
         computed = int(forward.lens.sum())  # padding rows are computed too
         if forward.phase is Phase.PREFILL:
             self.prefill_cost.add(computed, out.ms)
-        elif forward.phase is Phase.DECODE:
-            self.step_cost.add(computed, out.ms)
-            self.decode_ms.add(out.ms)
         else:
-            decode = self.step_cost.predict(forward.decode_rows)
-            if decode is not None:
-                self.mixed_cost.add(computed - forward.decode_rows, out.ms - decode)
+            self.step_cost.add(computed, out.ms)
+            if forward.phase is Phase.DECODE:
+                self.decode_ms.add(out.ms)
         for i, req in live:
             if i in forward.all_logits and out.position_logits is not None:
                 self._prompt_logprobs(req, out.position_logits(i), int(forward.starts[i]))

@@ -64,7 +64,6 @@ class Request:
     recompute: list[int] | None = None
     block_hashes: list[int] = field(default_factory=list)  # its prefill's full blocks (prefix caching)
     registered: int = 0  # its leading blocks found in or added to the prefix cache
-    admitted_filled: int = 0  # `filled` when it took its slot (what a cached prefix gave it)
     # `engine.logprobs` entries of its generated tokens, and of its prompt's (the first prompt
     # token has none: None), where its params ask for them
     logprobs: list | None = None

@@ -591,9 +591,9 @@ def test_a_prompt_that_wants_its_logprobs_gets_a_prefill_call_of_its_own_beside_
     assert scored.tokens == s.reference(scored.prompt_ids, 2) and len(scored.prompt_logprobs) == 5
 
 
-def test_by_default_a_chunk_in_the_decode_call_widens_the_running_streams_gaps_by_at_most_a_third(make):
+def test_by_default_a_chunk_in_the_decode_call_widens_the_running_streams_gaps_by_at_most_half(make):
     """The default `mixed_prefill_budget`: a 200-token prompt rides in the decode calls of
-    four running streams, their gaps at most 1.3x a step without it, and it still goes in
+    four running streams, their gaps at most 1.5x a step without it, and it still goes in
     within a bounded number of steps."""
     cost = FakeCost(prefill_fixed=6.0, prefill_per_token=0.4, decode_fixed=8.0, decode_per_row=0.5)
     s = mixed_slots(make, slots=6, max_len=256, cost=cost, prefill_chunk=64)
@@ -608,8 +608,8 @@ def test_by_default_a_chunk_in_the_decode_call_widens_the_running_streams_gaps_b
         stamps.append(s.clock())
     gaps = np.diff(stamps) * 1e3
     first_fitted = 2  # the first mixed call takes the configured chunk: nothing measured yet
-    assert max(gaps[first_fitted:]) <= 1.3 * step_ms + 1e-9
-    assert len(stamps) < 80  # about 7 tokens a step on top of 10 ms
+    assert max(gaps[first_fitted:]) <= 1.5 * step_ms + 1e-9
+    assert len(stamps) < 50  # about 12 tokens a step on top of 10 ms
     s.engine.run_until_done([*streams, long])
     assert long.tokens == s.reference(long.prompt_ids, 2)
     assert all(r.tokens == s.reference(r.prompt_ids, 200) for r in streams)
@@ -617,7 +617,7 @@ def test_by_default_a_chunk_in_the_decode_call_widens_the_running_streams_gaps_b
 
 def four_streams_and_a_measured_mixed_call(make, tokens: int):
     """Four streams decoding (a 10 ms step) on a slot runner that mixes, after one prompt
-    rode in their decode calls (what a chunk adds is measured)."""
+    rode in their decode calls (what a prompt token costs is measured)."""
     cost = FakeCost(prefill_fixed=6.0, prefill_per_token=0.4, decode_fixed=8.0, decode_per_row=0.5)
     s = mixed_slots(make, slots=8, max_len=256, cost=cost, prefill_chunk=64)
     streams = [s.engine.submit(prompt(3, i), greedy(tokens)) for i in range(4)]
@@ -627,23 +627,6 @@ def four_streams_and_a_measured_mixed_call(make, tokens: int):
     return s, streams
 
 
-def test_a_short_prompt_goes_in_whole_where_it_adds_no_more_than_a_decode_step(make):
-    """Beside the streams, a 12-token prompt adds 4.8 ms to a 10 ms step (within the one step
-    `prefill_budget` allows): one mixed call takes it all, where a 200-token prompt goes in
-    a third of a step at a time."""
-    s, streams = four_streams_and_a_measured_mixed_call(make, 60)
-    short = s.engine.submit(prompt(12, 8), greedy(2))
-    s.engine.step()
-    assert short.status is Status.DECODING and s.calls(Phase.MIXED)[-1].ids[-1] == tuple(short.prompt_ids)
-    # two that arrive together go in together where the step's budget holds both (24 tokens)
-    pair = [s.engine.submit(prompt(12, seed), greedy(2)) for seed in (10, 11)]
-    s.engine.step()
-    assert all(r.status is Status.DECODING for r in pair)
-    assert s.calls(Phase.MIXED)[-1].ids[-2:] == tuple(tuple(r.prompt_ids) for r in pair)
-    s.engine.run_until_done([*streams, short, *pair])
-    assert all(r.tokens == s.reference(r.prompt_ids, 2) for r in (short, *pair))
-
-
 def test_a_short_prompt_does_not_wait_behind_a_long_one_going_in_a_little_each_step(make):
     s, streams = four_streams_and_a_measured_mixed_call(make, 150)
     long = s.engine.submit(prompt(200, 9), greedy(2))
@@ -651,21 +634,14 @@ def test_a_short_prompt_does_not_wait_behind_a_long_one_going_in_a_little_each_s
         s.engine.step()
     assert long.status is Status.PREFILLING
     short = s.engine.submit(prompt(12, 8), greedy(2))
-    s.engine.step()
-    assert short.status is Status.DECODING and long.status is Status.PREFILLING  # it went first, whole
+    steps = 0
+    while short.status is not Status.DECODING:
+        s.engine.step()
+        steps += 1
+    # the prompt with fewer tokens left goes first: its chunks, then the long one's again
+    assert steps <= 3 and long.status is Status.PREFILLING
     s.engine.run_until_done([*streams, long, short])
     assert long.tokens == s.reference(long.prompt_ids, 2) and short.tokens == s.reference(short.prompt_ids, 2)
-
-
-def test_the_mixed_cost_fit_is_what_a_chunk_adds_to_the_decode_call():
-    fit = CostFit()
-    assert fit.tokens_adding(10.0) is None and fit.predict(3) is None
-    fit.add(8, 4.0)  # one size: a cost in proportion to the tokens
-    assert fit.tokens_adding(10.0) == 20 and fit.predict(1) == 4.0
-    fit.add(2, 2.5)
-    fit.add(2, 2.5)  # two sizes (and the weight of more than two calls): 2 ms fixed + 0.25 ms a token
-    assert fit.predict(4) == pytest.approx(3.0) and fit.tokens_adding(3.0) == 4
-    assert fit.tokens_adding(1.0) == 1  # at least one token: a prompt always moves
 
 
 def test_slots_by_use_with_mixed_calls_preempt_and_recompute_exactly(make):
