@@ -182,6 +182,9 @@ class Scheduler:
         prefilling = [
             r for r in running if r.status is Status.PREFILLING and self.stats.preemptions == preempted
         ]
+        if prefilling and self.slot_reuse and self.copies:
+            copies += self._catch_up(running, prefilling, reserve=len(decoding))
+            prefilling = self._not_following(prefilling)
         forwards = []
         written = {}  # request -> prompt tokens this step's prefill writes
         group, chunk = [], 0
@@ -519,6 +522,55 @@ class Scheduler:
         # slots by use: the pages the slot's kept tokens hold are now this request's
         req.blocks = self.kept_blocks.pop(req.slot, [])
         return copy
+
+    def _catch_up(self, running: list[Request], prefilling: list[Request], reserve: int) -> list[SlotCopy]:
+        """Prompts going in whose next tokens another running request's slot already holds
+        (prompts that arrived together and share a prefix: a system prompt, one document
+        asked about several times): that prefix is copied from its slot, where it is at
+        least MIN_SHARED_PREFIX tokens more than the prompt has and the other has computed
+        all they share, rather than computed. At least one prompt token is left to compute
+        (its logits give the first token)."""
+        copies = []
+        for req in prefilling:
+            ids = req.prefill_ids
+            limit = len(ids) - 1
+            if req.wants_prompt_logprobs or limit - req.filled < MIN_SHARED_PREFIX:
+                continue
+            best, src = req.filled + MIN_SHARED_PREFIX - 1, None
+            for r in running:
+                if r is req or r.filled <= best or r.prompt_ids[0] != ids[0]:
+                    continue
+                n = shared_prefix(cached_tokens(r), ids, limit)
+                if r.status is Status.PREFILLING and shared_prefix(r.prefill_ids, ids, limit) > n:
+                    continue  # it is still computing what they share: copied once it has
+                if n > best:
+                    best, src = n, r
+            if src is None:
+                continue
+            if self.kv_blocks is not None:  # slots by use: the pages the copied positions take
+                got = self._take(self.kv_blocks.needed(len(req.blocks), best), reserve)
+                if got is None:
+                    continue
+                req.blocks += got
+            copies.append(SlotCopy(src.slot, req.slot, best))
+            self.stats.prefix_hits += best - req.filled
+            req.filled = best
+        return copies
+
+    def _not_following(self, prefilling: list[Request]) -> list[Request]:
+        """`prefilling` without the prompts whose next MIN_SHARED_PREFIX tokens or more an
+        earlier prompt going in will compute: they wait for it and copy them
+        (`_catch_up`) instead of computing them too. The earliest of such prompts always
+        goes on."""
+        going = []
+        for req in prefilling:  # in admission order
+            ids, need = req.prefill_ids, req.filled + MIN_SHARED_PREFIX
+            if len(ids) - 1 < need or not any(
+                r.filled < need and r.prefill_ids[0] == ids[0] and shared_prefix(r.prefill_ids, ids, need) >= need
+                for r in going
+            ):
+                going.append(req)
+        return going
 
     def _reuse_prefix(self, req: Request) -> None:
         """Start `req` after the longest run of its full prefill blocks already cached (at

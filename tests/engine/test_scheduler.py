@@ -949,6 +949,29 @@ def test_samples_of_one_prompt_after_its_first_token_compute_it_once(make):
         assert r.tokens == alone.engine.generate_ids(ids, greedy(8, temperature=1.0, seed=j))
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_prompts_arriving_together_with_one_document_compute_it_once(make, mixed):
+    """Four requests about one 40-token document arrive at once: none has a prefix to copy
+    when admitted; the first computes it, and the others copy it from its slot as soon as
+    it holds more of it than they do, computing only their own tails."""
+    s = make(
+        slots=5, max_len=128, idle_prefill_chunk=16, prefill_chunk=16, prefill_budget=0,
+        mixed_prefill_budget=0, mixed=mixed, mixed_slots=mixed,
+    )
+    stream = s.engine.submit(prompt(3, 5), greedy(60))  # decoding: the prompts go in 16 at a time
+    s.engine.step()
+    doc = prompt(40)
+    reqs = [s.engine.submit(doc + [t], greedy(3)) for t in (1, 2, 3, 4)]
+    s.engine.run_until_done([stream, *reqs])
+    # prompt rows of more than one token: the stream's prompt and one document, in chunks of
+    # 16; the others waited for it and computed their last token only
+    assert sum(len(row) for c in s.runner.calls for row in c.ids if len(row) > 1) == 3 + 41
+    assert [(c.src, c.positions) for c in s.runner.copies] == [(reqs[0].slot, 40)] * 3
+    assert s.engine.stats.prefix_hits >= 3 * 40
+    assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 3) for r in reqs]
+    assert stream.tokens == s.reference(prompt(3, 5), 60)
+
+
 @pytest.mark.parametrize("group_past", [False, True])
 def test_prompts_resuming_past_position_zero_share_a_call_only_where_the_runner_takes_it(make, group_past):
     """ONNX Runtime's CPU attention takes one row when a chunk starts past position 0: prompts
