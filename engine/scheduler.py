@@ -94,9 +94,8 @@ class Scheduler:
         self.config, self.output, self.stats, self.sink, self.clock = config, output, stats, sink, clock
         self.pool = SlotPool(caps.max_rows)
         self.mixed = caps.mixed  # the runner takes a step's decode rows and prompt chunk in one call
-        self.mixed_slots = (
-            caps.mixed and caps.mixed_slots
-        )  # ... as a decode call's rows, then a prefill call's
+        # ... as a decode call's rows, then a prefill call's
+        self.mixed_slots = caps.mixed and caps.mixed_slots
         self.group_past = caps.group_past  # a prefill call of several rows may start past position 0
         # the cache's memory in blocks taken by use (None: a slot holds its whole row): a block
         # runner's blocks, read through each row's table (`tables`), or the pages of a slot

@@ -19,9 +19,9 @@ and their outputs are joined back into one sequence. `logits_indices` picks the 
 that sequence whose logits come back: each decode row's token and each chunk row's last.
 
 What this buys on a CPU: a separate prefill call reads every weight again and pays the call's
-fixed cost (about 7 ms for GPT-2 124M on a 2-core EPYC, 40 % of a batch-8 step); in the
-mixed call a chunk costs only its tokens' arithmetic, so a prompt goes in while the running
-streams' gaps grow by a fraction of a step rather than doubling.
+fixed cost; in the mixed call a chunk costs its tokens and about 1.3 ms for the split (GPT-2
+124M int8 on a 2-core EPYC, 4 decode rows: 16 prompt tokens added ~12 ms to the call where a
+prefill call of their own cost ~18 ms; benchmarks/many-users.md).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 
 CHUNK_PREFIX = "chunk_"
+# a graph larger than this is written with external data, and not rewritten in memory (a
+# protocol buffer holds at most 2 GiB)
+PROTO_MAX_BYTES = 1_800_000_000
 # what a KV-slot graph must have for the rewrite
 _NEEDED_INPUTS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
 
@@ -179,5 +182,5 @@ def write_mixed_graph(src, dst) -> None:
     import onnx
 
     model = mixed_graph(onnx.load(str(src)))
-    large = model.ByteSize() > 1_800_000_000  # a protocol buffer holds at most 2 GiB
+    large = model.ByteSize() > PROTO_MAX_BYTES
     onnx.save_model(model, str(dst), save_as_external_data=large, location=f"{Path(dst).name}.data")

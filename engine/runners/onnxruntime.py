@@ -34,7 +34,7 @@ from engine.config import EngineConfig
 from engine.kv import PAGE, KVBuffers, page_positions
 from engine.plan import COMPANION, MAIN, Forward, ForwardOutput, Phase, SlotCopy
 from engine.runners.base import RunnerCaps
-from engine.runners.mixed_graph import CHUNK_PREFIX
+from engine.runners.mixed_graph import CHUNK_PREFIX, PROTO_MAX_BYTES
 from engine.runners.ortsession import session_options
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ COMPANION_FILE = "companion.onnx"
 MIXED_FILE = "mixed.onnx"  # `aigc build`'s mixed-call graph (`mixed_graph.write_mixed_graph`)
 # a mixed call's IO bindings kept (one per decode rows, first chunk slot and chunk rows)
 MIXED_BINDINGS = 256
-# a graph this large is not rewritten in memory (a protocol buffer holds at most 2 GiB)
-MIXED_MAX_BYTES = 1_800_000_000
 
 
 def _mixed_session(path: str, opts, providers) -> tuple[object | None, str]:
@@ -67,8 +65,8 @@ def _mixed_session(path: str, opts, providers) -> tuple[object | None, str]:
 
     from engine.runners.mixed_graph import mixed_graph
 
-    if os.path.getsize(path) > MIXED_MAX_BYTES:
-        return None, f"off ({name} is over {MIXED_MAX_BYTES / 2**30:.1f} GiB and no {MIXED_FILE} was built)"
+    if os.path.getsize(path) > PROTO_MAX_BYTES:  # its rewrite would not fit one protocol buffer
+        return None, f"off ({name} is over {PROTO_MAX_BYTES / 2**30:.1f} GiB and no {MIXED_FILE} was built)"
     try:
         model = mixed_graph(onnx.load(path))
     except ValueError as exc:
@@ -121,18 +119,11 @@ class OrtRunner:
         # beside int4) shares the KV slots; the scheduler routes calls to it (`Forward.graph`)
         # where the build measured it faster.
         companion_path = os.path.join(model_dir, COMPANION_FILE)
-        pair = (
-            companion
-            and os.path.isfile(companion_path)
-            and "CUDAExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in providers]
-        )
+        on_cpu = "CUDAExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in providers]
+        pair = companion and os.path.isfile(companion_path) and on_cpu
         mixed_source = None
-        if mixed is not None and "CUDAExecutionProvider" not in [
-            p if isinstance(p, str) else p[0] for p in providers
-        ]:
-            mixed_source = (
-                companion_path if mixed == COMPANION and pair else os.path.join(model_dir, GRAPH_FILE)
-            )
+        if mixed is not None and on_cpu:
+            mixed_source = companion_path if mixed == COMPANION and pair else os.path.join(model_dir, GRAPH_FILE)
         opts = session_options(intra_op_threads)
         if (pair or mixed_source) and shared_pool:
             # Both graphs on one thread pool: with a pool each, the threads of the graph that
