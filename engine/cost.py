@@ -18,16 +18,23 @@ class CostFit:
     def add(self, tokens: int, ms: float) -> None:
         self.sums = self.keep * self.sums + np.array([1.0, tokens, ms, tokens * tokens, tokens * ms])
 
-    def tokens_within(self, budget_ms: float) -> int | None:
-        """Most tokens one call can take within `budget_ms`, but never so few that the fixed
-        part (a pass over the weights) is over two thirds of a chunk's cost: smaller chunks
-        would spend most of the machine on weight passes. None until two sizes were seen."""
+    def line(self) -> tuple[float, float] | None:
+        """(fixed, per_token) of the fitted line; None until two sizes were seen."""
         w, t, ms, tt, tm = self.sums
         var = w * tt - t * t
         if w < 2 or var <= 1e-9 * max(w * tt, 1.0):
             return None
         per_token = (w * tm - t * ms) / var
-        fixed = (ms - per_token * t) / w
+        return (ms - per_token * t) / w, per_token
+
+    def tokens_within(self, budget_ms: float) -> int | None:
+        """Most tokens one call can take within `budget_ms`, but never so few that the fixed
+        part (a pass over the weights) is over two thirds of a chunk's cost: smaller chunks
+        would spend most of the machine on weight passes. None until two sizes were seen."""
+        fit = self.line()
+        if fit is None:
+            return None
+        fixed, per_token = fit
         if per_token <= 0:
             return None  # cost does not grow with tokens here (a GPU): no limit from the budget
         within = math.floor((budget_ms - fixed) / per_token + 1e-6)  # 1e-6: a fit's rounding
@@ -37,12 +44,10 @@ class CostFit:
         """Most tokens that add no more than `budget_ms` to a call (its per-token part only:
         tokens riding on a call that is made anyway). None until two sizes were seen, or
         where tokens cost nothing measurable."""
-        w, t, ms, tt, tm = self.sums
-        var = w * tt - t * t
-        if w < 2 or var <= 1e-9 * max(w * tt, 1.0):
+        fit = self.line()
+        if fit is None or fit[1] <= 0:
             return None
-        per_token = (w * tm - t * ms) / var
-        return None if per_token <= 0 else math.floor(budget_ms / per_token + 1e-6)
+        return math.floor(budget_ms / fit[1] + 1e-6)
 
 
 class Ema:

@@ -606,6 +606,19 @@ class Scheduler:
                 )
 
     # -- update ----------------------------------------------------------------------------
+    def _decode_part(self, forward: Forward, ms: float) -> float | None:
+        """What a mixed call's decode rows cost: the call less its prompt tokens at what a
+        prompt token costs in the prefill calls' fit (measured apart from the chunks this
+        scheduler picks, so the estimate does not feed on itself); None before that fit.
+        While prompts ride in every call no call decodes alone: without this the step
+        stays priced at the batch before them (64 users arriving together: at the one-row
+        step, and the second half went in 2 tokens a step, their first tokens 13 s late)."""
+        fit = self.prefill_cost.line()
+        if fit is None or fit[1] <= 0:
+            return None
+        part = ms - fit[1] * int(forward.lens[forward.decode_rows :].sum())
+        return part if part > 0 else None
+
     def update(self, forward: Forward, out: ForwardOutput) -> None:
         """Advance each request of one call of the plan by what the runner returned: a failed
         call ends its requests, a failing token step (sampling, detokenizing, the sink) only
@@ -624,8 +637,9 @@ class Scheduler:
             self.prefill_cost.add(computed, out.ms)
         else:
             self.step_cost.add(computed, out.ms)
-            if forward.phase is Phase.DECODE:
-                self.decode_ms.add(out.ms)
+            decode_ms = out.ms if forward.phase is Phase.DECODE else self._decode_part(forward, out.ms)
+            if decode_ms is not None:
+                self.decode_ms.add(decode_ms)
         for i, req in live:
             if i in forward.all_logits and out.position_logits is not None:
                 self._prompt_logprobs(req, out.position_logits(i), int(forward.starts[i]))

@@ -221,6 +221,31 @@ def test_the_cost_fit_learns_the_runner_on_the_engines_clock_and_sizes_chunks_by
     assert c.tokens == s.reference(c.prompt_ids, 3)
 
 
+def test_prompts_arriving_together_are_priced_at_the_step_of_the_batch_decoding_now(make):
+    """32 users arrive at once on a runner that mixes (a prompt token and a decode row cost
+    1 ms each, a call 8 ms more). The idle prefill takes 16; the other 16 ride in the decode
+    calls, which decode more rows each step. A chunk is half a step of the rows decoding
+    then (a mixed call's decode part: the call less its prompt tokens at the prefill calls'
+    rate; it fades in over a few calls), not half the one-row step measured before they
+    came: 4 tokens a step, 64 steps."""
+    cost = FakeCost(prefill_fixed=4.0, prefill_per_token=1.0, decode_fixed=8.0, decode_per_row=1.0)
+    s = mixed_slots(make, slots=32, max_len=96, cost=cost, prefill_chunk=64, idle_prefill_chunk=256)
+    s.engine.run_until_done([s.engine.submit(prompt(16, 90), greedy(20))])  # one-row steps: 9 ms
+    s.engine.run_until_done([s.engine.submit(prompt(5, 91), greedy(2))])  # a second prefill size
+    users = [s.engine.submit(prompt(16, 100 + i), greedy(48)) for i in range(32)]
+    s.engine.step()
+    assert [len(c.slots) for c in s.calls(Phase.PREFILL)[-1:]] == [16]
+    steps = 0
+    while any(u.generated == 0 for u in users):
+        s.engine.step()
+        steps += 1
+    chunks = [len(c.ids[-1]) for c in s.calls(Phase.MIXED)]
+    assert chunks[0] == int(0.5 * 9.0)  # priced at the step measured before they came
+    assert max(chunks) == 16 and steps <= 36  # at that price throughout: 4 a step, 64 steps
+    s.engine.run_until_done(users)
+    assert all(u.tokens == s.reference(u.prompt_ids, 48) for u in users)
+
+
 def test_a_zero_budget_means_fixed_chunks(make):
     s = make(slots=2, prefill_chunk=5, prefill_budget=0)
     s.engine.submit(prompt(2), greedy(30))
