@@ -135,7 +135,8 @@ class EngineConfig:
         1024,
         "a stream's response carries at least this many tokens (the first and the last excepted): more "
         "trades the stream's smoothness for throughput when many streams share the CPU (8 streams of "
-        "64 tokens on 2 cores: about 5 percent more at 4); 1 = each token as soon as the sender is free",
+        "64 tokens on 2 cores: 0-13 percent more at 4 in alternating runs, benchmarks/response-cost.md); "
+        "1 = each token as soon as the sender is free",
     )
     metrics_interval_s: float = setting(
         1.0, 0.0, 3600.0, "how often the engine's figures reach Triton's metrics endpoint", note="0 = off"
