@@ -183,10 +183,12 @@ class Engine:
         stop: threading.Event,
         on_error: Callable[[BaseException], None] | None = None,
         shutdown_message: str = "server is shutting down; retry on another server",
+        after_step: Callable[[], None] | None = None,
     ) -> None:
         """The generation loop: wait for work (`wake` is set on each submit), step, and every
         `CANCEL_CHECK_EVERY` steps end the requests whose clients went away. Returns when
-        `stop` is set, ending what is left with `shutdown_message`."""
+        `stop` is set, ending what is left with `shutdown_message`. `after_step`: called
+        after each step, on this thread (the Triton adapter's first-token yield)."""
         steps = 0
         while not stop.is_set():
             try:
@@ -195,6 +197,8 @@ class Engine:
                     wake.clear()
                     continue
                 self.step()
+                if after_step is not None:
+                    after_step()
                 steps += 1
                 if steps % CANCEL_CHECK_EVERY == 0:
                     for req in self.requests():

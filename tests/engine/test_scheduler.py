@@ -1189,28 +1189,38 @@ def test_latency_figures_follow_the_engines_clock(make):
 
 
 def test_run_steps_on_wake_ends_cancelled_clients_and_aborts_what_is_left_on_stop(make):
+    """Counted in steps, not time: the client of the 60-token request is gone from the start,
+    so a check of every CANCEL_CHECK_EVERY steps ends it long before its 60th; the last
+    request is held at the gate after its first step until `stop` is set."""
     s = make(slots=2)
-    wake, stop = threading.Event(), threading.Event()
-    gone = set()
+    wake, stop, gate = threading.Event(), threading.Event(), threading.Event()
+    gate.set()
     errors = []
-    thread = threading.Thread(target=s.engine.run, args=(wake, lambda r: id(r) in gone, stop, errors.append))
+
+    def is_cancelled(r):
+        return r.params.max_tokens == 60
+
+    thread = threading.Thread(
+        target=s.engine.run, args=(wake, is_cancelled, stop, errors.append), kwargs={"after_step": gate.wait}
+    )
     thread.start()
     done = s.engine.submit(prompt(3), greedy(5))
     wake.set()
     dropped = s.engine.submit(prompt(3, 1), SamplingParams(max_tokens=60, ignore_eos=True))
     wake.set()
-    while done.status is not Status.FINISHED:
+    while done.status is not Status.FINISHED or dropped.status is not Status.FINISHED:
         threading.Event().wait(0.001)
-    gone.add(id(dropped))
-    while dropped.status is not Status.FINISHED:
-        threading.Event().wait(0.001)
-    left = s.engine.submit(prompt(2, 2), SamplingParams(max_tokens=60))
-    stop.set()
+    assert len(dropped.tokens) < 60
+    gate.clear()
+    left = s.engine.submit(prompt(2, 2), SamplingParams(max_tokens=61))
     wake.set()
+    stop.set()
+    gate.set()
     thread.join(timeout=10)
     assert not thread.is_alive() and errors == []
     assert done.finish_reason is FinishReason.LENGTH and dropped.finish_reason is FinishReason.CANCELLED
     assert left.finish_reason is FinishReason.ERROR and "shutting down" in left.error
+    assert len(left.tokens) <= 1
 
 
 def test_submitting_and_cancelling_from_other_threads_while_stepping(make):
