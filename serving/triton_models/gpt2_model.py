@@ -221,6 +221,7 @@ class _Job:
 class _TritonSink(Sink):
     def __init__(self, responses):
         self.responses = responses
+        self.first_sent = False  # a stream's first response went out in this step
 
     def on_text(self, request, text):
         job = request.context
@@ -231,6 +232,7 @@ class _TritonSink(Sink):
             job.answered = True
             extras = _extras(request, request.generated)
             self.responses.send_now(job.sender, _text_response(job.prefix + text, extras))
+            self.first_sent = True
         else:
             self.responses.text(request, text)
 
@@ -341,6 +343,7 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.responses = _ResponseSender()
+        self.sink = _TritonSink(self.responses)
         try:
             engine_config = EngineConfig.from_parameters(params)
             self.responses.interval = engine_config.stream_interval
@@ -348,7 +351,7 @@ class TritonPythonModel:
             self.engine = load_engine(
                 version_dir,
                 engine_config,
-                _TritonSink(self.responses),
+                self.sink,
                 intra_op_threads=threads,
                 providers=providers,
                 own_process=True,  # this stub process runs gpt2 alone
@@ -359,6 +362,9 @@ class TritonPythonModel:
             self.responses.close(timeout=1)
             raise pb_utils.TritonModelException(f"gpt2: {exc}") from exc
         self.max_tokens_limit = min(engine_config.max_tokens_limit, self.engine.max_len - 1)
+        # A GPU's calls leave the host's cores free: the first token needs no yield there.
+        on_cpu = self.engine.runner.caps.device == "cpu"
+        self.first_token_yield_s = engine_config.first_token_yield_ms / 1e3 if on_cpu else 0.0
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="gpt2-generation", daemon=True)
@@ -472,7 +478,16 @@ class TritonPythonModel:
                 f"gpt2 generation loop: {exc}\n{''.join(traceback.format_exception(exc))}"
             ),
             shutdown_message="server is shutting down: gpt2 is being unloaded; retry on another server",
+            after_step=self._after_step,
         )
+
+    def _after_step(self):
+        """After a step that sent streams their first token: the cores to the response's way
+        out (`first_token_yield_ms`) before the next call takes them all."""
+        if self.sink.first_sent:
+            self.sink.first_sent = False
+            if self.first_token_yield_s > 0:
+                time.sleep(self.first_token_yield_s)
 
     def finalize(self):
         started = time.monotonic()

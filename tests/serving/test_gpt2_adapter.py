@@ -460,6 +460,38 @@ def test_a_stream_interval_puts_that_many_tokens_in_a_response(adapter, start, p
     )
 
 
+class _RecordedSleeps:
+    """The adapter's `time` module with its sleeps recorded (and still slept)."""
+
+    def __init__(self):
+        self.sleeps = []
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        time.sleep(seconds)
+
+
+@pytest.mark.parametrize("yield_ms", [3.0, 0.0])
+def test_the_loop_yields_the_cpu_after_a_step_that_sent_a_first_token(adapter, start, pb, monkeypatch, yield_ms):
+    """A stream's first response is sent by the generation thread; the loop then leaves the
+    cores to the response's way out (`first_token_yield_ms`) before its next call, once per
+    such step and never after the steps that only decode or for text sent whole."""
+    clock = _RecordedSleeps()
+    monkeypatch.setattr(adapter, "time", clock)
+    model = start(first_token_yield_ms=yield_ms)
+    sampling = {"max_tokens": 6, "ignore_eos": True}
+    for prompt in ("t4 t5", "t6 t7 t8"):
+        (got,) = run(model, make_request(pb, prompt, stream=True, sampling=sampling))
+        assert "".join(texts(got)) == offline_text(prompt, max_tokens=6, ignore_eos=True)
+    assert clock.sleeps == ([yield_ms / 1e3] * 2 if yield_ms else [])
+    (whole,) = run(model, make_request(pb, "t4 t5", stream=False, sampling=sampling))
+    assert texts(whole) == [offline_text("t4 t5", max_tokens=6, ignore_eos=True)]
+    assert len(clock.sleeps) == (2 if yield_ms else 0)
+
+
 def test_a_busy_sender_sends_a_streams_tokens_together_and_none_is_lost(start, pb):
     """While the response channel is busy (here: another stream's response is held in
     Triton's send), a stream's tokens collect and leave in one response when it frees up;
