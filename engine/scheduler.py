@@ -349,6 +349,13 @@ class Scheduler:
             self._forget_kept(next(iter(self.kept_blocks)))
         return self.kv_blocks.take(n) if self.kv_blocks.free - n >= reserve else None
 
+    def take_releases(self) -> tuple[int, ...]:
+        """The slots whose pages can go back now, between two steps (the requests that ended
+        in the step just run); those of a row moved this step wait for the next plan."""
+        with self.lock:
+            out, self._releases = tuple(self._releases), []
+        return out
+
     def _forget_kept(self, slot: int) -> None:
         """Free slot `slot` keeps nothing for reuse any more; its pages go back."""
         with self.lock:

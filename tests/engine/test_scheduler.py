@@ -766,7 +766,7 @@ def by_use(make, slots=8, blocks=32, **kw):
     return make(slots=slots, max_len=64, block_size=4, blocks=blocks, block_tables=False, **kw)
 
 
-def test_slots_by_use_take_pages_as_requests_grow_and_give_them_back_at_the_next_step(make):
+def test_slots_by_use_take_pages_as_requests_grow_and_give_them_back_at_the_end_of_their_step(make):
     s = by_use(make, prefix_caching=False, idle_prefill_chunk=64)
     pool = s.engine.scheduler.kv_blocks
     reqs = [s.engine.submit(prompt(6, i), greedy(7)) for i in range(3)]
@@ -779,9 +779,11 @@ def test_slots_by_use_take_pages_as_requests_grow_and_give_them_back_at_the_next
         s.engine.step()
         held.append(len(reqs[0].blocks))
     assert held == [2, 2, 3, 3, 3, 0]
-    assert s.runner.releases == []  # the slots' pages go back at the next step, before any call
-    s.engine.step()
+    # the slots' pages went back as the step that ended them did, after its last call: not in
+    # the next step's plan, where a request arriving then would wait for them
     assert sorted(s.runner.releases) == [0, 1, 2] and pool.free == 32
+    calls = len(s.runner.calls)
+    assert not s.engine.step() and len(s.runner.calls) == calls and sorted(s.runner.releases) == [0, 1, 2]
     assert [r.tokens for r in reqs] == [s.reference(r.prompt_ids, 7) for r in reqs]
 
 
