@@ -43,4 +43,4 @@ def test_bad_flags_are_named(field, value, flag):
 def test_quick_mode_is_small():
     opts = BenchOptions(quick=True).quick_mode()
     assert opts.concurrency == (1, 4, 8) and opts.batch_sizes == (1, 8) and opts.repeats <= 3
-    assert opts.long_concurrency == (1, 8) and opts.mixed_arrivals == 2 and opts.many_users == 64
+    assert opts.long_concurrency == (1, 8) and opts.mixed_arrivals == 4 and opts.many_users == 64
