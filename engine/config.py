@@ -147,10 +147,11 @@ class EngineConfig:
         0.5,
         0.0,
         100.0,
-        "on the CPU: after a step that sent streams their first token, the generation loop leaves "
-        "the cores to the responses' way out this long before its next call (a call on every core "
-        "otherwise holds the first token back for that call's time: 2 cores, 16-token prompts, time "
-        "to first token 13.5 -> 11.5 ms); the streams' later tokens wait as long",
+        "on the CPU, where the runtime's threads take every core: after a step that sent streams "
+        "their first token, the generation loop leaves the cores to the responses' way out this long "
+        "before its next call (the call otherwise holds the first token back for its whole time: 2 "
+        "cores, 16-token prompts, time to first token 13.5 -> 10.6 ms); the streams' later tokens "
+        "wait as long",
         note="0 = off",
     )
     metrics_interval_s: float = setting(

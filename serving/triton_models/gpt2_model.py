@@ -362,9 +362,11 @@ class TritonPythonModel:
             self.responses.close(timeout=1)
             raise pb_utils.TritonModelException(f"gpt2: {exc}") from exc
         self.max_tokens_limit = min(engine_config.max_tokens_limit, self.engine.max_len - 1)
-        # A GPU's calls leave the host's cores free: the first token needs no yield there.
-        on_cpu = self.engine.runner.caps.device == "cpu"
-        self.first_token_yield_s = engine_config.first_token_yield_ms / 1e3 if on_cpu else 0.0
+        # Only where a call takes every core is there none left for the first response's way
+        # out: a GPU's calls leave the host's cores free, as do fewer threads than cores.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        every_core = self.engine.runner.caps.device == "cpu" and (threads == 0 or threads >= cores)
+        self.first_token_yield_s = engine_config.first_token_yield_ms / 1e3 if every_core else 0.0
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="gpt2-generation", daemon=True)

@@ -146,9 +146,9 @@ def start(adapter, tmp_path):
     """start(**settings) -> an initialized TritonPythonModel; finalized after the test."""
     started = []
 
-    def start(**settings):
+    def start(raw=None, **settings):
         model = adapter.TritonPythonModel()
-        model.initialize(model_args(tmp_path, **settings))
+        model.initialize(model_args(tmp_path, raw=raw, **settings))
         started.append(model)
         return model
 
@@ -476,12 +476,13 @@ class _RecordedSleeps:
 
 @pytest.mark.parametrize("yield_ms", [3.0, 0.0])
 def test_the_loop_yields_the_cpu_after_a_step_that_sent_a_first_token(adapter, start, pb, monkeypatch, yield_ms):
-    """A stream's first response is sent by the generation thread; the loop then leaves the
-    cores to the response's way out (`first_token_yield_ms`) before its next call, once per
-    such step and never after the steps that only decode or for text sent whole."""
+    """A stream's first response is sent by the generation thread; where the runtime's
+    threads take every core (intra_op_threads 0: one a core), the loop then leaves the cores
+    to the response's way out (`first_token_yield_ms`) before its next call, once per such
+    step and never after the steps that only decode or for text sent whole."""
     clock = _RecordedSleeps()
     monkeypatch.setattr(adapter, "time", clock)
-    model = start(first_token_yield_ms=yield_ms)
+    model = start(raw={"intra_op_threads": "0"}, first_token_yield_ms=yield_ms)
     sampling = {"max_tokens": 6, "ignore_eos": True}
     for prompt in ("t4 t5", "t6 t7 t8"):
         (got,) = run(model, make_request(pb, prompt, stream=True, sampling=sampling))
@@ -490,6 +491,21 @@ def test_the_loop_yields_the_cpu_after_a_step_that_sent_a_first_token(adapter, s
     (whole,) = run(model, make_request(pb, "t4 t5", stream=False, sampling=sampling))
     assert texts(whole) == [offline_text("t4 t5", max_tokens=6, ignore_eos=True)]
     assert len(clock.sleeps) == (2 if yield_ms else 0)
+
+
+def test_no_yield_where_the_runtime_leaves_cores_free(adapter, start, pb, monkeypatch):
+    """One intra-op thread on a machine of several cores leaves a core to the responses'
+    way out: no yield after first tokens. (On a one-core machine that thread takes the only
+    core, and the loop yields.)"""
+    import os
+
+    clock = _RecordedSleeps()
+    monkeypatch.setattr(adapter, "time", clock)
+    model = start(first_token_yield_ms=3.0)  # intra_op_threads 1, as model_args sets it
+    (got,) = run(model, make_request(pb, "t4 t5", stream=True, sampling={"max_tokens": 4, "ignore_eos": True}))
+    assert "".join(texts(got)) == offline_text("t4 t5", max_tokens=4, ignore_eos=True)
+    cores = len(os.sched_getaffinity(0))
+    assert clock.sleeps == ([] if cores > 1 else [0.003])
 
 
 def test_a_busy_sender_sends_a_streams_tokens_together_and_none_is_lost(start, pb):
