@@ -168,7 +168,7 @@ def test_auto_takes_expected_latencies_within_the_noise_as_a_tie_won_by_one_stre
         # ov-fp32: slower alone (3.8 ms steps), cheaper at 8 rows; scaled so that its 4-stream
         # latency is fp32's divided by `factor`
         step_1, step_8 = 3.8, 7.0
-        for _ in range(60):  # bisect step_8 until the 4-stream figure lands where asked
+        for _ in range(60):  # rescale step_8 until the 4-stream figure lands where asked
             variants["ov-fp32"]["decode_profile"] = _profile(step_1, step_8, 1.2, 8.0, 60.0)
             got = choose_variant(report, "gpt2", "auto", "cpu")[1]["expected"]["ov-fp32"]["request_ms"]
             step_8 *= (four / factor / got) ** 0.5
