@@ -166,8 +166,12 @@ def _profile_gpt2(report: dict, out: Path, n_positions: int) -> None:
         if variants[name].get("kv_cache", {}).get("i8", {}).get("passed")
     }
     batches.update({name: (1, 8) for name in caches})
-    logger.info("gpt2: timing the decode step of %s", ", ".join([*paths, *caches]))
-    profiles = decode_profiles({**paths, **caches}, n_positions, batches=batches)
+    # each int8-cache graph measured right after its variant's own: `kv_cache.choose` sets
+    # the two against each other round by round
+    order = [n for name in paths for n in (name, f"{name}{I8_SUFFIX}") if n in paths or n in caches]
+    files = {**paths, **caches}
+    logger.info("gpt2: timing the decode step of %s", ", ".join(order))
+    profiles = decode_profiles({n: files[n] for n in order}, n_positions, batches=batches)
     for name in paths:
         profile = profiles[name]
         short = str(profile["past_lens"][0])

@@ -222,14 +222,22 @@ def decode_profiles(
     out = {}
     for name, by_key in samples.items():
         med = {k: round(statistics.median(v), 3) for k, v in by_key.items()}
-        steps: dict[str, dict[str, float]] = {}
-        for key, ms in med.items():
-            if key[0] == "step":
-                steps.setdefault(str(key[1]), {})[str(key[2])] = ms
         out[name] = {
             "past_lens": list(past_lens),
-            "step_ms": steps,  # batch -> cached tokens -> ms
-            "prefill_ms": {str(k[1]): ms for k, ms in med.items() if k[0] == "prefill"},
+            **_figures(med),  # step_ms: batch -> cached tokens -> ms; prefill_ms: tokens -> ms
             "threads": threads,
+            # each round's own figures: two files measured next to each other in a round
+            # compare within it (`export.kv_cache.choose`), whatever load the round met
+            "rounds": [_figures({k: round(v[i], 3) for k, v in by_key.items()}) for i in range(rounds)],
         }
     return out
+
+
+def _figures(ms: dict[tuple, float]) -> dict[str, dict]:
+    """{"step_ms": {batch: {cached tokens: ms}}, "prefill_ms": {tokens: ms}} from times keyed
+    ("step", batch, past) and ("prefill", tokens)."""
+    steps: dict[str, dict[str, float]] = {}
+    for key, v in ms.items():
+        if key[0] == "step":
+            steps.setdefault(str(key[1]), {})[str(key[2])] = v
+    return {"step_ms": steps, "prefill_ms": {str(k[1]): v for k, v in ms.items() if k[0] == "prefill"}}
