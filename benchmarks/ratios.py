@@ -85,6 +85,18 @@ def served_gains(g: dict) -> dict[str, list[float]]:
     return gains
 
 
+def _round_ceilings(g: dict) -> dict[str, list[float]]:
+    """The step ceiling of each scaling round (`top` x step(1) / step(top), timed offline
+    right after the round's served runs), by concurrency; none where a round lacks them."""
+    scaling = g.get("scaling_rounds") or {}
+    top = str(scaling.get("concurrency", ""))
+    rounds = scaling.get("rounds") or []
+    ceilings = [
+        int(top) * r["step1_ms"] / r[f"step{top}_ms"] for r in rounds if r.get("step1_ms") and r.get(f"step{top}_ms")
+    ]
+    return {top: ceilings} if rounds and len(ceilings) == len(rounds) else {}
+
+
 def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
     """Served figures against the offline profile of the same file and threads.
 
@@ -98,14 +110,22 @@ def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
     cached = cfg.get("prompt_tokens", 16) + cfg.get("new_tokens", 64) / 2
     step1 = _profiled_step(profile, 1, cached)
     gains = served_gains(g)
+    paired = _round_ceilings(g)
     for c in sorted(served, key=int):
         step_c = _profiled_step(profile, int(c), cached)
         if c == "1" or step1 is None or step_c is None:
             continue
         # Offline step times: c streams per step over one; served aggregate over that ceiling.
         ceiling = int(c) * step1 / step_c
-        out[f"gpt2_step_ceiling_c{c}_vs_c1"] = round(ceiling, 3)
         each = [x / ceiling for x in gains.get(c, [])]
+        rounds = paired.get(c, [])
+        if len(rounds) > 1 and len(rounds) == len(gains.get(c, [])):
+            # each round's gain over the ceiling timed right after it (the profile's, minutes
+            # away, beside)
+            out[f"gpt2_profile_step_ceiling_c{c}_vs_c1"] = round(ceiling, 3)
+            each = [x / r for x, r in zip(gains[c], rounds, strict=True)]
+            ceiling = statistics.median(rounds)
+        out[f"gpt2_step_ceiling_c{c}_vs_c1"] = round(ceiling, 3)
         if each:  # the median of the rounds' gains (one, without rounds); their spread beside
             out[f"gpt2_aggregate_c{c}_vs_step_ceiling"] = round(statistics.median(each), 3)
         if len(each) > 1:

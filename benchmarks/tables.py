@@ -151,7 +151,9 @@ def _profile_tables(g: dict) -> list[str]:
         "Batching can give at most b × step(1) / step(b) times one stream's tokens/s "
         "(`gpt2_step_ceiling_cN_vs_c1` below, at the short requests' mean cache length); "
         "`gpt2_aggregate_cN_vs_step_ceiling` is the share of it that the server delivers "
-        "(for the most streams up to 8: the median over rounds of 1 and N streams served in turns). "
+        "(for the most streams up to 8: the median over rounds of 1 and N streams served in turns, each "
+        "round's gain over the ceiling timed offline right after it; the profile's own, minutes away, is "
+        "`gpt2_profile_step_ceiling_cN_vs_c1`). "
         "`gpt2_itl_minus_step_ms` is what the server adds to each token at one stream (the engine's loop, "
         "the response through Triton's Python-backend IPC and gRPC), and `gpt2_responses_per_token_cN` "
         "how many responses N streams' tokens took (below 1 where a busy sender put tokens together).",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,54 @@ def step_read_bytes(onnx_path: Path) -> tuple[int, int]:
     return total, itemsize
 
 
+@dataclass(frozen=True)
+class _ServedGraphs:
+    """The export's files of the CPU variants (`paths`, by name), the served variant's
+    members (`pair`: the variant and the pair's companion) and the names of the files they
+    serve (`served`: their int8-cache graphs where the build serves those), and the pair's
+    routing."""
+
+    paths: dict
+    pair: list
+    served: list
+    route: dict | None
+
+    def profile(self, profiles: dict) -> dict | None:
+        """The served variant's profile among `profiles`: a pair's, each call on the graph
+        the build routed it to."""
+        from export.latency_model import routed_profile
+
+        main = profiles.get(self.served[0]) if self.served else None
+        if main is not None and len(self.served) > 1 and self.served[1] in profiles:
+            return routed_profile(main, profiles[self.served[1]], self.route)
+        return main
+
+
+def _served_graphs(s: Subject, export_report: dict, variant: str | None) -> _ServedGraphs:
+    from export.api import I8_SUFFIX
+    from serving.model_versions import int8_cache_files
+    from serving.variant_choice import choose_variant, split_pair
+
+    export, variants = s.export, export_report["variants"]
+    paths = {
+        n: export / v["files"][s.model]
+        for n, v in variants.items()
+        if v.get("decode_profile") and v.get("target") == "cpu" and s.model in v.get("files", {})
+    }
+    main, companion = split_pair(variant or "")
+    pair = [m for m in (main, companion) if m]
+    # An ONNX Runtime variant served with the export's int8 cache (`aigc build`'s auto): its
+    # int8-cache graphs are measured too, in the same turns, and give the served profile.
+    route = choose_variant(export_report, s.model, variant, "cpu")[1].get("routing") if companion else None
+    cache = int8_cache_files(variants, pair, route=route)[0] if pair and all(m in paths for m in pair) else None
+    if cache and not runtimes.of_variant(main).cache_blocks:
+        paths.update({f"{m}{I8_SUFFIX}": export / f for m, f in zip(pair, cache, strict=True)})
+        served = [f"{m}{I8_SUFFIX}" for m in pair]
+    else:
+        served = pair
+    return _ServedGraphs(paths, pair, served, route)
+
+
 def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str | None) -> dict:
     """Each CPU variant's decode profile, measured now through the serving engine's own
     runner on the exported file with the server's threads (beside the served figures, so
@@ -138,28 +187,8 @@ def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str |
     export = s.export
     info = json.loads((export / "assets" / "model_info.json").read_text())
     per_element = 2 * int(info["n_layer"]) * int(info["n_head"]) * int(info["head_size"])  # K and V
-    variants = export_report["variants"]
-    paths = {
-        n: export / v["files"][s.model]
-        for n, v in variants.items()
-        if v.get("decode_profile") and v.get("target") == "cpu" and s.model in v.get("files", {})
-    }
-    from export.api import I8_SUFFIX
-    from export.latency_model import routed_profile
-    from serving.model_versions import int8_cache_files
-    from serving.variant_choice import choose_variant, split_pair
-
-    main, companion = split_pair(variant or "")
-    pair = [m for m in (main, companion) if m]
-    # An ONNX Runtime variant served with the export's int8 cache (`aigc build`'s auto): its
-    # int8-cache graphs are measured too, in the same turns, and give the served profile.
-    route = choose_variant(export_report, s.model, variant, "cpu")[1].get("routing") if companion else None
-    cache = int8_cache_files(variants, pair, route=route)[0] if pair and all(m in paths for m in pair) else None
-    if cache and not runtimes.of_variant(main).cache_blocks:
-        paths.update({f"{m}{I8_SUFFIX}": export / f for m, f in zip(pair, cache, strict=True)})
-        pair_served = [f"{m}{I8_SUFFIX}" for m in pair]
-    else:
-        pair_served = pair
+    graphs = _served_graphs(s, export_report, variant)
+    paths, pair, pair_served = graphs.paths, graphs.pair, graphs.served
     members = set(pair) | set(pair_served)
     served = tuple(sorted({1, 8} | {c for c in opts.concurrency if c <= 8}))
     gib = measure.read_bandwidth(2**30, opts.threads)
@@ -170,10 +199,7 @@ def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str |
         prefill_lens=(opts.prompt_tokens,),
         threads=opts.threads,
     )
-    served_profile = profiles.get(pair_served[0]) if pair_served else None
-    if companion and served_profile and pair_served[1] in profiles:
-        # a pair: what it serves is each call on the graph the build routed it to
-        served_profile = routed_profile(served_profile, profiles[pair_served[1]], route)
+    served_profile = graphs.profile(profiles)
     floors = {}
     for name, profile in profiles.items():
         if runtimes.of_file(paths[name]) is not runtimes.ONNXRUNTIME:
@@ -189,7 +215,7 @@ def _offline(opts: BenchOptions, s: Subject, export_report: dict, variant: str |
         "served_kv_cache": "i8" if pair_served != pair else "f32",
         "decode_profiles": profiles,
         "export_decode_profiles": {
-            n: v["decode_profile"] for n, v in variants.items() if v.get("decode_profile")
+            n: v["decode_profile"] for n, v in export_report["variants"].items() if v.get("decode_profile")
         },
         "memory_bandwidth_1gib": gib,
         "read_floors": floors,
@@ -216,7 +242,12 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
             url, prompt, opts.new_tokens, c, max(2, opts.repeats) if c == 1 else 2
         )
         bar.update()
-    _scaling_rounds(opts, url, prompt, out, bar)
+    exp_report = None
+    if s.export is not None:
+        from export.api import read_report
+
+        exp_report = read_report(s.export)
+    _scaling_rounds(opts, url, prompt, out, bar, _ceiling_probe(opts, s, exp_report, variant))
     if "1" in out["served"]:
         from benchmarks import genai_perf
 
@@ -234,11 +265,7 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
     _long_and_mixed(opts, url, s, tok, text, prompt, out, bar)
     _many_users(opts, url, prompt, out, bar)
     step(bar, "gpt2 offline decode profile and read floors")
-    exp_report = None
-    if s.export is not None:
-        from export.api import read_report
-
-        exp_report = read_report(s.export)
+    if exp_report is not None:
         out["fidelity"] = exp_report["variants"].get(variant or "", {}).get("fidelity", {}).get(s.model)
         # Offline step times of the same file and threads, measured while the server idles
         # (after its streams, as the baselines are): what batching can give at best.
@@ -270,10 +297,13 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
     return out
 
 
-def _scaling_rounds(opts: BenchOptions, url: str, prompt: str, out: dict, bar) -> None:
+def _scaling_rounds(opts: BenchOptions, url: str, prompt: str, out: dict, bar, ceiling=None) -> None:
     """One stream and `scaling_top` streams served again, in turns, `scaling_rounds` in all
     (the first is the pass above): the gain of batching is then taken within a round, not
-    between two minutes of a shared machine that other load may have slowed apart."""
+    between two minutes of a shared machine that other load may have slowed apart. With
+    `ceiling` (`_ceiling_probe`), each round also times the served graphs' offline steps at
+    batch 1 and `scaling_top` right after its served runs: the round's gain is set against
+    the ceiling of that round's minute."""
     from benchmarks import measure
 
     top = opts.scaling_top()
@@ -288,13 +318,47 @@ def _scaling_rounds(opts: BenchOptions, url: str, prompt: str, out: dict, bar) -
         {
             "c1": out["served"]["1"]["aggregate_tokens_per_s"],
             f"c{top}": out["served"][key]["aggregate_tokens_per_s"],
+            **(ceiling(top) if ceiling else {}),
         }
     ]
     for r in range(2, opts.scaling_rounds + 1):
         step(bar, f"gpt2 served 1 and {top} streams, round {r}")
-        rounds.append({"c1": aggregate(1), f"c{top}": aggregate(top)})
+        rounds.append({"c1": aggregate(1), f"c{top}": aggregate(top), **(ceiling(top) if ceiling else {})})
         bar.update()
     out["scaling_rounds"] = {"concurrency": top, "rounds": rounds}
+
+
+def _ceiling_probe(opts: BenchOptions, s: Subject, export_report: dict | None, variant: str | None):
+    """A function of `top` that times the served variant's own graphs (its int8-cache ones
+    where those are served; a pair's calls each on its routed graph) through the engine's
+    runner, in this process while the server idles: the decode step at batch 1 and `top`
+    at the short requests' mean cache length, one `decode_profiles` round
+    ({"step1_ms", "step<top>_ms"}). None without the export or a served variant in it."""
+    if export_report is None or not variant:
+        return None
+    graphs = _served_graphs(s, export_report, variant)
+    if not graphs.served or not all(n in graphs.paths for n in graphs.served):
+        return None
+    from export.gpt2_eval import decode_profiles
+
+    info = json.loads((s.export / "assets" / "model_info.json").read_text())
+    cached = int(opts.prompt_tokens + opts.new_tokens / 2)
+
+    def probe(top: int) -> dict:
+        profiles = decode_profiles(
+            {n: graphs.paths[n] for n in graphs.served},
+            int(info["n_positions"]),
+            batches={n: (1, top) for n in graphs.served},
+            past_lens=(cached,),
+            prefill_lens=(opts.prompt_tokens,),
+            threads=opts.threads,
+            rounds=1,
+        )
+        steps = graphs.profile(profiles)["step_ms"]
+        past = str(next(iter(steps["1"])))
+        return {"step1_ms": steps["1"][past], f"step{top}_ms": steps[str(top)][past]}
+
+    return probe
 
 
 def _peer_rounds(

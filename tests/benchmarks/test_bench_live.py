@@ -70,6 +70,12 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
     assert all(r["c1"] > 0 and r["c2"] > 0 for r in scaling["rounds"])
     gains = sorted(r["c2"] / r["c1"] for r in scaling["rounds"])
     assert results["ratios"]["gpt2_aggregate_c2_vs_c1"] == pytest.approx(sum(gains) / 2, abs=2e-3)
+    # each round timed the served graph's offline steps at batch 1 and 2 right after it
+    assert all(r["step1_ms"] > 0 and r["step2_ms"] > 0 for r in scaling["rounds"])
+    shares = sorted(
+        (r["c2"] / r["c1"]) / (2 * r["step1_ms"] / r["step2_ms"]) for r in scaling["rounds"]
+    )
+    assert results["ratios"]["gpt2_aggregate_c2_vs_step_ceiling"] == pytest.approx(sum(shares) / 2, abs=2e-3)
     long, mixed = g["long"], g["mixed"]
     assert long["prompt_tokens"] == 64 and long["served"]["2"]["requests"] == 4
     assert mixed["long_requests"] == 2 and mixed["long_ttft_ms"]["n"] == 2 and mixed["short"]["requests"] >= 2

@@ -69,6 +69,35 @@ def test_batching_gain_is_the_median_of_rounds_in_turns():
     assert "gpt2_aggregate_c8_vs_step_ceiling_min" not in r
 
 
+def test_each_rounds_gain_is_set_against_the_ceiling_timed_beside_it():
+    """Rounds that carry their own offline steps: each gain over its own round's ceiling (a
+    slow minute moves both), the reported ceiling their median, the profile's beside."""
+    results = sample_results()
+    g = results["gpt2"]
+    g["scaling_rounds"] = {
+        "concurrency": 8,
+        "rounds": [
+            {"c1": 120.0, "c8": 360.0, "step1_ms": 7.5, "step8_ms": 17.0},  # ceiling 3.53: 0.85
+            {"c1": 100.0, "c8": 200.0, "step1_ms": 7.5, "step8_ms": 25.0},  # a slow minute: 2.4, 0.833
+            {"c1": 150.0, "c8": 375.0, "step1_ms": 6.0, "step8_ms": 16.0},  # 3.0: 0.833
+        ],
+    }
+    r = ratios.ratios(results)
+    shares = sorted([3.0 / (8 * 7.5 / 17.0), 2.0 / (8 * 7.5 / 25.0), 2.5 / (8 * 6.0 / 16.0)])
+    assert r["gpt2_aggregate_c8_vs_step_ceiling"] == pytest.approx(shares[1], rel=1e-3)
+    assert r["gpt2_aggregate_c8_vs_step_ceiling_min"] == pytest.approx(shares[0], rel=1e-3)
+    assert r["gpt2_aggregate_c8_vs_step_ceiling_max"] == pytest.approx(shares[2], rel=1e-3)
+    assert r["gpt2_step_ceiling_c8_vs_c1"] == pytest.approx(3.0, rel=1e-3)  # median of 3.53, 2.4, 3.0
+    assert r["gpt2_profile_step_ceiling_c8_vs_c1"] == pytest.approx(8 * 7.5 / 17.0, rel=1e-3)
+    # against the profile's one ceiling, the slow round's gain would read 0.57 of it
+    assert 2.0 / (8 * 7.5 / 17.0) < 0.6 < shares[0]
+    # a round without its steps: the profile's ceiling for every round, as before
+    del g["scaling_rounds"]["rounds"][1]["step8_ms"]
+    r = ratios.ratios(results)
+    assert r["gpt2_aggregate_c8_vs_step_ceiling"] == pytest.approx(2.5 / (8 * 7.5 / 17.0), rel=1e-3)
+    assert "gpt2_profile_step_ceiling_c8_vs_c1" not in r
+
+
 def test_many_users_ratios():
     r = sample_results()["ratios"]
     assert r["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(12.0 / 8.0)
