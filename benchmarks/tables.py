@@ -129,7 +129,7 @@ def _profile_tables(g: dict) -> list[str]:
 
     lines = [
         f"Decode profile, offline: the serving engine's own runner on each exported file in this "
-        f"process, without the server, {threads} threads (median of 3 rounds taken in turns). Step ms "
+        f"process, without the server, {threads} threads (3 rounds taken in turns; each figure the fastest round's median of its calls). Step ms "
         "at batch b with `past` cached tokens per row; prefill ms of a prompt alone. "
         "`<variant>@kv-i8`: the same weights with ONNX Runtime's int8 KV cache"
         + (f" (served: {g['served_kv_cache']})." if g.get("served_kv_cache") else "."),

@@ -166,8 +166,8 @@ def _profile_gpt2(report: dict, out: Path, n_positions: int) -> None:
         if variants[name].get("kv_cache", {}).get("i8", {}).get("passed")
     }
     batches.update({name: (1, 8) for name in caches})
-    # each int8-cache graph measured right after its variant's own: `kv_cache.choose` sets
-    # the two against each other round by round
+    # each int8-cache graph measured right after its variant's own, so that the two meet
+    # the machine's load as nearly alike as turns allow (`kv_cache.choose` weighs them)
     order = [n for name in paths for n in (name, f"{name}{I8_SUFFIX}") if n in paths or n in caches]
     files = {**paths, **caches}
     logger.info("gpt2: timing the decode step of %s", ", ".join(order))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -182,9 +181,12 @@ def decode_profiles(
     runner (`slot_runner`: IO binding, cache written in place, last-position logits):
     the decode step at each batch size and cache length, and a prefill of each length.
 
-    The variants are measured in turns, `rounds` times, and each figure is the median of its
-    rounds: on a shared machine a variant measured alone can land in a slow minute and swap
-    places with another. `aigc build` ranks variants by the expected latency of a workload
+    The variants are measured in turns, `rounds` times; a round's figure is the median of its
+    calls and the profile's the fastest round's. On a shared machine other load only ever
+    slows a call, and it comes in spells of seconds to a minute: a variant whose round
+    lands in one reads slower than it is (rounds of one file 3.7, 3.9 and 8.2 ms on the
+    2-core EPYC), and with the median of three, two such rounds swapped the ranking of
+    ov-int4 and int4+int8 in a CI export. Each round's figures stay beside (`rounds`). `aigc build` ranks variants by the expected latency of a workload
     computed from these figures (`serving.variant_choice`). `kv_precisions`: a block
     runner's cache precision per name (the same file can be measured under two names)."""
     batches, kv_precisions = batches or {}, kv_precisions or {}
@@ -219,18 +221,21 @@ def decode_profiles(
                 for key, fn in calls:
                     repeat = 5 if key[0] == "step" or key[1] <= 32 else 2
                     samples[name].setdefault(key, []).append(median_ms(fn, warmup=1, repeat=repeat))
-    out = {}
-    for name, by_key in samples.items():
-        med = {k: round(statistics.median(v), 3) for k, v in by_key.items()}
-        out[name] = {
-            "past_lens": list(past_lens),
-            **_figures(med),  # step_ms: batch -> cached tokens -> ms; prefill_ms: tokens -> ms
-            "threads": threads,
-            # each round's own figures: two files measured next to each other in a round
-            # compare within it (`export.kv_cache.choose`), whatever load the round met
-            "rounds": [_figures({k: round(v[i], 3) for k, v in by_key.items()}) for i in range(rounds)],
-        }
-    return out
+    return {
+        name: {"past_lens": list(past_lens), **profile_of_rounds(by_key), "threads": threads}
+        for name, by_key in samples.items()
+    }
+
+
+def profile_of_rounds(samples: dict[tuple, list[float]]) -> dict[str, dict]:
+    """A file's profile from its rounds' times (each a round's median, keyed ("step", batch,
+    past) or ("prefill", tokens)): each figure its fastest round's, and every round's beside
+    (`rounds`, in order)."""
+    n = min(len(v) for v in samples.values())
+    return {
+        **_figures({k: round(min(v), 3) for k, v in samples.items()}),
+        "rounds": [_figures({k: round(v[i], 3) for k, v in samples.items()}) for i in range(n)],
+    }
 
 
 def _figures(ms: dict[tuple, float]) -> dict[str, dict]:

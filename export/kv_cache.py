@@ -6,7 +6,6 @@ variant's own with its cache inputs and outputs retyped and the scales added."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -103,13 +102,7 @@ def choose(f32: dict, i8: dict) -> dict:
     16-token prompt (steps at the short cache), each at batch 8 and, where both profiles have
     it, batch 1. The long request at batch 8 must gain and the short ones must not lose.
     ONNX Runtime's int8 kernels read a quarter of the bytes a step but prefill slower, so
-    both are weighed.
-
-    Where both profiles carry their rounds (`decode_profiles` measures the two graphs next to
-    each other in each round), each request's ratio is taken within a round and the median
-    of the rounds' ratios decides: the two graphs then meet the same load, where the ratio of
-    two medians can set one graph's slow round against the other's quiet one (the short
-    request's margin at batch 1 is a few per cent; a slow round moves a figure by 25 %)."""
+    both are weighed."""
     pasts = f32["past_lens"]
     short, long = str(pasts[0]), str(pasts[-1])
     prefills = sorted(f32["prefill_ms"], key=int)
@@ -119,13 +112,11 @@ def choose(f32: dict, i8: dict) -> dict:
     def request(p: dict, batch: str, past: str, prompt: str, tokens: int) -> float:
         return p["prefill_ms"][prompt] * tokens / int(prompt) + LONG_NEW * p["step_ms"][batch][past]
 
-    f_rounds, i_rounds = f32.get("rounds") or [], i8.get("rounds") or []
-    pairs = list(zip(i_rounds, f_rounds, strict=True)) if f_rounds and len(f_rounds) == len(i_rounds) else [(i8, f32)]
     gain = {}
     for b in batches:
         for kind, past, prompt, tokens in (("long", long, longest, int(long)), ("short", short, shortest, int(shortest))):
-            each = [request(i, b, past, prompt, tokens) / request(f, b, past, prompt, tokens) for i, f in pairs]
-            gain[f"{kind}_b{b}"] = statistics.median(each)
+            costs = [request(p, b, past, prompt, tokens) for p in (i8, f32)]
+            gain[f"{kind}_b{b}"] = costs[0] / costs[1]
     figures = (
         f"batch-8 step {i8['step_ms']['8'][long]:.2f} vs {f32['step_ms']['8'][long]:.2f} ms at {long} cached "
         f"tokens, {i8['step_ms']['8'][short]:.2f} vs {f32['step_ms']['8'][short]:.2f} at {short}"
@@ -141,8 +132,6 @@ def choose(f32: dict, i8: dict) -> dict:
     kept = [k for k in gain if k != "long_b1"]
     wins = gain["long_b8"] <= _LONG_GAIN and max(gain[k] for k in kept) <= _SHORT_SLACK
     said = ", ".join(f"{k.replace('_b', ' at batch ')} {v:.2f}x" for k, v in gain.items())
-    if len(pairs) > 1:
-        said += f" (the median of {len(pairs)} rounds' ratios)"
     if wins:
         why = f"i8: requests take this share of f32's time: {said} ({figures})"
     else:

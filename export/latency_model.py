@@ -122,15 +122,10 @@ def routed_profile(main: dict, companion: dict, route: dict) -> dict:
     """The profile of a pair as it serves: each batch size's steps from the graph that
     `route` gives them, the prefills from the prefilling graph."""
     from_rows = route["companion_from_rows"]
-
-    def routed(m: dict, c: dict) -> dict:
-        steps = {b: (c if from_rows and int(b) >= from_rows else m)["step_ms"][b] for b in m["step_ms"] if b in c["step_ms"]}
-        return {"step_ms": steps, "prefill_ms": (c if route["companion_prefill"] else m)["prefill_ms"]}
-
-    out = {**main, **routed(main, companion), "routing": route}
-    rounds = list(zip(main.get("rounds") or [], companion.get("rounds") or [], strict=False))
-    if rounds and len(rounds) == len(main["rounds"]) == len(companion["rounds"]):
-        out["rounds"] = [routed(m, c) for m, c in rounds]  # the pair as it served in each round
-    else:
-        out.pop("rounds", None)
-    return out
+    steps = {
+        b: (companion if from_rows and int(b) >= from_rows else main)["step_ms"][b]
+        for b in main["step_ms"]
+        if b in companion["step_ms"]
+    }
+    prefill = (companion if route["companion_prefill"] else main)["prefill_ms"]
+    return {**main, "step_ms": steps, "prefill_ms": prefill, "routing": route}

@@ -79,50 +79,17 @@ def test_the_int8_cache_is_chosen_where_long_requests_gain_and_no_request_loses(
     assert kv_cache.choose(f32, without)["choice"] == "i8"
 
 
-def test_the_choice_sets_the_two_caches_against_each_other_within_each_round():
-    """Measured in the same rounds, the i8 cache 4 % faster at batch 1 in every round, but in
-    two of three rounds the f32 graph's turn met a quiet machine and the i8 graph's a loaded
-    one elsewhere: the medians of each (as the export measured on a noisy 2-core EPYC) say
-    i8 is 25 % slower; the rounds' own ratios say what each round saw."""
-    loaded = 1.25
+def test_a_profile_takes_each_figure_from_its_fastest_round():
+    """Other load on a shared machine only slows a call, in spells of seconds: the rounds of
+    the int4 graph's batch-1 step in one CI export were 3.87, 3.68 and 8.23 ms, and the int8
+    cache's 4.45, 3.90 and 2.75. The medians (3.87 against 3.90) made the cache look no
+    faster and kept the f32 one; each file's fastest round says 0.75x."""
+    from export.gpt2_eval import profile_of_rounds
 
-    def scaled(p: dict, by: float) -> dict:
-        return {
-            "step_ms": {b: {t: ms * by for t, ms in v.items()} for b, v in p["step_ms"].items()},
-            "prefill_ms": {t: ms * by for t, ms in p["prefill_ms"].items()},
-        }
-
-    f32 = _profile(14.0, 27.0, 19.0, 130.0, b1=(2.56, 3.4))
-    i8 = _profile(13.0, 20.5, 19.0, 135.0, b1=(2.46, 2.9))
-    loads = [1.0, loaded, loaded * loaded]  # each round's load, met by both graphs in it
-    f32_rounds, i8_rounds = [scaled(f32, a) for a in loads], [scaled(i8, a) for a in loads]
-    # the medians over rounds where the loads fell apart: f32's quiet, i8's loaded
-    f32_med, i8_med = f32, {**i8, **scaled(i8, loaded)}
-    assert kv_cache.choose(f32_med, i8_med)["choice"] == "f32"
-    chosen = kv_cache.choose({**f32_med, "rounds": f32_rounds}, {**i8_med, "rounds": i8_rounds})
-    assert chosen["choice"] == "i8", chosen["why"]
-    assert chosen["request_vs_f32"]["short_b1"] == round((19.0 + 64 * 2.46) / (19.0 + 64 * 2.56), 3)
-    assert "the median of 3 rounds' ratios" in chosen["why"]
-    # rounds of another count than the other profile's: the medians decide, as before
-    assert kv_cache.choose({**f32_med, "rounds": f32_rounds[:2]}, {**i8_med, "rounds": i8_rounds})["choice"] == "f32"
-
-
-def test_a_pairs_routed_profile_routes_each_round_as_it_serves():
-    """The pair's cache choice compares routed profiles round by round: each round takes the
-    batch-8 steps and the prefills from the companion's same round, batch 1 from the main's."""
-    from export.latency_model import routed_profile
-
-    main = {**_profile(9.0, 15.0, 9.0, 60.0, b1=(2.5, 3.4)), "rounds": []}
-    comp = {**_profile(8.0, 13.0, 6.0, 26.0, b1=(3.3, 4.2)), "rounds": []}
-    for r in range(3):
-        main["rounds"].append(_profile(9.0 + r, 15.0, 9.0, 60.0, b1=(2.5 + r, 3.4)))
-        comp["rounds"].append(_profile(8.0 + r, 13.0, 6.0 + r, 26.0, b1=(3.3, 4.2)))
-    route = {"companion_prefill": True, "companion_from_rows": 8}
-    pair = routed_profile(main, comp, route)
-    assert pair["step_ms"]["1"] == main["step_ms"]["1"] and pair["step_ms"]["8"] == comp["step_ms"]["8"]
-    assert [r["step_ms"]["1"]["48"] for r in pair["rounds"]] == [2.5, 3.5, 4.5]
-    assert [r["step_ms"]["8"]["48"] for r in pair["rounds"]] == [8.0, 9.0, 10.0]
-    assert [r["prefill_ms"]["16"] for r in pair["rounds"]] == [6.0, 7.0, 8.0]
-    # rounds that do not match up (a profile from an older export has none): the medians only
-    assert "rounds" not in routed_profile(main, {**comp, "rounds": comp["rounds"][:2]}, route)
-    assert "rounds" not in routed_profile(main, {k: v for k, v in comp.items() if k != "rounds"}, route)
+    f32 = profile_of_rounds({("step", 1, 48): [3.865, 3.677, 8.228], ("prefill", 16): [9.7, 9.2, 9.9]})
+    i8 = profile_of_rounds({("step", 1, 48): [4.454, 3.901, 2.754], ("prefill", 16): [9.9, 9.4, 9.1]})
+    assert f32["step_ms"] == {"1": {"48": 3.677}} and f32["prefill_ms"] == {"16": 9.2}
+    assert i8["step_ms"]["1"]["48"] / f32["step_ms"]["1"]["48"] == pytest.approx(0.749, abs=1e-3)
+    # every round stays beside, in order
+    assert [r["step_ms"]["1"]["48"] for r in f32["rounds"]] == [3.865, 3.677, 8.228]
+    assert [r["prefill_ms"]["16"] for r in i8["rounds"]] == [9.9, 9.4, 9.1]
