@@ -19,10 +19,12 @@ QMAX = 127.0
 HEADROOM = 1.25
 I8_FILE = "gpt2-kv-i8.onnx"  # beside the variant's gpt2.onnx
 # The int8 cache is chosen where a long request (LONG_NEW tokens after the profile's long
-# cache, at batch 8) is at least 3 % faster than with f32 and no request (long or short: 16
-# prompt tokens -> LONG_NEW; batch 8 or 1) more than 5 % slower: the noise of one shared-CPU
-# measurement is ~2 %.
-_LONG_GAIN, _SHORT_SLACK, LONG_NEW = 0.97, 1.05, 64
+# cache, at batch 8) is at least 3 % faster than with f32, a short one (16 prompt tokens ->
+# LONG_NEW) at batch 8 no more than 5 % slower, and one alone (batch 1) no more than 10 %.
+# At batch 1 the short request's cache is ~50 positions: int8 saves it next to nothing and
+# the measured ratio is noise around 1 (the int4 graph on the 2-core AVX-512 EPYC, the same
+# files profiled four times: 0.84, 0.99, 1.06, 1.08), where batch 8 moves by 2-5 %.
+_LONG_GAIN, _SHORT_SLACK, _ALONE_SLACK, LONG_NEW = 0.97, 1.05, 1.10, 64
 
 
 def calibrate(session, windows: np.ndarray) -> dict[str, np.ndarray]:
@@ -100,7 +102,8 @@ def choose(f32: dict, i8: dict) -> dict:
     (`export.gpt2_eval.decode_profiles`): a request of LONG_NEW tokens after the long cache
     (its prompt prefilled at the measured 128-token rate, then steps there) and one after a
     16-token prompt (steps at the short cache), each at batch 8 and, where both profiles have
-    it, batch 1. The long request at batch 8 must gain and the short ones must not lose.
+    it, batch 1. The long request at batch 8 must gain and the short ones must not lose
+    (beyond what the measurement moves: `_SHORT_SLACK`, `_ALONE_SLACK` at batch 1).
     ONNX Runtime's int8 kernels read a quarter of the bytes a step but prefill slower, so
     both are weighed."""
     pasts = f32["past_lens"]
@@ -129,14 +132,14 @@ def choose(f32: dict, i8: dict) -> dict:
     )
     # A long prompt alone (batch 1) pays the slower prefill with little step gain to win it
     # back; it is reported, not held against the cache: a served cache is for many requests.
-    kept = [k for k in gain if k != "long_b1"]
-    wins = gain["long_b8"] <= _LONG_GAIN and max(gain[k] for k in kept) <= _SHORT_SLACK
+    slack = {"short_b8": _SHORT_SLACK, "short_b1": _ALONE_SLACK}
+    wins = gain["long_b8"] <= _LONG_GAIN and all(gain[k] <= bound for k, bound in slack.items() if k in gain)
     said = ", ".join(f"{k.replace('_b', ' at batch ')} {v:.2f}x" for k, v in gain.items())
     if wins:
         why = f"i8: requests take this share of f32's time: {said} ({figures})"
     else:
         why = (
             f"f32: with the int8 cache requests take {said} of f32's time (chosen where the long one at "
-            f"batch 8 is <= {_LONG_GAIN} and the short ones <= {_SHORT_SLACK}; {figures})"
+            f"batch 8 is <= {_LONG_GAIN}, the short one <= {_SHORT_SLACK} and alone <= {_ALONE_SLACK}; {figures})"
         )
     return {"choice": "i8" if wins else "f32", "why": why, "request_vs_f32": {k: round(v, 3) for k, v in gain.items()}}
