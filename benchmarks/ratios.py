@@ -92,7 +92,9 @@ def _round_ceilings(g: dict) -> dict[str, list[float]]:
     top = str(scaling.get("concurrency", ""))
     rounds = scaling.get("rounds") or []
     ceilings = [
-        int(top) * r["step1_ms"] / r[f"step{top}_ms"] for r in rounds if r.get("step1_ms") and r.get(f"step{top}_ms")
+        int(top) * r["step1_ms"] / r[f"step{top}_ms"]
+        for r in rounds
+        if r.get("step1_ms") and r.get(f"step{top}_ms")
     ]
     return {top: ceilings} if rounds and len(ceilings) == len(rounds) else {}
 
@@ -253,7 +255,14 @@ def _gpt2_peer_ratios(g: dict) -> dict:
             out["gpt2_tokens_per_s_vs_best_peer_max"] = max(each)
         elif c1:
             out["gpt2_tokens_per_s_vs_best_peer"] = div(c1["per_stream_tokens_per_s"], peer["tokens_per_s"])
-        if c1 and c1["ttft_ms"].get("p50") is not None and peer["ttft_ms"].get("p50") is not None:
+        gaps = [
+            r["served_ttft_ms"] - r["peer_ttft_ms"] for r in rounds if r.get("served_ttft_ms") is not None
+        ]
+        if len(gaps) > 1 and len(gaps) == len(rounds):  # per round too: median and spread
+            out["gpt2_ttft_minus_best_peer_ms"] = round(statistics.median(gaps), 3)
+            out["gpt2_ttft_minus_best_peer_ms_min"] = round(min(gaps), 3)
+            out["gpt2_ttft_minus_best_peer_ms_max"] = round(max(gaps), 3)
+        elif c1 and c1["ttft_ms"].get("p50") is not None and peer["ttft_ms"].get("p50") is not None:
             out["gpt2_ttft_minus_best_peer_ms"] = round(c1["ttft_ms"]["p50"] - peer["ttft_ms"]["p50"], 3)
         top = max(served, key=int, default=None)
         if top is not None and top != "1":

@@ -69,13 +69,16 @@ def _gpt2_table(g: dict, cfg: dict) -> list[str]:
         each = [x for x in (div(r["served"], r["peer"]) for r in rounds) if x is not None]
         if len(each) > 1:  # the ratio taken per round, in turns: median (spread)
             one = f"{fmt(statistics.median(each), 2)}× ({fmt(min(each), 2)}–{fmt(max(each), 2)}, {len(each)} rounds)"
+        gaps = [
+            r["served_ttft_ms"] - r["peer_ttft_ms"] for r in rounds if r.get("served_ttft_ms") is not None
+        ]
+        ttft_cell = "-" if ttft is None else f"{ttft:+.1f}"
+        if len(gaps) > 1 and len(gaps) == len(rounds):  # the difference per round too
+            ttft_cell = f"{statistics.median(gaps):+.1f} ({min(gaps):+.1f} to {max(gaps):+.1f})"
         lines.append(
             f"| served vs best peer ({peer_label(best, peer)}): served / peer, TTFT served − peer | "
             f"1 / {top} | {one} | "
-            f"{fmt(agg, 2)}× ({top} streams) | "
-            + "- | "
-            * len(bases)
-            + f"{'-' if ttft is None else f'{ttft:+.1f}'} | "
+            f"{fmt(agg, 2)}× ({top} streams) | " + "- | " * len(bases) + f"{ttft_cell} | "
             f"p50 {fmt(div(c1['itl_ms'].get('p50'), peer['itl_ms'].get('p50')), 2)}× |"
         )
     lines += _peer_details(g.get("peers") or {})

@@ -374,7 +374,11 @@ def _peer_rounds(
         bar.update(opts.peer_rounds - 1)
         return
     rounds = [
-        {"served": out["served"]["1"]["per_stream_tokens_per_s"], "peer": out["peers"][name]["tokens_per_s"]}
+        {
+            "served": out["served"]["1"]["per_stream_tokens_per_s"],
+            "peer": out["peers"][name]["tokens_per_s"],
+            **_ttfts(out["served"]["1"], out["peers"][name]),
+        }
     ]
     work = [{"key": "short", "ids": ids, "new_tokens": opts.new_tokens, "repeats": opts.repeats}]
     for r in range(2, opts.peer_rounds + 1):
@@ -384,8 +388,20 @@ def _peer_rounds(
         bar.update()
         if "skipped" in peer:
             break
-        rounds.append({"served": served["per_stream_tokens_per_s"], "peer": peer["short"]["tokens_per_s"]})
+        rounds.append(
+            {
+                "served": served["per_stream_tokens_per_s"],
+                "peer": peer["short"]["tokens_per_s"],
+                **_ttfts(served, peer["short"]),
+            }
+        )
     out["peer_rounds"] = {"peer": name, "rounds": rounds}
+
+
+def _ttfts(served: dict, peer: dict) -> dict:
+    """A round's time to first token (p50, ms) served and on the peer, where both have one."""
+    a, b = (served.get("ttft_ms") or {}).get("p50"), (peer.get("ttft_ms") or {}).get("p50")
+    return {"served_ttft_ms": a, "peer_ttft_ms": b} if a is not None and b is not None else {}
 
 
 def _bench_peers(opts: BenchOptions, s: Subject, tok, text: str, ids: list[int], out: dict, bar) -> None:

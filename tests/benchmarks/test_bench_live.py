@@ -61,6 +61,7 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
         assert "gpt2_tokens_per_s_vs_best_peer" in results["ratios"]
         # served and peer again in a second round: the ratio is their median, with its spread
         assert len(g["peer_rounds"]["rounds"]) == 2 and g["peer_rounds"]["peer"] == "ctranslate2_int8"
+        assert all(x["served_ttft_ms"] > 0 and x["peer_ttft_ms"] > 0 for x in g["peer_rounds"]["rounds"])
         r = results["ratios"]
         assert r["gpt2_tokens_per_s_vs_best_peer_min"] <= r["gpt2_tokens_per_s_vs_best_peer"]
         assert r["gpt2_tokens_per_s_vs_best_peer"] <= r["gpt2_tokens_per_s_vs_best_peer_max"]
@@ -72,9 +73,7 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
     assert results["ratios"]["gpt2_aggregate_c2_vs_c1"] == pytest.approx(sum(gains) / 2, abs=2e-3)
     # each round timed the served graph's offline steps at batch 1 and 2 right after it
     assert all(r["step1_ms"] > 0 and r["step2_ms"] > 0 for r in scaling["rounds"])
-    shares = sorted(
-        (r["c2"] / r["c1"]) / (2 * r["step1_ms"] / r["step2_ms"]) for r in scaling["rounds"]
-    )
+    shares = sorted((r["c2"] / r["c1"]) / (2 * r["step1_ms"] / r["step2_ms"]) for r in scaling["rounds"])
     assert results["ratios"]["gpt2_aggregate_c2_vs_step_ceiling"] == pytest.approx(sum(shares) / 2, abs=2e-3)
     long, mixed = g["long"], g["mixed"]
     assert long["prompt_tokens"] == 64 and long["served"]["2"]["requests"] == 4

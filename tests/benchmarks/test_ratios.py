@@ -183,9 +183,24 @@ def test_the_peer_ratio_is_the_median_of_rounds_taken_in_turns_with_its_spread()
     assert r["gpt2_tokens_per_s_vs_best_peer"] == pytest.approx(120.0 / 290.0, abs=1e-3)
     assert r["gpt2_tokens_per_s_vs_best_peer_min"] == pytest.approx(118.0 / 300.0, abs=1e-3)
     assert r["gpt2_tokens_per_s_vs_best_peer_max"] == pytest.approx(1.5)
-    assert r["gpt2_ttft_minus_best_peer_ms"] == pytest.approx(25.0 - 9.0)  # from the first round
+    assert r["gpt2_ttft_minus_best_peer_ms"] == pytest.approx(
+        25.0 - 9.0
+    )  # rounds without TTFTs: the first pass
     row = next(line for line in tables.markdown(results).splitlines() if "served vs best peer" in line)
-    assert "0.41× (0.39–1.50, 3 rounds)" in row
+    assert "0.41× (0.39–1.50, 3 rounds)" in row and "| +16.0 |" in row
+    # rounds that carry both TTFTs: the difference is taken per round too, its median and spread
+    for rnd, (a, b) in zip(
+        results["gpt2"]["peer_rounds"]["rounds"], [(25.0, 9.0), (30.0, 29.0), (11.0, 10.0)], strict=True
+    ):
+        rnd.update(served_ttft_ms=a, peer_ttft_ms=b)
+    r = ratios.ratios(results)
+    assert r["gpt2_ttft_minus_best_peer_ms"] == pytest.approx(1.0)  # median of 16, 1, 1
+    assert (
+        r["gpt2_ttft_minus_best_peer_ms_min"] == pytest.approx(1.0)
+        and r["gpt2_ttft_minus_best_peer_ms_max"] == 16.0
+    )
+    row = next(line for line in tables.markdown(results).splitlines() if "served vs best peer" in line)
+    assert "| +1.0 (+1.0 to +16.0) |" in row
 
 
 def test_every_peer_skipped_gives_no_peer_ratio():
