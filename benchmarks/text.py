@@ -4,6 +4,7 @@ in-process baselines (PyTorch eager, Optimum) and the peer runtimes on the same 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -162,7 +163,9 @@ def _served_graphs(s: Subject, export_report: dict, variant: str | None) -> _Ser
     # An ONNX Runtime variant served with the export's int8 cache (`aigc build`'s auto): its
     # int8-cache graphs are measured too, in the same turns, and give the served profile.
     route = choose_variant(export_report, s.model, variant, "cpu")[1].get("routing") if companion else None
-    cache = int8_cache_files(variants, pair, route=route)[0] if pair and all(m in paths for m in pair) else None
+    cache = (
+        int8_cache_files(variants, pair, route=route)[0] if pair and all(m in paths for m in pair) else None
+    )
     if cache and not runtimes.of_variant(main).cache_blocks:
         paths.update({f"{m}{I8_SUFFIX}": export / f for m, f in zip(pair, cache, strict=True)})
         served = [f"{m}{I8_SUFFIX}" for m in pair]
@@ -235,19 +238,21 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
     text = load_text_corpus(None)[1]
     prompt = build_prompt(tok, opts.prompt_tokens, text)
     out: dict = {"model": str(s.checkpoint), "variant": variant, "prompt": prompt, "served": {}}
-    for c in opts.concurrency:
-        step(bar, f"gpt2 served c={c}")
-        # c=1 gives the latency percentiles: `repeats` requests; higher c: 2 per stream
-        out["served"][str(c)] = measure.served_concurrency(
-            url, prompt, opts.new_tokens, c, max(2, opts.repeats) if c == 1 else 2
-        )
-        bar.update()
     exp_report = None
     if s.export is not None:
         from export.api import read_report
 
         exp_report = read_report(s.export)
-    _scaling_rounds(opts, url, prompt, out, bar, _ceiling_probe(opts, s, exp_report, variant))
+    # the served graphs loaded (and warmed) before the served runs, for the scaling rounds
+    with _ceiling_probe(opts, s, exp_report, variant) as ceiling:
+        for c in opts.concurrency:
+            step(bar, f"gpt2 served c={c}")
+            # c=1 gives the latency percentiles: `repeats` requests; higher c: 2 per stream
+            out["served"][str(c)] = measure.served_concurrency(
+                url, prompt, opts.new_tokens, c, max(2, opts.repeats) if c == 1 else 2
+            )
+            bar.update()
+        _scaling_rounds(opts, url, prompt, out, bar, ceiling)
     if "1" in out["served"]:
         from benchmarks import genai_perf
 
@@ -318,47 +323,61 @@ def _scaling_rounds(opts: BenchOptions, url: str, prompt: str, out: dict, bar, c
         {
             "c1": out["served"]["1"]["aggregate_tokens_per_s"],
             f"c{top}": out["served"][key]["aggregate_tokens_per_s"],
-            **(ceiling(top) if ceiling else {}),
+            **(ceiling() if ceiling else {}),
         }
     ]
     for r in range(2, opts.scaling_rounds + 1):
         step(bar, f"gpt2 served 1 and {top} streams, round {r}")
-        rounds.append({"c1": aggregate(1), f"c{top}": aggregate(top), **(ceiling(top) if ceiling else {})})
+        rounds.append({"c1": aggregate(1), f"c{top}": aggregate(top), **(ceiling() if ceiling else {})})
         bar.update()
     out["scaling_rounds"] = {"concurrency": top, "rounds": rounds}
 
 
+@contextlib.contextmanager
 def _ceiling_probe(opts: BenchOptions, s: Subject, export_report: dict | None, variant: str | None):
-    """A function of `top` that times the served variant's own graphs (its int8-cache ones
-    where those are served; a pair's calls each on its routed graph) through the engine's
-    runner, in this process while the server idles: the decode step at batch 1 and `top`
-    at the short requests' mean cache length, one `decode_profiles` round
-    ({"step1_ms", "step<top>_ms"}). None without the export or a served variant in it."""
-    if export_report is None or not variant:
-        return None
-    graphs = _served_graphs(s, export_report, variant)
-    if not graphs.served or not all(n in graphs.paths for n in graphs.served):
-        return None
-    from export.gpt2_eval import decode_profiles
+    """The served variant's own graphs (its int8-cache ones where those are served; a pair's
+    calls each on its routed graph) loaded in this process through the engine's runner for
+    as long as the block runs, warmed by one untimed round: yields a function that times,
+    while the server idles, the decode step at batch 1 and `scaling_top` at the short
+    requests' mean cache length ({"step1_ms", "step<top>_ms"}, one round). Loaded once,
+    before the served runs, so that no round times runners just created: rounds that loaded
+    their own (CI on 00c0e4b) read the batch-1 step at 3.36-3.94 ms against 2.50-2.90 in the
+    profile minutes later, and a fresh runner's first calls are its slowest. Yields None
+    without the export, a served variant in it, or a scaling concurrency."""
+    top = opts.scaling_top()
+    graphs = _served_graphs(s, export_report, variant) if export_report is not None and variant else None
+    if (
+        top is None
+        or graphs is None
+        or not graphs.served
+        or not all(n in graphs.paths for n in graphs.served)
+    ):
+        yield None
+        return
+    from export.gpt2_eval import profile_of_rounds, profiler
 
     info = json.loads((s.export / "assets" / "model_info.json").read_text())
     cached = int(opts.prompt_tokens + opts.new_tokens / 2)
+    with profiler(
+        {n: graphs.paths[n] for n in graphs.served},
+        int(info["n_positions"]),
+        batches={n: (1, top) for n in graphs.served},
+        past_lens=(cached,),
+        prefill_lens=(opts.prompt_tokens,),
+        threads=opts.threads,
+    ) as one_round:
+        one_round()  # warm-up
 
-    def probe(top: int) -> dict:
-        profiles = decode_profiles(
-            {n: graphs.paths[n] for n in graphs.served},
-            int(info["n_positions"]),
-            batches={n: (1, top) for n in graphs.served},
-            past_lens=(cached,),
-            prefill_lens=(opts.prompt_tokens,),
-            threads=opts.threads,
-            rounds=1,
-        )
-        steps = graphs.profile(profiles)["step_ms"]
-        past = str(next(iter(steps["1"])))
-        return {"step1_ms": steps["1"][past], f"step{top}_ms": steps[str(top)][past]}
+        def probe() -> dict:
+            figures = {
+                n: profile_of_rounds({k: [ms] for k, ms in by_key.items()})
+                for n, by_key in one_round().items()
+            }
+            steps = graphs.profile(figures)["step_ms"]
+            past = next(iter(steps["1"]))
+            return {"step1_ms": round(steps["1"][past], 3), f"step{top}_ms": round(steps[str(top)][past], 3)}
 
-    return probe
+        yield probe
 
 
 def _peer_rounds(

@@ -186,9 +186,37 @@ def decode_profiles(
     slows a call, and it comes in spells of seconds to a minute: a variant whose round
     lands in one reads slower than it is (rounds of one file 3.7, 3.9 and 8.2 ms on the
     2-core EPYC), and with the median of three, two such rounds swapped the ranking of
-    ov-int4 and int4+int8 in a CI export. Each round's figures stay beside (`rounds`). `aigc build` ranks variants by the expected latency of a workload
-    computed from these figures (`serving.variant_choice`). `kv_precisions`: a block
-    runner's cache precision per name (the same file can be measured under two names)."""
+    ov-int4 and int4+int8 in a CI export. Each round's figures stay beside (`rounds`).
+    `aigc build` ranks variants by the expected latency of a workload computed from these
+    figures (`serving.variant_choice`). `kv_precisions`: a block runner's cache precision
+    per name (the same file can be measured under two names)."""
+    samples: dict[str, dict] = {}
+    with profiler(paths, n_positions, batches, past_lens, prefill_lens, threads, kv_precisions) as one_round:
+        for _ in range(rounds):
+            for name, by_key in one_round().items():
+                for key, ms in by_key.items():
+                    samples.setdefault(name, {}).setdefault(key, []).append(ms)
+    past_lens = tuple(sorted({max(1, min(p, n_positions - 2)) for p in past_lens}))  # as measured
+    return {
+        name: {"past_lens": list(past_lens), **profile_of_rounds(by_key), "threads": threads}
+        for name, by_key in samples.items()
+    }
+
+
+@contextlib.contextmanager
+def profiler(
+    paths: dict[str, Path],
+    n_positions: int,
+    batches: dict[str, tuple[int, ...]] | None = None,
+    past_lens: tuple[int, ...] = PROFILE_PAST,
+    prefill_lens: tuple[int, ...] = PROFILE_PREFILL,
+    threads: int = 2,
+    kv_precisions: dict[str, str] | None = None,
+):
+    """Each file's runner loaded and its cache rows written, for as long as the block runs:
+    yields a function that times one round of every file's calls in turns,
+    {name: {("step", batch, past) | ("prefill", tokens): the median ms of its calls}}
+    (`decode_profiles` takes several; the bench times one beside each served round)."""
     batches, kv_precisions = batches or {}, kv_precisions or {}
     past_lens = tuple(sorted({max(1, min(p, n_positions - 2)) for p in past_lens}))
     prefill_lens = tuple(sorted({max(1, min(p, n_positions - 1)) for p in prefill_lens}))
@@ -214,17 +242,17 @@ def decode_profiles(
                 ids = (np.arange(t, dtype=np.int64) % 100) + 1
                 calls.append((("prefill", t), lambda m=model, i=ids: m.prefill(0, i, 0)))
             runs[name] = calls
-        samples: dict[str, dict] = {n: {} for n in runs}
-        for _ in range(rounds):
+
+        def one_round() -> dict[str, dict]:
+            out: dict[str, dict] = {}
             for name, calls in runs.items():
                 time.sleep(0.2)  # the previous session's idle threads stop spinning
                 for key, fn in calls:
                     repeat = 5 if key[0] == "step" or key[1] <= 32 else 2
-                    samples[name].setdefault(key, []).append(median_ms(fn, warmup=1, repeat=repeat))
-    return {
-        name: {"past_lens": list(past_lens), **profile_of_rounds(by_key), "threads": threads}
-        for name, by_key in samples.items()
-    }
+                    out.setdefault(name, {})[key] = median_ms(fn, warmup=1, repeat=repeat)
+            return out
+
+        yield one_round
 
 
 def profile_of_rounds(samples: dict[tuple, list[float]]) -> dict[str, dict]:
