@@ -41,6 +41,7 @@ def steps(opts: BenchOptions) -> int:
         + (1 if names and opts.long_prompt_tokens else 0)
         + (opts.peer_rounds - 1 if names and 1 in opts.concurrency else 0)
         + (opts.scaling_rounds - 1 if opts.scaling_top() else 0)
+        + (opts.scaling_rounds - 1 if _long_rounds_concurrency(opts) else 0)
         + 2  # many users, engine probes
     )
 
@@ -457,6 +458,13 @@ def _bench_peers(opts: BenchOptions, s: Subject, tok, text: str, ids: list[int],
     bar.update()
 
 
+def _long_rounds_concurrency(opts: BenchOptions) -> int | None:
+    """The concurrency at which the long workload is set against the short one in rounds:
+    the most long streams that are also served short (8 by default), above 1."""
+    both = [c for c in opts.long_concurrency if c > 1 and c in opts.concurrency]
+    return max(both) if both and opts.long_prompt_tokens else None
+
+
 def _long_and_mixed(
     opts: BenchOptions, url: str, s: Subject, tok, text: str, prompt: str, out: dict, bar
 ) -> None:
@@ -486,14 +494,35 @@ def _long_and_mixed(
         "new_tokens": opts.long_new_tokens,
         "served": {},
     }
-    for c in opts.long_concurrency:
-        step(bar, f"gpt2 long c={c}")
+
+    def long_run(c: int) -> dict:
         # Warm-up requests of 2 tokens: each connection's first call, and the long prefill's
         # buffers, stay outside the timed requests without a full long generation each.
-        out["long"]["served"][str(c)] = measure.served_concurrency(
-            url, long_prompt, opts.long_new_tokens, c, 2, warmup_tokens=2
-        )
+        return measure.served_concurrency(url, long_prompt, opts.long_new_tokens, c, 2, warmup_tokens=2)
+
+    def short_run(c: int) -> dict:
+        return measure.served_concurrency(url, prompt, opts.new_tokens, c, 2)
+
+    for c in opts.long_concurrency:
+        step(bar, f"gpt2 long c={c}")
+        out["long"]["served"][str(c)] = long_run(c)
         bar.update()
+    top = _long_rounds_concurrency(opts)
+    if top is not None:
+        # The long streams' gaps against the short ones' at the same concurrency, each pair
+        # run back to back, `scaling_rounds` pairs: the short pass of the run's start is
+        # minutes away, and a quiet or a loaded minute on one side moved the ratio 1.2-1.9.
+        rounds = [{"long": out["long"]["served"][str(top)], "short": short_run(top)}]
+        for r in range(2, opts.scaling_rounds + 1):
+            step(bar, f"gpt2 long and short c={top}, round {r}")
+            rounds.append({"long": long_run(top), "short": short_run(top)})
+            bar.update()
+        out["long"]["rounds"] = {
+            "concurrency": top,
+            "itl_p50_ms": [
+                {"long": x["long"]["itl_ms"]["p50"], "short": x["short"]["itl_ms"]["p50"]} for x in rounds
+            ],
+        }
     if opts.mixed_streams:
         step(bar, "gpt2 mixed")
         out["mixed"] = {

@@ -77,6 +77,9 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
     assert results["ratios"]["gpt2_aggregate_c2_vs_step_ceiling"] == pytest.approx(sum(shares) / 2, abs=2e-3)
     long, mixed = g["long"], g["mixed"]
     assert long["prompt_tokens"] == 64 and long["served"]["2"]["requests"] == 4
+    # long and short streams at 2, back to back, twice (--scaling-rounds 2)
+    assert long["rounds"]["concurrency"] == 2 and len(long["rounds"]["itl_p50_ms"]) == 2
+    assert all(x["long"] > 0 and x["short"] > 0 for x in long["rounds"]["itl_p50_ms"])
     assert mixed["long_requests"] == 2 and mixed["long_ttft_ms"]["n"] == 2 and mixed["short"]["requests"] >= 2
     assert mixed["short_itl_other_ms"]["n"] + mixed["short_itl_during_long_prefill_ms"]["n"] >= 2
     # many users at once (no resident memory with --url: the server is not this process's),

@@ -98,6 +98,30 @@ def test_each_rounds_gain_is_set_against_the_ceiling_timed_beside_it():
     assert "gpt2_profile_step_ceiling_c8_vs_c1" not in r
 
 
+def test_the_long_over_short_gap_is_taken_per_pair_run_back_to_back():
+    """Rounds of 8 long streams and 8 short ones run back to back: each pair's ratio, their
+    median (the short pass of the run's start, minutes away, no longer decides)."""
+    results = sample_results()
+    g = results["gpt2"]
+    g["long"]["rounds"] = {
+        "concurrency": 8,
+        "itl_p50_ms": [
+            {"long": 13.0, "short": 10.5},
+            {"long": 14.0, "short": 7.5},
+            {"long": 12.7, "short": 10.0},
+        ],
+    }
+    r = ratios.ratios(results)
+    assert r["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(
+        12.7 / 10.0, abs=1e-3
+    )  # of 1.24, 1.87, 1.27
+    assert r["gpt2_long_itl_p50_c8_vs_short_c8_min"] == pytest.approx(13.0 / 10.5, abs=1e-3)
+    assert r["gpt2_long_itl_p50_c8_vs_short_c8_max"] == pytest.approx(14.0 / 7.5, abs=1e-3)
+    # rounds at another concurrency: the passes, as before
+    g["long"]["rounds"]["concurrency"] = 4
+    assert ratios.ratios(results)["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(12.0 / 8.0)
+
+
 def test_many_users_ratios():
     r = sample_results()["ratios"]
     assert r["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(12.0 / 8.0)
