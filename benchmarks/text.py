@@ -42,6 +42,7 @@ def steps(opts: BenchOptions) -> int:
         + (opts.peer_rounds - 1 if names and 1 in opts.concurrency else 0)
         + (opts.scaling_rounds - 1 if opts.scaling_top() else 0)
         + (opts.scaling_rounds - 1 if _long_rounds_concurrency(opts) else 0)
+        + (opts.scaling_rounds - 1 if 8 in opts.concurrency and opts.many_users > 8 else 0)
         + 2  # many users, engine probes
     )
 
@@ -558,11 +559,27 @@ def _many_users(opts: BenchOptions, url: str, prompt: str, out: dict, bar) -> No
         bar.update()
         return
     step(bar, f"gpt2 many users c={opts.many_users}")
+
+    def many() -> dict:
+        return measure.served_concurrency(url, prompt, opts.new_tokens, opts.many_users, 1, warmup_tokens=2)
+
+    def eight() -> float:
+        return measure.served_concurrency(url, prompt, opts.new_tokens, 8, 2)["aggregate_tokens_per_s"]
+
     before = measure.process_tree_rss_mib(opts.server_pid) if opts.server_pid else None
-    figures = measure.served_concurrency(url, prompt, opts.new_tokens, opts.many_users, 1, warmup_tokens=2)
+    figures = many()
     after = measure.process_tree_rss_mib(opts.server_pid) if opts.server_pid else None
     out["many_users"] = {**figures, "server_rss_mib": {"before": before, "after": after}}
     bar.update()
+    if 8 in opts.concurrency and opts.many_users > 8:
+        # The many streams' aggregate against 8 streams' run right after, `scaling_rounds`
+        # pairs: the 8-stream pass of the run's start is minutes away.
+        rounds = [{"many": figures["aggregate_tokens_per_s"], "c8": eight()}]
+        for r in range(2, opts.scaling_rounds + 1):
+            step(bar, f"gpt2 many users c={opts.many_users} and 8, round {r}")
+            rounds.append({"many": many()["aggregate_tokens_per_s"], "c8": eight()})
+            bar.update()
+        out["many_users"]["rounds"] = rounds
 
 
 def probe_variant(exp_report: dict, served: str | None) -> str | None:

@@ -122,6 +122,20 @@ def test_the_long_over_short_gap_is_taken_per_pair_run_back_to_back():
     assert ratios.ratios(results)["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(12.0 / 8.0)
 
 
+def test_many_streams_over_8_is_taken_per_pair_run_back_to_back():
+    results = sample_results()
+    g = results["gpt2"]
+    g["many_users"]["rounds"] = [
+        {"many": 1000.0, "c8": 700.0},
+        {"many": 1100.0, "c8": 900.0},
+        {"many": 950.0, "c8": 700.0},
+    ]
+    r = ratios.ratios(results)
+    assert r["gpt2_aggregate_c64_vs_c8"] == pytest.approx(950.0 / 700.0, abs=1e-3)  # of 1.43, 1.22, 1.36
+    assert r["gpt2_aggregate_c64_vs_c8_min"] == pytest.approx(1100.0 / 900.0, abs=1e-3)
+    assert r["gpt2_aggregate_c64_vs_c8_max"] == pytest.approx(1000.0 / 700.0, abs=1e-3)
+
+
 def test_many_users_ratios():
     r = sample_results()["ratios"]
     assert r["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(12.0 / 8.0)
