@@ -361,7 +361,7 @@ def _ceiling_probe(opts: BenchOptions, s: Subject, export_report: dict | None, v
     ):
         yield None
         return
-    from export.gpt2_eval import profile_of_rounds, profiler
+    from export.gpt2_eval import profile_of_rounds, profiler, timed_rounds
 
     info = json.loads((s.export / "assets" / "model_info.json").read_text())
     cached = int(opts.prompt_tokens + opts.new_tokens / 2)
@@ -376,11 +376,7 @@ def _ceiling_probe(opts: BenchOptions, s: Subject, export_report: dict | None, v
         one_round()  # warm-up
 
         def probe() -> dict:
-            samples: dict[str, dict] = {}
-            for _ in range(CEILING_ROUNDS):
-                for n, by_key in one_round().items():
-                    for k, ms in by_key.items():
-                        samples.setdefault(n, {}).setdefault(k, []).append(ms)
+            samples = timed_rounds(one_round, CEILING_ROUNDS)
             figures = {n: profile_of_rounds(by_key) for n, by_key in samples.items()}
             steps = graphs.profile(figures)["step_ms"]
             past = next(iter(steps["1"]))

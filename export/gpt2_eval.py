@@ -190,12 +190,8 @@ def decode_profiles(
     `aigc build` ranks variants by the expected latency of a workload computed from these
     figures (`serving.variant_choice`). `kv_precisions`: a block runner's cache precision
     per name (the same file can be measured under two names)."""
-    samples: dict[str, dict] = {}
     with profiler(paths, n_positions, batches, past_lens, prefill_lens, threads, kv_precisions) as one_round:
-        for _ in range(rounds):
-            for name, by_key in one_round().items():
-                for key, ms in by_key.items():
-                    samples.setdefault(name, {}).setdefault(key, []).append(ms)
+        samples = timed_rounds(one_round, rounds)
     past_lens = tuple(sorted({max(1, min(p, n_positions - 2)) for p in past_lens}))  # as measured
     return {
         name: {"past_lens": list(past_lens), **profile_of_rounds(by_key), "threads": threads}
@@ -253,6 +249,16 @@ def profiler(
             return out
 
         yield one_round
+
+
+def timed_rounds(one_round, rounds: int) -> dict[str, dict]:
+    """`rounds` rounds of a `profiler`'s files: {name: {key: [ms of each round]}}."""
+    samples: dict[str, dict] = {}
+    for _ in range(rounds):
+        for name, by_key in one_round().items():
+            for key, ms in by_key.items():
+                samples.setdefault(name, {}).setdefault(key, []).append(ms)
+    return samples
 
 
 def profile_of_rounds(samples: dict[tuple, list[float]]) -> dict[str, dict]:
