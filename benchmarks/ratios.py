@@ -13,6 +13,21 @@ def div(a, b) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
 
+def _median_spread(out: dict, key: str, each: list[float]) -> None:
+    """`key`: the median of `each` (ratios or differences taken per round), and beside it,
+    where there are several, `key_min` / `key_max`; to 3 decimals."""
+    out[key] = round(statistics.median(each), 3)
+    if len(each) > 1:
+        out[f"{key}_min"], out[f"{key}_max"] = round(min(each), 3), round(max(each), 3)
+
+
+def peer_ttft_gaps(rounds: list[dict]) -> list[float]:
+    """Each peer round's TTFT p50 served minus the peer's (ms), where every round has both;
+    else none."""
+    gaps = [r["served_ttft_ms"] - r["peer_ttft_ms"] for r in rounds if r.get("served_ttft_ms") is not None]
+    return gaps if len(gaps) == len(rounds) else []
+
+
 def _profiled_step(profile: dict | None, batch: int, cached: float) -> float | None:
     """The offline decode step at `batch` rows (a measured batch size only) and `cached`
     tokens (linear between the measured cache lengths)."""
@@ -129,10 +144,7 @@ def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
             ceiling = statistics.median(rounds)
         out[f"gpt2_step_ceiling_c{c}_vs_c1"] = round(ceiling, 3)
         if each:  # the median of the rounds' gains (one, without rounds); their spread beside
-            out[f"gpt2_aggregate_c{c}_vs_step_ceiling"] = round(statistics.median(each), 3)
-        if len(each) > 1:
-            out[f"gpt2_aggregate_c{c}_vs_step_ceiling_min"] = round(min(each), 3)
-            out[f"gpt2_aggregate_c{c}_vs_step_ceiling_max"] = round(max(each), 3)
+            _median_spread(out, f"gpt2_aggregate_c{c}_vs_step_ceiling", each)
     steps = (profile or {}).get("step_ms") or {}
     pasts = sorted(int(p) for p in (profile or {}).get("past_lens", []))
     for b in ("1", "8"):
@@ -200,10 +212,7 @@ def _gpt2_many_users_ratios(g: dict) -> dict:
     if each and None not in each:
         # 8 streams reading ~500 cached tokens a step against 8 reading ~50, each pair run back
         # to back: the median of the rounds, the spread beside
-        out["gpt2_long_itl_p50_c8_vs_short_c8"] = round(statistics.median(each), 3)
-        if len(each) > 1:
-            out["gpt2_long_itl_p50_c8_vs_short_c8_min"] = min(each)
-            out["gpt2_long_itl_p50_c8_vs_short_c8_max"] = max(each)
+        _median_spread(out, "gpt2_long_itl_p50_c8_vs_short_c8", each)
     elif long and "8" in served:
         out["gpt2_long_itl_p50_c8_vs_short_c8"] = div(long["itl_ms"]["p50"], served["8"]["itl_ms"]["p50"])
     many = g.get("many_users")
@@ -211,9 +220,7 @@ def _gpt2_many_users_ratios(g: dict) -> dict:
         key = f"gpt2_aggregate_c{many['concurrency']}_vs_c8"
         each = [div(r["many"], r["c8"]) for r in many.get("rounds") or []]
         if each and None not in each:  # pairs run back to back: their median, the spread beside
-            out[key] = round(statistics.median(each), 3)
-            if len(each) > 1:
-                out[f"{key}_min"], out[f"{key}_max"] = min(each), max(each)
+            _median_spread(out, key, each)
         else:
             out[key] = div(many["aggregate_tokens_per_s"], served["8"]["aggregate_tokens_per_s"])
     probe = g.get("engine_probe") or {}
@@ -267,18 +274,12 @@ def _gpt2_peer_ratios(g: dict) -> dict:
         rounds = (g.get("peer_rounds") or {}).get("rounds") or []
         each = [x for x in (div(r["served"], r["peer"]) for r in rounds) if x is not None]
         if len(each) > 1:  # taken per round (served, peer, served, peer, ...): median and spread
-            out["gpt2_tokens_per_s_vs_best_peer"] = round(statistics.median(each), 3)
-            out["gpt2_tokens_per_s_vs_best_peer_min"] = min(each)
-            out["gpt2_tokens_per_s_vs_best_peer_max"] = max(each)
+            _median_spread(out, "gpt2_tokens_per_s_vs_best_peer", each)
         elif c1:
             out["gpt2_tokens_per_s_vs_best_peer"] = div(c1["per_stream_tokens_per_s"], peer["tokens_per_s"])
-        gaps = [
-            r["served_ttft_ms"] - r["peer_ttft_ms"] for r in rounds if r.get("served_ttft_ms") is not None
-        ]
-        if len(gaps) > 1 and len(gaps) == len(rounds):  # per round too: median and spread
-            out["gpt2_ttft_minus_best_peer_ms"] = round(statistics.median(gaps), 3)
-            out["gpt2_ttft_minus_best_peer_ms_min"] = round(min(gaps), 3)
-            out["gpt2_ttft_minus_best_peer_ms_max"] = round(max(gaps), 3)
+        gaps = peer_ttft_gaps(rounds)
+        if len(gaps) > 1:  # per round too: median and spread
+            _median_spread(out, "gpt2_ttft_minus_best_peer_ms", gaps)
         elif c1 and c1["ttft_ms"].get("p50") is not None and peer["ttft_ms"].get("p50") is not None:
             out["gpt2_ttft_minus_best_peer_ms"] = round(c1["ttft_ms"]["p50"] - peer["ttft_ms"]["p50"], 3)
         top = max(served, key=int, default=None)

@@ -8,7 +8,7 @@ from pathlib import Path
 from benchmarks.peers import PEERS
 from benchmarks.peers import best as best_peer
 from benchmarks.peers import measured as measured_peers
-from benchmarks.ratios import div
+from benchmarks.ratios import div, peer_ttft_gaps
 
 BASELINE_LABELS = {"eager": "PyTorch eager `generate`", "optimum": "Optimum `ORTModelForCausalLM`"}
 
@@ -69,11 +69,9 @@ def _gpt2_table(g: dict, cfg: dict) -> list[str]:
         each = [x for x in (div(r["served"], r["peer"]) for r in rounds) if x is not None]
         if len(each) > 1:  # the ratio taken per round, in turns: median (spread)
             one = f"{fmt(statistics.median(each), 2)}× ({fmt(min(each), 2)}–{fmt(max(each), 2)}, {len(each)} rounds)"
-        gaps = [
-            r["served_ttft_ms"] - r["peer_ttft_ms"] for r in rounds if r.get("served_ttft_ms") is not None
-        ]
+        gaps = peer_ttft_gaps(rounds)
         ttft_cell = "-" if ttft is None else f"{ttft:+.1f}"
-        if len(gaps) > 1 and len(gaps) == len(rounds):  # the difference per round too
+        if len(gaps) > 1:  # the difference per round too
             ttft_cell = f"{statistics.median(gaps):+.1f} ({min(gaps):+.1f} to {max(gaps):+.1f})"
         lines.append(
             f"| served vs best peer ({peer_label(best, peer)}): served / peer, TTFT served − peer | "

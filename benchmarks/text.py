@@ -304,6 +304,17 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
     return out
 
 
+def _again(opts: BenchOptions, bar, label: str, pair) -> list[dict]:
+    """Rounds 2..`scaling_rounds` of a pair run back to back (`pair()`, the first round is
+    the caller's), each a step of the progress bar."""
+    rounds = []
+    for r in range(2, opts.scaling_rounds + 1):
+        step(bar, f"{label}, round {r}")
+        rounds.append(pair())
+        bar.update()
+    return rounds
+
+
 def _scaling_rounds(opts: BenchOptions, url: str, prompt: str, out: dict, bar, ceiling=None) -> None:
     """One stream and `scaling_top` streams served again, in turns, `scaling_rounds` in all
     (the first is the pass above): the gain of batching is then taken within a round, not
@@ -328,10 +339,12 @@ def _scaling_rounds(opts: BenchOptions, url: str, prompt: str, out: dict, bar, c
             **(ceiling() if ceiling else {}),
         }
     ]
-    for r in range(2, opts.scaling_rounds + 1):
-        step(bar, f"gpt2 served 1 and {top} streams, round {r}")
-        rounds.append({"c1": aggregate(1), f"c{top}": aggregate(top), **(ceiling() if ceiling else {})})
-        bar.update()
+    rounds += _again(
+        opts,
+        bar,
+        f"gpt2 served 1 and {top} streams",
+        lambda: {"c1": aggregate(1), f"c{top}": aggregate(top), **(ceiling() if ceiling else {})},
+    )
     out["scaling_rounds"] = {"concurrency": top, "rounds": rounds}
 
 
@@ -517,10 +530,12 @@ def _long_and_mixed(
         # run back to back, `scaling_rounds` pairs: the short pass of the run's start is
         # minutes away, and a quiet or a loaded minute on one side moved the ratio 1.2-1.9.
         rounds = [{"long": out["long"]["served"][str(top)], "short": short_run(top)}]
-        for r in range(2, opts.scaling_rounds + 1):
-            step(bar, f"gpt2 long and short c={top}, round {r}")
-            rounds.append({"long": long_run(top), "short": short_run(top)})
-            bar.update()
+        rounds += _again(
+            opts,
+            bar,
+            f"gpt2 long and short c={top}",
+            lambda: {"long": long_run(top), "short": short_run(top)},
+        )
         out["long"]["rounds"] = {
             "concurrency": top,
             "itl_p50_ms": [
@@ -578,10 +593,12 @@ def _many_users(opts: BenchOptions, url: str, prompt: str, out: dict, bar) -> No
         # The many streams' aggregate against 8 streams' run right after, `scaling_rounds`
         # pairs: the 8-stream pass of the run's start is minutes away.
         rounds = [{"many": figures["aggregate_tokens_per_s"], "c8": eight()}]
-        for r in range(2, opts.scaling_rounds + 1):
-            step(bar, f"gpt2 many users c={opts.many_users} and 8, round {r}")
-            rounds.append({"many": many()["aggregate_tokens_per_s"], "c8": eight()})
-            bar.update()
+        rounds += _again(
+            opts,
+            bar,
+            f"gpt2 many users c={opts.many_users} and 8",
+            lambda: {"many": many()["aggregate_tokens_per_s"], "c8": eight()},
+        )
         out["many_users"]["rounds"] = rounds
 
 
