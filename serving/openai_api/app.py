@@ -309,8 +309,8 @@ class _Run:
             self._put(("error", f"internal error: {exc}"))
         finally:
             if deltas is not None:
-                # Closed before the server's final response, the client stops its gRPC
-                # stream with cancel_requests: the server ends the request and frees its slot.
+                # Closed before the server's final response, the client ends the request on
+                # the server with `stop`: it stops generating and frees its KV cache.
                 deltas.close()
 
     async def next(self, request: Request) -> tuple[str, str | None]:

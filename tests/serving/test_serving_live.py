@@ -339,16 +339,72 @@ def _raw_stop_without_id(server) -> str:
     return str(error)
 
 
-def test_client_leaving_a_stream_stops_the_request_and_keeps_the_stream(gpt2_client):
-    """A caller that stops reading ends its request on the server with `stop`, not a gRPC
-    cancel (Triton 2.51 can abort on those), and the stream goes back to the idle pool."""
+def _recorded_calls(monkeypatch) -> list:
+    """The client's gRPC calls (`serving.client._Call`), as they are opened."""
+    from serving import client as client_module
+
+    calls = []
+    open_call = client_module.AigcClient._open
+
+    def recording(self, *args, **kwargs):
+        calls.append(open_call(self, *args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(client_module.AigcClient, "_open", recording)
+    return calls
+
+
+def test_client_leaving_a_stream_stops_the_request_without_cancelling_its_call(gpt2_client, monkeypatch):
+    """A caller that stops reading ends its request on the server with `stop` (a call of its
+    own), and the request's call is read to its end, not cancelled (Triton 2.51 can abort
+    when a stream is cancelled while it writes a response)."""
+    import grpc
+
+    calls = _recorded_calls(monkeypatch)
     for _ in range(3):
         stream = gpt2_client.generate_text("The class", max_tokens=100, ignore_eos=True)
         next(stream)
         stream.close()
-        assert len(gpt2_client._streams) == 1  # one stream, reused each time
+    assert len(calls) == 6  # each request, then its stop
+    assert all(c.ended and c.call.code() == grpc.StatusCode.OK for c in calls)
     text = gpt2_client.generate_text("The class", max_tokens=4, ignore_eos=True, stream=False)
-    assert text and len(gpt2_client._streams) == 1
+    assert text and calls[-1].call.code() == grpc.StatusCode.OK
+
+
+def test_client_times_out_a_late_request_stops_it_and_serves_the_next(gpt2_client, monkeypatch):
+    """No response within `timeout_s` is a ClientError naming the model and the timeout; the
+    request is ended with `stop`, its call read to its end rather than cancelled, and the
+    next request is answered."""
+    import grpc
+
+    calls = _recorded_calls(monkeypatch)
+    with pytest.raises(ClientError, match=r"no response from gpt2 within 0.0001 s"):
+        list(gpt2_client.generate_text("The class " * 30, max_tokens=50, timeout_s=0.0001))
+    late, stop = calls[0], calls[1]
+    assert stop.request_id == late.request_id
+    assert late.ended and late.call.code() == grpc.StatusCode.OK
+    details: dict = {}
+    assert "".join(gpt2_client.generate_text("The class", max_tokens=3, ignore_eos=True, details=details))
+    assert details["completion_tokens"] == 3 and details["finish_reason"] == "length"
+
+
+def test_one_thread_reads_several_streams_and_the_client_starts_no_thread_per_stream(gpt2_client):
+    """Responses are read in the caller's thread: one thread may interleave several streams,
+    each still its solo text, and the client adds at most its one timeout thread."""
+    prompts = ["The class", "A list of", "def main", "import sys"]
+    solo = [gpt2_client.generate_text(p, max_tokens=8, ignore_eos=True, stream=False) for p in prompts]
+    before = threading.active_count()
+    streams = [gpt2_client.generate_text(p, max_tokens=8, ignore_eos=True) for p in prompts]
+    texts, live, most = ["" for _ in prompts], set(range(len(prompts))), before
+    while live:
+        for i in sorted(live):
+            try:
+                texts[i] += next(streams[i])
+            except StopIteration:
+                live.discard(i)
+            most = max(most, threading.active_count())
+    assert texts == solo
+    assert most <= before + 1
 
 
 def _scrape(server) -> dict[tuple[str, frozenset], float]:
