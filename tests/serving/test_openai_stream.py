@@ -21,9 +21,13 @@ class _Request:
 def _queued_run(events) -> frontend._Run:
     """A `_Run` whose events are already queued (no server, no thread)."""
     run = object.__new__(frontend._Run)
-    run.queue, run._get, run.cancelled, run.details = asyncio.Queue(), None, threading.Event(), None
+    run.inbox, run.cancelled, run.details = (
+        frontend._Inbox(asyncio.get_running_loop()),
+        threading.Event(),
+        None,
+    )
     for e in events:
-        run.queue.put_nowait(e)
+        run.inbox.put(e)
     return run
 
 
@@ -42,7 +46,7 @@ def _chunks(events, late=()) -> list[dict]:
             body = raw.decode().removeprefix("data: ").strip()
             out.append(body if body == "[DONE]" else json.loads(body))
             while todo:
-                choice.run.queue.put_nowait(todo.pop(0))
+                choice.run.inbox.put(todo.pop(0))
         return out
 
     return asyncio.run(collect())
@@ -64,3 +68,43 @@ def test_an_error_after_tokens_follows_them():
     chunks = _chunks([("delta", " t3"), ("delta", " t4"), ("error", "the server went away")])
     assert chunks[0]["choices"][0]["text"] == " t3 t4"
     assert chunks[1]["error"]["message"].endswith("the server went away") and chunks[2] == "[DONE]"
+
+
+def test_the_inbox_passes_a_threads_events_in_order_without_losing_any():
+    """A worker thread's events reach the loop in order and none is lost, whether the loop
+    waits for each (`get`) or takes what is there (`take_ready`) while the thread appends."""
+
+    async def consume() -> list[int]:
+        inbox = frontend._Inbox(asyncio.get_running_loop())
+        worker = threading.Thread(target=lambda: [inbox.put(i) for i in range(20000)] + [inbox.put(None)])
+        worker.start()
+        got: list[int] = []
+        while not got or got[-1] is not None:
+            item = await inbox.get(5.0)
+            assert item is not frontend._NOTHING, "an event was put but none came"
+            got.append(item)
+            if len(got) % 3 == 0:
+                got.extend(inbox.take_ready())
+        worker.join()
+        return got
+
+    assert asyncio.run(consume()) == [*range(20000), None]
+
+
+def test_the_inbox_says_when_nothing_came_and_a_cancelled_wait_raises():
+    async def check():
+        inbox = frontend._Inbox(asyncio.get_running_loop())
+        assert await inbox.get(0.01) is frontend._NOTHING
+        waiting = asyncio.ensure_future(inbox.get(60))
+        await asyncio.sleep(0)  # the get is now waiting
+        inbox.cancel_wait()
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            pass
+        else:
+            raise AssertionError("a cancelled wait returned")
+        inbox.put("after")  # the inbox still works
+        assert await inbox.get(60) == "after"
+
+    asyncio.run(check())
