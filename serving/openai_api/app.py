@@ -2,11 +2,11 @@
 
 Threads: the event loop never waits on gRPC. The model index and configs come from
 tritonclient's asyncio client; a generation runs `AigcClient.generate_text` (a blocking
-iterator) on a worker thread of its own, which hands each delta to the loop through an
-asyncio queue. When the HTTP client goes away mid-request (Starlette cancels the stream's
-task; a waiting handler polls `request.is_disconnected()`), the worker stops at the next
-delta and closes the client's generator, which cancels the request on the server and so
-frees its KV slot.
+iterator) on a worker thread (kept for the next generation), which hands each delta to the
+loop through an `_Inbox`. When the HTTP client goes away mid-request (Starlette cancels the
+stream's task; a waiting handler polls `request.is_disconnected()`), the worker stops at the
+next delta and closes the client's generator, which stops the request on the server and so
+frees its KV cache.
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ class _ClientGone(Exception):
 
 class _Run:
     """One generation on a worker thread (the gRPC client's iterator blocks); its events reach
-    the event loop through a queue: ("delta", text), ("end", None) or ("error", message).
+    the event loop through an `_Inbox`: ("delta", text), ("end", None) or ("error", message).
     `details` (when the model returns them): the server's finish_reason and token counts,
     complete once "end" has arrived."""
 
