@@ -1,6 +1,7 @@
 """The real Triton server's lifecycle: a port in use named, a model failing to load reported with
 Triton's reason, version switch and rollback, a stream cut by a stop ending with an error, the
-drain within the exit timeout, the request timeout from the repository config."""
+drain within the exit timeout, the request timeout from the repository config, a client kept
+across a restart."""
 
 from __future__ import annotations
 
@@ -210,3 +211,36 @@ def test_request_timeout_comes_from_the_repository_config(exports, tmp_path):
             assert c.is_ready("gpt2")
     finally:
         srv.stop()
+
+
+@pytest.mark.server
+def test_a_client_kept_across_a_server_restart_reaches_the_new_server(exports, tmp_path):
+    """A client's channel outlives a restart of the server on the same port: while the server
+    is away a text request fails naming the address, once `retry_deadline_s` has passed; the
+    next one reaches the restarted server (the channel's reconnect backoff is capped at 1 s;
+    gRPC's default grows to 120 s while a server is away)."""
+    import time
+
+    from aigc.errors import ClientError
+    from serving.client import AigcClient
+
+    repo = tmp_path / "repo"
+    build_repository([exports["gpt2"]], repo, BuildOptions(variant="fp32", intra_op_threads=1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def serve():
+        return EmbeddedTritonServer(
+            repo, grpc_port=port, http_port=0, metrics_port=0, log_file=tmp_path / "triton.log"
+        )
+
+    with AigcClient(f"127.0.0.1:{port}", timeout_s=60, retry_deadline_s=5) as client:
+        with serve():
+            client.wait_ready(60, "gpt2")
+            assert client.generate_text("The class", max_tokens=3, ignore_eos=True, stream=False)
+        with pytest.raises(ClientError, match=f"127.0.0.1:{port}"):
+            client.generate_text("The class", max_tokens=3, stream=False)
+        time.sleep(3)  # the server stays away a while, as a restart does
+        with serve():
+            assert client.generate_text("The class", max_tokens=3, ignore_eos=True, stream=False)
