@@ -443,7 +443,7 @@ class _Call:
         while not self.ended:
             try:
                 self.next()
-            except _Failed:
+            except (_Failed, ClientError):  # the request is complete whatever the call does
                 break
 
     def late_message(self) -> str:
