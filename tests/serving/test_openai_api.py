@@ -638,15 +638,19 @@ CUSTOM_TEMPLATE = {
 
 @pytest.fixture(scope="module")
 def one_slot_serve(exports, tmp_path_factory):
-    """`aigc serve --openai-port 0` as a process over a GPT-2 with one KV slot and no wait queue
-    (a second request while one runs gets 'server busy') and a chat template of its own in
-    config.pbtxt. Yields (OpenAI API URL, Triton gRPC address, the process's log lines)."""
+    """`aigc serve --openai-port 0` as a process over a GPT-2 that decodes one sequence in one KV
+    slot with no wait queue (a second request while one runs gets 'server busy': `max_sequences`
+    too, since blocks by use would otherwise take up to 64), and a chat template of its own in
+    config.pbtxt. Yields (OpenAI API URL, Triton gRPC address, the process's log lines).
+
+    The tiny model generates its whole window in a few ms, less than a request through the
+    frontend takes. So the engine waits `first_token_yield_ms` (its most, 100 ms) after every
+    step that sent a first token; that wait applies where the runtime's threads take every
+    core, hence the default thread count. A request is then still running for 100 ms after its
+    first token on any machine."""
     repo = tmp_path_factory.mktemp("one-slot") / "model_repository"
-    build_repository(
-        [exports["gpt2"]],
-        repo,
-        BuildOptions(variant="fp32", engine=EngineConfig(slots=1, max_queue=0), intra_op_threads=1),
-    )
+    engine = EngineConfig(slots=1, max_sequences=1, max_queue=0, first_token_yield_ms=100.0)
+    build_repository([exports["gpt2"]], repo, BuildOptions(variant="fp32", engine=engine, intra_op_threads=0))
     config = read_config(repo / "gpt2")
     for key, value in CUSTOM_TEMPLATE.items():
         config.parameters[key].string_value = value
@@ -700,8 +704,8 @@ def test_disconnect_mid_stream_cancels_the_request_and_frees_the_slot(one_slot_s
     url, _, log = one_slot_serve
     small = {"model": "gpt2", "prompt": PROMPT, "max_tokens": 1}
     long_tokens = 127 - 2  # the rest of the tiny model's 128-token window after the prompt
-    # The tiny model generates the whole window in ~0.1 s: on a loaded machine the long request
-    # can end before the busy check answers; then the check is not what this test is about.
+    # The engine pauses 100 ms after the long request's first token (`one_slot_serve`): the busy
+    # check and the hang-up come in that pause. A machine too loaded for that gets retries.
     for _attempt in range(20):
         sock = _open_stream(url, long_tokens)
         status, body = _post(url, "/v1/completions", small)  # while the long one holds the slot
@@ -709,8 +713,8 @@ def test_disconnect_mid_stream_cancels_the_request_and_frees_the_slot(one_slot_s
             break
         sock.close()
     else:
-        # Only the machine's speed decides this race (the whole window takes ~0.1 s); what the
-        # test is about cannot be observed then, and it says so rather than fail or pass blind.
+        # Only the machine's load decides this race; what the test is about cannot be observed
+        # then, and it says so rather than fail or pass blind.
         pytest.skip(
             f"the long stream always ended before the busy check answered ({status}); not observable here"
         )
