@@ -85,14 +85,12 @@ class AigcClient:
 
     def _call(self, fn, *args, **kwargs):
         """Retry UNAVAILABLE (server restarting) with backoff inside the retry deadline."""
-        deadline, delay = time.monotonic() + self.retry_deadline_s, 0.1
+        retry = _Backoff(self.retry_deadline_s)
         while True:
             try:
                 return fn(*args, **kwargs)
             except InferenceServerException as exc:
-                if exc.status() in _RETRYABLE and time.monotonic() + delay < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                if exc.status() in _RETRYABLE and retry.wait():
                     continue
                 raise ClientError(_message(exc)) from None
 
@@ -233,17 +231,15 @@ class AigcClient:
         request = _request(model, request_id, tensors)
         call = self._open(request, model, timeout_s, on_late=self._late)
         done = False  # its final response or its error arrived: nothing of it runs on the server
-        deadline, delay = time.monotonic() + self.retry_deadline_s, 0.1
+        retry = _Backoff(self.retry_deadline_s)
         try:
             while True:
                 try:
                     result = call.next()
                 except _Failed as failed:
-                    if failed.unavailable and not call.answered and time.monotonic() + delay < deadline:
+                    if failed.unavailable and not call.answered and retry.wait():
                         # not connected (the server restarting, a connection dropped while
                         # idle): the request never ran, so it is sent again, as `_call` does
-                        time.sleep(delay)
-                        delay = min(delay * 2, 2.0)
                         call = self._open(request, model, timeout_s, on_late=self._late)
                         continue
                     done = failed.in_band or call.ended  # the server ended the request
@@ -364,6 +360,22 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+class _Backoff:
+    """Waits between tries of a call that found no server: 0.1 s, doubling up to 2 s, while
+    the next try still starts inside `deadline_s`."""
+
+    def __init__(self, deadline_s: float):
+        self.deadline, self.delay = time.monotonic() + deadline_s, 0.1
+
+    def wait(self) -> bool:
+        """Wait before the next try; False (no wait) once the deadline would pass."""
+        if time.monotonic() + self.delay >= self.deadline:
+            return False
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, 2.0)
+        return True
+
+
 class _Failed(Exception):
     """A call's failure: an error the server sent as a response (`in_band`: the request is
     over), or the call's own gRPC status (`unavailable`: it never reached the server)."""
@@ -386,10 +398,13 @@ class _Call:
         self.deadline = math.inf  # while a read waits: past it the watchdog steps in
         self.timed_out = False  # the watchdog stepped in
         self.answered = False  # a response arrived
-        self.ended = False  # the call is over: read to its end, failed or cancelled
-        self.over = threading.Event()  # ... for other threads
+        self.over = threading.Event()  # the call is over: read to its end, failed or cancelled
         self.call = start(request)
         _WATCHDOG.watch(self)
+
+    @property
+    def ended(self) -> bool:
+        return self.over.is_set()
 
     def next(self):
         """The next response's result; `_Failed` for an error or the call's end, ClientError
@@ -463,7 +478,6 @@ class _Call:
         self._end()
 
     def _end(self) -> None:
-        self.ended = True
         self.over.set()
         _WATCHDOG.unwatch(self)
 
