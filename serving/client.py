@@ -171,6 +171,7 @@ class AigcClient:
         exclude_input_in_output: bool = True,
         timeout_s: float | None = None,
         model: str = "gpt2",
+        model_version: str = "",
         min_tokens: int = 0,
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
@@ -181,7 +182,8 @@ class AigcClient:
         """Text from the served GPT-2: an iterator of deltas (stream=True) or the whole string.
         `prompt`: text, or token ids (sent as `input_ids`). `extra`: further
         `sampling_parameters` fields (`min_p`, `stop_token_ids`, `bad_words`, `logprobs`,
-        `prompt_logprobs`). `details`: a dict the server's counts fill once the text is
+        `prompt_logprobs`). `model_version`: the version to run ("" the server's choice, its
+        newest); a version the server does not serve is an error before any text. `details`: a dict the server's counts fill once the text is
         complete (the vLLM backend's additional outputs): `finish_reason` ("stop", "length"),
         `prompt_tokens`, `completion_tokens`; with `logprobs` / `prompt_logprobs`, also
         `logprobs` (an `engine.logprobs` entry per generated token, filled as responses
@@ -206,11 +208,20 @@ class AigcClient:
         elif not isinstance(prompt, str) or not prompt:
             raise ClientError("prompt (text_input) must be a non-empty string or a list of token ids")
         deltas = self._stream(
-            model, prompt, params, stream, exclude_input_in_output, timeout_s or self.timeout_s, details
+            model,
+            prompt,
+            params,
+            stream,
+            exclude_input_in_output,
+            timeout_s or self.timeout_s,
+            details,
+            str(model_version),
         )
         return deltas if stream else "".join(deltas)
 
-    def _stream(self, model, prompt, params, stream, exclude, timeout_s, details=None) -> Iterator[str]:
+    def _stream(
+        self, model, prompt, params, stream, exclude, timeout_s, details=None, version=""
+    ) -> Iterator[str]:
         if isinstance(prompt, str):
             first = _bytes_tensor("text_input", prompt)
         else:
@@ -228,7 +239,7 @@ class AigcClient:
                 details.update(logprobs=[], prompt_logprobs=None)
                 tensors.append(_bool_tensor("return_logprobs", True))
         request_id = uuid.uuid4().hex
-        request = _request(model, request_id, tensors)
+        request = _request(model, request_id, tensors, version)
         call = self._open(request, model, timeout_s, on_late=self._late)
         done = False  # its final response or its error arrived: nothing of it runs on the server
         retry = _Backoff(self.retry_deadline_s)
@@ -248,32 +259,33 @@ class AigcClient:
                     raise ClientError(call.late_message())
                 if details is not None:
                     _add_details(details, result)
-                out = result.as_numpy("text_output")
-                if out is not None and out.size:
-                    text = b"".join(x if isinstance(x, bytes) else str(x).encode() for x in out.reshape(-1))
-                    if text:
-                        yield text.decode("utf-8")
-                if _is_final(result):
+                text = result.text("text_output")
+                if text:
+                    yield text.decode("utf-8")
+                if result.final:
                     done = True
                     return
         finally:
             if done:
                 call.finish()
             else:  # a timeout, a broken connection, or the caller stopped reading
-                self._stop(call, model, request_id)
+                self._stop(call)
 
-    def model_assets(self, model: str = "gpt2", timeout_s: float | None = None) -> dict:
+    def model_assets(
+        self, model: str = "gpt2", timeout_s: float | None = None, model_version: str = ""
+    ) -> dict:
         """The served text model's `tokenizer` (tokenizer.json text) and `model_info`, read
-        through Triton (`return_assets`): no access to the repository's storage needed."""
-        request = _request(model, uuid.uuid4().hex, [_bool_tensor("return_assets", True)])
+        through Triton (`return_assets`): no access to the repository's storage needed.
+        `model_version`: whose ("" the server's newest)."""
+        request = _request(model, uuid.uuid4().hex, [_bool_tensor("return_assets", True)], str(model_version))
         call = self._open(request, model, timeout_s or self.timeout_s)
         try:
             result = call.next()
-            raw = result.as_numpy("assets")
-            if raw is None or not raw.size:
+            raw = result.text("assets")
+            if not raw:
                 raise ClientError(f"{model} returned no assets")
-            data = json.loads(raw.reshape(-1)[0])
-            if not _is_final(result):  # the empty final response
+            data = json.loads(raw)
+            if not result.final:  # the empty final response
                 call.next()
             call.finish()
             return data
@@ -304,7 +316,7 @@ class AigcClient:
             start = self._infer_stream
         return _Call(start, request, self.url, model, timeout_s, on_late)
 
-    def _stop(self, call: _Call, model: str, request_id: str, wait_s: float = 5.0) -> None:
+    def _stop(self, call: _Call, wait_s: float = 5.0) -> None:
         """End an unfinished request on the server with TensorRT-LLM's `stop` input (a call
         of its own carrying the request's id), then read the request's call to its end.
         Cancelling the gRPC call would end it too, but the Triton of the embedded server
@@ -314,20 +326,18 @@ class AigcClient:
         if not call.ended:
             try:
                 # a late request's stop went out from the watchdog's thread (`_late`)
-                if call.timed_out or self._send_stop(model, request_id, wait_s):
+                if call.timed_out or self._send_stop(call, wait_s):
                     call.timeout_s = wait_s
                     call.read_to_end(wait_s)
             except ClientError:  # no answer in wait_s
                 pass
         call.close()
 
-    def _send_stop(self, model: str, request_id: str, wait_s: float) -> bool:
-        """Send `stop` for `request_id`; True once the server answered it."""
-        stop = self._open(
-            _request(model, request_id, [_bytes_tensor("text_input", ""), _bool_tensor("stop", True)]),
-            model,
-            wait_s,
-        )
+    def _send_stop(self, call: _Call, wait_s: float) -> bool:
+        """Send `stop` for `call`'s request, to the version that runs it; True once the server
+        answered it."""
+        tensors = [_bytes_tensor("text_input", ""), _bool_tensor("stop", True)]
+        stop = self._open(_request(call.model, call.request_id, tensors, call.version), call.model, wait_s)
         try:
             return stop.read_to_end(wait_s)
         finally:
@@ -339,7 +349,7 @@ class AigcClient:
         reports the timeout; the call is cancelled if it is not over `wait_s` later (a
         server that answers nothing)."""
         try:
-            self._send_stop(call.model, call.request_id, wait_s)
+            self._send_stop(call, wait_s)
         except ClientError:
             pass
         if not call.over.wait(wait_s):
@@ -394,7 +404,7 @@ class _Call:
 
     def __init__(self, start, request, url: str, model: str, timeout_s: float, on_late=None):
         self.url, self.model, self.timeout_s, self.on_late = url, model, timeout_s, on_late
-        self.request_id = request.id
+        self.request_id, self.version = request.id, request.model_version
         self.deadline = math.inf  # while a read waits: past it the watchdog steps in
         self.timed_out = False  # the watchdog stepped in
         self.answered = False  # a response arrived
@@ -434,7 +444,7 @@ class _Call:
         self.answered = True
         if response.error_message:
             raise _Failed(response.error_message, in_band=True)
-        return grpcclient.InferResult(response.infer_response)
+        return _Response(response.infer_response)
 
     def read_to_end(self, within_s: float) -> bool:
         """Read the responses up to the request's last, then the call's end: True when that
@@ -447,7 +457,7 @@ class _Call:
                 if failed.in_band:
                     self.finish()
                 return False
-            if _is_final(result):
+            if result.final:
                 self.finish()
                 return True
         return False
@@ -565,10 +575,11 @@ def _bool_tensor(name: str, value: bool) -> tuple[str, str, list[int], bytes]:
     return name, "BOOL", [1], b"\x01" if value else b"\x00"
 
 
-def _request(model: str, request_id: str, tensors) -> service_pb2.ModelInferRequest:
+def _request(model: str, request_id: str, tensors, version: str = "") -> service_pb2.ModelInferRequest:
     """A ModelInferRequest of `tensors` (`_bytes_tensor` tuples) that asks for the empty final
-    response, so that a stream's end is always a response flagged final."""
-    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    response, so that a stream's end is always a response flagged final; `version` "" leaves
+    the version to the server's policy."""
+    request = service_pb2.ModelInferRequest(model_name=model, model_version=version, id=request_id)
     request.parameters["triton_enable_empty_final_response"].bool_param = True
     for name, datatype, shape, raw in tensors:
         request.inputs.add(name=name, datatype=datatype, shape=shape)
@@ -582,20 +593,19 @@ _DETAIL_FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_
 def _add_details(details: dict, result) -> None:
     """Fold one response's additional outputs into `details`: output tokens add up, the
     prompt's count and the finish reason are taken as they come."""
-    reason = result.as_numpy("finish_reason")
-    if reason is not None and reason.size and reason.reshape(-1)[0]:
-        word = reason.reshape(-1)[0]
-        details["finish_reason"] = word.decode() if isinstance(word, bytes) else str(word)
-    prompt = result.as_numpy("num_input_tokens")
-    if prompt is not None and prompt.size:
-        details["prompt_tokens"] = int(prompt.reshape(-1)[0])
-    generated = result.as_numpy("num_output_tokens")
-    if generated is not None and generated.size:
-        details["completion_tokens"] += int(generated.reshape(-1)[0])
+    reason = result.text("finish_reason")
+    if reason:
+        details["finish_reason"] = reason.decode()
+    prompt = result.integer("num_input_tokens")
+    if prompt is not None:
+        details["prompt_tokens"] = prompt
+    generated = result.integer("num_output_tokens")
+    if generated is not None:
+        details["completion_tokens"] += generated
     if "logprobs" in details:
-        raw = result.as_numpy("logprobs")
-        if raw is not None and raw.size and raw.reshape(-1)[0]:
-            got = json.loads(raw.reshape(-1)[0])
+        raw = result.text("logprobs")
+        if raw:
+            got = json.loads(raw)
             if "prompt" in got:
                 details["prompt_logprobs"] = got["prompt"]
             details["logprobs"].extend(got.get("tokens", ()))
@@ -605,9 +615,62 @@ def _is_token_id(t) -> bool:
     return isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t >= 0
 
 
-def _is_final(result) -> bool:
-    final = result.get_response().parameters.get("triton_final_response")
-    return final is not None and final.bool_param
+_INTEGERS = {"UINT32": "<I", "INT32": "<i", "UINT64": "<Q", "INT64": "<q", "UINT16": "<H", "INT16": "<h"}
+
+
+class _Response:
+    """A text request's response (a ModelInferResponse), its outputs read straight from the
+    message: a stream reads up to five a token, and `tritonclient`'s `InferResult.as_numpy`
+    searches the outputs and goes through numpy for each (a third of the client's CPU a
+    token at 8 streams, profiled)."""
+
+    __slots__ = ("message", "_raw")
+
+    def __init__(self, message):
+        self.message = message
+        raw = message.raw_output_contents
+        outputs = message.outputs
+        self._raw = (
+            {o.name: (o.datatype, raw[i]) for i, o in enumerate(outputs)}
+            if len(raw) == len(outputs)
+            else None  # contents in the typed fields (not what Triton sends): tritonclient's way
+        )
+
+    @property
+    def final(self) -> bool:
+        """Whether this is the request's last response."""
+        flag = self.message.parameters.get("triton_final_response")
+        return flag is not None and flag.bool_param
+
+    def text(self, name: str) -> bytes | None:
+        """The elements of BYTES output `name` joined (None where the response lacks it)."""
+        if self._raw is None:
+            return self._numpy_text(name)
+        got = self._raw.get(name)
+        if got is None or got[0] != "BYTES":
+            return None
+        raw, parts, at = got[1], [], 0
+        while at + 4 <= len(raw):  # each element: its length (4 bytes, little-endian), its bytes
+            (n,) = struct.unpack_from("<I", raw, at)
+            parts.append(raw[at + 4 : at + 4 + n])
+            at += 4 + n
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def integer(self, name: str) -> int | None:
+        """The first element of integer output `name` (None where the response lacks it)."""
+        if self._raw is None:
+            out = grpcclient.InferResult(self.message).as_numpy(name)
+            return int(out.reshape(-1)[0]) if out is not None and out.size else None
+        got = self._raw.get(name)
+        if got is None or got[0] not in _INTEGERS or not got[1]:
+            return None
+        return struct.unpack_from(_INTEGERS[got[0]], got[1])[0]
+
+    def _numpy_text(self, name: str) -> bytes | None:
+        out = grpcclient.InferResult(self.message).as_numpy(name)
+        if out is None or not out.size:
+            return None
+        return b"".join(x if isinstance(x, bytes) else str(x).encode() for x in out.reshape(-1))
 
 
 def _message(exc) -> str:
