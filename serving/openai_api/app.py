@@ -15,6 +15,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import queue
 import socket
 import threading
@@ -62,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 # How often a handler waiting for the next delta checks that its HTTP client is still there.
 DISCONNECT_POLL_S = 0.25
+# Age past which the served models' index is asked again, in the background (`TritonModels`).
+INDEX_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,16 @@ class ServedModel:
 
 class TritonModels:
     """The server's text models (those with the `text_input` / `text_output` interface):
-    READY entries of Triton's repository index, asked on every request so that a version
-    switch (`aigc build --url`, `aigc rollback`) is followed; a version's tokenizer, limits
-    and chat template are read once."""
+    READY entries of Triton's repository index; a version's tokenizer, limits and chat
+    template are read once.
+
+    A request does not wait for the index (a round trip, ~0.8 ms of its first token): it
+    takes the one last asked, which is asked again in the background once it is older than
+    `INDEX_REFRESH_S`. A version switch (`aigc build --url`, `aigc rollback`) is still
+    followed at once: a generation runs on the version it was given (its tokenizer and
+    template are that version's), and when that version has gone its request is refused
+    before any text; `generate` then asks the index (`moved`) and starts it again on the
+    version now served."""
 
     def __init__(self, url: str, repository: Path | None, timeout_s: float = 10.0, key: str | None = None):
         self.url, self.timeout_s = url, timeout_s
@@ -105,6 +115,10 @@ class TritonModels:
         self._client = None
         self._is_text: dict[tuple[str, str], bool] = {}
         self._loaded: dict[tuple[str, str], ServedModel] = {}
+        self._served: dict[str, str] | None = None  # name -> version, as last asked
+        self._served_at = -math.inf  # when that ask started (time.monotonic)
+        self._asking: asyncio.Future | None = None  # the index being asked now
+        self._asking_at = -math.inf  # when that ask started
 
     def _grpc(self):
         if self._client is None:  # created on the event loop it will run on
@@ -137,6 +151,7 @@ class TritonModels:
 
     async def text_models(self) -> list[tuple[str, str]]:
         """(name, version) of every READY text model; the newest version where several are."""
+        asked = time.monotonic()
         index = await self._ask("get_model_repository_index")
         newest: dict[str, str] = {}
         for entry in index.get("models", []):
@@ -150,12 +165,44 @@ class TritonModels:
                 self._is_text[(name, version)] = "text_input" in inputs and "text_output" in outputs
             if self._is_text[(name, version)] and int(version) > int(newest.get(name, "0")):
                 newest[name] = version
+        if asked >= self._served_at:  # not overtaken by an ask started later
+            self._served, self._served_at = dict(newest), asked
         return sorted(newest.items())
 
-    async def get(self, name: str) -> ServedModel:
+    async def _index(self, fresh: bool = False) -> dict[str, str]:
+        """name -> version of the served text models: asked now where `fresh` or none is known
+        yet (concurrent callers share one ask), else the one last asked, with a new ask
+        started in the background once it is older than `INDEX_REFRESH_S`."""
+        if fresh or self._served is None:
+            called = time.monotonic()
+            while True:
+                if self._asking is None or self._asking.done():
+                    self._ask_index()
+                started = self._asking_at
+                await asyncio.shield(self._asking)  # a caller gone does not cancel the others' ask
+                if not fresh or started >= called:  # fresh: an ask that started after the call
+                    return self._served
+        if (
+            self._asking is None or self._asking.done()
+        ) and time.monotonic() - self._served_at > INDEX_REFRESH_S:
+            self._ask_index()
+        return self._served
+
+    def _ask_index(self) -> None:
+        self._asking_at = time.monotonic()
+        self._asking = asyncio.ensure_future(self.text_models())
+        # a failed ask is logged (`_ask`) and raised to those who wait for it; one nobody
+        # waits for (a background ask) is marked seen, and the next request asks again
+        self._asking.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def moved(self, model: ServedModel) -> bool:
+        """Whether the server no longer serves `model`'s version (asked now)."""
+        return (await self._index(fresh=True)).get(model.name) != model.version
+
+    async def get(self, name: str, fresh: bool = False) -> ServedModel:
         """The served model `name`; "" names the one text model where one is served (vLLM's
-        tokenizer routes take no model)."""
-        served = dict(await self.text_models())
+        tokenizer routes take no model). `fresh`: the index asked now, not the one last asked."""
+        served = await self._index(fresh)
         if not name and len(served) == 1:
             name = next(iter(served))
         elif not name:
@@ -179,7 +226,7 @@ class TritonModels:
 
         if "return_assets" in inputs:
             with AigcClient(self.url, timeout_s=60) as client:
-                data = client.model_assets(name)
+                data = client.model_assets(name, model_version=version)
             return Tokenizer.from_str(data["tokenizer"]), data["model_info"]
         if self.repository is None:
             raise ValueError(
@@ -242,6 +289,10 @@ def _extra_sampling(p: SamplingParams) -> dict:
     return extra
 
 
+class _VersionGone(Exception):
+    """A generation was refused before any text, and its model's version is no longer served."""
+
+
 class _ClientGone(Exception):
     """The HTTP client disconnected; its generation has been cancelled."""
 
@@ -255,7 +306,7 @@ class _Run:
     def __init__(
         self,
         client: AigcClient,
-        model: str,
+        model: ServedModel,
         prompt: str | list[int],
         params: SamplingParams,
         details: dict | None = None,
@@ -284,7 +335,8 @@ class _Run:
                 stop=list(p.stop) or None,
                 ignore_eos=p.ignore_eos,
                 stream=True,
-                model=self.model,
+                model=self.model.name,
+                model_version=self.model.version,  # the version whose tokenizer made the prompt
                 min_tokens=p.min_tokens,
                 presence_penalty=p.presence_penalty,
                 frequency_penalty=p.frequency_penalty,
@@ -583,6 +635,19 @@ def create_app(
 
     async def generate(request: Request, gen: Generation) -> Response:
         model = await models.get(gen.model)
+        try:
+            return await answer(request, gen, model, retry=True)
+        except _VersionGone:  # switched since the index was last asked: once more on the new one
+            now = await models.get(gen.model, fresh=True)
+            logger.info(
+                "%s version %s is no longer served: the request goes to version %s",
+                model.name,
+                model.version,
+                now.version,
+            )
+            return await answer(request, gen, now, retry=False)
+
+    async def answer(request: Request, gen: Generation, model: ServedModel, retry: bool) -> Response:
         if gen.logprobs is not None and not model.logprobs:
             raise bad_request(
                 f"logprobs: version {model.version} of {model.name} was built before the served models "
@@ -620,6 +685,8 @@ def create_app(
         if errors:  # an error before any text keeps its HTTP status
             for c in choices:
                 c.cancel()
+            if retry and await models.moved(model):
+                raise _VersionGone
             raise server_error(errors[0], gen)
         writer = ResponseWriter(gen)
         if gen.stream:
@@ -680,7 +747,7 @@ class _Choice:
         asks = self.gen.logprobs is not None or self.gen.best_of > self.gen.n
         details = {} if (self.model.counts or asks) else None
         prompt = self.text if self.ids is None else self.ids
-        self.run = _Run(client, self.model.name, prompt, self.params, details)
+        self.run = _Run(client, self.model, prompt, self.params, details)
 
     async def collect(self, request: Request, item: tuple[str, str | None]) -> None:
         while item[0] == "delta":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import re
 import signal
 import socket
@@ -16,13 +17,15 @@ import time
 
 import openai
 import pytest
+import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
-from support import metric_total, newest_version
+from support import metric_total, newest_version, start_server
 from tokenizers import Tokenizer
 
 from engine.config import EngineConfig
 from serving.builder import BuildOptions, build_repository
 from serving.client import AigcClient
+from serving.control import reload
 from serving.openai_api import OpenAIFrontend
 from serving.openai_api.protocol import ChatTemplate
 from serving.repository import read_config
@@ -78,6 +81,47 @@ def _start_logged(cmd: list[str], pattern: str, timeout_s: float):
 
 
 # -- against the live server -----------------------------------------------------------------
+@pytest.mark.server
+def test_a_request_just_after_a_version_switch_runs_on_the_new_version(exports, tmp_path, caplog):
+    """The frontend does not ask the server's index on every request: it takes the one last
+    asked. A request right after a switch still runs on the new version: its generation names
+    the version whose tokenizer made its prompt, the old one (unloaded) refuses it before any
+    text, and the frontend starts it again on the version now served."""
+    repo = tmp_path / "repo"
+    options = BuildOptions(variant="fp32", intra_op_threads=1)
+    build_repository([exports["gpt2"]], repo, options)
+    srv = start_server(repo)
+    body = {"model": "gpt2", "prompt": PROMPT, "max_tokens": 4, "temperature": 0}
+
+    def served_by(version: str) -> int:
+        with grpcclient.InferenceServerClient(srv.grpc_url) as c:
+            stats = c.get_inference_statistics("gpt2", version, as_json=True)["model_stats"][0]
+        return int(stats["inference_stats"].get("success", {}).get("count", 0))
+
+    try:
+        with OpenAIFrontend(srv.grpc_url, repo) as frontend:
+            status, first = _post(frontend.url, "/v1/completions", body)
+            assert status == 200, first
+            build_repository([exports["gpt2"]], repo, options)
+            assert reload(srv.grpc_url, "gpt2") == 2
+            before = served_by("2")
+            with caplog.at_level(logging.INFO, logger="serving.openai_api.app"):
+                status, second = _post(frontend.url, "/v1/completions", body)
+            assert status == 200, second
+            assert second["choices"][0]["text"] == first["choices"][0]["text"]  # the same weights
+            after = served_by("2")
+            assert after > before  # (its count may take in the frontend's asking for the tokenizer)
+            assert "gpt2 version 1 is no longer served: the request goes to version 2" in caplog.text
+            # and the index now known is the new one: no refusal, no second start
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="serving.openai_api.app"):
+                status, third = _post(frontend.url, "/v1/completions", body)
+            assert status == 200 and served_by("2") > after
+            assert "no longer served" not in caplog.text
+    finally:
+        srv.stop()
+
+
 @pytest.mark.server
 def test_models_lists_the_text_models_only(oai):
     assert [m.id for m in oai.models.list().data] == ["gpt2"]  # not dcgan / vae_*

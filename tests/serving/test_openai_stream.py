@@ -108,3 +108,55 @@ def test_the_inbox_says_when_nothing_came_and_a_cancelled_wait_raises():
         assert await inbox.get(60) == "after"
 
     asyncio.run(check())
+
+
+async def _settle():
+    """Let the loop run what is ready (tasks started, futures' callbacks)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+class _Index(frontend.TritonModels):
+    """`TritonModels` whose index asks are counted and answered when the test says so."""
+
+    def __init__(self):
+        super().__init__("unused:0", None)
+        self.asks, self.version, self.answer = 0, "1", None
+
+    async def text_models(self):
+        self.asks += 1
+        asked = frontend.time.monotonic()
+        self.answer = asyncio.get_running_loop().create_future()
+        version = await self.answer
+        if asked >= self._served_at:
+            self._served, self._served_at = {"gpt2": version}, asked
+        return [("gpt2", version)]
+
+
+def test_the_index_is_asked_once_for_concurrent_requests_then_again_only_in_the_background(monkeypatch):
+    async def scenario():
+        models = _Index()
+        first = [asyncio.ensure_future(models._index()) for _ in range(3)]
+        await _settle()
+        assert models.asks == 1  # three requests, none known yet: one ask, all wait for it
+        models.answer.set_result("1")
+        assert [await f for f in first] == [{"gpt2": "1"}] * 3
+        assert await models._index() == {"gpt2": "1"} and models.asks == 1  # young: not asked
+        monkeypatch.setattr(frontend, "INDEX_REFRESH_S", 0.0)
+        # old: the request takes what is known at once, and an ask starts beside it
+        assert await models._index() == {"gpt2": "1"}
+        await _settle()
+        assert models.asks == 2
+        assert await models._index() == {"gpt2": "1"} and models.asks == 2  # one ask at a time
+        # fresh while that background ask (started before the call) runs: it waits for an ask
+        # started after the call, so a switch the earlier ask may have missed is seen
+        fresh = asyncio.ensure_future(models._index(fresh=True))
+        await _settle()
+        models.answer.set_result("1")
+        await _settle()
+        assert not fresh.done() and models.asks == 3
+        models.answer.set_result("2")
+        assert await fresh == {"gpt2": "2"}
+        assert await models._index() == {"gpt2": "2"}
+
+    asyncio.run(scenario())
