@@ -7,6 +7,8 @@ medians and percentiles (never a single run).
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import logging
 import os
 import statistics
@@ -106,6 +108,57 @@ def served_stream(client, prompt: str, new_tokens: int) -> dict:
     return stream_timing(t0, stamps, time.perf_counter(), new_tokens)
 
 
+class OpenAIStreamer:
+    """Streamed completions through an OpenAI-compatible endpoint (`aigc serve --openai-port`)
+    on one kept-alive HTTP connection, read as server-sent events: `generate_text` yields
+    each chunk's text as `AigcClient.generate_text` yields deltas, so `served_stream` times
+    both paths alike."""
+
+    def __init__(self, base_url: str, model: str = "gpt2", timeout_s: float = 300.0):
+        host, _, port = base_url.removeprefix("http://").rstrip("/").partition(":")
+        self.model = model
+        self.conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout_s)
+
+    def generate_text(self, prompt: str, max_tokens: int, ignore_eos: bool = True, stream: bool = True):
+        body = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": ignore_eos,
+            "stream": True,
+        }
+        self.conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"/v1/completions answered {resp.status}: {resp.read()[:300]!r}")
+        while True:
+            line = resp.readline()
+            if not line:
+                raise RuntimeError("/v1/completions: the stream ended before data: [DONE]")
+            if not line.startswith(b"data: "):
+                continue
+            data = line[6:].strip()
+            if data == b"[DONE]":
+                resp.read()  # the body's end: the connection is kept for the next request
+                return
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise RuntimeError(f"/v1/completions: {chunk['error'].get('message')}")
+            text = chunk["choices"][0].get("text") if chunk.get("choices") else None
+            if text:
+                yield text
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> OpenAIStreamer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def summarise_streams(runs: list[dict], wall_s: float | None = None) -> dict:
     """TTFT and inter-token percentiles over every run; tokens/s per stream (median) and in all."""
     tokens = sum(r["tokens"] for r in runs)
@@ -135,18 +188,24 @@ def served_concurrency(
     concurrency: int,
     requests_per_stream: int,
     warmup_tokens: int | None = None,
+    openai: bool = False,
 ) -> dict:
     """`concurrency` streams at once, each on its own connection sending requests back to back.
 
     Each connection first sends one untimed request of `warmup_tokens` new tokens (default
-    `new_tokens`) with the same prompt."""
+    `new_tokens`) with the same prompt. `openai`: `url` is an OpenAI-compatible endpoint's
+    (`http://host:port`), called with streamed completions (`OpenAIStreamer`); else Triton's
+    gRPC address, called with `AigcClient`."""
     from serving.client import AigcClient
 
     runs: list[dict] = []
     lock = threading.Lock()
 
+    def connect():
+        return OpenAIStreamer(url) if openai else AigcClient(url, timeout_s=300)
+
     def worker(start: threading.Barrier) -> None:
-        with AigcClient(url, timeout_s=300) as client:
+        with connect() as client:
             served_stream(client, prompt, warmup_tokens or new_tokens)  # warm-up of this connection
             start.wait()
             for _ in range(requests_per_stream):

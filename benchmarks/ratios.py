@@ -197,6 +197,27 @@ def _gpt2_profile_ratios(g: dict, cfg: dict) -> dict:
     return out
 
 
+def _gpt2_openai_ratios(g: dict) -> dict:
+    """The OpenAI frontend against gRPC, each round's pair run back to back: tokens/s at one
+    stream and at the round's top concurrency (through / over), and one stream's TTFT p50
+    (through minus over, ms); the median of the rounds, the spread beside."""
+    out: dict[str, float | None] = {}
+    openai = g.get("openai") or {}
+    rounds, top = openai.get("rounds") or [], openai.get("concurrency")
+    for c in (1, top):
+        each = [div(r.get(f"openai_c{c}"), r.get(f"grpc_c{c}")) for r in rounds]
+        if each and None not in each:
+            _median_spread(out, f"gpt2_openai_vs_grpc_c{c}_tokens_per_s", each)
+    gaps = [
+        r["openai_ttft_ms"] - r["grpc_ttft_ms"]
+        for r in rounds
+        if None not in (r.get("openai_ttft_ms"), r.get("grpc_ttft_ms"))
+    ]
+    if gaps and len(gaps) == len(rounds):
+        _median_spread(out, "gpt2_openai_minus_grpc_ttft_ms", gaps)
+    return out
+
+
 def _gpt2_many_users_ratios(g: dict) -> dict:
     """Many users: the long prompts' and many streams' served figures against the short
     streams', and the engine probes' (offline, on the export's OpenVINO variant)."""
@@ -343,6 +364,7 @@ def ratios(results: dict) -> dict:
                 out[f"gpt2_aggregate_c{c}_vs_c1"] = round(statistics.median(each), 3)
         out.update(_gpt2_profile_ratios(g, results.get("config", {})))
         out.update(_gpt2_many_users_ratios(g))
+        out.update(_gpt2_openai_ratios(g))
         out.update(_gpt2_peer_ratios(g))
     for model, r in results.get("images", {}).items():
         served = r["served_ms"]["p50"]

@@ -8,6 +8,12 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +49,7 @@ def steps(opts: BenchOptions) -> int:
         + (opts.scaling_rounds - 1 if opts.scaling_top() else 0)
         + (opts.scaling_rounds - 1 if _long_rounds_concurrency(opts) else 0)
         + (opts.scaling_rounds - 1 if 8 in opts.concurrency and opts.many_users > 8 else 0)
+        + (opts.scaling_rounds if opts.scaling_top() else 0)  # the OpenAI frontend's rounds
         + 2  # many users, engine probes
     )
 
@@ -255,6 +262,7 @@ def run(opts: BenchOptions, url: str, s: Subject, variant: str | None, bar) -> d
             )
             bar.update()
         _scaling_rounds(opts, url, prompt, out, bar, ceiling)
+    _openai_rounds(opts, url, prompt, out, bar)
     if "1" in out["served"]:
         from benchmarks import genai_perf
 
@@ -346,6 +354,75 @@ def _scaling_rounds(opts: BenchOptions, url: str, prompt: str, out: dict, bar, c
         lambda: {"c1": aggregate(1), f"c{top}": aggregate(top), **(ceiling() if ceiling else {})},
     )
     out["scaling_rounds"] = {"concurrency": top, "rounds": rounds}
+
+
+def _openai_rounds(opts: BenchOptions, url: str, prompt: str, out: dict, bar) -> None:
+    """What the OpenAI frontend costs: one stream and `scaling_top` streams through
+    `/v1/completions` (streamed, server-sent events) and straight over gRPC, in turns,
+    `scaling_rounds` rounds; the order flips each round. A round: {"grpc_c1", "openai_c1",
+    "grpc_c<top>", "openai_c<top>"} (aggregate tok/s) and {"grpc_ttft_ms",
+    "openai_ttft_ms"} (one stream's TTFT p50)."""
+    from benchmarks import measure
+
+    top = opts.scaling_top()
+    if top is None:
+        return
+    log = opts.out / "openai-frontend.log"
+    with _openai_frontend(url, log) as base:
+        rounds = []
+        for r in range(1, opts.scaling_rounds + 1):
+            step(bar, f"gpt2 served through the OpenAI frontend and over gRPC, round {r}")
+            got: dict = {}
+            for path in ("grpc", "openai") if r % 2 else ("openai", "grpc"):
+                target, via_openai = (base, True) if path == "openai" else (url, False)
+                one = measure.served_concurrency(target, prompt, opts.new_tokens, 1, 8, openai=via_openai)
+                many = measure.served_concurrency(target, prompt, opts.new_tokens, top, 2, openai=via_openai)
+                got[f"{path}_c1"] = one["aggregate_tokens_per_s"]
+                got[f"{path}_c{top}"] = many["aggregate_tokens_per_s"]
+                got[f"{path}_ttft_ms"] = one["ttft_ms"]["p50"]
+            rounds.append(got)
+            bar.update()
+    out["openai"] = {"concurrency": top, "rounds": rounds}
+
+
+@contextlib.contextmanager
+def _openai_frontend(url: str, log: Path, timeout_s: float = 60.0):
+    """`python -m serving.openai_api` in front of the server at `url`, in a process of its own
+    (so that its event loop and threads are not the measuring client's), its log in `log`:
+    yields its base URL once `/health` answers 200."""
+    with socket.socket() as probe:  # a free port for it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.openai_api", "--triton-url", url, "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise BenchmarkError(f"the OpenAI frontend exited with {proc.returncode}; see {log}")
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"the OpenAI frontend was not ready in {timeout_s:.0f} s; see {log}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 CEILING_ROUNDS = 3  # rounds of the served graphs' steps timed after each scaling round

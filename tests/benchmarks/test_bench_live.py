@@ -75,6 +75,12 @@ def test_live_quick_run_against_the_server(server, exports, tmp_path):
     assert all(r["step1_ms"] > 0 and r["step2_ms"] > 0 for r in scaling["rounds"])
     shares = sorted((r["c2"] / r["c1"]) / (2 * r["step1_ms"] / r["step2_ms"]) for r in scaling["rounds"])
     assert results["ratios"]["gpt2_aggregate_c2_vs_step_ceiling"] == pytest.approx(sum(shares) / 2, abs=2e-3)
+    # one stream and two through the OpenAI frontend (a process of its own) and over gRPC, in turns
+    openai = g["openai"]
+    assert openai["concurrency"] == 2 and len(openai["rounds"]) == 2
+    assert all(r[f"{p}_c{c}"] > 0 for r in openai["rounds"] for p in ("grpc", "openai") for c in (1, 2))
+    assert all(r["openai_ttft_ms"] > 0 and r["grpc_ttft_ms"] > 0 for r in openai["rounds"])
+    assert {"gpt2_openai_vs_grpc_c2_tokens_per_s", "gpt2_openai_minus_grpc_ttft_ms"} <= set(results["ratios"])
     long, mixed = g["long"], g["mixed"]
     assert long["prompt_tokens"] == 64 and long["served"]["2"]["requests"] == 4
     # long and short streams at 2, back to back, twice (--scaling-rounds 2)

@@ -136,6 +136,32 @@ def test_many_streams_over_8_is_taken_per_pair_run_back_to_back():
     assert r["gpt2_aggregate_c64_vs_c8_max"] == pytest.approx(1000.0 / 700.0, abs=1e-3)
 
 
+def test_the_openai_frontend_is_set_against_grpc_per_round_run_back_to_back():
+    results = sample_results()
+    assert not any(k.startswith("gpt2_openai") for k in ratios.ratios(results))  # not measured: none
+    results["gpt2"]["openai"] = {
+        "concurrency": 8,
+        "rounds": [
+            {"grpc_c1": 200.0, "openai_c1": 190.0, "grpc_c8": 800.0, "openai_c8": 600.0},
+            {"grpc_c1": 100.0, "openai_c1": 98.0, "grpc_c8": 400.0, "openai_c8": 360.0},
+            {"grpc_c1": 150.0, "openai_c1": 120.0, "grpc_c8": 500.0, "openai_c8": 400.0},
+        ],
+    }
+    for r, (grpc, openai) in zip(
+        results["gpt2"]["openai"]["rounds"], [(9.0, 11.0), (10.0, 15.0), (8.0, 9.0)]
+    ):
+        r.update(grpc_ttft_ms=grpc, openai_ttft_ms=openai)
+    r = ratios.ratios(results)
+    assert r["gpt2_openai_vs_grpc_c8_tokens_per_s"] == pytest.approx(0.8)  # of 0.75, 0.9, 0.8
+    assert (r["gpt2_openai_vs_grpc_c8_tokens_per_s_min"], r["gpt2_openai_vs_grpc_c8_tokens_per_s_max"]) == (
+        0.75,
+        0.9,
+    )
+    assert r["gpt2_openai_vs_grpc_c1_tokens_per_s"] == pytest.approx(0.95)  # of 0.95, 0.98, 0.8
+    assert r["gpt2_openai_minus_grpc_ttft_ms"] == pytest.approx(2.0)  # of 2, 5, 1
+    assert r["gpt2_openai_minus_grpc_ttft_ms_max"] == pytest.approx(5.0)
+
+
 def test_many_users_ratios():
     r = sample_results()["ratios"]
     assert r["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(12.0 / 8.0)

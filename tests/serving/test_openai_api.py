@@ -123,6 +123,21 @@ def test_a_request_just_after_a_version_switch_runs_on_the_new_version(exports, 
 
 
 @pytest.mark.server
+def test_the_benchs_sse_streamer_reads_what_the_client_gets_on_one_kept_connection(api, client):
+    """`benchmarks.measure.OpenAIStreamer`, which times the frontend in `aigc bench`: its
+    chunks join to the gRPC client's greedy text, request after request on one connection."""
+    from benchmarks.measure import OpenAIStreamer
+
+    want = client.generate_text(PROMPT, max_tokens=N, ignore_eos=True, stream=False)
+    with OpenAIStreamer(api.url) as streamer:
+        first = list(streamer.generate_text(PROMPT, N))
+        sock = streamer.conn.sock
+        second = list(streamer.generate_text(PROMPT, N))
+        assert streamer.conn.sock is sock  # the connection was kept
+    assert "".join(first) == "".join(second) == want and len(first) >= 1
+
+
+@pytest.mark.server
 def test_models_lists_the_text_models_only(oai):
     assert [m.id for m in oai.models.list().data] == ["gpt2"]  # not dcgan / vae_*
     assert oai.models.retrieve("gpt2").id == "gpt2"
