@@ -203,6 +203,8 @@ class TritonModels:
         """The served model `name`; "" names the one text model where one is served (vLLM's
         tokenizer routes take no model). `fresh`: the index asked now, not the one last asked."""
         served = await self._index(fresh)
+        if not fresh and (name not in served if name else len(served) != 1):
+            served = await self._index(fresh=True)  # a miss: perhaps loaded since last asked
         if not name and len(served) == 1:
             name = next(iter(served))
         elif not name:

@@ -8,6 +8,8 @@ import asyncio
 import json
 import threading
 
+import pytest
+
 from engine.runners.fake import word_tokenizer
 from serving.openai_api import app as frontend
 from serving.openai_api.protocol import ChatTemplate, ResponseWriter, parse_completion
@@ -127,10 +129,11 @@ class _Index(frontend.TritonModels):
         self.asks += 1
         asked = frontend.time.monotonic()
         self.answer = asyncio.get_running_loop().create_future()
-        version = await self.answer
+        answer = await self.answer  # gpt2's version, or the whole index
+        served = answer if isinstance(answer, dict) else {"gpt2": answer}
         if asked >= self._served_at:
-            self._served, self._served_at = {"gpt2": version}, asked
-        return [("gpt2", version)]
+            self._served, self._served_at = served, asked
+        return sorted(served.items())
 
 
 def test_the_index_is_asked_once_for_concurrent_requests_then_again_only_in_the_background(monkeypatch):
@@ -158,5 +161,31 @@ def test_the_index_is_asked_once_for_concurrent_requests_then_again_only_in_the_
         models.answer.set_result("2")
         assert await fresh == {"gpt2": "2"}
         assert await models._index() == {"gpt2": "2"}
+
+    asyncio.run(scenario())
+
+
+def test_a_model_missing_from_the_index_last_asked_is_asked_for_again_before_a_404():
+    async def scenario():
+        models = _Index()
+        first = asyncio.ensure_future(models._index())
+        await _settle()
+        models.answer.set_result("1")
+        await first
+        models._served_at = frontend.time.monotonic()  # young: no background ask
+        # "gpt3" not in the index last asked: asked again at once, and still not there: a 404
+        looked = asyncio.ensure_future(models.get("gpt3"))
+        await _settle()
+        assert models.asks == 2
+        models.answer.set_result("1")
+        with pytest.raises(frontend.APIError) as err:
+            await looked
+        assert err.value.status == 404
+        # loaded since: the index asked again has it, and the request goes on
+        models._loaded[("gpt3", "1")] = loaded = object()
+        looked = asyncio.ensure_future(models.get("gpt3"))
+        await _settle()
+        models.answer.set_result({"gpt2": "1", "gpt3": "1"})
+        assert await looked is loaded and models.asks == 3
 
     asyncio.run(scenario())
