@@ -240,7 +240,7 @@ class AigcClient:
                 tensors.append(_bool_tensor("return_logprobs", True))
         request_id = uuid.uuid4().hex
         request = _request(model, request_id, tensors, version)
-        call = self._open(request, model, timeout_s, on_late=self._late)
+        call = self._open(request, timeout_s, on_late=self._late)
         done = False  # its final response or its error arrived: nothing of it runs on the server
         retry = _Backoff(self.retry_deadline_s)
         try:
@@ -251,7 +251,7 @@ class AigcClient:
                     if failed.unavailable and not call.answered and retry.wait():
                         # not connected (the server restarting, a connection dropped while
                         # idle): the request never ran, so it is sent again, as `_call` does
-                        call = self._open(request, model, timeout_s, on_late=self._late)
+                        call = self._open(request, timeout_s, on_late=self._late)
                         continue
                     done = failed.in_band or call.ended  # the server ended the request
                     raise ClientError(failed.message) from None
@@ -278,7 +278,7 @@ class AigcClient:
         through Triton (`return_assets`): no access to the repository's storage needed.
         `model_version`: whose ("" the server's newest)."""
         request = _request(model, uuid.uuid4().hex, [_bool_tensor("return_assets", True)], str(model_version))
-        call = self._open(request, model, timeout_s or self.timeout_s)
+        call = self._open(request, timeout_s or self.timeout_s)
         try:
             result = call.next()
             raw = result.text("assets")
@@ -294,7 +294,7 @@ class AigcClient:
         finally:
             call.close()
 
-    def _open(self, request, model: str, timeout_s: float, on_late=None) -> _Call:
+    def _open(self, request, timeout_s: float, on_late=None) -> _Call:
         """Send `request` on a call of its own (`_Call`; `on_late`: what the watchdog runs
         when no response came in `timeout_s`, None to cancel the call)."""
         with self._lock:
@@ -314,7 +314,7 @@ class AigcClient:
                     response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
                 )
             start = self._infer_stream
-        return _Call(start, request, self.url, model, timeout_s, on_late)
+        return _Call(start, request, self.url, timeout_s, on_late)
 
     def _stop(self, call: _Call, wait_s: float = 5.0) -> None:
         """End an unfinished request on the server with TensorRT-LLM's `stop` input (a call
@@ -337,7 +337,7 @@ class AigcClient:
         """Send `stop` for `call`'s request, to the version that runs it; True once the server
         answered it."""
         tensors = [_bytes_tensor("text_input", ""), _bool_tensor("stop", True)]
-        stop = self._open(_request(call.model, call.request_id, tensors, call.version), call.model, wait_s)
+        stop = self._open(_request(call.model, call.request_id, tensors, call.version), wait_s)
         try:
             return stop.read_to_end(wait_s)
         finally:
@@ -402,9 +402,9 @@ class _Call:
     unary-stream mode. A request is ended by `stop` or, failing that, by cancelling its call,
     which touches no other request (Triton cancels per stream)."""
 
-    def __init__(self, start, request, url: str, model: str, timeout_s: float, on_late=None):
-        self.url, self.model, self.timeout_s, self.on_late = url, model, timeout_s, on_late
-        self.request_id, self.version = request.id, request.model_version
+    def __init__(self, start, request, url: str, timeout_s: float, on_late=None):
+        self.url, self.timeout_s, self.on_late = url, timeout_s, on_late
+        self.model, self.version, self.request_id = request.model_name, request.model_version, request.id
         self.deadline = math.inf  # while a read waits: past it the watchdog steps in
         self.timed_out = False  # the watchdog stepped in
         self.answered = False  # a response arrived
