@@ -195,7 +195,8 @@ class Scheduler:
                 # behind a document going in a little each step; one begun goes on before
                 # a like one arrived after it)
                 prefilling.sort(key=lambda r: r.prompt_left)
-            budget = budget or self.config.idle_prefill_chunk
+            if not budget or self.burst(prefilling, len(decoding)):
+                budget = self.config.idle_prefill_chunk
             group = self.prefill_group(prefilling, budget)
             chunk = min(budget // len(group), group[0].prompt_left)
             if self.kv_blocks is not None:
@@ -305,6 +306,18 @@ class Scheduler:
         else:
             fit = self.prefill_cost.tokens_within(budget_ms)
         return limit if fit is None else max(1, min(limit, fit))
+
+    def burst(self, prefilling: list[Request], decoding: int) -> bool:
+        """Whether the prompts waiting are a burst of short ones that go in whole, as if
+        nothing decoded (`waiting_served_ratio`): prompts within one chunk (`prefill_chunk`)
+        of their end, the first in line among them, at least two and `waiting_served_ratio`
+        or more per decoding stream. A long prompt is never taken this way: it would stall
+        the running streams for its whole prefill."""
+        ratio, short = self.config.waiting_served_ratio, self.config.prefill_chunk
+        if not ratio or prefilling[0].prompt_left > short:
+            return False
+        waiting = sum(1 for r in prefilling if r.prompt_left <= short)
+        return waiting >= max(2, ratio * decoding)
 
     def prefill_group(self, prefilling: list[Request], budget: int) -> list[Request]:
         """The oldest prefilling request, with those that can share its call: next slots, the

@@ -227,9 +227,12 @@ def test_prompts_arriving_together_are_priced_at_the_step_of_the_batch_decoding_
     calls, which decode more rows each step. A chunk is half a step of the rows decoding
     then (a mixed call's decode part: the call less its prompt tokens at the prefill calls'
     rate; it fades in over a few calls), not half the one-row step measured before they
-    came: 4 tokens a step, 64 steps."""
+    came: 4 tokens a step, 64 steps. (The pricing alone: a burst's short prompts would go in
+    whole, `waiting_served_ratio`.)"""
     cost = FakeCost(prefill_fixed=4.0, prefill_per_token=1.0, decode_fixed=8.0, decode_per_row=1.0)
-    s = mixed_slots(make, slots=32, max_len=96, cost=cost, prefill_chunk=64, idle_prefill_chunk=256)
+    s = mixed_slots(
+        make, slots=32, max_len=96, cost=cost, prefill_chunk=64, idle_prefill_chunk=256, waiting_served_ratio=0
+    )
     s.engine.run_until_done([s.engine.submit(prompt(16, 90), greedy(20))])  # one-row steps: 9 ms
     s.engine.run_until_done([s.engine.submit(prompt(5, 91), greedy(2))])  # a second prefill size
     users = [s.engine.submit(prompt(16, 100 + i), greedy(48)) for i in range(32)]
@@ -244,6 +247,64 @@ def test_prompts_arriving_together_are_priced_at_the_step_of_the_batch_decoding_
     assert max(chunks) == 16 and steps <= 36  # at that price throughout: 4 a step, 64 steps
     s.engine.run_until_done(users)
     assert all(u.tokens == s.reference(u.prompt_ids, 48) for u in users)
+
+
+def _burst(make, **kw):
+    """32 users at once on a slot runner that mixes, after two requests that measured the
+    costs (a prompt token and a decode row 1 ms each): the idle prefill takes 16 of them."""
+    cost = FakeCost(prefill_fixed=4.0, prefill_per_token=1.0, decode_fixed=8.0, decode_per_row=1.0)
+    s = mixed_slots(make, slots=32, max_len=96, cost=cost, prefill_chunk=64, idle_prefill_chunk=256, **kw)
+    s.engine.run_until_done([s.engine.submit(prompt(16, 90), greedy(20))])
+    s.engine.run_until_done([s.engine.submit(prompt(5, 91), greedy(2))])
+    users = [s.engine.submit(prompt(16, 100 + i), greedy(48)) for i in range(32)]
+    s.engine.step()
+    assert len(s.calls(Phase.PREFILL)[-1].slots) == 16
+    return s, users
+
+
+def test_a_burst_of_short_prompts_goes_in_whole_beside_the_streams_decoding(make):
+    """The 16 users the idle prefill left (16 waiting per 16 decoding: past the 0.5 of
+    `waiting_served_ratio`) go in whole in the next call, beside the 16 decode rows, instead
+    of 4 tokens a step: every user has its first token after two steps, and the same tokens."""
+    s, users = _burst(make)
+    s.engine.step()
+    (call,) = s.calls(Phase.MIXED)
+    assert [len(row) for row in call.ids] == [1] * 16 + [16] * 16
+    assert all(u.generated >= 1 for u in users)
+    s.engine.run_until_done(users)
+    assert all(u.tokens == s.reference(u.prompt_ids, 48) for u in users)
+
+
+def test_below_the_ratio_a_burst_goes_in_at_the_running_streams_share(make):
+    """With `waiting_served_ratio` 2, 16 waiting per 16 decoding is no burst: a chunk of
+    half the step, as before."""
+    s, users = _burst(make, waiting_served_ratio=2)
+    s.engine.step()
+    assert sum(map(len, s.calls(Phase.MIXED)[-1].ids)) == 16 + int(0.5 * 9.0)
+
+
+def test_a_long_prompt_or_a_single_one_goes_in_at_the_share_whatever_waits(make):
+    """One stream decodes. A 40-token prompt alone is no burst (one prompt); two 200-token
+    prompts are long (past `prefill_chunk`): each goes in a chunk of half a step at a time,
+    not whole (a whole one would stall the stream for its prefill)."""
+    cost = FakeCost(prefill_fixed=4.0, prefill_per_token=1.0, decode_fixed=8.0, decode_per_row=1.0)
+    s = mixed_slots(make, slots=4, max_len=256, cost=cost, prefill_chunk=64, idle_prefill_chunk=256)
+    for n in (5, 9):  # prefill sizes for the fit
+        s.engine.run_until_done([s.engine.submit(prompt(n, 91), greedy(2))])
+    running = s.engine.submit(prompt(16, 90), greedy(100))
+    s.engine.step()
+    for _ in range(3):
+        s.engine.step()  # one-row steps measured alone: 9 ms
+    one = s.engine.submit(prompt(40, 1), greedy(2))
+    s.engine.step()
+    assert [len(row) for row in s.calls(Phase.MIXED)[-1].ids] == [1, int(0.5 * 9.0)]
+    s.engine.run_until_done([one])
+    longs = [s.engine.submit(prompt(200, 2 + i), greedy(2)) for i in range(2)]
+    s.engine.step()
+    decode_row, *chunks = map(len, s.calls(Phase.MIXED)[-1].ids)
+    assert decode_row == 1 and chunks and all(c <= 64 for c in chunks)
+    s.engine.run_until_done([running, *longs])
+    assert [r.tokens for r in longs] == [s.reference(r.prompt_ids, 2) for r in longs]
 
 
 def test_a_zero_budget_means_fixed_chunks(make):
