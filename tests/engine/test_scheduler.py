@@ -231,7 +231,13 @@ def test_prompts_arriving_together_are_priced_at_the_step_of_the_batch_decoding_
     whole, `waiting_served_ratio`.)"""
     cost = FakeCost(prefill_fixed=4.0, prefill_per_token=1.0, decode_fixed=8.0, decode_per_row=1.0)
     s = mixed_slots(
-        make, slots=32, max_len=96, cost=cost, prefill_chunk=64, idle_prefill_chunk=256, waiting_served_ratio=0
+        make,
+        slots=32,
+        max_len=96,
+        cost=cost,
+        prefill_chunk=64,
+        idle_prefill_chunk=256,
+        waiting_served_ratio=0,
     )
     s.engine.run_until_done([s.engine.submit(prompt(16, 90), greedy(20))])  # one-row steps: 9 ms
     s.engine.run_until_done([s.engine.submit(prompt(5, 91), greedy(2))])  # a second prefill size
