@@ -313,6 +313,23 @@ def test_a_long_prompt_or_a_single_one_goes_in_at_the_share_whatever_waits(make)
     assert [r.tokens for r in longs] == [s.reference(r.prompt_ids, 2) for r in longs]
 
 
+def test_a_burst_on_a_block_runner_goes_in_as_far_as_its_blocks_allow(make):
+    """A block runner (OpenVINO's paged attention): two streams decode when six 12-token
+    prompts arrive. They go in whole, several in one call, as far as the free blocks go
+    beside the streams' growth; the rest follow, and every request gets the tokens it gets
+    alone."""
+    s = make(slots=8, max_len=64, mixed=True, block_size=4, blocks=20, idle_prefill_chunk=64, prefill_chunk=16)
+    running = [s.engine.submit(prompt(8, i), greedy(24)) for i in range(2)]
+    s.engine.step()
+    s.engine.step()
+    burst = [s.engine.submit(prompt(12, 10 + i), greedy(4)) for i in range(6)]
+    s.engine.step()
+    rows = [len(r) for r in s.calls(Phase.MIXED)[-1].ids]
+    assert rows[:2] == [1, 1] and rows[2:].count(12) >= 2 and set(rows[2:]) == {12}
+    s.engine.run_until_done(running + burst)
+    assert all(r.tokens == s.reference(r.prompt_ids, r.params.max_tokens) for r in running + burst)
+
+
 def test_a_zero_budget_means_fixed_chunks(make):
     s = make(slots=2, prefill_chunk=5, prefill_budget=0)
     s.engine.submit(prompt(2), greedy(30))
