@@ -318,7 +318,9 @@ def test_a_burst_on_a_block_runner_goes_in_as_far_as_its_blocks_allow(make):
     prompts arrive. They go in whole, several in one call, as far as the free blocks go
     beside the streams' growth; the rest follow, and every request gets the tokens it gets
     alone."""
-    s = make(slots=8, max_len=64, mixed=True, block_size=4, blocks=20, idle_prefill_chunk=64, prefill_chunk=16)
+    s = make(
+        slots=8, max_len=64, mixed=True, block_size=4, blocks=20, idle_prefill_chunk=64, prefill_chunk=16
+    )
     running = [s.engine.submit(prompt(8, i), greedy(24)) for i in range(2)]
     s.engine.step()
     s.engine.step()
