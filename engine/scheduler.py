@@ -127,6 +127,7 @@ class Scheduler:
         self.step_cost = CostFit()  # any call but a prefill alone, by the tokens it computes
         self.decode_ms = Ema()
         self.decoded_alone = 0  # rows of the last decode call that had no prompt in it
+        self.bursting = False  # a burst of short prompts is going in (`burst`)
         pair = COMPANION in caps.graphs
         self.prefill_graph = COMPANION if pair and config.companion_prefill else MAIN
         self.companion_from_rows = config.companion_from_rows if pair else 0
@@ -188,6 +189,8 @@ class Scheduler:
         forwards = []
         written = {}  # request -> prompt tokens this step's prefill writes
         group, chunk = [], 0
+        if not (prefilling and decoding):
+            self.bursting = False
         if prefilling:
             budget = self.chunk_tokens(len(prefilling), len(decoding)) if decoding else None
             if decoding and self.mixed:
@@ -195,10 +198,15 @@ class Scheduler:
                 # behind a document going in a little each step; one begun goes on before
                 # a like one arrived after it)
                 prefilling.sort(key=lambda r: r.prompt_left)
-            if not budget or self.burst(prefilling, len(decoding)):
+            bulk = bool(budget) and self.burst(prefilling, len(decoding))
+            if not budget or bulk:
                 budget = self.config.idle_prefill_chunk
-            group = self.prefill_group(prefilling, budget)
-            chunk = min(budget // len(group), group[0].prompt_left)
+            if bulk and self.tables:  # rows of any length: the burst's prompts whatever theirs
+                group = self.whole_prompts(prefilling, budget)
+                chunk = max(r.prompt_left for r in group)
+            else:
+                group = self.prefill_group(prefilling, budget)
+                chunk = min(budget // len(group), group[0].prompt_left)
             if self.kv_blocks is not None:
                 group = self._grow_prefilling(group, chunk, reserve=len(decoding))
             written = {id(r): chunk for r in group}
@@ -311,13 +319,32 @@ class Scheduler:
         """Whether the prompts waiting are a burst of short ones that go in whole, as if
         nothing decoded (`waiting_served_ratio`): prompts within one chunk (`prefill_chunk`)
         of their end, the first in line among them, at least two and `waiting_served_ratio`
-        or more per decoding stream. A long prompt is never taken this way: it would stall
-        the running streams for its whole prefill."""
+        or more per decoding stream. Once begun, a burst goes on while two or more such
+        prompts wait (those arriving meanwhile among them): a burst's prompts reach the
+        engine over several steps, and as its first ones start decoding the rest fall below
+        the ratio. A long prompt is never taken this way: it would stall the running streams
+        for its whole prefill."""
         ratio, short = self.config.waiting_served_ratio, self.config.prefill_chunk
-        if not ratio or prefilling[0].prompt_left > short:
-            return False
         waiting = sum(1 for r in prefilling if r.prompt_left <= short)
-        return waiting >= max(2, ratio * decoding)
+        self.bursting = (
+            bool(ratio)
+            and prefilling[0].prompt_left <= short
+            and waiting >= 2
+            and (self.bursting or waiting >= ratio * decoding)
+        )
+        return self.bursting
+
+    def whole_prompts(self, prefilling: list[Request], budget: int) -> list[Request]:
+        """A burst's prompts for a runner whose rows may be of any length (a block runner's):
+        those within one chunk of their end, fewest tokens left first, each whole, while
+        their tokens fit `budget` (the first always)."""
+        group, total = [], 0
+        for req in sorted(prefilling, key=lambda r: r.prompt_left):
+            if req.prompt_left > self.config.prefill_chunk or (group and total + req.prompt_left > budget):
+                break
+            group.append(req)
+            total += req.prompt_left
+        return group
 
     def prefill_group(self, prefilling: list[Request], budget: int) -> list[Request]:
         """The oldest prefilling request, with those that can share its call: next slots, the
@@ -386,7 +413,7 @@ class Scheduler:
         kept = []
         for req in group:
             while True:
-                need = self.kv_blocks.needed(len(req.blocks), req.filled + chunk)
+                need = self.kv_blocks.needed(len(req.blocks), req.filled + min(chunk, req.prompt_left))
                 got = self._take(need, reserve)
                 if got is not None:
                     req.blocks += got
