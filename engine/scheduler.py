@@ -75,6 +75,10 @@ def _with_all_logits(forward: Forward) -> Forward:
     return replace(forward, all_logits=rows) if rows else forward
 
 
+# a call's prompt rows padded to the longest hold at most this x their real tokens
+PADDING_LIMIT = 2.0
+
+
 def share_of(prefilling: int, decoding: int) -> float:
     """How many decode steps' worth a chunk may cost: one, or more when more prompts wait
     per decoding stream (each request gets a like share of the machine)."""
@@ -96,6 +100,8 @@ class Scheduler:
         self.mixed = caps.mixed  # the runner takes a step's decode rows and prompt chunk in one call
         # ... as a decode call's rows, then a prefill call's
         self.mixed_slots = caps.mixed and caps.mixed_slots
+        # ... whose prompt rows at position 0 may differ in length (`padded_group`)
+        self.pads_prompts = self.mixed_slots and caps.padded_prompts
         self.group_past = caps.group_past  # a prefill call of several rows may start past position 0
         # the cache's memory in blocks taken by use (None: a slot holds its whole row): a block
         # runner's blocks, read through each row's table (`tables`), or the pages of a slot
@@ -201,15 +207,19 @@ class Scheduler:
             bulk = bool(budget) and self.burst(prefilling, len(decoding))
             if not budget or bulk:
                 budget = self.config.idle_prefill_chunk
+            padded = self.padded_group(prefilling, budget) if self.pads_prompts and decoding else None
             if bulk and self.tables:  # rows of any length: the burst's prompts whatever theirs
                 group = self.whole_prompts(prefilling, budget)
+                chunk = max(r.prompt_left for r in group)
+            elif padded:  # whole prompts in rows padded to the longest
+                group = padded
                 chunk = max(r.prompt_left for r in group)
             else:
                 group = self.prefill_group(prefilling, budget)
                 chunk = min(budget // len(group), group[0].prompt_left)
             if self.kv_blocks is not None:
-                group = self._grow_prefilling(group, chunk, reserve=len(decoding))
-            written = {id(r): chunk for r in group}
+                group = self._grow_prefilling(group, chunk, reserve=len(decoding), padded=bool(padded))
+            written = {id(r): min(chunk, r.prompt_left) for r in group}
         if self.kv_blocks is not None and not self.tables:
             self._settle_padding(max((r.slot for r in decoding), default=-1) + 1)
         with self.lock:
@@ -222,12 +232,17 @@ class Scheduler:
             return StepPlan((forward,), copies, releases)
         if group and self.tables:
             forwards.append(self._rows_forward(Phase.PREFILL, group, chunk))
-        elif group:
-            head = group[0]
-            ids = np.asarray([r.prefill_ids[head.filled : head.filled + chunk] for r in group], np.int64)
-            starts = np.full(len(group), head.filled, np.int64)
-            slots = [r.slot for r in group]
-            forward = Forward.rectangle(Phase.PREFILL, slots, ids, starts, group, self.prefill_graph)
+        elif group:  # consecutive slots: one start and one length, or padded rows at position 0
+            pieces = [r.prefill_ids[r.filled : r.filled + written[id(r)]] for r in group]
+            forward = Forward(
+                Phase.PREFILL,
+                tuple(r.slot for r in group),
+                np.asarray([t for piece in pieces for t in piece], np.int64),
+                np.asarray([len(p) for p in pieces], np.int64),
+                np.asarray([r.filled for r in group], np.int64),
+                tuple(group),
+                self.prefill_graph,
+            )
             forwards.append(_with_all_logits(forward))
         if decoding and self.mixed_slots and forwards and not forwards[0].all_logits:
             # one call: the decode call's rows, then the prefill call's (a prompt that wants
@@ -346,6 +361,43 @@ class Scheduler:
             total += req.prompt_left
         return group
 
+    def padded_group(self, prefilling: list[Request], budget: int) -> list[Request] | None:
+        """Prompts that go in whole in one call beside the decode rows, their rows padded on
+        the right to the longest (`RunnerCaps.padded_prompts`): the first in line and the
+        prompts in the slots next to it (the neighbour nearest its length first), each at
+        position 0, within one chunk (`prefill_chunk`) of its end and not asking for prompt
+        log-probabilities, while the padded rows fit `budget` and hold at most
+        `PADDING_LIMIT` x their real tokens; in slot order. None where fewer than two go.
+        Without it prompts of different lengths go in one a step (the rows of a slot
+        runner's prefill call share one length): a burst of 60 such prompts behind four
+        streams then takes 60 steps to start."""
+        limit = min(budget, self.config.prefill_chunk)
+
+        def whole(r: Request) -> bool:
+            return r.filled == 0 and r.prompt_left <= limit and not r.wants_prompt_logprobs
+
+        head = prefilling[0]
+        if not whole(head):
+            return None
+        by_slot = {r.slot: r for r in prefilling if whole(r)}
+        group = {head.slot: head}
+        longest = tokens = head.prompt_left
+        while True:
+            ends = (max(group) + 1, min(group) - 1)
+            options = sorted(
+                (r for r in map(by_slot.get, ends) if r is not None),
+                key=lambda r: abs(r.prompt_left - longest),
+            )
+            for r in options:
+                padded = (len(group) + 1) * max(longest, r.prompt_left)
+                if padded <= budget and padded <= PADDING_LIMIT * (tokens + r.prompt_left):
+                    group[r.slot] = r
+                    longest, tokens = max(longest, r.prompt_left), tokens + r.prompt_left
+                    break
+            else:
+                break
+        return [group[s] for s in sorted(group)] if len(group) > 1 else None
+
     def prefill_group(self, prefilling: list[Request], budget: int) -> list[Request]:
         """The oldest prefilling request, with those that can share its call: next slots, the
         same prompt progress and length (requests that arrived together), within `budget`
@@ -405,15 +457,19 @@ class Scheduler:
                 self.kv_blocks.give_back(blocks)
                 self._releases.append(slot)
 
-    def _grow_prefilling(self, group: list[Request], chunk: int, reserve: int) -> list[Request]:
-        """Blocks for the chunk of each request of `group` (the oldest prompts first), leaving
-        `reserve` free (a block for each decoding stream's growth). A prompt waits for blocks
-        rather than preempting a running stream, but a newer prompt gives up its blocks to
-        the oldest one when nothing else would free any."""
+    def _grow_prefilling(
+        self, group: list[Request], chunk: int, reserve: int, padded: bool = False
+    ) -> list[Request]:
+        """Blocks for the chunk of each request of `group` (in order; those taken are a
+        leading part of it), leaving `reserve` free (a block for each decoding stream's
+        growth); `padded`: each row's padding to `chunk` positions too (it is written). A
+        prompt waits for blocks rather than preempting a running stream, but a newer prompt
+        gives up its blocks to the oldest one when nothing else would free any."""
         kept = []
         for req in group:
             while True:
-                need = self.kv_blocks.needed(len(req.blocks), req.filled + min(chunk, req.prompt_left))
+                end = req.filled + (chunk if padded else min(chunk, req.prompt_left))
+                need = self.kv_blocks.needed(len(req.blocks), end)
                 got = self._take(need, reserve)
                 if got is not None:
                     req.blocks += got
@@ -668,8 +724,16 @@ class Scheduler:
         fit = self.prefill_cost.line()
         if fit is None or fit[1] <= 0:
             return None
-        part = ms - fit[1] * int(forward.lens[forward.decode_rows :].sum())
+        part = ms - fit[1] * self._prompt_computed(forward)
         return part if part > 0 else None
+
+    def _prompt_computed(self, forward: Forward) -> int:
+        """Tokens a call computes past its decode rows: its rows' (padding rows' too), and
+        where prompt rows of different lengths were padded to the longest, the padding."""
+        lens = forward.lens[forward.decode_rows :]
+        if self.pads_prompts and forward.phase is Phase.MIXED and len(lens) and (lens != lens[0]).any():
+            return len(lens) * int(lens.max())
+        return int(lens.sum())
 
     def update(self, forward: Forward, out: ForwardOutput) -> None:
         """Advance each request of one call of the plan by what the runner returned: a failed
@@ -684,7 +748,7 @@ class Scheduler:
             for _, req in live:
                 self.finish(req, FinishReason.ERROR, out.error)
             return
-        computed = int(forward.lens.sum())  # padding rows are computed too
+        computed = int(forward.lens[: forward.decode_rows].sum()) + self._prompt_computed(forward)
         if forward.phase is Phase.PREFILL:
             self.prefill_cost.add(computed, out.ms)
         else:

@@ -46,6 +46,10 @@ class RunnerCaps:
     # rows included) then a prefill call's (consecutive slots, one start, one length), as
     # `Forward.decode_rows` splits them (ONNX Runtime's mixed graph); else any rows.
     mixed_slots: bool = False
+    # With `mixed_slots`: the prefill call's rows in a MIXED call may be of different lengths
+    # where they start at position 0, each padded on the right to the longest (ONNX Runtime's
+    # mixed graph: its attention reads each row's own length); the padding is computed.
+    padded_prompts: bool = False
 
     @property
     def cache_layout(self) -> str:

@@ -56,12 +56,17 @@ class FakeCost:
     decode_fixed: float = 8.0
     decode_per_row: float = 0.5
 
-    def ms(self, forward: Forward) -> float:
+    def ms(self, forward: Forward, padded: bool = False) -> float:
+        """`padded`: a mixed call's prompt rows of different lengths are computed padded to
+        the longest (`RunnerCaps.padded_prompts`)."""
         if forward.phase is Phase.PREFILL:
             return self.prefill_fixed + self.prefill_per_token * forward.ids.size
         if forward.phase is Phase.DECODE:
             return self.decode_fixed + self.decode_per_row * forward.rows
         prompt = int(forward.lens[forward.lens > 1].sum())
+        rows = forward.lens[forward.decode_rows :]
+        if padded and forward.decode_rows and (rows != rows.max()).any():
+            prompt = len(rows) * int(rows.max())
         return (
             self.decode_fixed
             + self.decode_per_row * int((forward.lens == 1).sum())
@@ -78,6 +83,12 @@ class FakeCall:
     graph: str
     at: float  # the clock when the call began
     real_rows: int = field(default=0)  # rows with a request (decode padding excluded)
+    decode_rows: int = 0  # a mixed call's: its first rows are the decode rows
+
+
+# what a padded prompt row writes past its end (`RunnerCaps.padded_prompts`): a token no
+# prompt holds, so that reading it changes the logits
+PADDING = -7
 
 
 class FakeRunner:
@@ -100,6 +111,7 @@ class FakeRunner:
         group_past: bool = False,
         block_tables: bool = True,
         mixed_slots: bool = False,
+        padded_prompts: bool = False,
     ):
         """`block_size` > 0: a block runner of `blocks` blocks (default: `slots` x `max_len`
         worth) addressed through each call's block tables, or with `block_tables` False a slot
@@ -129,7 +141,7 @@ class FakeRunner:
         self.releases: list[int] = []  # the slots given back, in order
         # one logits buffer for every call, as the real runners bind theirs: a call's logits
         # are valid until the next call
-        self._logits = np.zeros((slots, vocab), np.float32)
+        self._logits = np.zeros((2 * slots, vocab), np.float32)  # a mixed call: decode rows, then prompt rows
         self.calls: list[FakeCall] = []
         self.copies: list[SlotCopy] = []  # the slot copies made, in order
         self.fail_next: str | None = None  # the next call raises this (a device fault)
@@ -147,6 +159,7 @@ class FakeRunner:
             group_past=group_past or self.tables,
             block_tables=block_tables,
             mixed_slots=mixed and mixed_slots,
+            padded_prompts=mixed and mixed_slots and padded_prompts,
         )
 
     def describe(self) -> str:
@@ -185,14 +198,18 @@ class FakeRunner:
                 forward.graph,
                 self.clock(),
                 sum(1 for r in forward.requests if r is not None),
+                forward.decode_rows,
             )
         )
-        self.clock.advance(self.cost.ms(forward) / 1e3)
+        self.clock.advance(self.cost.ms(forward, self.caps.padded_prompts) / 1e3)
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise RuntimeError(error)
         logits = self._logits[: forward.rows]
         every = {}  # row -> each position's logits (the rows `forward.all_logits` names)
+        prompts = forward.lens[forward.decode_rows :]
+        padded = self.caps.padded_prompts and forward.phase is Phase.MIXED and (prompts != prompts[0]).any()
+        padded_to = int(prompts.max()) if padded else 0
         for i, (slot, start) in enumerate(zip(forward.slots, forward.starts, strict=True)):
             ids = forward.row(i)
             if self.tables:  # position p lives in block table[p // size] at p % size
@@ -205,6 +222,8 @@ class FakeRunner:
                 self.cache[slot, start : start + len(ids)] = ids
                 held = self.cache[slot, : start + len(ids)]
             logits[i] = self.logits_of(held)
+            if padded_to and i >= forward.decode_rows:  # the padding lands past the row's end
+                self.cache[slot, start + len(ids) : padded_to] = PADDING
             if i in forward.all_logits:
                 every[i] = np.stack([self.logits_of(held[: start + j + 1]) for j in range(len(ids))])
         return ForwardOutput(logits.argmax(axis=1), lambda: logits, position_logits=every.__getitem__)
@@ -231,10 +250,11 @@ class FakeRunner:
                     forward.starts[rows],
                     forward.requests[rows],
                     forward.graph,
-                )
+                ),
+                padded=self.caps.padded_prompts,
             )
 
-    def _check(self, forward: Forward) -> None:
+    def _check(self, forward: Forward, padded: bool = False) -> None:
         """What the real runners need of a call (their kernels would misbehave silently)."""
         slots, starts = list(forward.slots), [int(s) for s in forward.starts]
         if forward.graph not in self.caps.graphs:
@@ -249,8 +269,12 @@ class FakeRunner:
             raise AssertionError(
                 f"positions {starts} + {forward.lens.tolist()} outside the slot of {self.caps.max_len}"
             )
+        # `padded`: a mixed call's prompt rows at position 0 may differ in length (and write to
+        # the longest)
+        padded_rows = padded and forward.phase is Phase.PREFILL and not any(starts)
         if self.block_size and not self.tables:  # slots by use: a row writes what its request holds
-            for r, s, n in zip(forward.requests, starts, forward.lens, strict=True):
+            written = np.full_like(forward.lens, forward.lens.max()) if padded_rows else forward.lens
+            for r, s, n in zip(forward.requests, starts, written, strict=True):
                 if r is not None and len(r.blocks) * self.block_size < s + n:
                     raise AssertionError(
                         f"a row writes positions {s}..{s + n - 1} holding {len(r.blocks)} blocks of {self.block_size}"
@@ -288,7 +312,7 @@ class FakeRunner:
                 )
             return
         t = int(forward.lens[0])
-        if (forward.lens != t).any():
+        if (forward.lens != t).any() and not padded_rows:
             raise AssertionError(f"a {forward.phase.value} call with rows of {forward.lens.tolist()} tokens")
         if forward.phase is Phase.DECODE and self.tables:
             if t != 1:

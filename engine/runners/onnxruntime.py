@@ -245,6 +245,7 @@ class OrtRunner:
         self.caps = RunnerCaps(
             mixed=self.mixed is not None,
             mixed_slots=self.mixed is not None,
+            padded_prompts=self.mixed is not None,
             max_rows=rows,
             max_len=max_len,
             kv_dtype=np.dtype(self.kv_dtype),
@@ -469,16 +470,29 @@ class OrtRunner:
 
     def mixed_call(self, forward: Forward) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
         """A step's decode call (its first `decode_rows` rows: slots 0..n-1, one token each)
-        and its prefill call (the rest: consecutive slots, one start, one length) in one call
-        of the mixed session; returns each row's greedy token and a function giving their
-        logits, in the forward's row order."""
+        and its prefill call (the rest: consecutive slots, one start, one length; or, at
+        position 0, any lengths, padded on the right to the longest) in one call of the mixed
+        session; returns each row's greedy token and a function giving their logits, in the
+        forward's row order."""
         if self.mixed is None or forward.graph != self.mixed_graph:
             raise RuntimeError(
                 f"a mixed call for graph {forward.graph!r}; this runner mixes {self.mixed_graph}"
             )
         n, rows = forward.decode_rows, forward.rows
         k = rows - n
-        first, start, t = forward.slots[n], int(forward.starts[n]), int(forward.lens[n])
+        first, start = forward.slots[n], int(forward.starts[n])
+        lens = forward.lens[n:]
+        t = int(lens.max())
+        ids = np.ascontiguousarray(forward.ids, np.int64)
+        if (lens != t).any():
+            # Rows of different lengths, each padded on the right: GroupQueryAttention's first
+            # prompt reads each row's own length (`seqlens_k`); a padding position's keys and
+            # values land past the row's end, where its next tokens overwrite them.
+            if start:
+                raise ValueError(f"prompt rows of {sorted(set(lens.tolist()))} tokens past position 0")
+            chunk = np.zeros((k, t), np.int64)
+            chunk[np.arange(t)[None] < lens[:, None]] = ids[n:]
+            ids = np.concatenate([ids[:n], chunk.reshape(-1)])
         key = (n, first, k)
         binding = self._mixed_bindings.get(key)
         if binding is None:
@@ -493,14 +507,14 @@ class OrtRunner:
             self._mixed_bindings.move_to_end(key)
         decode_starts = forward.starts[:n]
         positions = np.concatenate([decode_starts, np.tile(np.arange(start, start + t, dtype=np.int64), k)])
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(forward.ids, np.int64)[None])
+        binding.bind_cpu_input("input_ids", ids[None])
         binding.bind_cpu_input("position_ids", positions[None])
         binding.bind_cpu_input("seqlens_k", decode_starts.astype(np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(int(decode_starts.max()) + 1, np.int32))
-        binding.bind_cpu_input(CHUNK_PREFIX + "seqlens_k", np.full(k, start + t - 1, np.int32))
+        binding.bind_cpu_input(CHUNK_PREFIX + "seqlens_k", (start + lens - 1).astype(np.int32))
         binding.bind_cpu_input(CHUNK_PREFIX + "total_sequence_length", np.array(start + t, np.int32))
         binding.bind_cpu_input(
-            "logits_indices", np.concatenate([np.arange(n), n - 1 + t * np.arange(1, k + 1)]).astype(np.int64)
+            "logits_indices", np.concatenate([np.arange(n), n - 1 + t * np.arange(k) + lens]).astype(np.int64)
         )
         self.mixed.run_with_iobinding(binding)
         return self._tokens[:rows].copy(), lambda: self._logits_rows(rows)

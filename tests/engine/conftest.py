@@ -30,6 +30,7 @@ class Setup:
         group_past=False,
         block_tables=True,
         mixed_slots=False,
+        padded_prompts=False,
         **config,
     ):
         self.clock = FakeClock()
@@ -48,6 +49,7 @@ class Setup:
             group_past=group_past,
             block_tables=block_tables,
             mixed_slots=mixed_slots,
+            padded_prompts=padded_prompts,
         )
         self.sink = Recorder()
         self.engine = Engine(

@@ -360,6 +360,43 @@ def test_onnxruntime_slots_are_committed_by_use_and_their_pages_given_back(ort_d
         assert r.tokens == transformers_greedy(checkpoints["gpt2"], p, 40)
 
 
+def test_onnxruntime_prompts_of_different_lengths_share_a_call_in_padded_rows(ort_dir, checkpoints):
+    """Six prompts of 1 to 20 tokens arrive while two streams decode: they go in beside the
+    decode rows, several in one call, each padded on the right to the call's longest. Each
+    gets its solo tokens (which are transformers'): the padding's keys and values land past
+    the row's end. The pages the padding writes go back with the rest (the fake runner
+    checks that a request holds them: test_scheduler.py)."""
+    engine, _, _ = make_engine(
+        ort_dir, slots=8, max_sequences=0, prefix_caching=False, idle_prefill_chunk=128
+    )
+    runner, pool = engine.runner, engine.scheduler.kv_blocks
+    assert runner.caps.padded_prompts
+    texts = ("x", "The class of the", "import os", "def f(x): return x + 1 if x else", "a b c d e f", "Py")
+    prompts = [engine.tokenizer.encode(t).ids for t in texts]
+    assert len({len(p) for p in prompts}) >= 5
+    solo = [engine.generate_ids(p, greedy(6)) for p in prompts]
+    assert solo[3] == transformers_greedy(checkpoints["gpt2"], prompts[3], 6)
+    calls = []
+    real = runner.execute
+
+    def spy(forward):
+        calls.append((forward.phase, forward.lens[forward.decode_rows :].tolist()))
+        return real(forward)
+
+    runner.execute = spy
+    running = [engine.submit(engine.tokenizer.encode(t).ids, greedy(24)) for t in ("The", "In")]
+    while not all(r.generated for r in running):
+        engine.step()
+    reqs = [engine.submit(p, greedy(6)) for p in prompts]
+    engine.run_until_done(running + reqs)
+    engine.step()
+    assert runner.kv.resident_bytes() == 0 and pool.free == pool.total
+    padded = [lens for phase, lens in calls if phase is Phase.MIXED and len(set(lens)) > 1]
+    assert padded and sum(map(len, padded)) >= 4
+    assert [r.tokens for r in reqs] == solo
+    assert running[0].tokens == transformers_greedy(checkpoints["gpt2"], running[0].prompt_ids, 24)
+
+
 def test_onnxruntime_rows_moved_down_keep_transformers_tokens_and_free_their_pages(ort_dir, checkpoints):
     """A stream left above a free slot moves down (its cache copied to the lower row): its
     tokens are still transformers' and the row it left gives its pages back."""

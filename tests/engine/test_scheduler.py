@@ -15,6 +15,7 @@ from engine.cost import CostFit
 from engine.plan import COMPANION, MAIN, Phase
 from engine.request_schema import SamplingParams
 from engine.runners.fake import FakeCost
+from engine.scheduler import PADDING_LIMIT
 from engine.types import FinishReason, QueueFullError, Status
 
 
@@ -353,6 +354,83 @@ def test_a_burst_on_a_block_runner_goes_in_as_far_as_its_blocks_allow(make):
     assert rows[2:] == [9, 10, 11, 12, 13, 14][: len(rows) - 2]  # whole prompts, fewest tokens first
     s.engine.run_until_done(running + burst)
     assert all(r.tokens == s.reference(r.prompt_ids, r.params.max_tokens) for r in running + burst)
+
+
+def _varied_burst(make, padded_prompts=True, **kw):
+    """Four streams decode on a slot runner that mixes (ONNX Runtime's mixed graph) when 16
+    prompts of 4 to 19 tokens arrive, a burst; steps until each has its first token."""
+    cost = FakeCost(prefill_fixed=4.0, prefill_per_token=1.0, decode_fixed=8.0, decode_per_row=1.0)
+    s = mixed_slots(
+        make, slots=20, max_len=96, cost=cost, prefill_chunk=64, idle_prefill_chunk=128,
+        padded_prompts=padded_prompts, **kw,
+    )  # fmt: skip
+    running = [s.engine.submit(prompt(6, i), greedy(40)) for i in range(4)]
+    s.engine.step()
+    lengths = np.random.default_rng(3).permutation(np.arange(4, 20))
+    burst = [s.engine.submit(prompt(int(n), 50 + i), greedy(6)) for i, n in enumerate(lengths)]
+    steps = 0
+    while not all(r.generated for r in burst):
+        s.engine.step()
+        steps += 1
+    return s, running, burst, steps
+
+
+@pytest.mark.parametrize("layout", ["slots", "slots by use"])
+def test_a_burst_of_prompts_of_different_lengths_goes_in_padded_rows(make, layout):
+    """The 16 prompts share calls beside the decode rows, each whole in a row padded on the
+    right to the call's longest (what the padding writes lands past each row's end, and on
+    memory by use is counted: the fake checks both). The padded rows fit the budget and hold
+    at most twice their real tokens; every request gets the tokens it gets alone."""
+    by_use = {"block_size": 8, "block_tables": False, "blocks": 200} if layout == "slots by use" else {}
+    s, running, burst, steps = _varied_burst(make, **by_use)
+    assert steps <= 4
+    prompt_rows = [[len(row) for row in c.ids[c.decode_rows :]] for c in s.calls(Phase.MIXED)]
+    padded = [rows for rows in prompt_rows if len(set(rows)) > 1]
+    assert padded
+    for prompts in padded:
+        assert len(prompts) * max(prompts) <= min(128, PADDING_LIMIT * sum(prompts))
+    s.engine.run_until_done(running + burst)
+    assert all(r.tokens == s.reference(r.prompt_ids, r.params.max_tokens) for r in running + burst)
+
+
+def test_without_padded_rows_prompts_of_different_lengths_go_in_one_a_step(make):
+    """The runner that cannot pad (a GPU's, or the calls of one phase each) gets the same
+    burst one prompt a call: 16 steps before the last has its first token."""
+    s, running, burst, steps = _varied_burst(make, padded_prompts=False)
+    assert steps >= 16
+    s.engine.run_until_done(running + burst)
+    assert all(r.tokens == s.reference(r.prompt_ids, r.params.max_tokens) for r in running + burst)
+
+
+def test_prompts_past_position_0_or_asking_prompt_logprobs_are_not_padded(make):
+    """A prompt that asks for every position's logits goes in a call of its own, and one that
+    starts from a prefix another slot holds (past position 0) at its own length: neither is a
+    padded row."""
+    cost = FakeCost(prefill_fixed=4.0, prefill_per_token=1.0, decode_fixed=8.0, decode_per_row=1.0)
+    s = mixed_slots(
+        make, slots=8, max_len=64, cost=cost, idle_prefill_chunk=128, padded_prompts=True, prefix_caching=True
+    )
+    shared = prompt(20, 7)  # MIN_SHARED_PREFIX 16 tokens or more
+    running = [s.engine.submit(p, greedy(30)) for p in (shared, prompt(5, 1), prompt(5, 2))]
+    while not all(r.generated for r in running):
+        s.engine.step()
+    asking = s.engine.submit(prompt(9, 20), greedy(3, prompt_logprobs=1))
+    reusing = s.engine.submit(shared + prompt(3, 21), greedy(3))
+    others = [s.engine.submit(prompt(n, 30 + n), greedy(3)) for n in (7, 11, 4)]
+    everyone = running + [asking, reusing] + others
+    seen, padded = len(s.runner.calls), 0
+    while s.engine.has_work():
+        s.engine.step()
+        for call in s.runner.calls[seen:]:  # checked while the two hold their slots
+            rows = list(zip(call.slots, call.starts, call.ids))[call.decode_rows :]
+            if len({len(ids) for _, _, ids in rows}) > 1:
+                padded += 1
+                assert {slot for slot, _, _ in rows}.isdisjoint({asking.slot, reusing.slot})
+                assert all(start == 0 for _, start, _ in rows)
+        seen = len(s.runner.calls)
+    assert padded  # the three others went in padded rows
+    assert s.runner.copies  # the reusing prompt started from the running request's prefix
+    assert all(r.tokens == s.reference(r.prompt_ids, r.params.max_tokens) for r in everyone)
 
 
 def test_a_zero_budget_means_fixed_chunks(make):
