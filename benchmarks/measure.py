@@ -159,6 +159,15 @@ class OpenAIStreamer:
         self.close()
 
 
+def request_itl_ms(run: dict) -> float | None:
+    """A request's inter-token latency: its first token to its last over the tokens after
+    the first (None before two responses)."""
+    stamps = run["stamps"]
+    if len(stamps) < 2 or run["tokens"] < 2:
+        return None
+    return (stamps[-1] - stamps[0]) * 1e3 / (run["tokens"] - 1)
+
+
 def summarise_streams(runs: list[dict], wall_s: float | None = None) -> dict:
     """TTFT and inter-token percentiles over every run; tokens/s per stream (median) and in all."""
     tokens = sum(r["tokens"] for r in runs)
@@ -167,6 +176,10 @@ def summarise_streams(runs: list[dict], wall_s: float | None = None) -> dict:
         "requests": len(runs),
         "ttft_ms": percentiles([r["ttft_ms"] for r in runs if r["ttft_ms"] is not None]),
         "itl_ms": percentiles([g for r in runs for g in r["gaps_ms"]]),
+        # each request's own: from its first token to its last, over the tokens after the
+        # first (genai-perf's and AIPerf's inter-token latency); unlike the gaps between
+        # responses it holds where the client reads responses that queued up back to back
+        "request_itl_ms": percentiles([x for x in map(request_itl_ms, runs) if x is not None]),
         "per_stream_tokens_per_s": round(statistics.median(per_stream), 2),
         # responses (deltas) the client got over the tokens generated: 1 is a response a token
         "responses_per_token": round(sum(r["deltas"] for r in runs) / tokens, 3) if tokens else None,

@@ -618,6 +618,10 @@ def _long_and_mixed(
             "itl_p50_ms": [
                 {"long": x["long"]["itl_ms"]["p50"], "short": x["short"]["itl_ms"]["p50"]} for x in rounds
             ],
+            "request_itl_p50_ms": [
+                {"long": x["long"]["request_itl_ms"]["p50"], "short": x["short"]["request_itl_ms"]["p50"]}
+                for x in rounds
+            ],
         }
     if opts.mixed_streams:
         step(bar, "gpt2 mixed")

@@ -52,3 +52,15 @@ def test_stream_summary_counts_tokens_not_deltas():
     assert s["per_stream_tokens_per_s"] == pytest.approx(100.0)
     assert s["ttft_ms"]["p50"] == pytest.approx(10.0) and s["itl_ms"]["n"] == 4
     assert s["deltas_per_request"] == [3] and s["responses_per_token"] == 0.75  # 6 deltas, 8 tokens
+    # each request's own inter-token latency: 20 ms from its first response to its last,
+    # over the 3 tokens after the first
+    assert s["request_itl_ms"]["p50"] == pytest.approx(20.0 / 3, abs=1e-3) and s["request_itl_ms"]["n"] == 2
+
+
+def test_a_requests_own_inter_token_latency_holds_where_responses_arrive_bunched():
+    """Two responses read back to back, then a long wait: the gaps' p50 is the bunching,
+    the request's own ITL is its tokens' pace."""
+    run = measure.stream_timing(0.0, [0.010, 0.0101, 0.0102, 0.040, 0.0401, 0.0402, 0.070], 0.07, tokens=7)
+    s = measure.summarise_streams([run])
+    assert s["itl_ms"]["p50"] < 1.0
+    assert s["request_itl_ms"]["p50"] == pytest.approx(10.0)

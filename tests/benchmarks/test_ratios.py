@@ -122,6 +122,31 @@ def test_the_long_over_short_gap_is_taken_per_pair_run_back_to_back():
     assert ratios.ratios(results)["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(12.0 / 8.0)
 
 
+def test_the_long_over_short_ratio_takes_each_requests_own_inter_token_latency():
+    """Where the rounds hold each request's own inter-token latency (first token to last),
+    the ratio is of those; the gaps between responses, which collapse where the client
+    reads queued responses back to back, give `gpt2_long_gap_p50_c8_vs_short_c8` beside."""
+    results = sample_results()
+    results["gpt2"]["long"]["rounds"] = {
+        "concurrency": 8,
+        "itl_p50_ms": [
+            {"long": 46.0, "short": 15.4},
+            {"long": 36.0, "short": 9.7},
+            {"long": 31.0, "short": 4.1},
+        ],
+        "request_itl_p50_ms": [
+            {"long": 46.5, "short": 12.9},
+            {"long": 36.2, "short": 12.1},
+            {"long": 31.4, "short": 12.4},
+        ],
+    }
+    r = ratios.ratios(results)
+    assert r["gpt2_long_itl_p50_c8_vs_short_c8"] == pytest.approx(36.2 / 12.1, abs=1e-3)
+    assert r["gpt2_long_itl_p50_c8_vs_short_c8_max"] == pytest.approx(46.5 / 12.9, abs=1e-3)
+    assert r["gpt2_long_gap_p50_c8_vs_short_c8"] == pytest.approx(36.0 / 9.7, abs=1e-3)
+    assert r["gpt2_long_gap_p50_c8_vs_short_c8_max"] == pytest.approx(31.0 / 4.1, abs=1e-3)
+
+
 def test_many_streams_over_8_is_taken_per_pair_run_back_to_back():
     results = sample_results()
     g = results["gpt2"]
