@@ -10,7 +10,8 @@ with one start and one length, and a decode call covers slots `0..n-1` (a slot w
 to decode gets a padding row: `requests[i]` None, written where its next real token will be
 written, so it disturbs nothing). A slot runner that mixes them (`RunnerCaps.mixed_slots`)
 gets the two calls' rows in one: the decode call's `decode_rows` rows first, then the
-prefill call's.
+prefill call's; where it pads prompts (`RunnerCaps.padded_prompts`), that prefill call's
+rows may be of different lengths at position 0.
 """
 
 from __future__ import annotations
