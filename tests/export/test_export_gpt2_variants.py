@@ -295,7 +295,9 @@ def test_engine_on_an_int8_cache_generates_what_its_graph_generates(gpt2_export,
         assert engine.runner.kv_dtype is np.int8
         lengths = []  # the prompt rows' lengths of each mixed call
         mixed_call = engine.runner.mixed_call
-        engine.runner.mixed_call = lambda f: lengths.append(set(f.lens[f.decode_rows :].tolist())) or mixed_call(f)
+        engine.runner.mixed_call = lambda f: (
+            lengths.append(set(f.lens[f.decode_rows :].tolist())) or mixed_call(f)
+        )
         requests = [engine.submit(p, params) for p in prompts]
         engine.run_until_done(requests)
     assert [r.tokens for r in requests] == expected
