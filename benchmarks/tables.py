@@ -283,7 +283,8 @@ def _many_users_tables(g: dict) -> list[str]:
         for streams, m in (probe.get("structured") or {}).items():
             lines.append(
                 f"| {streams} stream(s) with a JSON schema / without: ms a token | "
-                f"{fmt(m['constrained_ms_per_token'], 3)} / {fmt(m['plain_ms_per_token'], 3)} ({m['ratio']}) |"
+                f"{fmt(m['constrained_ms_per_token'], 3)} / {fmt(m['plain_ms_per_token'], 3)} "
+                f"({m['ratio']}, the rounds' median) |"
             )
         kv = probe.get("kv_cache")
         if kv:
