@@ -18,9 +18,10 @@ QMAX = 127.0
 # clipped only past 1.25x its peak, for a quarter of a step's resolution.
 HEADROOM = 1.25
 I8_FILE = "gpt2-kv-i8.onnx"  # beside the variant's gpt2.onnx
-# The int8 cache is chosen where a long request (LONG_NEW tokens after the profile's long
-# cache, at batch 8) is at least 3 % faster than with f32, a short one (16 prompt tokens ->
-# LONG_NEW) at batch 8 no more than 5 % slower, and one alone (batch 1) no more than 10 %.
+# The int8 cache is chosen where a long request (LONG_NEW tokens after a prompt of the
+# profile's long cache, at batch 8: eight such prompts prefilled) is at least 3 % faster
+# than with f32, a short one (16 prompt tokens -> LONG_NEW) at batch 8 no more than 5 %
+# slower, and one alone (batch 1) no more than 10 %.
 # At batch 1 the short request's cache is ~50 positions: int8 saves it next to nothing and
 # the measured ratio is noise around 1 (the int4 graph on the 2-core AVX-512 EPYC, the same
 # files profiled four times: 0.84, 0.99, 1.06, 1.08), where batch 8 moves by 2-5 %.
@@ -99,26 +100,32 @@ def quantized_cache_graph(src: Path, dst: Path, layer_scales: dict[str, np.ndarr
 
 def choose(f32: dict, i8: dict) -> dict:
     """Whether a variant serves its int8 cache, from the two decode profiles measured in turns
-    (`export.gpt2_eval.decode_profiles`): a request of LONG_NEW tokens after the long cache
-    (its prompt prefilled at the measured 128-token rate, then steps there) and one after a
-    16-token prompt (steps at the short cache), each at batch 8 and, where both profiles have
-    it, batch 1. The long request at batch 8 must gain and the short ones must not lose
-    (beyond what the measurement moves: `_SHORT_SLACK`, `_ALONE_SLACK` at batch 1).
-    ONNX Runtime's int8 kernels read a quarter of the bytes a step but prefill slower, so
-    both are weighed."""
+    (`export.gpt2_eval.decode_profiles`): a request of LONG_NEW tokens after a prompt as long
+    as the long cache (steps there) and one after a 16-token prompt (steps at the short
+    cache), each at batch 8 and, where both profiles have it, batch 1. At batch b the b
+    requests' prompts are all prefilled on the one machine, so a request pays b prefills (as
+    `export.latency_model` counts them). The prefill of the long prompt is the profile's
+    (measured at the long cache's length since the profile has it; older profiles: the
+    latency model's extrapolation). The long request at batch 8 must gain and the short ones
+    must not lose (beyond what the measurement moves: `_SHORT_SLACK`, `_ALONE_SLACK` at
+    batch 1). ONNX Runtime's int8 kernels read a quarter of the bytes a step but prefill
+    slower, and their prompt attention slows with the prompt's length (the int8 graph of
+    GPT-2 124M on a 2-core EPYC: 1.13x f32's prefill at 128 tokens, 1.8x at 496), so both
+    are weighed."""
+    from export.latency_model import prefill_ms_at
+
     pasts = f32["past_lens"]
     short, long = str(pasts[0]), str(pasts[-1])
-    prefills = sorted(f32["prefill_ms"], key=int)
-    longest, shortest = prefills[-1], prefills[0]
+    shortest = min(f32["prefill_ms"], key=int)
     batches = [b for b in ("8", "1") if b in f32["step_ms"] and b in i8["step_ms"]]
 
-    def request(p: dict, batch: str, past: str, prompt: str, tokens: int) -> float:
-        return p["prefill_ms"][prompt] * tokens / int(prompt) + LONG_NEW * p["step_ms"][batch][past]
+    def request(p: dict, batch: str, past: str, prompt: int) -> float:
+        return int(batch) * prefill_ms_at(p, prompt) + LONG_NEW * p["step_ms"][batch][past]
 
     gain = {}
     for b in batches:
-        for kind, past, prompt, tokens in (("long", long, longest, int(long)), ("short", short, shortest, int(shortest))):
-            costs = [request(p, b, past, prompt, tokens) for p in (i8, f32)]
+        for kind, past, prompt in (("long", long, int(long)), ("short", short, int(shortest))):
+            costs = [request(p, b, past, prompt) for p in (i8, f32)]
             gain[f"{kind}_b{b}"] = costs[0] / costs[1]
     figures = (
         f"batch-8 step {i8['step_ms']['8'][long]:.2f} vs {f32['step_ms']['8'][long]:.2f} ms at {long} cached "
@@ -128,7 +135,9 @@ def choose(f32: dict, i8: dict) -> dict:
             if "1" in batches
             else ""
         )
-        + f"; {longest}-token prefill {i8['prefill_ms'][longest]:.1f} vs {f32['prefill_ms'][longest]:.1f} ms"
+        + f"; {long}-token prefill {prefill_ms_at(i8, int(long)):.1f} vs "
+        + f"{prefill_ms_at(f32, int(long)):.1f} ms"
+        + ("" if long in f32["prefill_ms"] and long in i8["prefill_ms"] else " (extrapolated)")
     )
     # A long prompt alone (batch 1) pays the slower prefill with little step gain to win it
     # back; it is reported, not held against the cache: a served cache is for many requests.
@@ -142,4 +151,6 @@ def choose(f32: dict, i8: dict) -> dict:
             f"f32: with the int8 cache requests take {said} of f32's time (chosen where the long one at "
             f"batch 8 is <= {_LONG_GAIN}, the short one <= {_SHORT_SLACK} and alone <= {_ALONE_SLACK}; {figures})"
         )
+        if gain["short_b8"] < 1.0 and gain["long_b8"] > _LONG_GAIN:
+            why += "; short prompts would gain: `aigc build --kv-cache-precision i8` serves it"
     return {"choice": "i8" if wins else "f32", "why": why, "request_vs_f32": {k: round(v, 3) for k, v in gain.items()}}
